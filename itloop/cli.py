@@ -1,0 +1,211 @@
+"""The one command-line entry point, ``itloop``.
+
+Heavy imports (torch, the worker, the demo) happen inside commands so that
+``itloop --help`` and ``itloop db upgrade`` start fast and never touch CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from itloop.logging import configure_logging
+from itloop.settings import get_settings
+
+app = typer.Typer(
+    help="itloop: closed-loop lab server for adversarial sensitivity of IT sites.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+users_app = typer.Typer(help="Users (admin, experimenter, viewer, rig).", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+
+log = logging.getLogger("itloop")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    configure_logging("DEBUG" if verbose else get_settings().log_level)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations (creates the SQLite file on the embedded default), then seed the admin."""
+    from server.auth.service import ensure_admin
+    from server.db import migrate
+    from server.db.engine import session_scope
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    try:
+        migrate.upgrade(settings.resolved_database_url, revision)
+    except Exception as exc:  # noqa: BLE001 - a CLI says what failed, no traceback
+        _fail(f"migration failed on {settings.resolved_database_url.split('@')[-1]}: {exc}")
+    if settings.bootstrap_admin_token:
+        with session_scope() as session:
+            ensure_admin(session=session, token=settings.bootstrap_admin_token)
+    typer.echo(f"database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="target revision, e.g. base")) -> None:
+    """Roll the schema back."""
+    from server.db import migrate
+
+    migrate.downgrade(get_settings().resolved_database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Fail if the ORM models and the migrations disagree (alembic check)."""
+    from server.db import migrate
+
+    try:
+        migrate.check(get_settings().resolved_database_url)
+    except Exception as exc:  # noqa: BLE001
+        _fail(str(exc))
+    typer.echo("no drift between models and migrations")
+
+
+@users_app.command("create")
+def users_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="rig, experimenter, viewer or admin")] = "viewer",
+    token: Annotated[bool, typer.Option(help="also issue a token and print it")] = True,
+) -> None:
+    """Create a user (and by default a first token)."""
+    from server.auth import service
+    from server.db.engine import session_scope
+    from server.errors import ItloopError
+
+    try:
+        with session_scope() as session:
+            user = service.create_user(session=session, name=name, role=role)
+            plain = service.create_token(session=session, user=user, name="cli") if token else None
+    except ItloopError as exc:
+        _fail(exc.detail)
+    typer.echo(f"created user {name} ({role})")
+    if plain:
+        typer.echo(plain)
+
+
+@tokens_app.command("create")
+def tokens_create(user: str, name: str = "cli") -> None:
+    """Issue a new token for an existing user; printed once."""
+    from server.auth import service
+    from server.db.engine import session_scope
+    from server.errors import ItloopError
+
+    try:
+        with session_scope() as session:
+            plain = service.create_token(
+                session=session, user=service.get_user(session=session, name=user), name=name
+            )
+    except ItloopError as exc:
+        _fail(exc.detail)
+    typer.echo(plain)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(prefix: str = typer.Argument(..., help="the token's first 8 characters")) -> None:
+    """Revoke tokens by prefix."""
+    from server.auth import service
+    from server.db.engine import session_scope
+
+    with session_scope() as session:
+        n = service.revoke_token(session=session, prefix=prefix)
+    typer.echo(f"revoked {n} token(s)")
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    reload: bool = False,
+) -> None:
+    """Run the API server (uvicorn)."""
+    import uvicorn
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    typer.echo(
+        f"itloop API on http://{host}:{port}/api/v1/docs (database: "
+        f"{settings.resolved_database_url.split('@')[-1]})"
+    )
+    uvicorn.run(
+        "server.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        reload=reload,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[list[str] | None, typer.Option("--queue", "-q", help="queues to serve")] = None,
+    burst: Annotated[bool, typer.Option(help="exit when the queues are empty")] = False,
+) -> None:
+    """Run a job worker: an RQ worker when ITLOOP_REDIS_URL is set, else a database-polling worker."""
+    from worker.runner import run_worker
+
+    run_worker(get_settings(), queues=queues or None, burst=burst)
+
+
+@app.command()
+def night(
+    session: Annotated[str, typer.Option("--session", help="recording session id of the day")],
+    wait: Annotated[bool, typer.Option(help="run/wait until the night finishes, with progress")] = True,
+) -> None:
+    """Start the nightly pipeline for a recording session."""
+    from worker.night import run_night_cli
+
+    from server.errors import ItloopError
+
+    try:
+        code = run_night_cli(get_settings(), session_id=session, wait=wait)
+    except ItloopError as exc:
+        _fail(exc.detail)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(help="days of the closed loop to simulate")] = 3,
+    sites: Annotated[int, typer.Option(help="simulated IT sites")] = 16,
+    out: Annotated[Path | None, typer.Option(help="report folder (default <data_dir>/demo-report)")] = None,
+    seed: int = 0,
+) -> None:
+    """Run the closed loop on a simulated IT population and a virtual rig, then write a report."""
+    from demo.run import run_demo
+
+    report = run_demo(get_settings(), days=days, n_sites=sites, out=out, seed=seed)
+    typer.echo(f"report: {report}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Typed settings for every itloop process, read from ``ITLOOP_*`` environment variables.
+
+One ``Settings`` object, reached through the cached :func:`get_settings`, so that
+tests can clear the cache and override values without import-time side effects.
+With nothing set, itloop runs embedded: SQLite and a local object store under
+``ITLOOP_DATA_DIR`` and an in-process job runner.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_TOKEN_PEPPER = "itloop-development-pepper"
+
+
+class Settings(BaseSettings):
+    """All configuration; environment variables win over ``.env``, which wins over defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="ITLOOP_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path("./itloop-data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/itloop.db"
+    )
+    redis_url: str | None = Field(
+        default=None, description="redis://... selects RQ; unset runs jobs in-process"
+    )
+    store_url: str | None = Field(
+        default=None, description="object store: file:///path or s3://bucket/prefix; default <data_dir>/store"
+    )
+    image_store: Path | None = Field(
+        default=None, description="local image-store folder (shortcut for a file:// store_url)"
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    token_pepper: str = Field(default=DEV_TOKEN_PEPPER, description="HMAC key for stored token hashes")
+    bootstrap_admin_token: str | None = Field(
+        default=None, description="if set, `itloop db upgrade` ensures an admin with this token exists"
+    )
+    max_upload_bytes: int = 512 * 1024 * 1024
+    response_window_ms: tuple[float, float] = (70.0, 170.0)
+    queue_name: str = "itloop"
+    gpu_queue_name: str = "itloop-gpu"
+    job_timeout_s: int = 6 * 3600
+    job_max_attempts: int = 3
+    rig_time: str = Field(default="08:00", description="local time (HH:MM) by which the night must publish")
+    public_base_url: str = ""
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.env == "production" and self.token_pepper == DEV_TOKEN_PEPPER:
+            raise ValueError("ITLOOP_TOKEN_PEPPER must be set to a secret value when ITLOOP_ENV=production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'itloop.db').resolve()}"
+
+    @property
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        folder = self.image_store if self.image_store is not None else self.data_dir / "store"
+        return Path(folder).resolve().as_uri()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def ensure_dirs(self) -> None:
+        """Create the data folder lazily: only processes that write need it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def resolve_device(name: str | None = None) -> str:
+    """Pick the torch device without touching CUDA unless asked: called inside jobs, never at import."""
+    name = name or get_settings().device
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,36 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from itloop.logging import configure_logging
+from itloop.settings import Settings, get_settings
+from server.api import build_api_router
+from server.errors import install_error_handlers
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build an app bound to ``settings`` (tests pass their own; processes use the environment)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="itloop",
+        version="0.1.0",
+        description="Closed-loop lab server: rig batches, spike ingest, site models, "
+        "adversarial sensitivity of IT sites. Every endpoint but /api/v1/health needs "
+        "`Authorization: Bearer <token>`.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(build_api_router())
+    try:
+        from server.dashboard.views import mount_dashboard
+    except ModuleNotFoundError:
+        pass
+    else:
+        mount_dashboard(app)
+    return app

@@ -1,0 +1,89 @@
+"""Users and tokens: create, authenticate, revoke. Tokens are random and stored as HMAC hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from itloop.settings import get_settings
+from server.auth.tables import ApiToken, Role, User
+from server.db.base import utcnow
+from server.errors import Conflict, InvalidInput, NotFound, Unauthorized
+
+TOKEN_PREFIX = "itl_"
+
+
+def hash_token(token: str) -> str:
+    """Keyed hash so a leaked table is useless without the pepper from settings."""
+    key = get_settings().token_pepper.encode()
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+
+
+def create_user(*, session: Session, name: str, role: str) -> User:
+    """Create a user with one of the four roles."""
+    if role not in Role.__members__:
+        raise InvalidInput(f"unknown role {role!r}; expected one of {', '.join(Role.__members__)}")
+    if session.scalar(select(User).where(User.name == name)) is not None:
+        raise Conflict(f"user {name!r} already exists")
+    user = User(name=name, role=role)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def get_user(*, session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFound(f"no user named {name!r}")
+    return user
+
+
+def create_token(*, session: Session, user: User, name: str = "", token: str | None = None) -> str:
+    """Issue a token; the plain value is returned once and never stored."""
+    plain = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
+    if len(plain) < 16:
+        raise InvalidInput("tokens must be at least 16 characters")
+    session.add(ApiToken(user_id=user.id, name=name, token_hash=hash_token(plain), prefix=plain[:8]))
+    session.flush()
+    return plain
+
+
+def authenticate(*, session: Session, token: str) -> User:
+    """Return the token's user, or raise Unauthorized without saying which check failed."""
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    if row is None or row.revoked_at is not None or row.user.disabled:
+        raise Unauthorized("invalid or revoked token")
+    return row.user
+
+
+def revoke_token(*, session: Session, token: str | None = None, prefix: str | None = None) -> int:
+    """Revoke by plain value or by the 8-character prefix shown at creation; returns how many."""
+    query = select(ApiToken).where(ApiToken.revoked_at.is_(None))
+    if token is not None:
+        query = query.where(ApiToken.token_hash == hash_token(token))
+    elif prefix is not None:
+        query = query.where(ApiToken.prefix == prefix)
+    else:
+        raise InvalidInput("give a token or a prefix to revoke")
+    rows = list(session.scalars(query))
+    for row in rows:
+        row.revoked_at = utcnow()
+    session.flush()
+    return len(rows)
+
+
+def ensure_admin(*, session: Session, token: str, name: str = "admin") -> User:
+    """Idempotently make sure an admin holding ``token`` exists (prestart seeding)."""
+    try:
+        return authenticate(session=session, token=token)
+    except Unauthorized:
+        pass
+    user = session.scalar(select(User).where(User.name == name)) or create_user(
+        session=session, name=name, role=Role.admin
+    )
+    create_token(session=session, user=user, name="bootstrap", token=token)
+    return user

@@ -1,0 +1,85 @@
+"""Dependency aliases: a route's signature reads like its contract (who may call, what it uses)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from itloop.settings import Settings, get_settings
+from server.auth import service as auth_service
+from server.auth.tables import Role, User
+from server.db.engine import get_sessionmaker
+from server.errors import Forbidden, Unauthorized
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """One session per request; services flush, the route's success commits."""
+    settings: Settings = request.app.state.settings
+    session = get_sessionmaker(settings.resolved_database_url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+_bearer = HTTPBearer(auto_error=False, description="API token issued by `itloop tokens create`")
+
+
+def get_current_user(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    return auth_service.authenticate(session=session, token=credentials.credentials)
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def require_role(*roles: Role | str) -> Callable[[User], User]:
+    """Allow the listed roles (admin is always allowed)."""
+    allowed = {str(r) for r in roles} | {Role.admin.value}
+
+    def _check(user: CurrentUser) -> User:
+        if user.role not in allowed:
+            raise Forbidden(f"role {user.role!r} may not do this; needs one of {', '.join(sorted(allowed))}")
+        return user
+
+    return _check
+
+
+RigUser = Annotated[User, Depends(require_role(Role.rig))]
+ExperimenterUser = Annotated[User, Depends(require_role(Role.experimenter))]
+ViewerUser = Annotated[User, Depends(require_role(Role.viewer, Role.experimenter))]
+AdminUser = Annotated[User, Depends(require_role(Role.admin))]
+# Reading batches is for rigs and for people who look at them.
+BatchReader = Annotated[User, Depends(require_role(Role.rig, Role.viewer, Role.experimenter))]
+
+__all__ = [
+    "AdminUser",
+    "BatchReader",
+    "CurrentUser",
+    "ExperimenterUser",
+    "RigUser",
+    "SessionDep",
+    "SettingsDep",
+    "ViewerUser",
+    "get_settings",
+    "require_role",
+]

@@ -1,0 +1,63 @@
+"""Content-addressed images with their lineage, and named clean image sets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from server.db.base import Base, JSONType, utcnow
+
+
+class Image(Base):
+    """An image as the rig shows it: ``sha256`` is the hash of the PNG bytes served.
+
+    ``kind`` is clean, reference, perturbed, targeted or random (model-free baseline);
+    perturbed images carry their parent, model version, site, epsilon, direction and seed.
+    """
+
+    __tablename__ = "images"
+    __table_args__ = (Index(None, "parent_id", "site_pk", "epsilon"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    width: Mapped[int]
+    height: Mapped[int]
+    n_bytes: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(20), default="clean", index=True)
+    category: Mapped[str | None] = mapped_column(String(120), default=None)
+    source_name: Mapped[str | None] = mapped_column(String(400), default=None)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"))
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
+    )
+    site_pk: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="RESTRICT"))
+    epsilon: Mapped[float | None] = mapped_column(Float, default=None)
+    direction: Mapped[str | None] = mapped_column(String(20), default=None)
+    seed: Mapped[int | None] = mapped_column(default=None)
+    predicted_change: Mapped[float | None] = mapped_column(Float, default=None)
+    achieved_l2: Mapped[float | None] = mapped_column(Float, default=None)
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImageSet(Base):
+    __tablename__ = "image_sets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(default="")
+    is_reference: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImageSetMember(Base):
+    __tablename__ = "image_set_members"
+
+    image_set_id: Mapped[int] = mapped_column(
+        ForeignKey("image_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"), primary_key=True)
+    position: Mapped[int] = mapped_column(default=0)
