@@ -1,0 +1,198 @@
+"""Shared fixtures: real PostgreSQL, real SQLite, real Redis. No mocks of either.
+
+Database tests are parametrised over the backends in ``ITLOOP_TEST_BACKENDS``
+(default ``sqlite,postgresql``). Each backend gets one freshly created, migrated
+database per test session; each test runs inside a transaction that is rolled
+back (``db_session``). Tests that need committed data seen by other processes
+(workers, subprocesses) use ``fresh_db_url``, a brand-new database per test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from itloop.settings import Settings, get_settings
+from server.db import migrate
+from server.db.engine import get_engine
+
+PG_ADMIN_URL = os.environ.get(
+    "ITLOOP_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_TEST_URL = os.environ.get("ITLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+BACKENDS = [b.strip() for b in os.environ.get("ITLOOP_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def create_pg_database(name: str) -> str:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(name: str) -> None:
+    get_engine.cache_clear()
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def new_database(backend: str, folder: Path, tag: str) -> tuple[str, Callable[[], None]]:
+    """A new, migrated database; returns its URL and a cleanup function."""
+    if backend == "sqlite":
+        url = f"sqlite:///{folder / f'{tag}.db'}"
+        cleanup: Callable[[], None] = lambda: None  # noqa: E731
+    elif backend == "postgresql":
+        name = f"itloop_test_{RUN_ID}_{tag}"[:63]
+        url = create_pg_database(name)
+        cleanup = lambda: drop_pg_database(name)  # noqa: E731
+    else:
+        raise ValueError(f"unknown test backend {backend!r}")
+    migrate.upgrade(url)
+    return url, cleanup
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def migrated_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url, cleanup = new_database(backend, tmp_path_factory.mktemp("db"), f"shared_{backend}")
+    yield url
+    get_engine(url).dispose()
+    cleanup()
+
+
+@pytest.fixture
+def fresh_db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A brand-new migrated database for tests whose data must be committed and shared."""
+    tag = uuid.uuid4().hex[:10]
+    url, cleanup = new_database(backend, tmp_path, f"fresh_{tag}")
+    yield url
+    get_engine(url).dispose()
+    cleanup()
+
+
+@pytest.fixture
+def db_session(migrated_url: str) -> Iterator[Session]:
+    """A session whose every commit is a savepoint inside one transaction rolled back at the end."""
+    engine = get_engine(migrated_url)
+    connection = engine.connect()
+    outer = connection.begin()
+    session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        yield session
+    finally:
+        session.close()
+        if outer.is_active:
+            outer.rollback()
+        connection.close()
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    return Settings(
+        env="test",
+        database_url=database_url,
+        data_dir=data_dir,
+        store_url=(data_dir / "store").resolve().as_uri(),
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def settings(migrated_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings bound to the shared test database; also what get_settings() returns during the test."""
+    s = make_settings(migrated_url, tmp_path)
+    _install_settings(s, monkeypatch)
+    yield s
+    get_settings.cache_clear()
+
+
+def _install_settings(s: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import itloop.settings as settings_module
+    from itloop.storage import get_store
+
+    get_settings.cache_clear()
+    get_store.cache_clear()
+    monkeypatch.setattr(settings_module, "get_settings", lambda: s)
+    for var in ("DATABASE_URL", "REDIS_URL", "STORE_URL", "DATA_DIR", "IMAGE_STORE"):
+        monkeypatch.delenv(f"ITLOOP_{var}", raising=False)
+    monkeypatch.setenv("ITLOOP_DATABASE_URL", s.resolved_database_url)
+    monkeypatch.setenv("ITLOOP_DATA_DIR", str(s.data_dir))
+    monkeypatch.setenv("ITLOOP_STORE_URL", s.resolved_store_url)
+    if s.redis_url:
+        monkeypatch.setenv("ITLOOP_REDIS_URL", s.redis_url)
+
+
+@pytest.fixture
+def client(settings: Settings, db_session: Session) -> Iterator[object]:
+    """A TestClient whose requests all run in the test's rolled-back transaction."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.deps import get_db
+
+    app = create_app(settings)
+
+    def _db() -> Iterator[Session]:
+        try:
+            yield db_session
+            db_session.commit()
+        except BaseException:
+            db_session.rollback()
+            raise
+
+    app.dependency_overrides[get_db] = _db
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+ROLES = ("admin", "experimenter", "viewer", "rig")
+
+
+@pytest.fixture
+def tokens(db_session: Session) -> dict[str, str]:
+    """One user and token per role, in the test transaction."""
+    from server.auth import service
+
+    out = {}
+    for role in ROLES:
+        user = service.create_user(session=db_session, name=f"{role}-{uuid.uuid4().hex[:6]}", role=role)
+        out[role] = service.create_token(session=db_session, user=user)
+    db_session.commit()
+    return out
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def auth(tokens: dict[str, str]) -> Callable[[str], dict[str, str]]:
+    """``auth("rig")`` gives the headers of that role's token."""
+    return lambda role: bearer(tokens[role])
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Redis database reserved for tests, emptied before and after."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    client.flushdb()
+    yield REDIS_TEST_URL
+    client.flushdb()
+    client.close()

@@ -1,0 +1,188 @@
+"""Foundation: migrations, constraints, auth, settings precedence, health, error format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from itloop.settings import Settings
+from server.auth import service
+from server.db import migrate
+from server.db.all_tables import metadata
+from server.images.tables import Image
+from server.lab.tables import Array, Site, Subject
+from tests.conftest import bearer, new_database
+
+
+def test_migrations_upgrade_and_downgrade(backend: str, tmp_path: Path) -> None:
+    url, cleanup = new_database(backend, tmp_path, "updown")
+    try:
+        from server.db.engine import get_engine
+
+        names = set(inspect(get_engine(url)).get_table_names())
+        assert set(metadata.tables) <= names
+        migrate.check(url)  # no drift between ORM and migrations
+        migrate.downgrade(url, "base")
+        get_engine.cache_clear()
+        assert set(inspect(get_engine(url)).get_table_names()) <= {"alembic_version"}
+        migrate.upgrade(url)
+        assert set(metadata.tables) <= set(inspect(get_engine(url)).get_table_names())
+        get_engine(url).dispose()
+    finally:
+        cleanup()
+
+
+def test_image_hash_is_unique(db_session: Session) -> None:
+    db_session.add(Image(sha256="a" * 64, width=4, height=4, n_bytes=10))
+    db_session.flush()
+    db_session.add(Image(sha256="a" * 64, width=4, height=4, n_bytes=10))
+    with pytest.raises(IntegrityError):
+        db_session.flush()
+
+
+def test_site_id_is_unique_and_fk_enforced(db_session: Session) -> None:
+    subject = Subject(name="m1")
+    db_session.add(subject)
+    db_session.flush()
+    array = Array(subject_id=subject.id, name="A")
+    db_session.add(array)
+    db_session.flush()
+    db_session.add(Site(site_id="s1", array_id=array.id))
+    db_session.flush()
+    with pytest.raises(IntegrityError):
+        with db_session.begin_nested():
+            db_session.add(Site(site_id="s1", array_id=array.id))
+    with pytest.raises(IntegrityError):
+        with db_session.begin_nested():
+            db_session.add(Site(site_id="s2", array_id=987654))
+
+
+def test_presentation_event_unique_per_batch(db_session: Session) -> None:
+    from server.batches.tables import Batch
+    from server.lab.tables import Rig
+    from server.recordings.tables import RigEvent
+
+    rig = Rig(rig_id="rig-x")
+    db_session.add(rig)
+    db_session.flush()
+    batch = Batch(batch_id="b1", rig_pk=rig.id)
+    db_session.add(batch)
+    db_session.flush()
+    db_session.add(RigEvent(batch_pk=batch.id, event_id="e1", image_sha256="a" * 64, onset_s=1.0))
+    db_session.flush()
+    with pytest.raises(IntegrityError):
+        with db_session.begin_nested():
+            db_session.add(RigEvent(batch_pk=batch.id, event_id="e1", image_sha256="a" * 64, onset_s=2.0))
+
+
+def test_no_token_is_401_with_json(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/api/v1/me")
+    assert r.status_code == 401
+    assert "token" in r.json()["detail"]
+
+
+def test_wrong_token_is_401(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/api/v1/me", headers=bearer("itl_not-a-real-token-at-all"))
+    assert r.status_code == 401
+
+
+def test_wrong_role_is_403_and_admin_may(client, auth) -> None:  # type: ignore[no-untyped-def]
+    body = {"name": "newbie", "role": "viewer"}
+    r = client.post("/api/v1/users", json=body, headers=auth("viewer"))
+    assert r.status_code == 403
+    assert "admin" in r.json()["detail"]
+    r = client.post("/api/v1/users", json=body, headers=auth("admin"))
+    assert r.status_code == 201, r.text
+    assert r.json()["role"] == "viewer"
+
+
+def test_revoked_token_is_401(client, db_session: Session) -> None:  # type: ignore[no-untyped-def]
+    user = service.create_user(session=db_session, name="temp", role="viewer")
+    token = service.create_token(session=db_session, user=user)
+    db_session.commit()
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200
+    assert service.revoke_token(session=db_session, prefix=token[:8]) == 1
+    db_session.commit()
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+
+
+def test_tokens_are_stored_hashed(db_session: Session) -> None:
+    from server.auth.tables import ApiToken
+
+    user = service.create_user(session=db_session, name="h", role="viewer")
+    token = service.create_token(session=db_session, user=user)
+    row = db_session.query(ApiToken).filter_by(user_id=user.id).one()
+    assert token not in row.token_hash and row.token_hash == service.hash_token(token)
+
+
+def test_validation_errors_are_json(client, auth) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/api/v1/users", json={"name": "x", "role": "pope"}, headers=auth("admin"))
+    assert r.status_code == 422
+    assert "role" in r.json()["detail"]
+
+
+def test_unknown_route_is_json_404(client, auth) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/api/v1/nope", headers=auth("admin"))
+    assert r.status_code == 404 and "detail" in r.json()
+
+
+def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("ITLOOP_DATABASE_URL", "ITLOOP_REDIS_URL", "ITLOOP_DEVICE", "ITLOOP_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    defaults = Settings()
+    assert defaults.redis_url is None and defaults.device == "auto"
+    assert defaults.resolved_database_url.startswith("sqlite:///")
+    assert defaults.resolved_database_url.endswith("itloop-data/itloop.db")
+    (tmp_path / ".env").write_text("ITLOOP_DEVICE=cpu\nITLOOP_REDIS_URL=redis://from-dotenv:6379/0\n")
+    from_file = Settings()
+    assert from_file.device == "cpu" and from_file.redis_url == "redis://from-dotenv:6379/0"
+    monkeypatch.setenv("ITLOOP_DEVICE", "cuda:1")
+    assert Settings().device == "cuda:1"  # environment beats .env
+    assert Settings(device="cuda:0").device == "cuda:0"  # explicit beats environment
+
+
+def test_production_refuses_default_pepper() -> None:
+    with pytest.raises(ValueError, match="TOKEN_PEPPER"):
+        Settings(env="production")
+    Settings(env="production", token_pepper="a-real-secret")
+
+
+def test_health_ok(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/api/v1/health")
+    assert r.status_code == 200
+    assert r.json()["database"]["ok"] is True
+
+
+def test_health_reports_stopped_database(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    s = Settings(
+        env="test",
+        data_dir=tmp_path,
+        database_url="postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1",
+        redis_url="redis://127.0.0.1:1/0",
+    )
+    with TestClient(create_app(s)) as c:
+        r = c.get("/api/v1/health")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["status"] == "unhealthy"
+    assert body["database"]["ok"] is False and body["queue"]["ok"] is False
+
+
+def test_health_reports_real_redis(tmp_path: Path, redis_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    s = Settings(env="test", data_dir=tmp_path, redis_url=redis_url)
+    with TestClient(create_app(s)) as c:
+        body = c.get("/api/v1/health").json()
+    assert body["queue"] == {"ok": True, "backend": "redis"}
