@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Prestart for a deployment: wait for the database, migrate, seed the bootstrap admin.
+set -euo pipefail
+python - <<'PY'
+import sys, time
+from sqlalchemy import create_engine, text
+from itloop.settings import get_settings
+
+url = get_settings().resolved_database_url
+for attempt in range(60):
+    try:
+        with create_engine(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        break
+    except Exception as exc:  # noqa: BLE001
+        print(f"waiting for database ({exc.__class__.__name__})", file=sys.stderr)
+        time.sleep(2)
+else:
+    sys.exit("database did not come up in 120 s")
+PY
+itloop db upgrade
