@@ -133,9 +133,9 @@ class MultiRidgeCV:
         else:
             x_scale = np.ones(Xa.shape[1])
 
-        Xt = (torch.from_numpy(Xa).to(dev) - torch.from_numpy(x_mean).to(dev)) / torch.from_numpy(
-            x_scale
-        ).to(dev)
+        Xt = (torch.from_numpy(Xa).to(dev) - torch.from_numpy(x_mean).to(dev)) / torch.from_numpy(x_scale).to(
+            dev
+        )
         Yt = torch.from_numpy(Ya).to(dev) - torch.from_numpy(y_mean).to(dev)
         at = torch.from_numpy(alphas).to(dev)
 

@@ -54,7 +54,9 @@ def test_loo_predictions_are_exact(rng):
     keep = np.arange(30) != i
     for j in range(3):
         single = MultiRidgeCV([model.alpha_[j]], standardize=False).fit(X[keep], Y[keep, j : j + 1])
-        np.testing.assert_allclose(model.loo_predictions_[i, j], single.predict(X[i : i + 1])[0, 0], rtol=1e-9)
+        np.testing.assert_allclose(
+            model.loo_predictions_[i, j], single.predict(X[i : i + 1])[0, 0], rtol=1e-9
+        )
 
 
 def test_standardize_and_kfold_paths(rng):
