@@ -1,0 +1,87 @@
+"""Shapes of the rig contract (DESIGN.md section 5): manifests, presentation events, batch listings.
+
+Field names here are fixed by the contract; fields may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ManifestImage(BaseModel):
+    sha256: str
+    url: str
+    width: int
+    height: int
+    bytes: int
+
+
+class ManifestItem(BaseModel):
+    seq: int
+    image_sha256: str
+    trial: int
+    on_ms: int
+    off_ms: int
+
+
+class Manifest(BaseModel):
+    """Immutable once published."""
+
+    batch_id: str
+    rig_id: str
+    published_at: datetime
+    model_version: str | None
+    day: int | None = None
+    notes: str = ""
+    images: list[ManifestImage]
+    sequence: list[ManifestItem]
+
+
+class PresentationEvent(BaseModel):
+    """One stimulus presentation as the rig saw it; ``event_id`` makes posting idempotent."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: str = Field(min_length=1, max_length=120, description='e.g. f"{batch_id}:{seq}"')
+    seq: int | None = Field(default=None, description="the manifest sequence entry shown")
+    image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    onset_s: float = Field(allow_inf_nan=False, description="onset on the session clock, seconds")
+    fixation_ok: bool = True
+
+
+class PresentationResult(BaseModel):
+    received: int
+    new: int
+    repeated: int
+
+
+class BatchBase(BaseModel):
+    batch_id: str
+    rig_id: str
+    day: int
+    state: str
+    notes: str = ""
+
+
+class BatchRead(BatchBase):
+    model_version: str | None = None
+    n_images: int
+    n_sequence: int
+    created_at: datetime
+    published_at: datetime | None
+    completed_at: datetime | None
+
+
+class BatchPage(BaseModel):
+    items: list[BatchRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class CompleteResult(BaseModel):
+    batch_id: str
+    completed_at: datetime
+    events: int = Field(description="presentation events stored for the batch")

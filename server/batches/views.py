@@ -1,0 +1,207 @@
+"""The rig face of the API (DESIGN.md section 5): next batch, manifest, bundle, events, completion.
+
+Any rig token may read any published batch and post for it (rigs are trusted lab
+machines; tokens are per rig so a leak is revoked per rig). People with viewer or
+experimenter roles may read manifests, images and bundles too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import TypeAdapter, ValidationError
+
+from server.batches import service
+from server.batches.bundle import ensure_bundle
+from server.batches.schemas import (
+    BatchPage,
+    BatchRead,
+    CompleteResult,
+    Manifest,
+    PresentationEvent,
+    PresentationResult,
+)
+from server.batches.tables import BatchState
+from server.deps import BatchReader, RigUser, SessionDep, SettingsDep, ViewerUser
+from server.errors import InvalidInput, PayloadTooLarge
+from server.images.views import etag_matches, get_app_store
+
+router = APIRouter(tags=["rig"])
+
+NDJSON = "application/x-ndjson"
+_event = TypeAdapter(PresentationEvent)
+STATES = (BatchState.building, BatchState.published, BatchState.failed, BatchState.withdrawn)
+STATE_PATTERN = "^(" + "|".join(STATES) + ")$"
+
+
+def _manifest_response(request: Request, manifest: dict[str, Any], cache: str) -> Response:
+    body = json.dumps(manifest, separators=(",", ":")).encode()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": cache}
+    if etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/rigs/{rig_id}/batches/next",
+    summary="The newest published batch this rig has not completed (204 when none)",
+    response_model=Manifest,
+    responses={204: {"description": "no batch to show"}},
+)
+def next_batch(
+    rig_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: RigUser
+) -> Response:
+    batch = service.next_for_rig(session=session, rig_id=rig_id)
+    if batch is None or batch.manifest is None:
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
+    manifest = service.render_manifest(batch.manifest, settings.public_base_url)
+    return _manifest_response(request, manifest, "no-store")
+
+
+@router.get("/batches", response_model=BatchPage, summary="List batches (filter by rig and state)")
+def list_batches(
+    session: SessionDep,
+    _: ViewerUser,
+    rig: str | None = None,
+    state: Annotated[str | None, Query(pattern=STATE_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> BatchPage:
+    rows, total = service.list_batches(session=session, rig_id=rig, state=state, limit=limit, offset=offset)
+    items = [
+        BatchRead(
+            batch_id=r["batch"].batch_id,
+            rig_id=r["rig_id"],
+            day=r["batch"].day,
+            state=r["batch"].state,
+            notes=r["batch"].notes,
+            model_version=r["model_version"],
+            n_images=r["n_images"],
+            n_sequence=r["n_sequence"],
+            created_at=r["batch"].created_at,
+            published_at=r["batch"].published_at,
+            completed_at=r["batch"].completed_at,
+        )
+        for r in rows
+    ]
+    return BatchPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/batches/{batch_id}", response_model=Manifest, summary="A published batch's manifest")
+def get_manifest(
+    batch_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: BatchReader
+) -> Response:
+    manifest = service.get_manifest(
+        session=session, batch_id=batch_id, public_base_url=settings.public_base_url
+    )
+    return _manifest_response(request, manifest, "no-cache")
+
+
+@router.get(
+    "/batches/{batch_id}/bundle",
+    summary="Zip of manifest.json and images/<sha256>.png",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+def get_bundle(
+    batch_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: BatchReader
+) -> Response:
+    manifest = service.get_manifest(
+        session=session, batch_id=batch_id, public_base_url=settings.public_base_url
+    )
+    store = get_app_store(settings)
+    key = ensure_bundle(manifest, store)
+    etag = f'"{key.rsplit("/", 1)[-1].removesuffix(".zip")}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    path = store.local_path(key)
+    if path is not None:
+        return FileResponse(path, media_type="application/zip", filename=f"{batch_id}.zip", headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{batch_id}.zip"'
+    return Response(store.get(key), media_type="application/zip", headers=headers)
+
+
+async def read_events(request: Request, settings: SettingsDep) -> list[dict[str, Any]]:
+    """Parse a JSON list or NDJSON body into validated events; any bad item names its index."""
+    body = await request.body()
+    if len(body) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"body exceeds {settings.max_upload_bytes} bytes")
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    raw: list[Any] = []
+    if content_type in (NDJSON, "application/jsonl", "application/ndjson"):
+        for n, line in enumerate(body.decode("utf-8", errors="replace").splitlines()):
+            if line.strip():
+                try:
+                    raw.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InvalidInput(f"line {n + 1}: not valid JSON ({exc.msg})") from None
+    else:
+        try:
+            parsed = json.loads(body or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"body is not valid JSON ({exc}); send a JSON list or NDJSON") from None
+        if not isinstance(parsed, list):
+            raise InvalidInput("body must be a JSON list of presentation events (or NDJSON)")
+        raw = parsed
+    events = []
+    problems = []
+    for i, item in enumerate(raw):
+        try:
+            events.append(_event.validate_python(item).model_dump())
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            problems.append(f"item {i}: {loc + ': ' if loc else ''}{err.get('msg', 'invalid')}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise InvalidInput("; ".join(problems[:5]) + more, errors=problems[:100])
+    return events
+
+
+_events_body = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "array", "items": PresentationEvent.model_json_schema()}},
+            NDJSON: {
+                "schema": {"type": "string", "description": "one PresentationEvent JSON object per line"}
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/batches/{batch_id}/presentations",
+    response_model=PresentationResult,
+    summary="Post presentation events (idempotent by event_id)",
+    openapi_extra=_events_body,
+)
+def post_presentations(
+    batch_id: str,
+    _: RigUser,
+    events: Annotated[list[dict[str, Any]], Depends(read_events)],
+    session: SessionDep,
+) -> PresentationResult:
+    return PresentationResult(
+        **service.record_presentations(session=session, batch_id=batch_id, events=events)
+    )
+
+
+@router.post(
+    "/batches/{batch_id}/complete", response_model=CompleteResult, summary="The rig finished the batch"
+)
+def complete_batch(batch_id: str, session: SessionDep, _: RigUser) -> CompleteResult:
+    batch = service.complete(session=session, batch_id=batch_id)
+    assert batch.completed_at is not None
+    return CompleteResult(
+        batch_id=batch.batch_id,
+        completed_at=batch.completed_at,
+        events=service.count_events(session=session, batch=batch),
+    )

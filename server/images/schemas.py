@@ -1,0 +1,69 @@
+"""Response shapes for images, their lineage and clean image sets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ImageBase(BaseModel):
+    sha256: str
+    width: int
+    height: int
+    kind: str
+    category: str | None = None
+
+
+class ImageRead(ImageBase):
+    model_config = ConfigDict(from_attributes=True)
+
+    bytes: int = Field(validation_alias="n_bytes")
+    source_name: str | None = None
+
+
+class ImageLineage(ImageBase):
+    """Everything known about how an image was made (DESIGN.md section 5, lineage)."""
+
+    bytes: int
+    source_name: str | None
+    parent_sha256: str | None = Field(description="the clean image this one perturbs")
+    model_version: str | None
+    site_id: str | None
+    epsilon: float | None
+    direction: str | None
+    seed: int | None
+    predicted_change: float | None
+    achieved_l2: float | None
+    provenance: dict[str, Any]
+    created_at: datetime
+
+
+class ImageSetBase(BaseModel):
+    name: str
+    description: str = ""
+    is_reference: bool = False
+
+
+class ImageSetCreate(ImageSetBase):
+    """Sent as multipart form fields beside the files (documented here for clients)."""
+
+    categories: list[str | None] | None = None
+
+
+class ImageSetRead(ImageSetBase):
+    id: int
+    n_images: int
+    created_at: datetime
+
+
+class ImageSetDetail(ImageSetRead):
+    images: list[ImageRead]
+
+
+class ImageSetPage(BaseModel):
+    items: list[ImageSetRead]
+    total: int
+    limit: int
+    offset: int

@@ -1,0 +1,171 @@
+"""Image routes: the rig's immutable PNG fetch, lineage, and clean image-set upload."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from itloop.storage import ObjectStore, get_store, image_key
+from server.deps import BatchReader, ExperimenterUser, SessionDep, SettingsDep, ViewerUser
+from server.errors import NotFound, PayloadTooLarge
+from server.images import service
+from server.images.schemas import ImageLineage, ImageRead, ImageSetDetail, ImageSetPage, ImageSetRead
+from server.images.tables import Image, ImageSet
+
+router = APIRouter(tags=["images"])
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def get_app_store(settings: SettingsDep) -> ObjectStore:
+    """The object store of the app's settings (cached per URL)."""
+    return get_store(settings.resolved_store_url)
+
+
+def etag_matches(request: Request, etag: str) -> bool:
+    """Does ``If-None-Match`` name this entity tag (weak or strong, or ``*``)?"""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    for part in header.split(","):
+        tag = part.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
+@router.get(
+    "/images/{sha256}",
+    summary="PNG bytes of an image (immutable; ETag is the SHA-256)",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the PNG whose SHA-256 is the path"},
+        304: {"description": "If-None-Match named this image"},
+        404: {"description": "unknown hash"},
+        422: {"description": "malformed hash"},
+    },
+)
+def get_image(
+    sha256: str, request: Request, session: SessionDep, settings: SettingsDep, _: BatchReader
+) -> Response:
+    sha = service.check_sha256(sha256)
+    if session.scalar(select(Image.id).where(Image.sha256 == sha)) is None:
+        raise NotFound(f"no image with sha256 {sha}")
+    etag = f'"{sha}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+    if etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    store = get_app_store(settings)
+    key = image_key(sha)
+    path = store.local_path(key)
+    if path is not None:
+        if not path.is_file():
+            raise NotFound(f"image {sha} is registered but its object is missing from the store")
+        return FileResponse(path, media_type="image/png", headers=headers)
+    try:
+        data = store.get(key)
+    except KeyError:
+        raise NotFound(f"image {sha} is registered but its object is missing from the store") from None
+    return Response(data, media_type="image/png", headers=headers)
+
+
+@router.get("/images/{sha256}/lineage", response_model=ImageLineage, summary="How an image was made")
+def get_lineage(sha256: str, session: SessionDep, _: ViewerUser) -> ImageLineage:
+    image = service.get_by_hash(session=session, sha256=sha256)
+    return ImageLineage(**service.lineage(session=session, image=image))
+
+
+@router.post(
+    "/image-sets",
+    response_model=ImageSetDetail,
+    status_code=201,
+    summary="Upload a clean image set (multipart PNG files)",
+)
+async def create_image_set(
+    session: SessionDep,
+    settings: SettingsDep,
+    _: ExperimenterUser,
+    name: Annotated[str, Form(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")],
+    files: Annotated[
+        list[UploadFile], File(description="PNG files; `<category>__<name>.png` names a category")
+    ],
+    description: Annotated[str, Form()] = "",
+    is_reference: Annotated[bool, Form(description="the fixed reference set shown every day")] = False,
+    categories: Annotated[str | None, Form(description="JSON list, one category (or null) per file")] = None,
+) -> ImageSetDetail:
+    payload: list[tuple[str, bytes]] = []
+    total = 0
+    for f in files:
+        data = await f.read()
+        total += len(data)
+        if total > settings.max_upload_bytes:
+            raise PayloadTooLarge(f"upload exceeds {settings.max_upload_bytes} bytes")
+        payload.append((f.filename or f"file{len(payload)}", data))
+    cats = service.parse_categories(categories, len(payload))
+    store = get_app_store(settings)
+
+    def _create() -> ImageSetDetail:
+        image_set = service.create_image_set(
+            session=session,
+            store=store,
+            name=name,
+            files=payload,
+            categories=cats,
+            description=description,
+            is_reference=is_reference,
+        )
+        return _detail(session, image_set)
+
+    return await run_in_threadpool(_create)
+
+
+def _detail(session: Session, image_set: ImageSet) -> ImageSetDetail:
+    members = service.set_members(session=session, image_set=image_set)
+    return ImageSetDetail(
+        id=image_set.id,
+        name=image_set.name,
+        description=image_set.description,
+        is_reference=image_set.is_reference,
+        n_images=len(members),
+        created_at=image_set.created_at,
+        images=[ImageRead.model_validate(m) for m in members],
+    )
+
+
+@router.get("/image-sets", response_model=ImageSetPage, summary="List clean image sets")
+def list_image_sets(
+    session: SessionDep,
+    _: ViewerUser,
+    is_reference: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ImageSetPage:
+    rows, total = service.list_image_sets(
+        session=session, is_reference=is_reference, limit=limit, offset=offset
+    )
+    items = [
+        ImageSetRead(
+            id=s.id,
+            name=s.name,
+            description=s.description,
+            is_reference=s.is_reference,
+            n_images=n,
+            created_at=s.created_at,
+        )
+        for s, n in rows
+    ]
+    return ImageSetPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/image-sets/{name}", response_model=ImageSetDetail, summary="One image set with its images")
+def get_image_set(name: str, session: SessionDep, _: ViewerUser) -> ImageSetDetail:
+    return _detail(session, service.get_image_set(session=session, name=name))
