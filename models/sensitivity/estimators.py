@@ -208,7 +208,7 @@ def _pair_items(pairs: PairedResponses, which: PairSet) -> Items:
     s2c, s2p = _trial_variance(pairs.clean, mc, nc), _trial_variance(pairs.perturbed, mp, npert)
     pooled = finite_mean(np.concatenate([s2c, s2p], axis=1), axis=1)[:, None]  # for one-repeat sides
     v = np.where(np.isfinite(s2c), s2c, pooled) * inv_c + np.where(np.isfinite(s2p), s2p, pooled) * inv_p
-    rd = pairs.random_direction
+    rd = np.asarray(pairs.random_direction, dtype=bool)
     select = {"guided": ~rd, "random": rd, "all": np.ones_like(rd)}[which]
     features = {"abs": np.abs(d), "signed": signed, "scale": np.sqrt(inv_c + inv_p), "excess": d**2 - v}
     return pack(features, both & np.isfinite(d) & select)
@@ -375,7 +375,7 @@ def _estimate(
         site_boot = np.concatenate([values(np.repeat(ident, b, axis=0), rng) for b in sizes])
         lo, hi = percentile_interval(site_boot, ci)
 
-    common = {"epsilon": epsilon, "estimator": label, "day": day, "model": model}
+    common: dict[str, Any] = {"epsilon": epsilon, "estimator": label, "day": day, "model": model}
     records = [
         SensitivityEstimate(
             site_id=site_ids[i],

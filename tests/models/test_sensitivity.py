@@ -46,7 +46,7 @@ class Sim:
         return float(per_site.mean())
 
     def predicted_plain(self) -> float:
-        """Expected plain estimate (raw units): mean of a folded normal per pair (Gaussian approx. of Poisson)."""
+        """Expected plain estimate (raw units): folded-normal mean per pair, Gaussian approx. of Poisson."""
         mu_c = self.rates[:, : self.change.shape[1]]
         s = np.sqrt(mu_c / self.n_clean_rep + self.pert_rates / self.n_pert_rep)
         m = np.abs(self.change)
@@ -83,7 +83,9 @@ def simulate(
     mean = rng.uniform(5, 15, n_sites)[:, None]
     spread = 0.3 * mean
     rates = np.clip(mean + spread * rng.standard_normal((n_sites, n_clean)), 0.5, None)
-    size = change_sd * spread * rng.uniform(0.5, 1.5, (n_sites, 1)) * rng.uniform(0.5, 1.5, (n_sites, n_pairs))
+    size = (
+        change_sd * spread * rng.uniform(0.5, 1.5, (n_sites, 1)) * rng.uniform(0.5, 1.5, (n_sites, n_pairs))
+    )
     direction = rng.choice([-1.0, 1.0], (n_sites, n_pairs))
     pair_rates = rates[:, :n_pairs]
     pert_rates = np.clip(pair_rates - direction * size, 0.1, None)
@@ -98,10 +100,17 @@ def simulate(
     f_pert = f_clean - flip * direction * (size + 0.1)  # the model always predicts some change
     ids = tuple(f"site{i}" for i in range(n_sites))
     pairs = PairedResponses(
-        epsilon, ids, clean_trials[:, :n_pairs], pert_trials, f_clean, f_pert,
+        epsilon,
+        ids,
+        clean_trials[:, :n_pairs],
+        pert_trials,
+        f_clean,
+        f_pert,
         np.full((n_sites, n_pairs), random_direction),
     )
-    return Sim(pairs, CleanResponses(ids, clean_trials), rates, change, n_rep[:, :n_pairs], n_pert, pert_rates)
+    return Sim(
+        pairs, CleanResponses(ids, clean_trials), rates, change, n_rep[:, :n_pairs], n_pert, pert_rates
+    )
 
 
 def population(records: list[SensitivityEstimate], estimator: str | None = None) -> SensitivityEstimate:
@@ -128,7 +137,9 @@ def test_sign_corrected_is_unbiased_and_plain_is_biased_by_the_predicted_amount(
         rng = np.random.default_rng(seed)
         sim = simulate(rng)
         opts = {"n_boot": 400, "rng": rng, "site_intervals": False}
-        s = population(pair_sensitivity(sim.pairs, sim.clean, estimator="sign_corrected", sigma="none", **opts))
+        s = population(
+            pair_sensitivity(sim.pairs, sim.clean, estimator="sign_corrected", sigma="none", **opts)
+        )
         p = population(pair_sensitivity(sim.pairs, sim.clean, estimator="plain", sigma="none", **opts))
         t = sim.truth("none")
         covered_sign += s.ci_low <= t <= s.ci_high
@@ -162,7 +173,9 @@ def test_sign_convention_positive_when_model_predicts_the_direction() -> None:
     values = {}
     for wrong in (0.0, 0.5, 1.0):
         sim = simulate(rng, wrong_sign=wrong)
-        r = pair_sensitivity(sim.pairs, sim.clean, estimator="sign_corrected", sigma="none", n_boot=200, rng=rng)
+        r = pair_sensitivity(
+            sim.pairs, sim.clean, estimator="sign_corrected", sigma="none", n_boot=200, rng=rng
+        )
         values[wrong] = (population(r), sim.truth("none"))
     right, truth = values[0.0]
     assert right.value > 0.8 * truth
@@ -268,7 +281,12 @@ def test_constant_or_sparse_site_is_undefined_with_a_reason_and_no_warning() -> 
     pair_clean = sim.pairs.clean.copy()
     pair_clean[1, 1:] = np.nan  # site1: a single pair
     pairs = PairedResponses(
-        1.0, sim.pairs.site_ids, pair_clean, sim.pairs.perturbed, sim.pairs.pred_clean, sim.pairs.pred_perturbed
+        1.0,
+        sim.pairs.site_ids,
+        pair_clean,
+        sim.pairs.perturbed,
+        sim.pairs.pred_clean,
+        sim.pairs.pred_perturbed,
     )
     clean = CleanResponses(sim.clean.site_ids, clean_trials)
     with warnings.catch_warnings():
@@ -321,3 +339,134 @@ def test_compare_curves_picks_the_closest_model_and_the_standard_ratio() -> None
     assert np.isnan(sym.ratio_to_standard)
     with pytest.raises(ValueError):
         compare_curves(it, {"short": it[:2]})
+
+
+# ---------------------------------------------------------------- data structures
+
+
+def test_from_all_sites_keeps_each_sites_own_pairs() -> None:
+    n_sites, n_all, reps = 3, 5, 2
+    # response of site i to pair k, repeat r = 100 i + 10 k + r (easy to trace)
+    i, k, r = np.meshgrid(np.arange(n_sites), np.arange(n_all), np.arange(reps), indexing="ij")
+    clean = 100.0 * i + 10.0 * k + r
+    owner = np.array([0, 1, 0, -1, 2])  # pair 3 is shared (e.g. a random direction)
+    pairs = PairedResponses.from_all_sites(
+        epsilon=2.0,
+        site_ids=["a", "b", "c"],
+        clean=clean,
+        perturbed=clean + 1.0,
+        pred_clean=clean[..., 0],
+        pred_perturbed=clean[..., 0] - 1.0,
+        pair_site=owner,
+        random_direction=[False, False, False, True, False],
+    )
+    assert pairs.clean.shape == (3, 3, 2)  # site a has pairs 0, 2, 3
+    np.testing.assert_array_equal(pairs.clean[0, :, 0], [0.0, 20.0, 30.0])
+    np.testing.assert_array_equal(pairs.clean[1, :2, 0], [110.0, 130.0])
+    assert np.isnan(pairs.clean[1, 2]).all() and np.isnan(pairs.pred_clean[2, 2])
+    np.testing.assert_array_equal(pairs.random_direction[0], [False, False, True])
+    with pytest.raises(ValueError):
+        PairedResponses.from_all_sites(
+            epsilon=2.0,
+            site_ids=["a", "b", "c"],
+            clean=clean,
+            perturbed=clean,
+            pred_clean=clean[..., 0],
+            pred_perturbed=clean[..., 0],
+            pair_site=[0, 1, 5, 0, 0],
+        )
+
+
+def _models_for(sim: Sim, epsilon: float, scale: dict[str, float]) -> list[ModelPredictions]:
+    """Noise-free models that see the true rates and change them ``scale`` times as much as IT."""
+    n_pairs = sim.change.shape[1]
+    f_clean = sim.rates[:, :n_pairs]
+    return [
+        ModelPredictions(name, epsilon, sim.clean.site_ids, sim.rates, f_clean, f_clean - k * sim.change)
+        for name, k in scale.items()
+    ]
+
+
+def _day(seed: int, site_order: slice = slice(None), n_sites: int = 12) -> DayInputs:
+    rng = np.random.default_rng(seed)
+    pairs, models, clean = [], [], None
+    for eps in (1.0, 3.0, 10.0):
+        sim = simulate(rng, n_sites=n_sites, n_pairs=12, n_clean=30, change_sd=0.15 * eps, epsilon=eps)
+        sim_random = simulate(
+            rng,
+            n_sites=n_sites,
+            n_pairs=6,
+            n_clean=30,
+            change_sd=0.02 * eps,
+            random_direction=True,
+            epsilon=eps,
+        )
+        # one clean set per day: reuse the first simulation's (the others' rates differ, fine for this test)
+        clean = clean or sim.clean
+        pairs += [sim.pairs, sim_random.pairs]
+        models += _models_for(sim, eps, {"standard": 10.0, "robust": 1.0, "tiny": 0.05})
+    assert clean is not None
+    reorder = np.arange(n_sites)[site_order]
+    ids = tuple(np.array(clean.site_ids)[reorder])
+    return DayInputs(CleanResponses(ids, clean.trials[reorder]), pairs, models)
+
+
+def test_analyze_day_produces_every_figure_as_storable_records() -> None:
+    day = _day(0)
+    result = analyze_day(
+        day.clean, day.pairs, day.models, day="2024-05-01", n_boot=100, rng=1, standard_model="standard"
+    )
+    rows = result.to_records()
+    json.dumps(rows, allow_nan=False)  # storable as is
+    assert result.epsilons == (1.0, 3.0, 10.0)
+    kinds = {r["estimator"] for r in rows}
+    assert kinds == {
+        "plain",
+        "sign_corrected",
+        "plain_noise_corrected",
+        "noise_floor",
+        "random_pair",
+        "model_free_plain",
+        "model_free_sign_corrected",
+        "model",
+    }
+    assert all(r["day"] == "2024-05-01" for r in rows)
+    # one row per site and one population row, per estimator and epsilon
+    n_sites = day.clean.n_sites
+    per_eps = [r for r in rows if r["estimator"] == "sign_corrected" and r["epsilon"] == 3.0]
+    assert len(per_eps) == n_sites + 1
+    assert len([r for r in rows if r["estimator"] == "model"]) == 3 * 3 * (n_sites + 1)
+    assert len([r for r in rows if r["estimator"] == "random_pair"]) == n_sites + 1
+    pop = result.population("sign_corrected")
+    assert [p.epsilon for p in pop] == [1.0, 3.0, 10.0]
+    assert pop[0].value < pop[-1].value  # sensitivity grows with epsilon
+    guided, free = result.curve("sign_corrected"), result.curve("model_free_sign_corrected")
+    assert np.all(free < guided)  # random directions underestimate
+    cmp = result.comparisons["sign_corrected"]
+    assert cmp.closest == "robust"
+    assert 0.03 < cmp.ratio_to_standard < 0.3  # IT about ten-fold less sensitive than the standard net
+    pair_rows = [r for r in rows if r["estimator"] == "plain" and r["site_id"] is not None]
+    assert all(r["n_pairs"] == 12 for r in pair_rows)  # random-direction pairs kept apart
+
+
+def test_analyze_days_pools_sites_by_id() -> None:
+    days = {"d1": _day(1), "d2": _day(2, site_order=slice(None, None, -1))}
+    out = analyze_days(days, n_boot=150, rng=3, cumulative=True)
+    assert set(out.per_day) == {"d1", "d2"} and out.pooled.day == POOLED
+    rows = out.to_records()
+    assert {r["day"] for r in rows} == {"d1", "d2", POOLED}
+
+    def pop(a: object, eps: float = 3.0) -> SensitivityEstimate:
+        return next(p for p in a.population("sign_corrected") if p.epsilon == eps)  # type: ignore[attr-defined]
+
+    pooled, d1, d2 = pop(out.pooled), pop(out.per_day["d1"]), pop(out.per_day["d2"])
+    assert pooled.n_pairs == d1.n_pairs + d2.n_pairs and pooled.n_sites == d1.n_sites
+    assert pooled.ci_high - pooled.ci_low < min(d1.ci_high - d1.ci_low, d2.ci_high - d2.ci_low)
+    site = [
+        e
+        for e in out.pooled.estimates
+        if e.estimator == "plain" and e.epsilon == 1.0 and e.site_id == "site0"
+    ]
+    assert site[0].n_pairs == 24  # twelve pairs a day, matched across days despite the reordering
+    assert pop(out.cumulative["d2"]).n_pairs == pooled.n_pairs
+    assert pop(out.cumulative["d1"]).n_pairs == d1.n_pairs
