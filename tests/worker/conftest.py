@@ -1,0 +1,140 @@
+"""Worker test fixtures: short heartbeats, test-only job kinds, subprocess workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tests.worker.jobs_for_tests  # noqa: F401 - registers the test.* kinds in this process
+from itloop.settings import Settings
+from server.db.engine import session_scope
+from server.jobs import service
+from server.jobs.tables import Job
+from tests.conftest import _install_settings, make_settings
+from worker.config import get_worker_config
+from worker.queue import reset_runners
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_ENV = {
+    "ITLOOP_HEARTBEAT_S": "0.2",
+    "ITLOOP_STALE_AFTER_S": "1.0",
+    "ITLOOP_REAP_EVERY_S": "1",
+    "ITLOOP_REQUEUE_GRACE_S": "0",
+    "ITLOOP_PROGRESS_EVERY_S": "0.1",
+    "ITLOOP_INPROCESS_BACKGROUND": "false",
+    "ITLOOP_EXTRA_JOB_MODULES": "tests.worker.jobs_for_tests",
+    "ITLOOP_LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture
+def worker_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in WORKER_ENV.items():
+        monkeypatch.setenv(key, value)
+    get_worker_config.cache_clear()
+    reset_runners()
+    yield
+    reset_runners()
+    get_worker_config.cache_clear()
+
+
+@pytest.fixture
+def job_settings(
+    fresh_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_env: None
+) -> Settings:
+    """Settings on a fresh committed database, in-process runner (no Redis)."""
+    s = make_settings(fresh_db_url, tmp_path)
+    _install_settings(s, monkeypatch)
+    return s
+
+
+@pytest.fixture
+def rq_settings(
+    fresh_db_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_env: None
+) -> Settings:
+    """Settings on a fresh database and the test Redis: jobs go through RQ."""
+    s = make_settings(fresh_db_url, tmp_path, redis_url=redis_url)
+    _install_settings(s, monkeypatch)
+    return s
+
+
+def submit(settings: Settings, kind: str, params: dict[str, Any] | None = None, **kw: Any) -> int:
+    """Submit one job in its own transaction (enqueued on commit); returns its id."""
+    with session_scope(settings.resolved_database_url) as session:
+        service.bind(session, settings)
+        return service.submit(session, kind, params, settings=settings, **kw).id
+
+
+def load(settings: Settings, job_id: int) -> Job:
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.expunge(job)
+        return job
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class WorkerProcess:
+    """``python -m worker.rq_entry`` in its own process group, with its output in a log file."""
+
+    def __init__(self, log_path: Path, *args: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()/kill()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.rq_entry", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"worker did not finish; log:\n{self.output()}") from None
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        """kill -9 the whole group (a forking worker's horse included)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def _start(*args: str) -> WorkerProcess:
+        w = WorkerProcess(tmp_path / f"worker-{len(started)}.log", *args)
+        started.append(w)
+        return w
+
+    yield _start
+    for w in started:
+        w.kill()

@@ -1,0 +1,155 @@
+"""Dependencies: dependents wait and run in order, fail with their dependency; retries; fan-out; nights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from itloop.settings import Settings
+from server.db.engine import session_scope
+from server.jobs import service
+from server.jobs.tables import JobState
+from server.lab.tables import Subject
+from server.recordings.tables import RecordingSession
+from tests.worker import jobs_for_tests as tj
+from tests.worker.conftest import load, submit
+from worker import night as night_mod
+from worker.queue import InProcessRunner, get_runner
+from worker.registry import overridden
+
+
+def runner(settings: Settings) -> InProcessRunner:
+    r = get_runner(settings, background=False)
+    assert isinstance(r, InProcessRunner)
+    return r
+
+
+def test_dependents_wait_then_run_in_order(job_settings: Settings, tmp_path: Path) -> None:
+    marker = tmp_path / "marks"
+    a = submit(job_settings, "test.echo", {"tag": "a", "marker": str(marker)})
+    b = submit(job_settings, "test.echo", {"tag": "b", "marker": str(marker)}, depends_on=[a])
+    c = submit(job_settings, "test.echo", {"tag": "c", "marker": str(marker)}, depends_on=[a])
+    d = submit(job_settings, "test.echo", {"tag": "d", "marker": str(marker)}, depends_on=[c, b])
+    assert [load(job_settings, i).state for i in (a, b, c, d)] == ["queued", "waiting", "waiting", "waiting"]
+
+    assert runner(job_settings).run_next() == a
+    assert [load(job_settings, i).state for i in (b, c, d)] == ["queued", "queued", "waiting"]
+    assert runner(job_settings).run_until_idle() == 3
+
+    order = [m[3] for m in tj.marks(marker)]
+    assert order[0] == "a" and order[-1] == "d" and sorted(order[1:3]) == ["b", "c"]
+    final = load(job_settings, d)
+    assert final.state == JobState.succeeded and final.progress == 1.0
+    assert final.result == {"tag": "d", "upstream": ["b", "c"]}
+
+
+def test_failed_dependency_fails_dependents(job_settings: Settings, tmp_path: Path) -> None:
+    a = submit(job_settings, "test.fail", {"fail_times": 9}, max_attempts=2)
+    b = submit(job_settings, "test.echo", {"tag": "b"}, depends_on=[a])
+    c = submit(job_settings, "test.echo", {"tag": "c"}, depends_on=[b])
+    other = submit(job_settings, "test.echo", {"tag": "independent"})
+    runner(job_settings).run_until_idle()
+
+    ja, jb, jc = (load(job_settings, i) for i in (a, b, c))
+    assert (ja.state, ja.attempts) == (JobState.failed, 2)
+    assert ja.error == "RuntimeError: planned failure 2"  # one line for the API
+    assert "Traceback" in ja.log_tail and "planned failure 1" in ja.log_tail  # both attempts kept
+    assert (jb.state, jb.error) == (JobState.failed, f"dependency {a} failed")
+    assert (jc.state, jc.error) == (JobState.failed, f"dependency {b} failed")
+    assert jb.attempts == 0 and jc.attempts == 0
+    assert load(job_settings, other).state == JobState.succeeded
+    # A job submitted later on a failed dependency fails at once.
+    late = submit(job_settings, "test.echo", {}, depends_on=[a])
+    assert load(job_settings, late).state == JobState.failed
+
+
+def test_retries_are_bounded_by_max_attempts(job_settings: Settings, tmp_path: Path) -> None:
+    marker = tmp_path / "marks"
+    flaky = submit(job_settings, "test.fail", {"fail_times": 2, "marker": str(marker)}, max_attempts=3)
+    hopeless = submit(job_settings, "test.fail", {"fail_times": 3, "marker": str(marker)}, max_attempts=3)
+    assert runner(job_settings).run_until_idle() == 6  # 3 attempts each
+
+    ok, bad = load(job_settings, flaky), load(job_settings, hopeless)
+    assert (ok.state, ok.attempts, ok.result) == (JobState.succeeded, 3, {"attempt": 3})
+    assert ok.error is None
+    assert (bad.state, bad.attempts) == (JobState.failed, 3)
+    assert bad.error == "RuntimeError: planned failure 3"
+    assert [m[1] for m in tj.marks(marker)] == [str(flaky)]  # the hopeless one never got through
+
+
+def test_fan_out_children_run_before_the_join(job_settings: Settings, tmp_path: Path) -> None:
+    marker = tmp_path / "marks"
+    parent = submit(job_settings, "test.fanout", {"n": 3, "marker": str(marker)})
+    join = submit(job_settings, "test.echo", {"tag": "join", "marker": str(marker)}, depends_on=[parent])
+    assert runner(job_settings).run_until_idle() == 5
+
+    children = load(job_settings, parent).result["children"]  # type: ignore[index]
+    joined = load(job_settings, join)
+    assert joined.depends_on == [parent, *children]
+    assert joined.result == {"tag": "join", "upstream": ["child0", "child1", "child2"]}
+    order = [m[3] for m in tj.marks(marker)]
+    assert order[-1] == "join" and sorted(order[1:4]) == ["child0", "child1", "child2"]
+
+
+def _recording(settings: Settings, session_id: str) -> None:
+    with session_scope(settings.resolved_database_url) as session:
+        subject = Subject(name=f"monkey-{session_id}")
+        session.add(subject)
+        session.flush()
+        session.add(RecordingSession(session_id=session_id, subject_id=subject.id, day=1))
+
+
+def test_night_dag_runs_every_stage_in_order(job_settings: Settings, tmp_path: Path) -> None:
+    marker = tmp_path / "marks"
+    _recording(job_settings, "day1")
+    stages = dict.fromkeys(night_mod.STAGES, tj.night_step)
+    with overridden(stages):
+        with session_scope(job_settings.resolved_database_url) as session:
+            night = night_mod.start_night(
+                session,
+                job_settings,
+                session_id="day1",
+                params={"candidates": ["m1", "m2"], "marker": str(marker)},
+            )
+            night_id = night.id
+        runner(job_settings).run_until_idle()
+
+    with session_scope(job_settings.resolved_database_url) as session:
+        night = service.get_night(session, night_id)
+        jobs = service.night_jobs(session, night_id)
+        assert (night.state, night.error) == (JobState.succeeded, None)
+        assert night.finished_at is not None
+        assert all(j.state == JobState.succeeded for j in jobs)
+        select_job = next(j for j in jobs if j.kind == night_mod.SELECT)
+        assert select_job.result["chosen"] == ["m1", "m2"]  # type: ignore[index]
+        shards = sorted(j.params["eps"] for j in jobs if j.kind == night_mod.SYNTHESIZE)
+        assert shards == [1.0, 2.0]
+    kinds = [m[0] for m in tj.marks(marker)]
+    assert len(kinds) == 10  # responses, 2 refits, select, 2 shards, assemble, schedule, publish, analyze
+    assert kinds[0] == night_mod.RESPONSES and kinds[-1] == night_mod.ANALYZE
+    assert kinds.index(night_mod.SELECT) > max(i for i, k in enumerate(kinds) if k == night_mod.REFIT)
+    assert kinds.index(night_mod.ASSEMBLE) > max(i for i, k in enumerate(kinds) if k == night_mod.SYNTHESIZE)
+    assert kinds[-4:] == [night_mod.ASSEMBLE, night_mod.SCHEDULE, night_mod.PUBLISH, night_mod.ANALYZE]
+
+
+def test_a_failing_stage_fails_the_night_and_says_why(job_settings: Settings) -> None:
+    _recording(job_settings, "day2")
+    stages = dict.fromkeys(night_mod.STAGES, tj.night_step)
+    with (
+        overridden(stages, max_attempts=1),
+        overridden({night_mod.REFIT: tj.night_step_broken}, max_attempts=1),
+    ):
+        with session_scope(job_settings.resolved_database_url) as session:
+            night_id = night_mod.start_night(
+                session, job_settings, session_id="day2", params={"candidates": ["m1"]}
+            ).id
+        runner(job_settings).run_until_idle()
+        with session_scope(job_settings.resolved_database_url) as session:
+            night = service.get_night(session, night_id)
+            states = {j.kind: j.state for j in service.night_jobs(session, night_id)}
+            assert night.state == JobState.failed and night.finished_at is not None
+            assert "night.refit" in night.error and "no usable responses for candidate m1" in night.error  # type: ignore[operator]
+            assert states[night_mod.RESPONSES] == JobState.succeeded
+            assert states[night_mod.PUBLISH] != JobState.succeeded
+            # A second night for the same session may start once the first is over.
+            again = night_mod.start_night(session, job_settings, session_id="day2")
+            assert again.id != night_id

@@ -1,0 +1,185 @@
+"""Run one job by id: claim the row, heartbeat while the function runs, record the outcome.
+
+:func:`execute_job` is the function RQ calls (module-level, takes only the id);
+the in-process runner and the DB-polling worker call :func:`run_job` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import traceback
+from typing import Any
+
+from rq.timeouts import JobTimeoutException
+
+from itloop.settings import Settings
+from server.db.engine import get_engine, session_scope
+from server.jobs import service
+from server.jobs.tables import JobState
+from worker.config import get_worker_config
+from worker.context import JobCancelled, JobContext, JobLost, JobTimeout
+from worker.registry import SUCCESS_HOOKS, get_spec, load_job_modules
+
+log = logging.getLogger(__name__)
+
+_engine_pids: dict[str, int] = {}
+
+
+def execute_job(job_id: int) -> str | None:
+    """RQ entry point: run job ``job_id`` with this process's settings; returns its final state."""
+    import itloop.settings as settings_module
+
+    return run_job(int(job_id), settings_module.get_settings())
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def _fork_safe(url: str) -> None:
+    """A forked RQ work horse must not reuse the parent's pooled connections."""
+    pid = os.getpid()
+    if _engine_pids.setdefault(url, pid) != pid:
+        get_engine(url).dispose(close=False)
+        _engine_pids[url] = pid
+
+
+class _Heartbeat(threading.Thread):
+    """Writes heartbeat_at (and the log tail) every few seconds; learns of cancellation and lost leases."""
+
+    def __init__(self, ctx: JobContext, interval_s: float) -> None:
+        super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
+        self.ctx = ctx
+        self.interval_s = interval_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        url = self.ctx.settings.resolved_database_url
+        while not self.stopped.wait(self.interval_s):
+            try:
+                with session_scope(url) as session:
+                    ours, cancel = service.touch(
+                        session, self.ctx.job_id, self.ctx.attempt, log_tail=self.ctx.take_dirty_log()
+                    )
+                self.ctx.note_lease(ours, cancel)
+            except Exception:  # noqa: BLE001 - a missed beat is not fatal; the next one may work
+                log.warning("heartbeat of job %s failed", self.ctx.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:1000] if text else type(exc).__name__
+
+
+def run_job(job_id: int, settings: Settings, *, name: str | None = None) -> str | None:
+    """Run one job if it can be claimed; return the state recorded, or None when not ours to run."""
+    url = settings.resolved_database_url
+    _fork_safe(url)
+    load_job_modules()
+    config = get_worker_config()
+    with session_scope(url) as session:
+        service.bind(session, settings)
+        job = service.claim(session, job_id, name or worker_name())
+        if job is None:
+            log.debug("job %s not claimable (taken, finished or cancelled)", job_id)
+            return None
+        header = f"--- attempt {job.attempts} of {job.max_attempts} on {job.worker} ---\n"
+        ctx = JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            params=job.params or {},
+            settings=settings,
+            attempt=job.attempts,
+            timeout_s=job.timeout_s,
+            config=config,
+            night_id=job.night_id,
+            depends_on=job.depends_on or [],
+            log_tail=((job.log_tail or "") + header)[-config.log_tail_chars :],
+        )
+        max_attempts = job.max_attempts
+        if job.night_id is not None:
+            service.refresh_night(session, job.night_id)
+    log.info("job %s (%s) attempt %s started", job_id, ctx.kind, ctx.attempt)
+
+    heartbeat = _Heartbeat(ctx, config.heartbeat_s)
+    heartbeat.start()
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    try:
+        spec = get_spec(ctx.kind)
+        if spec is None:
+            raise LookupError(
+                f"no job function registered for kind {ctx.kind!r} (is worker.steps installed?)"
+            )
+        result = spec.fn(ctx) or {}
+        if not isinstance(result, dict):
+            raise TypeError(f"job {ctx.kind!r} returned {type(result).__name__}, expected a dict")
+        result = json.loads(json.dumps(result))  # refuse what the JSON column cannot hold, now
+        state = JobState.succeeded
+    except JobLost:
+        log.warning("job %s lost its lease; not recording this attempt", job_id)
+        return None
+    except JobCancelled:
+        state, error = JobState.cancelled, "cancelled on request"
+    except (JobTimeout, JobTimeoutException):
+        state, error = JobState.failed, f"timed out after {ctx.timeout_s} s"
+        ctx.log(error)
+    except Exception as exc:  # noqa: BLE001 - any failure of the job is recorded, not raised
+        error = _one_line(exc)
+        ctx.log(traceback.format_exc())
+        state = JobState.queued if ctx.attempt < max_attempts else JobState.failed
+    finally:
+        heartbeat.stop()
+
+    if state == JobState.succeeded:
+        try:
+            return _record(settings, ctx, state=state, result=result)
+        except Exception as exc:  # noqa: BLE001 - a success hook failed: record the failure instead
+            error = f"after success: {_one_line(exc)}"
+            ctx.log(traceback.format_exc())
+            state = JobState.queued if ctx.attempt < max_attempts else JobState.failed
+    return _record(settings, ctx, state=state, error=error)
+
+
+def _record(
+    settings: Settings,
+    ctx: JobContext,
+    *,
+    state: str,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> str | None:
+    with session_scope(settings.resolved_database_url) as session:
+        service.bind(session, settings)
+        job = service.finish(
+            session, ctx.job_id, ctx.attempt, state=state, result=result, error=error, log_tail=ctx.log_tail()
+        )
+        if job is None:
+            log.warning("job %s: lease lost before its outcome (%s) could be recorded", ctx.job_id, state)
+            return None
+        if state == JobState.succeeded:
+            for hook in SUCCESS_HOOKS.get(job.kind, []):
+                hook(session, job, result or {}, settings)
+        if state != JobState.queued:
+            service.settle_dependents(session, job)
+        if job.night_id is not None:
+            service.refresh_night(session, job.night_id)
+    level = logging.INFO if state == JobState.succeeded else logging.WARNING
+    log.log(
+        level,
+        "job %s (%s) attempt %s: %s%s",
+        ctx.job_id,
+        ctx.kind,
+        ctx.attempt,
+        state,
+        f" ({error})" if error else "",
+    )
+    return state

@@ -1,0 +1,222 @@
+"""The nightly pipeline as a DAG of jobs, and ``itloop night``.
+
+Stages (job kinds), each one job unless said otherwise::
+
+    night.responses                 spike trains -> responses of the day
+      -> night.refit  x candidates  one job per candidate model (night params "candidates",
+                                    default ITLOOP_NIGHT_CANDIDATES)
+      -> night.select               screen the refits, pick tonight's model; its result's
+                                    "shards" (a list of param dicts) fans out into
+      -> night.synthesize x shards  one job per shard (params: the shard's dict + "shard", "n_shards")
+      -> night.assemble             waits for every shard
+      -> night.schedule -> night.publish -> night.analyze
+
+This module only wires the DAG. The step functions are registered under those
+kinds from :mod:`worker.steps` with :func:`worker.registry.job`; each has the
+signature ``fn(ctx: JobContext) -> dict`` and finds in ``ctx.params`` at least
+``night_id``, ``session_id`` (the lab's id), ``session_pk`` and ``night_params``.
+Results of upstream stages come from ``ctx.results_of(kind)`` /
+``ctx.dependency_results()``. A night's state follows its jobs: the first job that
+fails for good fails the night (its error is the night's error) and cancels the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.db.engine import session_scope
+from server.errors import Conflict, NotFound, Unavailable
+from server.jobs import service
+from server.jobs.tables import Job, JobState, Night
+from server.recordings import hooks
+from server.recordings.tables import RecordingSession
+from worker.config import get_worker_config
+from worker.registry import get_spec, on_success
+
+if TYPE_CHECKING:
+    from itloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESPONSES = "night.responses"
+REFIT = "night.refit"
+SELECT = "night.select"
+SYNTHESIZE = "night.synthesize"
+ASSEMBLE = "night.assemble"
+SCHEDULE = "night.schedule"
+PUBLISH = "night.publish"
+ANALYZE = "night.analyze"
+STAGES = (RESPONSES, REFIT, SELECT, SYNTHESIZE, ASSEMBLE, SCHEDULE, PUBLISH, ANALYZE)
+
+
+def missing_steps() -> list[str]:
+    """Stage kinds with no registered function (the steps are installed from worker.steps)."""
+    return [kind for kind in STAGES if get_spec(kind) is None]
+
+
+def start_night(
+    session: Session, settings: Settings, *, session_id: str, params: dict[str, Any] | None = None
+) -> Night:
+    """Create a night for a recording session and submit its DAG (enqueued when ``session`` commits)."""
+    rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == session_id))
+    if rec is None:
+        raise NotFound(f"no recording session {session_id!r}")
+    missing = missing_steps()
+    if missing:
+        raise Unavailable(f"the night's steps are not installed: no job function for {', '.join(missing)}")
+    active = session.scalar(
+        select(Night).where(
+            Night.session_pk == rec.id, Night.state.in_((JobState.queued, JobState.running, JobState.waiting))
+        )
+    )
+    if active is not None:
+        raise Conflict(f"night {active.id} for session {session_id!r} is already {active.state}")
+    service.bind(session, settings)
+    night = Night(
+        session_pk=rec.id, state=JobState.queued, params={"session_id": session_id, **(params or {})}
+    )
+    session.add(night)
+    session.flush()
+    plan_night(session, night, settings)
+    return night
+
+
+def plan_night(session: Session, night: Night, settings: Settings) -> dict[str, list[int]]:
+    """Submit the night's static DAG; synthesis shards are added when ``night.select`` succeeds."""
+    base = {
+        "night_id": night.id,
+        "session_id": night.params.get("session_id"),
+        "session_pk": night.session_pk,
+        "night_params": dict(night.params),
+    }
+    candidates = list(night.params.get("candidates") or get_worker_config().night_candidates)
+    if not candidates:
+        raise Conflict("a night needs at least one candidate model to refit")
+
+    def add(kind: str, deps: list[int], **extra: Any) -> int:
+        job = service.submit(
+            session, kind, {**base, **extra}, depends_on=deps, night_id=night.id, settings=settings
+        )
+        return job.id
+
+    plan: dict[str, list[int]] = {}
+    plan[RESPONSES] = [add(RESPONSES, [])]
+    plan[REFIT] = [add(REFIT, plan[RESPONSES], candidate=c) for c in candidates]
+    plan[SELECT] = [add(SELECT, plan[REFIT])]
+    plan[ASSEMBLE] = [add(ASSEMBLE, plan[SELECT])]
+    plan[SCHEDULE] = [add(SCHEDULE, plan[ASSEMBLE])]
+    plan[PUBLISH] = [add(PUBLISH, plan[SCHEDULE])]
+    plan[ANALYZE] = [add(ANALYZE, plan[PUBLISH])]
+    log.info("night %s planned: %s", night.id, {k: len(v) for k, v in plan.items()})
+    return plan
+
+
+@on_success(SELECT)
+def fan_out_synthesis(session: Session, job: Job, result: dict[str, Any], settings: Settings) -> None:
+    """One ``night.synthesize`` job per shard of the select result; ``night.assemble`` waits for all."""
+    shards = result.get("shards") or []
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise TypeError("night.select must return 'shards' as a list of dicts")
+    base = {
+        k: job.params[k] for k in ("night_id", "session_id", "session_pk", "night_params") if k in job.params
+    }
+    ids = [
+        service.submit(
+            session,
+            SYNTHESIZE,
+            {**base, **shard, "shard": i, "n_shards": len(shards)},
+            depends_on=[job.id],
+            night_id=job.night_id,
+            settings=settings,
+        ).id
+        for i, shard in enumerate(shards)
+    ]
+    service.splice_before_dependents(session, job.id, ids)
+
+
+def trigger_on_session_complete(session: Session, recording: RecordingSession) -> None:
+    """Recordings hook: start the night when a session is completed; never block the completion."""
+    import itloop.settings as settings_module
+
+    settings = session.info.get(service.SETTINGS_KEY) or settings_module.get_settings()
+    try:
+        night = start_night(session, settings, session_id=recording.session_id)
+    except (Conflict, Unavailable) as exc:
+        log.warning("no night started for session %s: %s", recording.session_id, exc.detail)
+        return
+    log.info("session %s complete: night %s submitted", recording.session_id, night.id)
+
+
+hooks.register_on_session_complete(trigger_on_session_complete)
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def _snapshot(settings: Settings, night_id: int) -> tuple[str, float, str, str | None]:
+    with session_scope(settings.resolved_database_url) as session:
+        night = service.get_night(session, night_id)
+        jobs = service.night_jobs(session, night_id)
+        running = [j for j in jobs if j.state == JobState.running]
+        doing = ", ".join(f"{j.kind} {j.progress_message}".strip() for j in running[:2])
+        return night.state, service.night_progress(jobs), doing, night.error
+
+
+def run_night_cli(settings: Settings, *, session_id: str, wait: bool = True, poll_s: float = 0.5) -> int:
+    """Start a night; with ``wait``, run it (in-process) or watch it (RQ) with a progress bar. 0 = success."""
+    from tqdm import tqdm
+
+    from worker.queue import InProcessRunner, get_runner
+    from worker.registry import load_job_modules
+
+    settings.ensure_dirs()
+    load_job_modules()
+    runner = get_runner(settings, background=False)
+    with session_scope(settings.resolved_database_url) as session:
+        service.bind(session, settings, runner)
+        night_id = start_night(session, settings, session_id=session_id).id
+    log.info("night %s started for session %s", night_id, session_id)
+    if not wait:
+        return 0
+
+    done = threading.Event()
+    errors: list[BaseException] = []
+    if isinstance(runner, InProcessRunner):
+
+        def _drive() -> None:
+            try:
+                runner.run_until_idle()
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=_drive, name="itloop-night", daemon=True).start()
+
+    terminal = (JobState.succeeded, JobState.failed, JobState.cancelled)
+    with tqdm(
+        total=100, desc=f"night {night_id}", unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}"
+    ) as bar:
+        while True:
+            state, fraction, doing, error = _snapshot(settings, night_id)
+            bar.n = round(100 * fraction, 1)
+            bar.set_postfix_str(doing or state)
+            if state in terminal or done.is_set():
+                break
+            time.sleep(poll_s)
+        state, fraction, _, error = _snapshot(settings, night_id)
+        bar.n = round(100 * fraction, 1)
+        bar.set_postfix_str(state)
+    if errors:
+        raise errors[0]
+    if state == JobState.succeeded:
+        log.info("night %s succeeded", night_id)
+        return 0
+    log.error("night %s %s: %s", night_id, state, error or "jobs left that no worker here can run")
+    return 1

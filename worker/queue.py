@@ -1,0 +1,194 @@
+"""Two runners behind one interface: in-process (embedded default) and RQ (Redis).
+
+A runner only moves job ids around; what runs, and whether it may run, is
+decided by the job row (see :mod:`server.jobs.service`). Pick one with
+:func:`get_runner`: RQ when ``ITLOOP_REDIS_URL`` is set, else in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from itloop.settings import Settings
+from server.db.engine import session_scope
+from server.jobs import service
+from server.jobs.service import Ticket
+
+log = logging.getLogger(__name__)
+
+RQ_ID_PREFIX = "itloop-"
+
+
+class Runner(Protocol):
+    settings: Settings
+
+    def enqueue(self, tickets: Sequence[Ticket]) -> None:
+        """Make committed, queued jobs available to workers."""
+
+    def present_job_ids(self) -> set[int] | None:
+        """Job ids the queue backend holds (waiting or started); None when it keeps no list."""
+
+
+class InProcessRunner:
+    """Runs jobs in this process: in a background thread pool, or synchronously via :meth:`run_until_idle`.
+
+    With ``background=False`` enqueueing does nothing: the database already says
+    what is queued, and :meth:`run_until_idle` (CLI, demo, tests) or the
+    DB-polling worker picks it up.
+    """
+
+    def __init__(self, settings: Settings, *, background: bool = False, threads: int = 1) -> None:
+        self.settings = settings
+        self.background = background
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def enqueue(self, tickets: Sequence[Ticket]) -> None:
+        if not self.background or not tickets:
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="itloop-job")
+            for t in tickets:
+                self._pool.submit(self._run_logged, t.job_id)
+
+    def _run_logged(self, job_id: int) -> None:
+        from worker.execute import run_job
+
+        try:
+            run_job(job_id, self.settings)
+        except Exception:  # noqa: BLE001 - a thread must not die silently
+            log.exception("in-process job %s crashed the runner", job_id)
+
+    def present_job_ids(self) -> set[int] | None:
+        return None
+
+    def run_next(self, queues: Sequence[str] | None = None) -> int | None:
+        """Claim and run the oldest queued job; its id, or None when nothing could be claimed."""
+        from worker.execute import run_job
+
+        with session_scope(self.settings.resolved_database_url) as session:
+            candidates = service.queued_ids(session, queues)
+        for job_id in candidates:
+            if run_job(job_id, self.settings) is not None:
+                return job_id
+        return None
+
+    def run_until_idle(
+        self,
+        queues: Sequence[str] | None = None,
+        *,
+        max_jobs: int | None = None,
+        on_job: Callable[[int], None] | None = None,
+    ) -> int:
+        """Run queued jobs (including those they release or spawn) until none is left; returns the count."""
+        done = 0
+        while max_jobs is None or done < max_jobs:
+            job_id = self.run_next(queues)
+            if job_id is None:
+                break
+            done += 1
+            if on_job is not None:
+                on_job(job_id)
+        return done
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=wait)
+                self._pool = None
+
+
+class RQRunner:
+    """Enqueues job ids on named RQ queues; ``itloop worker`` processes run them."""
+
+    def __init__(self, settings: Settings) -> None:
+        from redis import Redis
+
+        if not settings.redis_url:
+            raise ValueError("RQRunner needs ITLOOP_REDIS_URL")
+        self.settings = settings
+        self.redis = Redis.from_url(settings.redis_url)
+
+    def queue(self, name: str):  # noqa: ANN201 - rq.Queue, imported lazily
+        from rq import Queue
+
+        return Queue(name, connection=self.redis)
+
+    def queue_names(self) -> list[str]:
+        return list(dict.fromkeys([self.settings.queue_name, self.settings.gpu_queue_name]))
+
+    def enqueue(self, tickets: Sequence[Ticket]) -> None:
+        from worker.execute import execute_job
+
+        for t in tickets:
+            self.queue(t.queue).enqueue(
+                execute_job,
+                t.job_id,
+                job_id=f"{RQ_ID_PREFIX}{t.job_id}-{uuid.uuid4().hex[:8]}",
+                job_timeout=t.timeout_s,
+                result_ttl=600,
+                failure_ttl=7 * 24 * 3600,
+                description=f"itloop job {t.job_id}",
+            )
+
+    def present_job_ids(self, queues: Sequence[str] = ()) -> set[int] | None:
+        from rq.registry import StartedJobRegistry
+
+        ids: set[int] = set()
+        for name in dict.fromkeys([*self.queue_names(), *queues]):
+            q = self.queue(name)
+            rq_ids = q.get_job_ids() + StartedJobRegistry(queue=q).get_job_ids()
+            for rq_id in rq_ids:
+                if rq_id.startswith(RQ_ID_PREFIX):
+                    try:
+                        ids.add(int(rq_id[len(RQ_ID_PREFIX) :].split("-", 1)[0]))
+                    except ValueError:
+                        continue
+        return ids
+
+
+_RUNNERS: dict[tuple[str, str | None], InProcessRunner | RQRunner] = {}
+_runners_lock = threading.Lock()
+
+
+def get_runner(settings: Settings, *, background: bool | None = None) -> InProcessRunner | RQRunner:
+    """The process's runner for these settings: RQ when a Redis URL is set, else in-process.
+
+    ``background`` (in-process only) overrides ``ITLOOP_INPROCESS_BACKGROUND``:
+    the CLI and tests pass False and drive jobs with ``run_until_idle``.
+    """
+    from worker.config import get_worker_config
+
+    key = (settings.resolved_database_url, settings.redis_url)
+    with _runners_lock:
+        runner = _RUNNERS.get(key)
+        if runner is None:
+            if settings.redis_url:
+                runner = RQRunner(settings)
+            else:
+                config = get_worker_config()
+                runner = InProcessRunner(
+                    settings,
+                    background=config.inprocess_background if background is None else background,
+                    threads=config.inprocess_threads,
+                )
+            _RUNNERS[key] = runner
+        elif background is not None and isinstance(runner, InProcessRunner):
+            runner.background = background
+        return runner
+
+
+def reset_runners() -> None:
+    """Forget cached runners (tests switch databases and Redis between cases)."""
+    with _runners_lock:
+        for runner in _RUNNERS.values():
+            if isinstance(runner, InProcessRunner):
+                runner.shutdown(wait=True)
+        _RUNNERS.clear()
