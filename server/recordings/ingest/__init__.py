@@ -1,0 +1,1 @@
+"""Spike-upload ingest: parse (NWB, CSV, Parquet), validate, count responses, bulk-write."""

@@ -1,0 +1,79 @@
+"""Request and response shapes for recording sessions, uploads and responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+MAX_LIMIT = 1000
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: ``items``, the ``total`` matching the filters, and the window asked for."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class SessionBase(BaseModel):
+    session_id: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9._:-]+$")
+    subject: str = Field(min_length=1, max_length=120, description="subject name")
+    rig_id: str | None = None
+    batch_id: str | None = None
+    day: int | None = Field(default=None, ge=0)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionCreate(SessionBase):
+    pass
+
+
+class Counts(BaseModel):
+    sites: int
+    presentations: int
+    spikes: int
+    responses: int
+
+
+class SessionRead(SessionBase):
+    model_config = ConfigDict(from_attributes=True)
+
+    day: int | None = None
+    state: str
+    duration_s: float | None
+    has_data: bool
+    created_at: datetime
+    completed_at: datetime | None
+    counts: Counts | None = Field(default=None, description="only on the single-session read")
+    ingest: dict[str, Any] = Field(default_factory=dict, description="how the spike data was ingested")
+
+
+class UploadResult(BaseModel):
+    session_id: str
+    sites: int
+    presentations: int
+    spikes: int
+    responses: int
+    repeated: bool = Field(description="true when this exact data was already stored: nothing changed")
+    replaced: bool = False
+    window_ms: tuple[float, float]
+
+
+class ResponseRow(BaseModel):
+    event_id: str
+    image_sha256: str
+    site_id: str
+    onset_s: float
+    fixation_ok: bool
+    count: int
+    rate_hz: float
+
+
+class ResponsePage(Page[ResponseRow]):
+    window_ms: tuple[float, float]

@@ -1,0 +1,466 @@
+"""Recording sessions and their spike data: create, list, complete, ingest, responses.
+
+Ingest is all-or-nothing: parse and validate everything (files, then the database's
+sites and images) before the first write; writes happen in the caller's transaction, so
+any failure rolls all of them back. Identical data uploaded again changes nothing; other
+data for a session that already has some is a 409 unless ``replace=True``, which deletes
+and re-inserts in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from itloop.settings import get_settings
+from server.batches.tables import Batch
+from server.db.base import utcnow
+from server.errors import Conflict, InvalidInput, InvalidUpload, NotFound
+from server.images.tables import Image
+from server.lab.tables import Array, Rig, Site, Subject
+from server.recordings import hooks
+from server.recordings.ingest.copy import insert_columns
+from server.recordings.ingest.responses import check_window, count_spikes
+from server.recordings.ingest.validate import CleanUpload, ParsedUpload, clean
+from server.recordings.queries import ResponseTable, load_trains, responses_by_image
+from server.recordings.tables import Presentation, RecordingSession, Response, SpikeTrain
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ResponseTable",
+    "compute_responses",
+    "ingest",
+    "ingest_files",
+    "load_trains",
+    "responses_by_image",
+]
+
+INGEST_KEY = "_ingest"  # reserved key in RecordingSession.meta for what ingest recorded
+
+
+class SessionState:
+    open = "open"
+    complete = "complete"
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+def get_session(*, session: Session, session_id: str) -> RecordingSession:
+    rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == session_id))
+    if rec is None:
+        raise NotFound(f"no recording session {session_id!r}")
+    return rec
+
+
+def get_by_pk(*, session: Session, session_pk: int) -> RecordingSession:
+    rec = session.get(RecordingSession, session_pk)
+    if rec is None:
+        raise NotFound(f"no recording session with id {session_pk}")
+    return rec
+
+
+def _user_meta(rec: RecordingSession) -> dict[str, Any]:
+    return {k: v for k, v in (rec.meta or {}).items() if k != INGEST_KEY}
+
+
+def describe(*, session: Session, rec: RecordingSession) -> dict[str, Any]:
+    """The public fields of a session (names, not keys)."""
+    subject = session.get(Subject, rec.subject_id)
+    rig = session.get(Rig, rec.rig_pk) if rec.rig_pk else None
+    batch = session.get(Batch, rec.batch_pk) if rec.batch_pk else None
+    return {
+        "session_id": rec.session_id,
+        "subject": subject.name if subject else "",
+        "rig_id": rig.rig_id if rig else None,
+        "batch_id": batch.batch_id if batch else None,
+        "day": rec.day,
+        "meta": _user_meta(rec),
+        "state": rec.state,
+        "duration_s": rec.duration_s,
+        "has_data": rec.upload_sha256 is not None,
+        "created_at": rec.created_at,
+        "completed_at": rec.completed_at,
+        "ingest": (rec.meta or {}).get(INGEST_KEY, {}),
+    }
+
+
+def create_session(
+    *,
+    session: Session,
+    session_id: str,
+    subject: str,
+    rig_id: str | None = None,
+    batch_id: str | None = None,
+    day: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> tuple[RecordingSession, bool]:
+    """Create a session; an identical body returns the existing one (created=False), else 409."""
+    if meta and INGEST_KEY in meta:
+        raise InvalidInput(f"meta key {INGEST_KEY!r} is reserved")
+    subj = session.scalar(select(Subject).where(Subject.name == subject))
+    if subj is None:
+        raise InvalidInput(f"unknown subject {subject!r}; create it first")
+    rig = None
+    if rig_id is not None:
+        rig = session.scalar(select(Rig).where(Rig.rig_id == rig_id))
+        if rig is None:
+            raise InvalidInput(f"unknown rig {rig_id!r}")
+    batch = None
+    if batch_id is not None:
+        batch = session.scalar(select(Batch).where(Batch.batch_id == batch_id))
+        if batch is None:
+            raise InvalidInput(f"unknown batch {batch_id!r}")
+    day_value = day if day is not None else (batch.day if batch is not None else 0)
+    existing = session.scalar(select(RecordingSession).where(RecordingSession.session_id == session_id))
+    if existing is not None:
+        same = (
+            existing.subject_id == subj.id
+            and existing.rig_pk == (rig.id if rig else None)
+            and existing.batch_pk == (batch.id if batch else None)
+            and existing.day == day_value
+            and _user_meta(existing) == (meta or {})
+        )
+        if not same:
+            raise Conflict(f"session {session_id!r} already exists with different fields")
+        return existing, False
+    rec = RecordingSession(
+        session_id=session_id,
+        subject_id=subj.id,
+        rig_pk=rig.id if rig else None,
+        batch_pk=batch.id if batch else None,
+        day=day_value,
+        meta=dict(meta or {}),
+        state=SessionState.open,
+    )
+    session.add(rec)
+    session.flush()
+    return rec, True
+
+
+def list_sessions(
+    *,
+    session: Session,
+    subject: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[RecordingSession], int]:
+    """Newest first, filtered by subject name and state."""
+    query = select(RecordingSession)
+    if subject is not None:
+        query = query.join(Subject, Subject.id == RecordingSession.subject_id).where(Subject.name == subject)
+    if state is not None:
+        query = query.where(RecordingSession.state == state)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(RecordingSession.created_at.desc(), RecordingSession.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows), int(total)
+
+
+def complete_session(*, session: Session, session_id: str) -> RecordingSession:
+    """Mark complete (idempotent); the first completion runs the registered hooks (the night trigger)."""
+    rec = get_session(session=session, session_id=session_id)
+    if rec.state == SessionState.complete:
+        return rec
+    rec.state = SessionState.complete
+    rec.completed_at = utcnow()
+    session.flush()
+    hooks.on_session_complete(session, rec)
+    return rec
+
+
+# --- ingest -----------------------------------------------------------------------------
+
+
+def default_window() -> tuple[float, float]:
+    w = get_settings().response_window_ms
+    return float(w[0]), float(w[1])
+
+
+def counts(
+    *, session: Session, session_pk: int, window_ms: tuple[float, float] | None = None
+) -> dict[str, int]:
+    """Stored counts: sites with a train, presentations, spikes, responses in the window."""
+    a, b = window_ms or default_window()
+    sites, spikes = session.execute(
+        select(func.count(SpikeTrain.id), func.coalesce(func.sum(SpikeTrain.n_spikes), 0)).where(
+            SpikeTrain.session_pk == session_pk
+        )
+    ).one()
+    pres = session.scalar(select(func.count(Presentation.id)).where(Presentation.session_pk == session_pk))
+    resp = session.scalar(
+        select(func.count(Response.id)).where(
+            Response.session_pk == session_pk, Response.window_start_ms == a, Response.window_end_ms == b
+        )
+    )
+    return {
+        "sites": int(sites),
+        "presentations": int(pres or 0),
+        "spikes": int(spikes),
+        "responses": int(resp or 0),
+    }
+
+
+def parse_files(files: dict[str, Path]) -> ParsedUpload:
+    """Pick the format from the multipart fields present: ``file`` (NWB) or ``spikes`` + ``presentations``."""
+    from server.recordings.ingest.columnar import read_columnar
+    from server.recordings.ingest.nwb import read_nwb
+
+    if "file" in files:
+        if "spikes" in files or "presentations" in files:
+            raise InvalidUpload(
+                "send either one NWB file (field 'file') or 'spikes' and 'presentations', not both"
+            )
+        return read_nwb(files["file"])
+    if "spikes" in files and "presentations" in files:
+        return read_columnar(files["spikes"], files["presentations"])
+    got = ", ".join(sorted(files)) or "none"
+    raise InvalidUpload(
+        "expected a multipart field 'file' (NWB) or both 'spikes' and 'presentations' "
+        f"(CSV/Parquet); got {got}"
+    )
+
+
+def _resolve_sites(*, session: Session, rec: RecordingSession, site_ids: list[str]) -> list[int]:
+    rows = {
+        sid: (pk, subject_id)
+        for sid, pk, subject_id in session.execute(
+            select(Site.site_id, Site.id, Array.subject_id)
+            .join(Array, Array.id == Site.array_id)
+            .where(Site.site_id.in_(site_ids))
+        )
+    }
+    unknown = [s for s in site_ids if s not in rows]
+    if unknown:
+        shown = ", ".join(repr(s) for s in unknown[:10]) + (
+            f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        )
+        raise InvalidUpload(f"unknown site id(s) {shown}; register sites before uploading their spikes")
+    foreign = [s for s in site_ids if rows[s][1] != rec.subject_id]
+    if foreign:
+        raise InvalidUpload(
+            f"site(s) {', '.join(repr(s) for s in foreign[:10])} belong to another subject than session "
+            f"{rec.session_id!r}"
+        )
+    return [rows[s][0] for s in site_ids]
+
+
+def _resolve_images(*, session: Session, hashes: list[str]) -> list[int]:
+    wanted = sorted(set(hashes))
+    found: dict[str, int] = {}
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        found.update(
+            {h: i for h, i in session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(chunk)))}
+        )
+    unknown = [h for h in wanted if h not in found]
+    if unknown:
+        first = hashes.index(unknown[0])
+        raise InvalidUpload(
+            f"{len(unknown)} unknown image hash(es), e.g. {unknown[0]} (presentation row {first + 1}); "
+            "every presented image must be registered first"
+        )
+    return [found[h] for h in hashes]
+
+
+def _delete_data(*, session: Session, session_pk: int) -> None:
+    for table in (Response, SpikeTrain, Presentation):
+        session.execute(delete(table).where(table.session_pk == session_pk))
+
+
+def _presentation_ids(*, session: Session, session_pk: int, event_ids: list[str]) -> np.ndarray:
+    rows = session.execute(
+        select(Presentation.event_id, Presentation.id).where(Presentation.session_pk == session_pk)
+    )
+    ids = {e: i for e, i in rows}
+    return np.asarray([ids[e] for e in event_ids], dtype=np.int64)
+
+
+def _write_responses(
+    *,
+    session: Session,
+    session_pk: int,
+    presentation_ids: np.ndarray,
+    site_pks: list[int],
+    trains: list[np.ndarray],
+    onset_s: np.ndarray,
+    window_ms: tuple[float, float],
+) -> int:
+    counts_ = count_spikes(trains, onset_s, window_ms)  # (n_pres, n_sites)
+    n_pres, n_sites = counts_.shape
+    if n_pres * n_sites == 0:
+        return 0
+    length_s = (window_ms[1] - window_ms[0]) / 1000.0
+    flat = counts_.ravel()
+    return insert_columns(
+        session,
+        Response.__table__,  # type: ignore[arg-type]
+        {
+            "session_pk": np.full(flat.size, session_pk, dtype=np.int64),
+            "presentation_id": np.repeat(presentation_ids, n_sites),
+            "site_pk": np.tile(np.asarray(site_pks, dtype=np.int64), n_pres),
+            "window_start_ms": np.full(flat.size, window_ms[0]),
+            "window_end_ms": np.full(flat.size, window_ms[1]),
+            "count": flat,
+            "rate_hz": flat / length_s,
+        },
+    )
+
+
+def ingest(
+    *,
+    session: Session,
+    recording: RecordingSession,
+    upload: ParsedUpload,
+    window_ms: tuple[float, float] | None = None,
+    replace: bool = False,
+    fmt: str = "",
+) -> dict[str, Any]:
+    """Validate and store one upload; returns counts and whether it was a repeat (see module docstring)."""
+    window = check_window(window_ms or default_window())
+    data: CleanUpload = clean(upload)
+    site_pks = _resolve_sites(session=session, rec=recording, site_ids=data.site_ids)
+    image_ids = _resolve_images(session=session, hashes=data.image_sha256)
+    result: dict[str, Any] = {"session_id": recording.session_id, "window_ms": window, "replaced": False}
+
+    if recording.upload_sha256 == data.digest:
+        stored = counts(session=session, session_pk=recording.id, window_ms=window)
+        if stored["responses"] == 0 and stored["presentations"] and stored["sites"]:
+            stored["responses"] = compute_responses(session=session, recording=recording, window_ms=window)
+        return {**result, **stored, "repeated": True}
+    if recording.upload_sha256 is not None:
+        if not replace:
+            raise Conflict(
+                f"session {recording.session_id!r} already has different spike data; "
+                "upload with ?replace=true to replace it"
+            )
+        _delete_data(session=session, session_pk=recording.id)
+        result["replaced"] = True
+
+    n_pres = len(data.event_ids)
+    insert_columns(
+        session,
+        Presentation.__table__,  # type: ignore[arg-type]
+        {
+            "session_pk": np.full(n_pres, recording.id, dtype=np.int64),
+            "event_id": data.event_ids,
+            "image_id": np.asarray(image_ids, dtype=np.int64),
+            "onset_s": data.onset_s,
+            "fixation_ok": data.fixation_ok,
+        },
+    )
+    insert_columns(
+        session,
+        SpikeTrain.__table__,  # type: ignore[arg-type]
+        {
+            "session_pk": [recording.id] * len(site_pks),
+            "site_pk": site_pks,
+            "n_spikes": [len(t) for t in data.trains],
+            "times": [t.tobytes() for t in data.trains],
+        },
+    )
+    pres_ids = _presentation_ids(session=session, session_pk=recording.id, event_ids=data.event_ids)
+    n_resp = _write_responses(
+        session=session,
+        session_pk=recording.id,
+        presentation_ids=pres_ids,
+        site_pks=site_pks,
+        trains=data.trains,
+        onset_s=data.onset_s,
+        window_ms=window,
+    )
+    durations = data.stop_s - data.onset_s
+    durations = durations[np.isfinite(durations) & (durations > 0)]
+    last_spike = max((float(t[-1]) for t in data.trains if len(t)), default=0.0)
+    recording.upload_sha256 = data.digest
+    recording.duration_s = max(float(data.onset_s.max()), last_spike)
+    recording.meta = {
+        **_user_meta(recording),
+        INGEST_KEY: {
+            "format": fmt or upload.source,
+            "window_ms": list(window),
+            "stim_duration_s": float(np.median(durations)) if len(durations) else None,
+            "uploaded_at": utcnow().isoformat(),
+        },
+    }
+    session.flush()
+    log.info(
+        "ingested session %s: %d sites, %d presentations, %d spikes, %d responses",
+        recording.session_id,
+        len(site_pks),
+        n_pres,
+        data.n_spikes,
+        n_resp,
+    )
+    return {
+        **result,
+        "sites": len(site_pks),
+        "presentations": n_pres,
+        "spikes": data.n_spikes,
+        "responses": n_resp,
+        "repeated": False,
+    }
+
+
+def ingest_files(
+    *,
+    session: Session,
+    session_id: str,
+    files: dict[str, Path],
+    window_ms: tuple[float, float] | None = None,
+    replace: bool = False,
+) -> dict[str, Any]:
+    """Parse the uploaded files (NWB or CSV/Parquet) and :func:`ingest` them."""
+    recording = get_session(session=session, session_id=session_id)
+    upload = parse_files(files)
+    if "file" in files:
+        fmt = "nwb"
+    else:
+        from server.recordings.ingest.columnar import is_parquet
+
+        fmt = "parquet" if is_parquet(files["spikes"]) else "csv"
+    return ingest(
+        session=session, recording=recording, upload=upload, window_ms=window_ms, replace=replace, fmt=fmt
+    )
+
+
+# --- stored data and responses ----------------------------------------------------------
+
+
+def compute_responses(
+    *, session: Session, recording: RecordingSession, window_ms: tuple[float, float]
+) -> int:
+    """(Re)compute and store the responses of a session for one window; returns the number of rows."""
+    window = check_window(window_ms)
+    site_ids, site_pks, trains = load_trains(session=session, session_pk=recording.id)
+    pres = session.execute(
+        select(Presentation.id, Presentation.onset_s)
+        .where(Presentation.session_pk == recording.id)
+        .order_by(Presentation.onset_s, Presentation.event_id)
+    ).all()
+    session.execute(
+        delete(Response).where(
+            Response.session_pk == recording.id,
+            Response.window_start_ms == window[0],
+            Response.window_end_ms == window[1],
+        )
+    )
+    return _write_responses(
+        session=session,
+        session_pk=recording.id,
+        presentation_ids=np.asarray([p[0] for p in pres], dtype=np.int64),
+        site_pks=site_pks,
+        trains=trains,
+        onset_s=np.asarray([p[1] for p in pres], dtype=np.float64),
+        window_ms=window,
+    )

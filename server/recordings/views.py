@@ -1,0 +1,259 @@
+"""Recording sessions, spike upload, responses and exports (thin routes over the service)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi import Response as HTTPResponse
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
+from server.errors import InvalidInput, InvalidUpload, PayloadTooLarge
+from server.images.tables import Image
+from server.lab.tables import Site
+from server.recordings import export, service
+from server.recordings.schemas import (
+    MAX_LIMIT,
+    Counts,
+    Page,
+    ResponsePage,
+    ResponseRow,
+    SessionCreate,
+    SessionRead,
+    UploadResult,
+)
+from server.recordings.tables import Presentation, Response
+
+router = APIRouter(prefix="/sessions", tags=["recordings"])
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Offset = Annotated[int, Query(ge=0)]
+UPLOAD_FIELDS = ("file", "spikes", "presentations")
+
+
+def _window(settings: Any, start: float | None, end: float | None) -> tuple[float, float]:
+    default = settings.response_window_ms
+    return (float(default[0] if start is None else start), float(default[1] if end is None else end))
+
+
+@router.post("", response_model=SessionRead, status_code=201, summary="Create a recording session")
+def create_session(
+    body: SessionCreate, session: SessionDep, _: ExperimenterUser, response: HTTPResponse
+) -> SessionRead:
+    rec, created = service.create_session(session=session, **body.model_dump())
+    if not created:
+        response.status_code = 200
+    return SessionRead(**service.describe(session=session, rec=rec))
+
+
+@router.get("", response_model=Page[SessionRead], summary="List sessions, newest first")
+def list_sessions(
+    session: SessionDep,
+    _: ViewerUser,
+    subject: str | None = None,
+    state: str | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[SessionRead]:
+    rows, total = service.list_sessions(
+        session=session, subject=subject, state=state, limit=limit, offset=offset
+    )
+    items = [SessionRead(**service.describe(session=session, rec=r)) for r in rows]
+    return Page[SessionRead](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{session_id}", response_model=SessionRead, summary="One session with its data counts")
+def get_session(session_id: str, session: SessionDep, _: ViewerUser) -> SessionRead:
+    rec = service.get_session(session=session, session_id=session_id)
+    read = SessionRead(**service.describe(session=session, rec=rec))
+    read.counts = Counts(**service.counts(session=session, session_pk=rec.id))
+    return read
+
+
+@router.post("/{session_id}/complete", response_model=SessionRead, summary="Mark the session complete")
+def complete_session(session_id: str, session: SessionDep, _: ExperimenterUser) -> SessionRead:
+    rec = service.complete_session(session=session, session_id=session_id)
+    return SessionRead(**service.describe(session=session, rec=rec))
+
+
+async def _receive_files(request: Request, limit: int, folder: Path) -> dict[str, Path]:
+    """Stream the body to disk counting bytes (413 past ``limit``), then split the multipart parts."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidUpload("expected a multipart/form-data upload")
+    body = folder / "body"
+    size = 0
+    with open(body, "wb") as fh:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
+            fh.write(chunk)
+
+    async def replay() -> AsyncIterator[bytes]:
+        with open(body, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+
+    try:
+        form = await MultiPartParser(request.headers, replay(), max_files=4, max_fields=16).parse()
+    except MultiPartException as exc:
+        raise InvalidUpload(f"malformed multipart body: {exc.message}") from exc
+    files: dict[str, Path] = {}
+    try:
+        for name, value in form.multi_items():
+            if not isinstance(value, UploadFile):
+                continue
+            if name not in UPLOAD_FIELDS:
+                raise InvalidUpload(
+                    f"unexpected multipart field {name!r}; expected {', '.join(UPLOAD_FIELDS)}"
+                )
+            target = folder / name
+            with open(target, "wb") as out:
+                await run_in_threadpool(shutil.copyfileobj, value.file, out, 1 << 20)
+            files[name] = target
+    finally:
+        await form.close()
+        body.unlink(missing_ok=True)
+    return files
+
+
+@router.post(
+    "/{session_id}/spikes",
+    response_model=UploadResult,
+    summary="Upload spikes and presentations (NWB, or CSV/Parquet pair)",
+    description="Multipart: one NWB file in field `file`, or `spikes` (site_id,time_s) and `presentations` "
+    "(event_id,image_sha256,onset_s[,fixation_ok]) as CSV or Parquet. All-or-nothing. The same data "
+    "again answers the same counts with `repeated: true`; different data for a session that has some "
+    "is 409 unless `?replace=true`, which replaces it atomically.",
+)
+async def upload_spikes(
+    session_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: ExperimenterUser,
+    replace: bool = False,
+    window_start_ms: float | None = None,
+    window_end_ms: float | None = None,
+) -> UploadResult:
+    window = _window(settings, window_start_ms, window_end_ms)
+    with tempfile.TemporaryDirectory(prefix="itloop-upload-") as tmp:
+        files = await _receive_files(request, settings.max_upload_bytes, Path(tmp))
+        result = await run_in_threadpool(
+            lambda: service.ingest_files(
+                session=session, session_id=session_id, files=files, window_ms=window, replace=replace
+            )
+        )
+    return UploadResult(**result)
+
+
+@router.get("/{session_id}/responses", response_model=ResponsePage, summary="Responses (JSON, paginated)")
+def list_responses(
+    session_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: ViewerUser,
+    site_id: str | None = None,
+    window_start_ms: float | None = None,
+    window_end_ms: float | None = None,
+    limit: Limit = 500,
+    offset: Offset = 0,
+) -> ResponsePage:
+    rec = service.get_session(session=session, session_id=session_id)
+    window = _window(settings, window_start_ms, window_end_ms)
+    query = (
+        select(
+            Presentation.event_id,
+            Image.sha256,
+            Site.site_id,
+            Presentation.onset_s,
+            Presentation.fixation_ok,
+            Response.count,
+            Response.rate_hz,
+        )
+        .join(Presentation, Presentation.id == Response.presentation_id)
+        .join(Image, Image.id == Presentation.image_id)
+        .join(Site, Site.id == Response.site_pk)
+        .where(
+            Response.session_pk == rec.id,
+            Response.window_start_ms == window[0],
+            Response.window_end_ms == window[1],
+        )
+    )
+    if site_id is not None:
+        query = query.where(Site.site_id == site_id)
+    from sqlalchemy import func
+
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if total == 0 and rec.upload_sha256 is not None and site_id is None:
+        raise InvalidInput(
+            f"no responses stored for window {window[0]:g}-{window[1]:g} ms; upload with that window "
+            "or ask the worker to compute it"
+        )
+    rows = session.execute(
+        query.order_by(Presentation.onset_s, Presentation.event_id, Site.site_id).limit(limit).offset(offset)
+    ).all()
+    items = [
+        ResponseRow(
+            event_id=r[0],
+            image_sha256=r[1],
+            site_id=r[2],
+            onset_s=r[3],
+            fixation_ok=r[4],
+            count=r[5],
+            rate_hz=r[6],
+        )
+        for r in rows
+    ]
+    return ResponsePage(items=items, total=int(total), limit=limit, offset=offset, window_ms=window)
+
+
+@router.get(
+    "/{session_id}/export.nwb",
+    summary="The session as NWB 2 (units + presentations)",
+    response_class=HTTPResponse,
+    responses={200: {"content": {"application/x-nwb": {}}}},
+)
+def export_nwb(session_id: str, session: SessionDep, _: ViewerUser) -> HTTPResponse:
+    rec = service.get_session(session=session, session_id=session_id)
+    data = export.build_nwb(session=session, recording=rec)
+    return HTTPResponse(
+        data,
+        media_type="application/x-nwb",
+        headers={"Content-Disposition": f'attachment; filename="{session_id}.nwb"'},
+    )
+
+
+@router.get(
+    "/{session_id}/responses.nc",
+    summary="Responses as a Brain-Score style assembly (netCDF3)",
+    response_class=HTTPResponse,
+    responses={200: {"content": {"application/x-netcdf": {}}}},
+)
+def export_assembly(
+    session_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: ViewerUser,
+    window_start_ms: float | None = None,
+    window_end_ms: float | None = None,
+) -> HTTPResponse:
+    rec = service.get_session(session=session, session_id=session_id)
+    window = _window(settings, window_start_ms, window_end_ms)
+    data = export.assembly_netcdf(session=session, recording=rec, window_ms=window)
+    return HTTPResponse(
+        data,
+        media_type="application/x-netcdf",
+        headers={"Content-Disposition": f'attachment; filename="{session_id}-responses.nc"'},
+    )
