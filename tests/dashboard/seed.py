@@ -1,0 +1,346 @@
+"""A small but realistic lab in the database, for the dashboard's browser tests.
+
+Written straight through the ORM tables so that the dashboard tests do not depend on
+the worker: one subject, one array, four sites, one rig, two recording days, two model
+versions (the second chosen, with per-site screening metrics), sensitivity results for
+IT and for both models over three epsilons with bootstrap intervals, a published batch
+of real PNG images with lineage, and two nights, the last one with a failed job.
+
+The expectations the tests check (how many traces, which sites) live in :data:`EXPECT`
+so that a change to the seed and to the assertions stay in one place.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy.orm import Session
+
+from itloop.storage import ObjectStore, image_key, sha256_hex
+from server.analysis.tables import AnalysisResult
+from server.auth import service as auth_service
+from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
+from server.images.tables import Image
+from server.jobs.tables import Job, JobState, Night
+from server.lab.tables import Array, Rig, Site, Subject
+from server.modeling.tables import ModelVersion, SiteMetric
+from server.recordings.tables import RecordingSession
+
+SITES = ("m1-A-s01", "m1-A-s02", "m1-A-s03", "m1-A-s04")
+EPSILONS = (1.0, 3.0, 10.0)
+DAYS = (1, 2)
+VERSIONS = ("mv-night1-resnet50", "mv-night2-robust")
+IT_ESTIMATORS = (
+    "plain",
+    "sign_corrected",
+    "noise_floor",
+    "random_pair",
+    "model_free_plain",
+    "model_free_sign_corrected",
+)
+BATCH_ID = "rig-1-day3"
+FAILED_JOB_ERROR = "synthesis ran out of GPU memory on site m1-A-s03 (CUDA out of memory)"
+# Sensitivity of a standard network is about ten times IT's; an adversarially trained one is close to IT.
+MODEL_GAIN = {VERSIONS[0]: 10.0, VERSIONS[1]: 1.3}
+
+
+@dataclass
+class Seeded:
+    """What the seed made, for the tests to check the pages against."""
+
+    viewer_token: str
+    batch_id: str = BATCH_ID
+    sites: tuple[str, ...] = SITES
+    versions: tuple[str, ...] = VERSIONS
+    chosen: str = VERSIONS[1]
+    epsilons: tuple[float, ...] = EPSILONS
+    days: tuple[int, ...] = DAYS
+    perturbed: dict[tuple[str, float], dict[str, str]] = field(default_factory=dict)
+    clean: list[str] = field(default_factory=list)
+
+
+def _png(rng: np.random.Generator, base: np.ndarray | None = None, shift: float = 0.0) -> bytes:
+    """A 64x64 RGB PNG: smooth blobs for a clean image, or ``base`` plus a small perturbation."""
+    if base is None:
+        y, x = np.mgrid[0:64, 0:64] / 63.0
+        img = np.zeros((64, 64, 3))
+        for c in range(3):
+            cx, cy, s = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.3)
+            img[..., c] = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
+    else:
+        img = base + shift * rng.standard_normal(base.shape)
+    pixels = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(pixels, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(PILImage.open(io.BytesIO(data)).convert("RGB"), dtype=float) / 255.0
+
+
+def _image(session: Session, store: ObjectStore, data: bytes, **lineage: Any) -> Image:
+    sha = sha256_hex(data)
+    store.put(image_key(sha), data)
+    image = Image(sha256=sha, width=64, height=64, n_bytes=len(data), **lineage)
+    session.add(image)
+    session.flush()
+    return image
+
+
+def _ci(value: float, rel: float) -> tuple[float, float]:
+    return value * (1 - rel), value * (1 + rel)
+
+
+def seed(session: Session, store: ObjectStore) -> Seeded:
+    """Fill an empty, migrated database; the caller commits."""
+    rng = np.random.default_rng(20220602)
+    t0 = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
+
+    viewer = auth_service.create_user(session=session, name="dash-viewer", role="viewer")
+    token = auth_service.create_token(session=session, user=viewer, name="dashboard tests")
+
+    subject = Subject(name="m1", notes="chronic Utah arrays, left IT")
+    session.add(subject)
+    session.flush()
+    array = Array(subject_id=subject.id, name="A", region="IT", hemisphere="L")
+    session.add(array)
+    session.flush()
+    sites = {}
+    for i, sid in enumerate(SITES):
+        site = Site(site_id=sid, array_id=array.id, electrode=f"e{i + 1:02d}", unit="mua")
+        session.add(site)
+        sites[sid] = site
+    rig = Rig(rig_id="rig-1", name="RSVP rig 1", subject_id=subject.id, screen={"size_px": 224})
+    session.add(rig)
+    session.flush()
+
+    # Model versions: night 1 fits a standard network, night 2 a robust one that screens better.
+    versions = {}
+    for n, version in enumerate(VERSIONS, start=1):
+        chosen = version == VERSIONS[1]
+        mv = ModelVersion(
+            version=version,
+            candidate="resnet50" if n == 1 else "resnet50_l2_eps3",
+            backbone="resnet50" if n == 1 else "resnet50_l2_eps3",
+            layer="layer3",
+            artifact_key=f"models/{version}.pt",
+            trained_on={"days": list(range(1, n + 1)), "night": n, "n_images": 120 * n},
+            metrics={"cka": 0.41 + 0.12 * n, "median_ceiled_predictivity": 0.5 + 0.1 * n, "night": n},
+            score=0.5 + 0.1 * n,
+            chosen=chosen,
+            chosen_reason=(
+                "highest median noise-ceiled predictivity (0.70 vs 0.60) and perturbation transfer 0.81"
+                if chosen
+                else ""
+            ),
+            created_at=t0 + timedelta(days=n - 1, hours=18),
+        )
+        session.add(mv)
+        session.flush()
+        versions[version] = mv
+        for i, sid in enumerate(SITES):
+            ceiling = 0.8 + 0.04 * i
+            raw = (0.35 + 0.08 * n + 0.03 * i) * ceiling
+            session.add(
+                SiteMetric(
+                    model_version_id=mv.id,
+                    site_pk=sites[sid].id,
+                    predictivity=raw,
+                    ceiled_predictivity=raw / ceiling,
+                    noise_ceiling=ceiling,
+                    transfer_sign=0.6 + 0.1 * n + 0.02 * i,
+                    transfer_r=0.3 + 0.2 * n + 0.03 * i,
+                    alpha=10.0 ** (2 + i % 2),
+                    drift=(sid == SITES[3] and n == 2),
+                    gated=(sid == SITES[3] and n == 2),
+                    gate_reason="drift of the reference responses beyond 3 sd" if sid == SITES[3] and n == 2 else "",
+                )
+            )
+    session.flush()
+
+    # A published batch for tomorrow: clean images plus up/down perturbations per site and epsilon.
+    batch = Batch(
+        batch_id=BATCH_ID,
+        rig_pk=rig.id,
+        day=3,
+        state=BatchState.published,
+        model_version_id=versions[VERSIONS[1]].id,
+        created_at=t0 + timedelta(days=1, hours=20),
+        published_at=t0 + timedelta(days=1, hours=23),
+    )
+    session.add(batch)
+    session.flush()
+    out = Seeded(viewer_token=token)
+    members: list[tuple[Image, str]] = []
+    for c in range(2):
+        data = _png(rng)
+        clean = _image(
+            session, store, data, kind="clean", category=("face", "car")[c], source_name=f"clean-{c}.png"
+        )
+        members.append((clean, "clean"))
+        out.clean.append(clean.sha256)
+        base = _pixels(data)
+        for sid in SITES[:2]:
+            for eps in EPSILONS[:2]:
+                pair = {"clean": clean.sha256}
+                for direction, sign in (("up", 1.0), ("down", -1.0)):
+                    img = _image(
+                        session,
+                        store,
+                        _png(rng, base, shift=0.01 * eps),
+                        kind="perturbed",
+                        category=clean.category,
+                        parent_id=clean.id,
+                        model_version_id=versions[VERSIONS[1]].id,
+                        site_pk=sites[sid].id,
+                        epsilon=eps,
+                        direction=direction,
+                        seed=1000 + c,
+                        predicted_change=sign * 0.3 * eps,
+                        achieved_l2=eps * 0.998,
+                        provenance={"restarts": 8, "steps": 64},
+                    )
+                    members.append((img, "perturbed"))
+                    pair[direction] = img.sha256
+                if c == 0:
+                    out.perturbed[(sid, eps)] = pair
+    images = []
+    for img, role in members:
+        session.add(BatchImage(batch_pk=batch.id, image_id=img.id, role=role))
+        images.append(
+            {"sha256": img.sha256, "url": f"/api/v1/images/{img.sha256}", "width": 64, "height": 64,
+             "bytes": img.n_bytes}
+        )
+    sequence = []
+    for seq, (img, _) in enumerate(members * 2):
+        session.add(SequenceItem(batch_pk=batch.id, seq=seq, image_id=img.id, trial=seq // 10))
+        sequence.append({"seq": seq, "image_sha256": img.sha256, "trial": seq // 10, "on_ms": 100, "off_ms": 100})
+    batch.manifest = {
+        "batch_id": BATCH_ID,
+        "rig_id": rig.rig_id,
+        "published_at": batch.published_at.isoformat() if batch.published_at else None,
+        "model_version": VERSIONS[1],
+        "images": images,
+        "sequence": sequence,
+    }
+    session.flush()
+
+    # Two recording days, and their nights.
+    sessions = {}
+    for day in DAYS:
+        rs = RecordingSession(
+            session_id=f"m1-2024-05-0{5 + day}",
+            subject_id=subject.id,
+            rig_pk=rig.id,
+            day=day,
+            state="complete",
+            duration_s=3600.0 + 60 * day,
+            created_at=t0 + timedelta(days=day - 1),
+            completed_at=t0 + timedelta(days=day - 1, hours=3),
+        )
+        session.add(rs)
+        sessions[day] = rs
+    session.flush()
+    kinds = ("responses", "fit_models", "screen_models", "analyze", "synthesize", "render", "publish")
+    for day in DAYS:
+        last = day == DAYS[-1]
+        night = Night(
+            session_pk=sessions[day].id,
+            state=JobState.failed if last else JobState.succeeded,
+            batch_pk=None if last else batch.id,
+            model_version_id=versions[VERSIONS[day - 1]].id,
+            partial=last,
+            note="yesterday's batch stays published" if last else "",
+            error=f"job synthesize failed: {FAILED_JOB_ERROR}" if last else None,
+            created_at=t0 + timedelta(days=day - 1, hours=17),
+            finished_at=t0 + timedelta(days=day - 1, hours=23),
+        )
+        session.add(night)
+        session.flush()
+        for k, kind in enumerate(kinds):
+            if not last:
+                state, progress, error = JobState.succeeded, 1.0, None
+            elif kind == "synthesize":
+                state, progress, error = JobState.failed, 0.45, FAILED_JOB_ERROR
+            elif k < kinds.index("synthesize"):
+                state, progress, error = JobState.succeeded, 1.0, None
+            elif kind == "render":
+                state, progress, error = JobState.running, 0.3, None
+            else:
+                state, progress, error = JobState.queued, 0.0, None
+            session.add(
+                Job(
+                    kind=kind,
+                    night_id=night.id,
+                    state=state,
+                    progress=progress,
+                    progress_message=f"{kind}: {int(progress * 100)}%",
+                    attempts=1 if state != JobState.queued else 0,
+                    error=error,
+                    log_tail=error or "",
+                    created_at=night.created_at + timedelta(minutes=k),
+                    started_at=night.created_at + timedelta(minutes=k + 1),
+                )
+            )
+    session.flush()
+
+    # Sensitivity: IT (several estimators) and both models, per site and for the population.
+    site_gain = {sid: 0.8 + 0.15 * i for i, sid in enumerate(SITES)}
+    for day in DAYS:
+        bound = 1.0 + 0.2 * (day - 1)  # better surrogates raise the lower bound day over day
+        for sid in (*SITES, None):
+            gain = site_gain[sid] if sid else 1.0
+            n_sites = 1 if sid else len(SITES)
+            site_pk = sites[sid].id if sid else None
+
+            def add(estimator: str, eps: float | None, value: float | None, rel: float, source: str = "it",
+                    mv: ModelVersion | None = None, reason: str | None = None,
+                    _sid: str | None = sid, _site_pk: int | None = site_pk, _n: int = n_sites,
+                    _day: int = day) -> None:
+                lo, hi = _ci(value, rel) if value is not None else (None, None)
+                session.add(
+                    AnalysisResult(
+                        session_pk=sessions[_day].id, day=_day, site_pk=_site_pk,
+                        model_version_id=mv.id if mv else None, source=source, epsilon=eps,
+                        estimator=estimator, value=value, ci_low=lo, ci_high=hi,
+                        n_pairs=24 * _n if value is not None else 0, n_sites=_n, undefined_reason=reason,
+                    )
+                )
+
+            add("random_pair", None, 0.9 * gain, 0.1)
+            for eps in EPSILONS:
+                it = 0.06 * gain * bound * eps ** 0.8
+                add("plain", eps, it + 0.08, 0.2)
+                add("sign_corrected", eps, it, 0.3)
+                add("noise_floor", eps, 0.08, 0.15)
+                add("model_free_plain", eps, 0.3 * it + 0.08, 0.25)
+                add("model_free_sign_corrected", eps, 0.3 * it, 0.4)
+                for version in VERSIONS[:day]:
+                    value = 0.06 * gain * MODEL_GAIN[version] * eps ** 0.8
+                    add("model", eps, value, 0.1, source=f"model:{version}", mv=versions[version])
+    # One figure that could not be computed, as the analysis reports it.
+    session.add(
+        AnalysisResult(
+            session_pk=sessions[1].id, day=1, site_pk=sites[SITES[3]].id, source="it", epsilon=30.0,
+            estimator="sign_corrected", value=None, n_pairs=0, n_sites=1,
+            undefined_reason="no perturbed pairs at this epsilon",
+        )
+    )
+    session.flush()
+    assert math.isfinite(versions[VERSIONS[1]].score or 0.0)
+    return out
+
+
+# What the pages should draw from this seed (used by the tests).
+EXPECT = {
+    # population, last day, both estimators: IT plain, sign_corrected, noise_floor, model-free x2,
+    # random_pair, and one curve per model version.
+    "sensitivity_traces_both": len(IT_ESTIMATORS) + len(VERSIONS),
+}
