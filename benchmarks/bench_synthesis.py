@@ -1,0 +1,317 @@
+"""Benchmark of the synthesis engine against torchattacks APGD (L2, CE) and PGDL2.
+
+For budgets of gradient evaluations per case, on small CPU models (a CNN trained on a synthetic
+regression task, and a near-linear random CNN), report the median achieved change in ``f_i``
+(direction * (f_adv - f_clean), up and down cases pooled) of each method; then throughput; then,
+only if CUDA is available, a ResNet-50 + linear readout section at paper scale.
+
+Fairness
+--------
+* A regression score is given to the classifier attacks as two logits ``[d * (f - c), 0]`` with
+  label 1 and ``c = f(x_clean)``: the CE loss ``softplus(d * (f - c))`` is strictly increasing in
+  ``d * f``, so maximising CE is maximising the objective, and its gradient is a positive multiple
+  of ``d * grad f`` (the L2 attacks normalise it away).
+* Same budget: APGD spends ``n_restarts * (steps + 1)`` gradient evaluations (one at the start
+  point of each restart), PGDL2 ``n_restarts * steps``; the engine ``budget``.  Each baseline is
+  run with two splits of the budget (one long run, and several restarts) and is credited with the
+  better one per budget.  APGD runs in ``best_loss=True`` mode (returns the best iterate, not the
+  last); PGDL2 returns its last iterate per restart and the best restart (by f) is kept.
+* All methods are scored on their float images; the engine's quantised (8-bit) figure is printed
+  beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchattacks
+from torch import Tensor, nn
+
+from models.synthesis import Case, SynthesisConfig, synthesize
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BUDGETS = [5, 10, 20, 50, 100, 200, 500]
+
+
+# -- models and images --------------------------------------------------------------------------
+def smooth_images(n: int, size: int = 32, seed: int = 0) -> Tensor:
+    """Low-pass random images on the 8-bit grid, with saturated regions so the box binds."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 3, size // 4, size // 4, generator=g)
+    x = nn.functional.interpolate(z, size=(size, size), mode="bicubic", align_corners=False)
+    x = x + 0.15 * torch.randn(n, 3, size, size, generator=g)
+    x = (0.5 + 0.35 * x).clamp(0, 1)
+    return (x * 255).round() / 255
+
+
+class SmallCNN(nn.Module):
+    """Conv-ReLU backbone and a linear readout: (B, 3, H, W) -> (B, n_sites)."""
+
+    def __init__(self, n_sites: int = 4, width: int = 16) -> None:
+        super().__init__()
+        self.core = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )
+        self.readout = nn.Linear(8 * width, n_sites)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(self.core(x))
+
+
+def trained_cnn(seed: int = 0, n_sites: int = 4, steps: int = 300) -> nn.Module:
+    """A SmallCNN fitted to a nonlinear teacher (products of random features) in a few seconds."""
+    torch.manual_seed(seed)
+    teacher = SmallCNN(2 * n_sites, width=8)
+    student = SmallCNN(n_sites)
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    for i in range(steps):
+        x = smooth_images(64, seed=1000 + i)
+        with torch.no_grad():
+            t = teacher(x)
+            y = torch.tanh(4 * t[:, :n_sites]) * t[:, n_sites:] * 20
+        loss = nn.functional.mse_loss(student(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return student.eval()
+
+
+def random_cnn(seed: int = 0, n_sites: int = 4) -> nn.Module:
+    """A random SmallCNN: at small eps nearly linear in the input."""
+    torch.manual_seed(seed)
+    return SmallCNN(n_sites).eval()
+
+
+class AsLogits(nn.Module):
+    """Two-logit view ``[d * (f_site - c), 0]`` of a regression model for classifier attacks."""
+
+    def __init__(self, model: nn.Module, site: Tensor, direction: Tensor, c: Tensor) -> None:
+        super().__init__()
+        self.model, self.site, self.direction, self.c = model, site, direction, c
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.model(x).gather(1, self.site[:, None]).squeeze(1)
+        z = self.direction * (f - self.c)
+        return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+# -- methods ------------------------------------------------------------------------------------
+def _objective(model: nn.Module, x: Tensor, site: Tensor, d: Tensor) -> Tensor:
+    with torch.no_grad():
+        return d * model(x).gather(1, site[:, None]).squeeze(1)
+
+
+def _splits(budget: int, per_restart_extra: int) -> list[tuple[int, int]]:
+    """(restarts, steps) pairs spending at most ``budget``: one long run, and ~budget/50 restarts."""
+    out = [(1, max(budget - per_restart_extra, 1))]
+    r = max(1, budget // 50)
+    if r > 1:
+        out.append((r, max(budget // r - per_restart_extra, 1)))
+    return out
+
+
+def run_apgd(model, x, site, d, eps, budget, seed=0):  # type: ignore[no-untyped-def]
+    """Best over budget splits of APGD-CE (L2), per-case values of the objective gain."""
+    c = _objective(model, x, site, d) * d
+    wrap = AsLogits(model, site, d, c)
+    y = torch.ones(len(x), dtype=torch.long)
+    best = None
+    for r, s in _splits(budget, 1):
+        torch.manual_seed(seed)
+        atk = torchattacks.APGD(wrap, norm="L2", eps=eps, steps=s, n_restarts=r, loss="ce", seed=seed)
+        _, adv = atk.perturb(x, y, best_loss=True)
+        gain = _objective(model, adv, site, d) - c * d
+        best = gain if best is None or gain.median() > best.median() else best
+    return best
+
+
+def run_pgd(model, x, site, d, eps, budget, seed=0):  # type: ignore[no-untyped-def]
+    """Best over budget splits of PGDL2 (step 2.5 eps / steps, random start), best restart by f."""
+    c = _objective(model, x, site, d) * d
+    wrap = AsLogits(model, site, d, c)
+    y = torch.ones(len(x), dtype=torch.long)
+    best = None
+    for r, s in _splits(budget, 0):
+        torch.manual_seed(seed)
+        atk = torchattacks.PGDL2(wrap, eps=eps, alpha=2.5 * eps / s, steps=s, random_start=True)
+        g = torch.full((len(x),), -math.inf)
+        for _ in range(r):
+            adv = atk(x, y)
+            g = torch.maximum(g, _objective(model, adv, site, d) - c * d)
+        best = g if best is None or g.median() > best.median() else best
+    return best
+
+
+def run_engine(model, x, site, d, eps, budget, seed=0, **kw):  # type: ignore[no-untyped-def]
+    """The engine; returns (float gain, quantised gain) per case."""
+    cases = [Case(int(s), i, eps, int(dd)) for i, (s, dd) in enumerate(zip(site, d, strict=True))]
+    cfg = SynthesisConfig(budget=budget, seed=seed, max_batch_rows=kw.pop("max_batch_rows", 512), **kw)
+    res = synthesize(model, x, cases, cfg)
+    c = _objective(model, x, site, d)
+    g_float = _objective(model, res.adv, site, d) - c
+    return g_float, d * res.predicted_change
+
+
+def problem(n_img: int, n_sites: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Images repeated per (site, direction): x (M, 3, H, W), site (M,), d (M,)."""
+    imgs = smooth_images(n_img, seed=seed + 7)
+    xs, ss, ds = [], [], []
+    for i in range(n_img):
+        for s in range(n_sites):
+            for dd in (1.0, -1.0):
+                xs.append(imgs[i])
+                ss.append(s)
+                ds.append(dd)
+    return torch.stack(xs), torch.tensor(ss), torch.tensor(ds)
+
+
+def compare(name: str, model: nn.Module, eps: float, budgets: list[int], n_img: int, n_sites: int) -> dict:
+    x, site, d = problem(n_img, n_sites)
+    rows = {}
+    for b in budgets:
+        ge, gq = run_engine(model, x, site, d, eps, b)
+        ga = run_apgd(model, x, site, d, eps, b)
+        gp = run_pgd(model, x, site, d, eps, b)
+        rows[b] = {"engine": ge, "engine_q": gq, "apgd": ga, "pgd": gp}
+    out: dict = {"name": name, "eps": eps, "budgets": budgets, "rows": {}}
+    print(f"\n== {name}, eps={eps}, {len(x)} cases: median achieved change d*(f_adv - f_clean) ==")
+    print(f"{'budget':>7} {'engine':>9} {'eng(8bit)':>9} {'APGD':>9} {'PGDL2':>9} {'vs APGD':>8} {'vs PGD':>8}"
+          f" {'vs best@10x':>11}   goals: >=1.0, >=1.0, >=0.99")
+    for b in budgets:
+        r = rows[b]
+        med = {k: float(v.median()) for k, v in r.items()}
+        ref = None
+        if 10 * b in rows:
+            best10 = torch.stack([rows[10 * b][k] for k in ("engine", "apgd", "pgd")]).max(0).values
+            ref = float(r["engine"].median() / best10.median())
+        ra, rp = med["engine"] / med["apgd"], med["engine"] / med["pgd"]
+        out["rows"][b] = {**med, "ratio_apgd": ra, "ratio_pgd": rp, "ratio_best_at_10x": ref}
+        ref_s = f"{ref:11.3f}" if ref is not None else f"{'-':>11}"
+        print(f"{b:7d} {med['engine']:9.4f} {med['engine_q']:9.4f} {med['apgd']:9.4f} {med['pgd']:9.4f}"
+              f" {ra:8.3f} {rp:8.3f} {ref_s}")
+    return out
+
+
+def throughput(model: nn.Module, eps: float, budget: int, n_img: int, n_sites: int) -> dict:
+    x, site, d = problem(n_img, n_sites)
+    n = len(x)
+    t0 = time.perf_counter()
+    run_engine(model, x, site, d, eps, budget)
+    te = time.perf_counter() - t0
+    c = _objective(model, x, site, d) * d
+    wrap = AsLogits(model, site, d, c)
+    y = torch.ones(n, dtype=torch.long)
+    atk = torchattacks.PGDL2(wrap, eps=eps, alpha=2.5 * eps / budget, steps=budget)
+    t0 = time.perf_counter()
+    atk(x, y)
+    tp = time.perf_counter() - t0
+    res = {"engine_steps_per_s": n * budget / te, "pgd_steps_per_s": n * budget / tp}
+    res["ratio"] = res["engine_steps_per_s"] / res["pgd_steps_per_s"]
+    print(f"\n== throughput ({n} cases x {budget} gradient evaluations, CPU, {torch.get_num_threads()} threads) ==")
+    print(f"engine {res['engine_steps_per_s']:.0f} steps/s, PGDL2 {res['pgd_steps_per_s']:.0f} steps/s,"
+          f" ratio {res['ratio']:.2f}   goal >= 1.0")
+    return res
+
+
+def cuda_section(quick: bool) -> dict:
+    """ResNet-50 (random weights) + linear readout: images/s and a projected paper-scale night."""
+    import torchvision
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(weights=None)
+    net.fc = nn.Linear(2048, 21)
+    norm_mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+    norm_std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net((x - norm_mean) / norm_std)
+
+    model = Wrapped().to(dev).eval().to(memory_format=torch.channels_last)
+    imgs = smooth_images(4, size=224, seed=3).to(dev)
+    cases = [Case(s, i, 3.0, dd) for i in range(4) for s in range(2) for dd in (1, -1)]
+    budget = 40 if quick else 200
+    out = {}
+    for label, dt in (("fp32", None), ("bf16", torch.bfloat16)):
+        cfg = SynthesisConfig(budget=budget, restarts=100, max_batch_rows=128, autocast_dtype=dt, channels_last=True,
+                              keep_float=False)
+        synthesize(model, imgs, cases[:2], SynthesisConfig(budget=10, max_batch_rows=128, autocast_dtype=dt,
+                                                          channels_last=True, keep_float=False))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res = synthesize(model, imgs, cases, cfg)
+        torch.cuda.synchronize()
+        dt_s = time.perf_counter() - t0
+        ips = len(cases) * budget / dt_s
+        night = 21 * 42 * 2 * 5 * 100 * 20 / ips  # restarts=100 x steps=20 per case
+        out[label] = {"images_per_s": ips, "night_hours": night / 3600,
+                      "median_change": float((res.predicted_change * torch.tensor([c.direction for c in cases])).median())}
+    diff = out["bf16"]["median_change"] / out["fp32"]["median_change"] - 1
+    out["bf16_vs_fp32_change"] = diff
+    print("\n== CUDA: ResNet-50 + linear readout (21 sites), 224x224, eps=3 ==")
+    for k in ("fp32", "bf16"):
+        o = out[k]
+        print(f"{k}: {o['images_per_s']:.0f} images/s (fwd+bwd), paper night (8820 cases x 2000 evals) "
+              f"{o['night_hours']:.2f} h, median change {o['median_change']:.4f}")
+    print(f"bf16 vs fp32 median achieved change: {100 * diff:+.2f}%   goal: |diff| < 2%, night < 8 h")
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    """Run the benchmark; ``quick`` uses fewer images and budgets."""
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    budgets = [5, 10, 50, 100] if quick else BUDGETS
+    n_img, n_sites = (3, 2) if quick else (8, 3)
+    t0 = time.perf_counter()
+    trained = trained_cnn(steps=100 if quick else 300)
+    print(f"trained CNN fitted in {time.perf_counter() - t0:.1f} s")
+    results: dict = {"fairness": __doc__.split("Fairness")[1].strip(), "sections": []}
+    results["sections"].append(compare("trained CNN", trained, 0.5, budgets, n_img, n_sites))
+    results["sections"].append(compare("trained CNN, large eps", trained, 2.0, budgets, n_img, n_sites))
+    results["sections"].append(compare("random CNN (near-linear)", random_cnn(), 0.5, budgets, n_img, n_sites))
+    results["throughput"] = throughput(trained, 0.5, 50 if quick else 200, n_img, n_sites)
+    if torch.cuda.is_available():
+        results["cuda"] = cuda_section(quick)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    _plot(results["sections"], RESULTS / "bench_synthesis.png")
+    (RESULTS / "bench_synthesis.json").write_text(json.dumps(results, indent=2, default=float))
+    return results
+
+
+def _plot(sections: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sections), figsize=(5 * len(sections), 4))
+    for ax, sec in zip(np.atleast_1d(axes), sections, strict=True):
+        bs = sec["budgets"]
+        for key, label in (("engine", "engine"), ("engine_q", "engine (8-bit)"), ("apgd", "APGD-CE"), ("pgd", "PGDL2")):
+            ax.plot(bs, [sec["rows"][b][key] for b in bs], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("gradient evaluations per case")
+        ax.set_ylabel("median achieved change")
+        ax.set_title(f"{sec['name']} (eps={sec['eps']})")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in os.sys.argv)

@@ -1,0 +1,497 @@
+"""The synthesis engine: batched projected gradient ascent on site predictions.
+
+Every (case, restart) pair is one *row*; rows of many cases share a batch.  Cases stream through
+a pool of ``max_batch_rows`` rows: when successive halving retires restarts (or a case finishes)
+new cases are admitted, so the model always sees a full batch.  Each row follows the same plan
+(:mod:`models.synthesis.schedule`) and all updates are per row, so a case's result depends only on
+the model, its clean image, its epsilon, its seed and the config: not on its neighbours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .config import Case, SynthesisCancelled, SynthesisConfig, SynthesisResult
+from .quantize import quantize_in_ball
+from .schedule import Plan, plan_budget
+from .steps import L2BallBoxStep
+
+__all__ = ["synthesize", "derive_seed", "plan_for", "Objective", "SiteObjective", "run_engine"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+Cancel = Callable[[], bool] | threading.Event
+
+
+class Objective(Protocol):
+    """Maps model outputs of rows to the value to maximise and the value to report."""
+
+    def value(self, out: Tensor, case: Tensor) -> Tensor:
+        """Objective per row (maximised), from outputs (B, n_sites) and case indices (B,)."""
+        ...
+
+    def score(self, out: Tensor, case: Tensor) -> Tensor:
+        """Reported value per row (``f``)."""
+        ...
+
+
+class SiteObjective:
+    """``direction * f_site``: up (+1) maximises a site's prediction, down (-1) minimises it."""
+
+    def __init__(self, site: Tensor, direction: Tensor) -> None:
+        self.site = site
+        self.direction = direction
+
+    def score(self, out: Tensor, case: Tensor) -> Tensor:
+        return out.gather(1, self.site[case].unsqueeze(1)).squeeze(1)
+
+    def value(self, out: Tensor, case: Tensor) -> Tensor:
+        return self.direction[case].to(out.dtype) * self.score(out, case)
+
+
+def derive_seed(base: int, *parts: float | int) -> int:
+    """A 63-bit seed from the base seed and a case's content (order-independent of other cases)."""
+    ints = [int(base) & 0xFFFFFFFFFFFFFFFF]
+    for p in parts:
+        if isinstance(p, float):
+            ints.append(struct.unpack("<Q", struct.pack("<d", p))[0])
+        else:
+            ints.append(int(p) & 0xFFFFFFFFFFFFFFFF)
+    s = np.random.SeedSequence(ints).generate_state(2, dtype=np.uint32)
+    return int((int(s[0]) << 31) ^ int(s[1])) & 0x7FFFFFFFFFFFFFFF
+
+
+def plan_for(config: SynthesisConfig) -> Plan:
+    """The per-case plan (restarts, rounds, phases, checkpoints) this config produces."""
+    fixed = config.steps if config.budget is None else None
+    return plan_budget(
+        config.total_budget(),
+        config.restarts,
+        halving=config.successive_halving,
+        eta=config.halving_eta,
+        min_round_steps=config.min_round_steps,
+        big_ball_fraction=config.first_ball_fraction if config.first_ball_factor > 1.0 else 0.0,
+        fixed_steps=fixed,
+    )
+
+
+def _is_cancelled(cancel: Cancel | None) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def _bc(v: Tensor, like: Tensor) -> Tensor:
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+_ROW_KEYS = ("case", "restart", "x", "xp", "g", "xb", "gb", "fb", "fprev", "step", "radius", "eps",
+             "center", "nincr", "fck", "redl", "nonimp", "fresh")
+
+
+class _Engine:
+    """Holds the row pool of one :func:`run_engine` call."""
+
+    def __init__(self, model: Callable[[Tensor], Tensor], images: Tensor, objective: Objective,
+                 cfg: SynthesisConfig, plan: Plan) -> None:
+        self.model, self.images, self.obj, self.cfg, self.plan = model, images, objective, cfg, plan
+        self.dev = images.device
+        self.stepper = L2BallBoxStep(init_fraction=cfg.init_fraction)
+        self.rows: dict[str, Tensor] = {}
+        self.order: list[int] = []  # active case ids in row order
+        self.count: dict[int, int] = {}
+        self.t: dict[int, int] = {}
+
+    # -- model calls -------------------------------------------------------------------------------
+    def _segments(self, case_rows: Tensor, n: int) -> list[tuple[int, int]]:
+        if not self.cfg.deterministic:
+            step = self.cfg.max_batch_rows
+            return [(i, min(i + step, n)) for i in range(0, n, step)]
+        segs, start = [], 0
+        for c in self.order:
+            segs.append((start, start + self.count[c]))
+            start += self.count[c]
+        return segs
+
+    def _forward(self, x: Tensor) -> Tensor:
+        xin = x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+        dt = self.cfg.autocast_dtype
+        with torch.autocast(self.dev.type, dtype=dt, enabled=dt is not None):
+            out = self.model(xin)
+        return out.float()
+
+    def value_and_grad(self, x: Tensor, case: Tensor) -> tuple[Tensor, Tensor]:
+        vals, grads = [], []
+        for a, b in self._segments(case, x.shape[0]):
+            xs = x[a:b].detach().requires_grad_(True)
+            with torch.enable_grad():
+                v = self.obj.value(self._forward(xs), case[a:b])
+                (g,) = torch.autograd.grad(v.sum(), xs)
+            vals.append(v.detach())
+            grads.append(g.contiguous())
+        return torch.cat(vals), torch.cat(grads)
+
+    # -- admission ---------------------------------------------------------------------------------
+    def admit(self, cid: int, img: int, eps: float, seed: int) -> None:
+        cfg, plan = self.cfg, self.plan
+        r0 = plan.rows[0]
+        center = self.images[img: img + 1]
+        r_first = eps * (cfg.first_ball_factor if plan.switch_step > 0 else 1.0)
+        rad1 = torch.full((1,), r_first, device=self.dev, dtype=center.dtype)
+        gen = torch.Generator(device=self.dev)
+        gen.manual_seed(seed)
+        xs = []
+        for r in range(r0):
+            if r == 0 and cfg.clean_start:
+                xs.append(center.clone())
+            else:
+                xs.append(self.stepper.random_perturb(center, rad1, gen))
+        x = torch.cat(xs)
+        f = lambda v, dt=torch.float32: torch.full((r0,), v, device=self.dev, dtype=dt)  # noqa: E731
+        new = {
+            "case": torch.full((r0,), cid, device=self.dev, dtype=torch.long),
+            "restart": torch.arange(r0, device=self.dev),
+            "x": x, "xp": x.clone(), "g": torch.zeros_like(x), "xb": x.clone(), "gb": torch.zeros_like(x),
+            "fb": f(-float("inf")), "fprev": f(-float("inf")), "step": f(cfg.step_init * r_first),
+            "radius": f(r_first), "eps": f(eps), "center": center.expand_as(x).clone(),
+            "nincr": f(0), "fck": f(-float("inf")), "redl": f(1, torch.bool), "nonimp": f(0),
+            "fresh": f(1, torch.bool),
+        }
+        self.rows = {k: torch.cat([self.rows[k], new[k]]) if self.rows else new[k] for k in _ROW_KEYS}
+        self.order.append(cid)
+        self.count[cid] = r0
+        self.t[cid] = 0
+
+    def n_rows(self) -> int:
+        return int(self.rows["x"].shape[0]) if self.rows else 0
+
+    def keep(self, mask: Tensor) -> None:
+        idx = mask.nonzero().squeeze(1)
+        self.rows = {k: v.index_select(0, idx) for k, v in self.rows.items()}
+
+    # -- one iteration -----------------------------------------------------------------------------
+    def iterate(self) -> list[tuple[int, Tensor, Tensor, Tensor, Tensor]]:
+        """One gradient evaluation for every row; returns finished cases' candidates."""
+        cfg, plan, R = self.cfg, self.plan, self.rows
+        f, g = self.value_and_grad(R["x"], R["case"])
+        with torch.no_grad():
+            f = torch.nan_to_num(f, nan=-float("inf"))
+            imp = f > R["fb"]
+            ib = _bc(imp, R["x"])
+            R["xb"] = torch.where(ib, R["x"], R["xb"])
+            R["gb"] = torch.where(ib, g, R["gb"])
+            R["fb"] = torch.where(imp, f, R["fb"])
+            R["g"] = g
+            R["nincr"] = R["nincr"] + (f > R["fprev"]).float()
+            R["fprev"] = f
+            R["nonimp"] = torch.where(imp, torch.zeros_like(f), R["nonimp"] + 1)
+            cut = R["nonimp"] >= cfg.patience
+            R["step"] = torch.where(cut, R["step"] * cfg.anneal, R["step"])
+            R["nonimp"] = torch.where(cut, torch.zeros_like(f), R["nonimp"])
+
+            finished, keep_parts = [], []
+            start = 0
+            for cid in self.order:
+                n = self.count[cid]
+                self.t[cid] += 1
+                t = self.t[cid]
+                m = torch.ones(n, dtype=torch.bool, device=self.dev)
+                if t >= plan.total_steps:
+                    sl = slice(start, start + n)
+                    finished.append((cid, R["xb"][sl], R["center"][sl], R["eps"][sl], R["restart"][sl]))
+                    m[:] = False
+                elif t in plan.round_ends:
+                    k = plan.round_ends.index(t)
+                    n_keep = plan.rows[k + 1]
+                    top = torch.sort(R["fb"][start:start + n], descending=True, stable=True).indices[:n_keep]
+                    m[:] = False
+                    m[top] = True
+                keep_parts.append(m)
+                start += n
+            keep = torch.cat(keep_parts)
+            for cid, *_ in finished:
+                self.order.remove(cid)
+                del self.count[cid], self.t[cid]
+            if not bool(keep.all()):
+                self.keep(keep)
+                R = self.rows
+                for cid in self.order:
+                    self.count[cid] = int((R["case"] == cid).sum())
+            if self.order:
+                self._advance()
+        return finished
+
+    def _advance(self) -> None:
+        cfg, plan, R = self.cfg, self.plan, self.rows
+        counts = torch.tensor([self.count[c] for c in self.order], device=self.dev)
+        ts = [self.t[c] for c in self.order]
+        ck_len = torch.tensor([float(plan.checkpoint_len.get(t, 0)) for t in ts], device=self.dev)
+        ck = torch.repeat_interleave(ck_len > 0, counts) if cfg.checkpoints else None
+        sw = torch.repeat_interleave(torch.tensor([t == plan.switch_step for t in ts], device=self.dev), counts)
+        x = R["x"]
+        if ck is not None and bool(ck.any()):
+            cl = torch.repeat_interleave(ck_len, counts)
+            red = ck & ((R["nincr"] < cfg.rho * cl) | (~R["redl"] & (R["fck"] >= R["fb"])))
+            R["step"] = torch.where(red, R["step"] * cfg.checkpoint_factor, R["step"])
+            rb = _bc(red, x)
+            R["x"] = torch.where(rb, R["xb"], R["x"])
+            R["g"] = torch.where(rb, R["gb"], R["g"])
+            R["xp"] = torch.where(rb, R["xb"], R["xp"])
+            R["redl"] = torch.where(ck, red, R["redl"])
+            R["fck"] = torch.where(ck, R["fb"], R["fck"])
+            R["nincr"] = torch.where(ck, torch.zeros_like(R["nincr"]), R["nincr"])
+        # Projected step with APGD momentum.
+        x = R["x"]
+        z = self.stepper.project(self.stepper.step(x, R["g"], R["step"]), R["center"], R["radius"])
+        a = _bc(torch.where(R["fresh"], torch.ones_like(R["step"]), torch.full_like(R["step"], cfg.momentum)), x)
+        xn = x + a * (z - x) + (1 - a) * (x - R["xp"])
+        if cfg.momentum < 1.0:
+            xn = self.stepper.project(xn, R["center"], R["radius"])
+        R["xp"], R["x"] = x, xn
+        R["fresh"] = torch.zeros_like(R["fresh"])
+        if bool(sw.any()):
+            # Big-ball phase over: continue inside the eps ball from the best big-ball point.
+            sb = _bc(sw, x)
+            xe = self.stepper.project(R["xb"], R["center"], R["eps"])
+            R["x"] = torch.where(sb, xe, R["x"])
+            R["xp"] = torch.where(sb, xe, R["xp"])
+            R["xb"] = torch.where(sb, xe, R["xb"])
+            R["radius"] = torch.where(sw, R["eps"], R["radius"])
+            R["step"] = torch.where(sw, cfg.step_init * R["eps"], R["step"])
+            inf = torch.full_like(R["fb"], -float("inf"))
+            for k in ("fb", "fprev", "fck"):
+                R[k] = torch.where(sw, inf, R[k])
+            R["fresh"] = sw | R["fresh"]
+            R["redl"] = sw | R["redl"]
+            R["nincr"] = torch.where(sw, torch.zeros_like(R["nincr"]), R["nincr"])
+            R["nonimp"] = torch.where(sw, torch.zeros_like(R["nonimp"]), R["nonimp"])
+
+    # -- scoring of quantised candidates -----------------------------------------------------------
+    def score(self, x: Tensor, case: Tensor, groups: list[int]) -> Tensor:
+        """Model outputs (B, n_sites) in float32 without autocast, grouped like the gradient calls."""
+        outs, start = [], 0
+        sizes = groups if self.cfg.deterministic else [x.shape[0]]
+        with torch.no_grad():
+            for n in sizes:
+                for a in range(start, start + n, self.cfg.max_batch_rows):
+                    b = min(a + self.cfg.max_batch_rows, start + n)
+                    xin = x[a:b].contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x[a:b]
+                    outs.append(self.model(xin).float())
+                start += n
+        return torch.cat(outs)
+
+
+def run_engine(
+    model: Callable[[Tensor], Tensor],
+    images: Tensor,
+    case_image: Sequence[int],
+    case_eps: Sequence[float],
+    case_seed: Sequence[int],
+    objective: Objective,
+    config: SynthesisConfig,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    cases: list[Case] | None = None,
+) -> SynthesisResult:
+    """Solve validated cases with ``objective``; see :func:`synthesize` for the contract."""
+    plan = plan_for(config)
+    m = len(case_image)
+    dev = images.device
+    with torch.no_grad():
+        out_clean_img = torch.cat([
+            (model(images[i:i + config.max_batch_rows])).float() for i in range(0, images.shape[0], config.max_batch_rows)
+        ])
+    ci = torch.as_tensor(list(case_image), dtype=torch.long, device=dev)
+    out_clean = out_clean_img[ci]
+    f_clean = objective.score(out_clean, torch.arange(m, device=dev)).cpu()
+    shape = (m,) + tuple(images.shape[1:])
+    adv_q = torch.zeros(shape, dtype=torch.uint8)
+    adv_f = torch.zeros(shape, dtype=torch.float32) if config.keep_float else None
+    delta = torch.zeros(m, dtype=torch.float64)
+    f_adv = torch.zeros(m)
+    out_adv = torch.zeros(m, out_clean.shape[1])
+    win = torch.zeros(m, dtype=torch.long)
+    nev = torch.zeros(m, dtype=torch.long)
+    eng = _Engine(model, images, objective, config, plan)
+    done = 0
+
+    def finalize(items: list[tuple[int, Tensor, Tensor, Tensor, Tensor]]) -> None:
+        nonlocal done
+        if not items:
+            return
+        xb = torch.cat([it[1] for it in items])
+        q, d = quantize_in_ball(xb, torch.cat([it[2] for it in items]), torch.cat([it[3] for it in items]))
+        groups = [it[1].shape[0] for it in items]
+        case_rows = torch.cat([torch.full((n,), it[0], device=dev, dtype=torch.long) for n, it in zip(groups, items, strict=True)])
+        out = eng.score(q.float() / 255.0, case_rows, groups)
+        val = objective.value(out, case_rows)
+        start = 0
+        for n, (cid, xbi, _c, _e, rest) in zip(groups, items, strict=True):
+            j = start + int(torch.argmax(val[start:start + n]))  # first maximum: lowest restart
+            adv_q[cid] = q[j].cpu()
+            if adv_f is not None:
+                adv_f[cid] = xbi[j - start].float().cpu()
+            delta[cid] = d[j].cpu()
+            out_adv[cid] = out[j].cpu()
+            win[cid] = int(rest[j - start])
+            start += n
+        done += len(items)
+        logger.debug("synthesis: %d/%d cases done (%d rows live)", done, m, eng.n_rows())
+        if progress is not None:
+            progress(done, m)
+
+    pending = deque(range(m))
+    stack = contextlib.ExitStack()
+    if config.deterministic and dev.type == "cuda":
+        b = torch.backends.cudnn
+        stack.enter_context(b.flags(enabled=b.enabled, benchmark=False, deterministic=True, allow_tf32=b.allow_tf32))
+    with stack:
+        while pending or eng.order:
+            if _is_cancelled(cancel):
+                raise SynthesisCancelled(f"synthesis cancelled after {done}/{m} cases")
+            zero: list[tuple[int, Tensor, Tensor, Tensor, Tensor]] = []
+            while pending and (eng.n_rows() + plan.rows[0] <= config.max_batch_rows or not eng.order):
+                cid = pending.popleft()
+                img, eps = int(case_image[cid]), float(case_eps[cid])
+                if eps == 0.0:
+                    c = images[img:img + 1]
+                    zero.append((cid, c, c, torch.zeros(1, device=dev, dtype=c.dtype), torch.zeros(1, device=dev, dtype=torch.long)))
+                    continue
+                eng.admit(cid, img, eps, int(case_seed[cid]))
+                nev[cid] = plan.budget
+                logger.debug("synthesis: admitted case %d (%d rows live)", cid, eng.n_rows())
+            finalize(zero)
+            if eng.order:
+                finalize(eng.iterate())
+    f_adv = objective.score(out_adv.to(dev), torch.arange(m, device=dev)).cpu()
+    pc = f_adv - f_clean
+    return SynthesisResult(
+        cases=cases or [], adv_uint8=adv_q, adv=adv_f, delta_l2=delta, f_clean=f_clean, f_adv=f_adv,
+        predicted_change=pc, out_clean=out_clean.cpu(), out_adv=out_adv, winning_restart=win,
+        seed=torch.as_tensor(list(case_seed), dtype=torch.long), n_grad_evals=nev,
+        extras={"plan": plan},
+    )
+
+
+def _module_eval(model: Callable[[Tensor], Tensor]) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def ctx():  # type: ignore[no-untyped-def]
+        was = isinstance(model, nn.Module) and model.training
+        if was:
+            model.eval()  # type: ignore[union-attr]
+        try:
+            yield
+        finally:
+            if was:
+                model.train()  # type: ignore[union-attr]
+    return ctx()
+
+
+def validate_images(images: Tensor) -> None:
+    """Raise ValueError unless ``images`` is a finite float (N, C, H, W) tensor in [0, 1]."""
+    if not isinstance(images, Tensor):
+        raise ValueError("images must be a torch.Tensor of shape (N, C, H, W)")
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or infinite values")
+    if float(images.min()) < 0.0 or float(images.max()) > 1.0:
+        raise ValueError("images must lie in [0, 1] (got values outside)")
+
+
+def _parse_cases(cases: Sequence[Case] | tuple[object, object, object, object]) -> list[Case]:
+    if isinstance(cases, tuple) and len(cases) == 4 and not isinstance(cases[0], Case):
+        cols = [torch.as_tensor(c).reshape(-1).tolist() for c in cases]
+        n = len(cols[0])
+        if any(len(c) != n for c in cols):
+            raise ValueError("case columns (site_idx, image_idx, eps, direction) must have equal lengths")
+        return [Case(int(s), int(i), float(e), int(d)) for s, i, e, d in zip(*cols, strict=True)]
+    out = list(cases)  # type: ignore[arg-type]
+    if not all(isinstance(c, Case) for c in out):
+        raise ValueError("cases must be a list of Case or a tuple (site_idx, image_idx, eps, direction)")
+    return out
+
+
+def synthesize(
+    model: Callable[[Tensor], Tensor],
+    images: Tensor,
+    cases: Sequence[Case] | tuple[object, object, object, object],
+    config: SynthesisConfig | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> SynthesisResult:
+    """Find, per case, the image within ``eps`` (L2, in the [0, 1] box) that moves a site most.
+
+    Parameters
+    ----------
+    model : nn.Module or callable
+        Maps images (B, C, H, W) in [0, 1] to site predictions (B, n_sites).  Put in eval mode for
+        the call (restored after) so batch statistics never couple rows.
+    images : Tensor of shape (N, C, H, W)
+        Clean images in [0, 1], on the device to compute on.  If they are not on the 8-bit grid the
+        eps ball is still centred on them as given.
+    cases : list of Case, or tuple of array-likes (site_idx, image_idx, eps, direction)
+    config : SynthesisConfig, optional
+    progress : callable(done, total), optional
+        Called whenever cases finish.
+    cancel : callable returning bool, or threading.Event, optional
+        Checked before every gradient step; when set, :class:`SynthesisCancelled` is raised.
+
+    Returns
+    -------
+    SynthesisResult
+        One row per case, in the order given.
+
+    Raises
+    ------
+    ValueError
+        On malformed images, cases or config.
+    SynthesisCancelled
+        When ``cancel`` fires.
+    """
+    cfg = config or SynthesisConfig()
+    cfg.validate()
+    validate_images(images)
+    cl = _parse_cases(cases)
+    if not cl:
+        raise ValueError("no cases given")
+    n_img = images.shape[0]
+    for k, c in enumerate(cl):
+        if not (0 <= c.image < n_img):
+            raise ValueError(f"case {k}: image index {c.image} out of range [0, {n_img})")
+        if not np.isfinite(c.eps) or c.eps < 0:
+            raise ValueError(f"case {k}: eps must be finite and >= 0, got {c.eps}")
+        if c.direction not in (1, -1):
+            raise ValueError(f"case {k}: direction must be +1 (up) or -1 (down), got {c.direction}")
+    with _module_eval(model), torch.no_grad():
+        out = model(images[:1])
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        raise ValueError(f"model must map (B, C, H, W) to (B, n_sites); got output shape {getattr(out, 'shape', None)}")
+    n_sites = out.shape[1]
+    for k, c in enumerate(cl):
+        if not (0 <= c.site < n_sites):
+            raise ValueError(f"case {k}: site index {c.site} out of range [0, {n_sites})")
+    dev = images.device
+    obj = SiteObjective(
+        torch.tensor([c.site for c in cl], device=dev), torch.tensor([c.direction for c in cl], device=dev)
+    )
+    seeds = [c.seed if c.seed is not None else derive_seed(cfg.seed, c.site, c.image, float(c.eps), c.direction)
+             for c in cl]
+    with _module_eval(model):
+        return run_engine(model, images, [c.image for c in cl], [c.eps for c in cl], seeds, obj, cfg,
+                          progress, cancel, cases=cl)
