@@ -18,6 +18,7 @@ import numpy as np
 from .curves import CurveComparison, compare_curves
 from .data import CleanResponses, DayInputs, FloatArray, ModelPredictions, PairedResponses, pool_days
 from .estimators import (
+    CleanBootstrap,
     PairEstimator,
     SensitivityEstimate,
     Sigma,
@@ -150,18 +151,19 @@ def analyze_day(
         by_eps.setdefault(round(p.epsilon, 9), []).append(p)
     joined = [PairedResponses.concat(v) for _, v in sorted(by_eps.items())]
 
-    items_cache: dict[tuple[Hashable, ...], Any] = {}
+    items_cache: dict[tuple[Hashable, ...], CleanBootstrap] = {}
 
-    def clean_items_for(site_ids: tuple[Hashable, ...]) -> Any:
+    def clean_items_for(site_ids: tuple[Hashable, ...]) -> CleanBootstrap:
         if site_ids not in items_cache:
-            items_cache[site_ids] = _clean_items(_align_clean(clean, site_ids), g, n_splits)
+            items = _clean_items(_align_clean(clean, site_ids), g, n_splits)
+            items_cache[site_ids] = CleanBootstrap(items, g, n_boot)
         return items_cache[site_ids]
 
     opts = {"sigma": sigma, "rng": g, "n_boot": n_boot, "ci": ci, "min_images": min_images, "day": day}
     estimates: list[SensitivityEstimate] = _estimate(
         kind="random_pair",
         label="random_pair",
-        clean_items=clean_items_for(clean.site_ids),
+        clean=clean_items_for(clean.site_ids),
         pair_items=None,
         site_ids=clean.site_ids,
         epsilon=None,
@@ -178,7 +180,7 @@ def analyze_day(
                 estimates += _estimate(
                     kind=kind,
                     label=prefix + kind,
-                    clean_items=citems,
+                    clean=citems,
                     pair_items=pitems,
                     site_ids=p.site_ids,
                     epsilon=p.epsilon,

@@ -274,14 +274,14 @@ def _root(ms: FloatArray) -> FloatArray:
     return np.sign(ms) * np.sqrt(np.abs(ms))
 
 
-#: Per estimator: the pair feature it averages (its count is the n_pairs reported),
-#: extra clean features it needs, and the value from clean (c) and pair (p) statistics.
-_KINDS: dict[str, tuple[str | None, tuple[str, ...], Callable[[_Stats, _Stats], FloatArray]]] = {
-    "plain": ("abs", (), lambda c, p: _div(p["abs"], c["sigma"])),
-    "sign_corrected": ("signed", (), lambda c, p: _div(p["signed"], c["sigma"])),
-    "noise_floor": ("scale", ("unit",), lambda c, p: _div(c["unit"] * p["scale"], c["sigma"])),
-    "plain_noise_corrected": ("excess", (), lambda c, p: _div(_root(p["excess"]), c["sigma"])),
-    "random_pair": (None, (), lambda c, p: _div(c["gmd"], c["sigma"])),
+#: Per estimator: the pair feature it averages (its count is the n_pairs reported)
+#: and its value from clean (c) and pair (p) statistics.
+_KINDS: dict[str, tuple[str | None, Callable[[_Stats, _Stats], FloatArray]]] = {
+    "plain": ("abs", lambda c, p: _div(p["abs"], c["sigma"])),
+    "sign_corrected": ("signed", lambda c, p: _div(p["signed"], c["sigma"])),
+    "noise_floor": ("scale", lambda c, p: _div(c["unit"] * p["scale"], c["sigma"])),
+    "plain_noise_corrected": ("excess", lambda c, p: _div(_root(p["excess"]), c["sigma"])),
+    "random_pair": (None, lambda c, p: _div(c["gmd"], c["sigma"])),
 }
 
 
@@ -315,11 +315,72 @@ def _reasons(
     return out
 
 
+class CleanBootstrap:
+    """Clean-image statistics of every site (sigma_i, noise unit, random-pair spread), resampled once.
+
+    Every estimator divides by sigma_i, and resampling a few hundred clean
+    images for each of dozens of estimators dominated the cost. So each site's
+    clean images are resampled ``n_boot`` times once and the resamples shared:
+    per-site intervals use them row by row; a population resample fills each
+    slot with one of its site's cached resamples picked at random, i.e. an
+    independent draw from that site's bootstrap distribution.
+
+    Parameters
+    ----------
+    items : Items
+        From :func:`_clean_items`.
+    rng : Generator
+    n_boot : int
+    """
+
+    def __init__(self, items: Items, rng: np.random.Generator, n_boot: int) -> None:
+        self.items, self.rng, self.n_boot = items, rng, n_boot
+        self.n_sites = items.counts.shape[0]
+        self._point: dict[str, _Stats] = {}
+        self._boot: dict[str, _Stats] = {}
+
+    def _names(self, sigma: Sigma) -> tuple[str, ...]:
+        return ("mean", "unit", "noise") if sigma == "noise_corrected" else ("mean", "unit")
+
+    def point(self, sigma: Sigma, gmd: bool = False) -> _Stats:
+        """Statistics of the data as they are, arrays of shape (1, n_sites)."""
+        key = f"{sigma}/{gmd}"
+        if key not in self._point:
+            ident = np.arange(self.n_sites)[None, :]
+            self._point[key] = _clean_stats(draw(self.items, ident, None, self._names(sigma)), sigma, gmd)
+        return self._point[key]
+
+    def boot(self, sigma: Sigma, gmd: bool = False) -> _Stats:
+        """Resampled statistics, arrays of shape (n_boot, n_sites)."""
+        key = f"{sigma}/{gmd}"
+        if key not in self._boot:
+            names = self._names(sigma)
+            ident = np.arange(self.n_sites)[None, :]
+            width = self.items.max_items * len(names) * max(self.n_sites, 1)
+            parts = [
+                _clean_stats(draw(self.items, np.repeat(ident, b, axis=0), self.rng, names), sigma, gmd)
+                for b in chunk_sizes(self.n_boot, width)
+            ]
+            self._boot[key] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._boot[key]
+
+    def slots(self, sigma: Sigma, gmd: bool, site_idx: IntArray, rng: np.random.Generator) -> _Stats:
+        """Statistics for resampled sites: one random cached resample of its site per slot."""
+        boot = self.boot(sigma, gmd)
+        pick = rng.integers(0, self.n_boot, site_idx.shape)
+        return {k: v[pick, site_idx] for k, v in boot.items()}
+
+
+def _unit_sigma(shape: tuple[int, ...]) -> _Stats:
+    """Stand-in clean statistics for raw-unit figures that never look at the clean images."""
+    return {"sigma": np.ones(shape), "n": np.zeros(shape), "var": np.ones(shape)}
+
+
 def _estimate(
     *,
     kind: str,
     label: str,
-    clean_items: Items,
+    clean: CleanBootstrap,
     pair_items: Items | None,
     site_ids: tuple[Hashable, ...],
     epsilon: float | None,
@@ -334,28 +395,24 @@ def _estimate(
     site_intervals: bool = True,
 ) -> list[SensitivityEstimate]:
     """Point estimates, per-site and population intervals for one estimator."""
-    feature, clean_extra, value_fn = _KINDS[kind]
-    need_gmd = kind == "random_pair"
-    needs_clean = _needs_clean(kind, sigma)
-    clean_names = ("mean",) + (("noise",) if sigma == "noise_corrected" else ()) + clean_extra
-    pair_names = (feature,) if feature is not None else ()
+    feature, value_fn = _KINDS[kind]
     if pair_items is None and feature is not None:
         raise ValueError(f"estimator {kind!r} needs pairs")
+    if clean.n_boot != n_boot or clean.n_sites != len(site_ids):
+        raise ValueError("clean bootstrap does not match the estimator's sites or n_boot")
+    pair_names = (feature,) if feature is not None else ()
     n_sites = len(site_ids)
+    gmd = kind == "random_pair"
+    uses_clean = _needs_clean(kind, sigma)
 
-    def stats(idx: IntArray, r: np.random.Generator | None) -> tuple[_Stats, _Stats]:
-        if needs_clean:
-            c = _clean_stats(draw(clean_items, idx, r, clean_names), sigma, need_gmd)
-        else:  # raw units: the clean images play no part
-            c = {"sigma": np.ones(idx.shape), "n": np.zeros(idx.shape), "var": np.ones(idx.shape)}
-        p = _pair_stats(draw(pair_items, idx, r, pair_names)) if pair_items is not None and pair_names else {}
-        return c, p
-
-    def values(idx: IntArray, r: np.random.Generator | None) -> FloatArray:
-        return value_fn(*stats(idx, r))
+    def pair_stats(idx: IntArray, r: np.random.Generator | None) -> _Stats:
+        return (
+            _pair_stats(draw(pair_items, idx, r, pair_names)) if pair_items is not None and pair_names else {}
+        )
 
     ident = np.arange(n_sites)[None, :]
-    c0, p0 = stats(ident, None)
+    c0 = clean.point(sigma, gmd) if uses_clean else _unit_sigma((1, n_sites))
+    p0 = pair_stats(ident, None)
     point = value_fn(c0, p0)[0]
     reasons = _reasons(kind, c0, p0 if feature is not None else None, sigma, min_pairs, min_images)
     reasons = [
@@ -366,14 +423,16 @@ def _estimate(
     point = np.where(defined, point, np.nan)
     counts = (p0[f"n_{feature}"] if feature is not None else c0["n"])[0]
 
-    width = (clean_items.max_items * len(clean_names) if needs_clean else 0) + (
-        pair_items.max_items * len(pair_names) if pair_items is not None else 0
-    )
+    width = pair_items.max_items * len(pair_names) if pair_items is not None else 1
     lo = hi = np.full(n_sites, np.nan)
     if site_intervals:
-        sizes = chunk_sizes(n_boot, width * max(n_sites, 1))
-        site_boot = np.concatenate([values(np.repeat(ident, b, axis=0), rng) for b in sizes])
-        lo, hi = percentile_interval(site_boot, ci)
+        cboot = clean.boot(sigma, gmd) if uses_clean else _unit_sigma((n_boot, n_sites))
+        parts, start = [], 0
+        for b in chunk_sizes(n_boot, width * max(n_sites, 1)):
+            c = {k: v[start : start + b] for k, v in cboot.items()}
+            parts.append(value_fn(c, pair_stats(np.repeat(ident, b, axis=0), rng)))
+            start += b
+        lo, hi = percentile_interval(np.concatenate(parts), ci)
 
     common: dict[str, Any] = {"epsilon": epsilon, "estimator": label, "day": day, "model": model}
     records = [
@@ -405,10 +464,12 @@ def _estimate(
             )
         )
         return records
-    sizes = chunk_sizes(n_boot, width * sites.size)
-    pop_boot = np.concatenate(
-        [finite_mean(values(sites[rng.integers(0, sites.size, (b, sites.size))], rng), axis=1) for b in sizes]
-    )
+    parts = []
+    for b in chunk_sizes(n_boot, width * sites.size):
+        idx = sites[rng.integers(0, sites.size, (b, sites.size))]
+        c = clean.slots(sigma, gmd, idx, rng) if uses_clean else _unit_sigma(idx.shape)
+        parts.append(finite_mean(value_fn(c, pair_stats(idx, rng)), axis=1))
+    pop_boot = np.concatenate(parts)
     plo, phi = percentile_interval(pop_boot, ci)
     records.append(
         SensitivityEstimate(
@@ -490,7 +551,7 @@ def pair_sensitivity(
     return _estimate(
         kind=estimator,
         label=label,
-        clean_items=_clean_items(clean, g, n_splits),
+        clean=CleanBootstrap(_clean_items(clean, g, n_splits), g, n_boot),
         pair_items=_pair_items(pairs, pair_set),
         site_ids=pairs.site_ids,
         epsilon=pairs.epsilon,
@@ -524,7 +585,7 @@ def random_pair_baseline(
     return _estimate(
         kind="random_pair",
         label="random_pair",
-        clean_items=_clean_items(clean, g, 1),
+        clean=CleanBootstrap(_clean_items(clean, g, 1), g, n_boot),
         pair_items=None,
         site_ids=clean.site_ids,
         epsilon=None,
@@ -558,7 +619,7 @@ def model_sensitivity(
     return _estimate(
         kind="plain",
         label="model",
-        clean_items=_clean_items(clean, g, 1),
+        clean=CleanBootstrap(_clean_items(clean, g, 1), g, n_boot),
         pair_items=_pair_items(pairs, "all"),
         site_ids=pairs.site_ids,
         epsilon=model.epsilon,
