@@ -1,0 +1,244 @@
+"""Images: deterministic PNG, strict decoding, content addressing, image sets, lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from itloop.settings import Settings
+from itloop.storage import LocalStore, ObjectStore, StoreError, get_store, image_key
+from server.errors import InvalidUpload, NotFound
+from server.images import service
+from server.images.png import decode_png, encode_png
+from server.images.tables import Image
+from server.lab import service as lab
+from server.modeling.tables import ModelVersion
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def store(settings: Settings) -> ObjectStore:
+    return get_store(settings.resolved_store_url)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20220612)
+
+
+def _pil_png(img: PILImage.Image, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kwargs)
+    return buf.getvalue()
+
+
+def test_encode_is_deterministic_and_layout_free(rng: np.random.Generator) -> None:
+    pixels = rng.integers(0, 256, (3, 16, 24), dtype=np.uint8)
+    png = encode_png(pixels)
+    assert png == encode_png(pixels.copy()) == encode_png(pixels.transpose(1, 2, 0))
+    assert png.startswith(b"\x89PNG") and b"tIME" not in png and b"tEXt" not in png
+    back = decode_png(png)
+    assert back.dtype == np.uint8 and back.shape == (3, 16, 24) and np.array_equal(back, pixels)
+    with pytest.raises(InvalidUpload, match="uint8"):
+        encode_png(pixels.astype(np.float32))
+    with pytest.raises(InvalidUpload, match="shape"):
+        encode_png(pixels[0])
+
+
+def test_decode_accepts_rgba_and_grey(rng: np.random.Generator) -> None:
+    rgba = rng.integers(0, 256, (10, 12, 4), dtype=np.uint8)
+    out = decode_png(_pil_png(PILImage.fromarray(rgba, "RGBA")))
+    assert np.array_equal(out, rgba[..., :3].transpose(2, 0, 1))
+    grey = rng.integers(0, 256, (10, 12), dtype=np.uint8)
+    out = decode_png(_pil_png(PILImage.fromarray(grey, "L")))
+    assert out.shape == (3, 10, 12) and all(np.array_equal(out[c], grey) for c in range(3))
+
+
+def test_decode_rejects_what_is_not_an_rgb_png(rng: np.random.Generator) -> None:
+    rgb = PILImage.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB")
+    jpeg = io.BytesIO()
+    rgb.save(jpeg, format="JPEG")
+    good = _pil_png(rgb)
+    cases = {
+        b"": "empty",
+        jpeg.getvalue(): "signature",
+        good[: len(good) // 2]: "corrupt or truncated",
+        _pil_png(rgb.convert("P")): "mode 'P'",
+        _pil_png(PILImage.fromarray(np.zeros((4, 4), dtype=np.uint16) + 300, "I;16")): "mode",
+    }
+    for data, message in cases.items():
+        with pytest.raises(InvalidUpload, match=message):
+            decode_png(data)
+
+
+def test_put_image_is_content_addressed(
+    db_session: Session, store: ObjectStore, rng: np.random.Generator
+) -> None:
+    png = encode_png(rng.integers(0, 256, (3, 8, 8), dtype=np.uint8))
+    sha = hashlib.sha256(png).hexdigest()
+    first = service.put_image(session=db_session, store=store, png=png, category="faces")
+    second = service.put_image(session=db_session, store=store, png=png, kind="perturbed")
+    assert first is second and first.sha256 == sha and first.kind == "clean"
+    assert (first.width, first.height, first.n_bytes) == (8, 8, len(png))
+    assert store.get(image_key(sha)) == png
+    assert service.get_by_hash(session=db_session, sha256=sha.upper()) is first
+    assert np.array_equal(service.load_pixels(store=store, image=first), decode_png(png))
+    with pytest.raises(NotFound):
+        service.get_by_hash(session=db_session, sha256="1" * 64)
+    # A store that lost the object is healed by the next put of the same bytes.
+    store.delete(image_key(sha))
+    service.put_image(session=db_session, store=store, png=png)
+    assert store.exists(image_key(sha))
+
+
+def test_no_row_without_an_object(db_session: Session, tmp_path: Path, rng: np.random.Generator) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store should be")
+    broken = LocalStore(blocker)
+    png = encode_png(rng.integers(0, 256, (3, 8, 8), dtype=np.uint8))
+    with pytest.raises(StoreError):
+        service.put_image(session=db_session, store=broken, png=png)
+    count = db_session.scalar(
+        select(func.count()).select_from(Image).where(Image.sha256 == hashlib.sha256(png).hexdigest())
+    )
+    assert count == 0
+    with pytest.raises(InvalidUpload):
+        service.put_image(session=db_session, store=broken, png=b"\x89PNG\r\n\x1a\nnonsense")
+
+
+def _files(rng: np.random.Generator, names: list[str]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [
+        (
+            "files",
+            (
+                name,
+                _pil_png(PILImage.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))),
+                "image/png",
+            ),
+        )
+        for name in names
+    ]
+
+
+def test_image_set_upload(client, auth, rng: np.random.Generator, store: ObjectStore) -> None:  # type: ignore[no-untyped-def]
+    name = f"clean-{uuid.uuid4().hex[:8]}"
+    files = _files(rng, ["a.png", "b.png", "c.png"])
+    data = {"name": name, "categories": json.dumps(["face", "car", None]), "description": "day 0"}
+    assert client.post(f"{API}/image-sets", data=data, files=files).status_code == 401
+    assert client.post(f"{API}/image-sets", data=data, files=files, headers=auth("viewer")).status_code == 403
+    r = client.post(f"{API}/image-sets", data=data, files=files, headers=auth("experimenter"))
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["n_images"] == 3 and not body["is_reference"]
+    assert [im["category"] for im in body["images"]] == ["face", "car", None]
+    assert [im["source_name"] for im in body["images"]] == ["a.png", "b.png", "c.png"]
+    for im in body["images"]:
+        stored = store.get(image_key(im["sha256"]))
+        assert hashlib.sha256(stored).hexdigest() == im["sha256"] and im["bytes"] == len(stored)
+    assert (
+        client.post(f"{API}/image-sets", data=data, files=files, headers=auth("experimenter")).status_code
+        == 409
+    )
+    got = client.get(f"{API}/image-sets/{name}", headers=auth("viewer"))
+    assert got.status_code == 200
+    assert {**got.json(), "created_at": None} == {**body, "created_at": None}  # SQLite drops the zone
+    listed = client.get(f"{API}/image-sets", params={"limit": 1000}, headers=auth("viewer")).json()
+    assert name in [s["name"] for s in listed["items"]]
+    assert client.get(f"{API}/image-sets/nope", headers=auth("viewer")).status_code == 404
+    assert client.get(f"{API}/image-sets", headers=auth("rig")).status_code == 403
+
+
+def test_reference_set_with_name_convention(client, auth, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    name = f"ref-{uuid.uuid4().hex[:8]}"
+    files = _files(rng, ["dog__001.png", "chair__x.png", "plain.png"])
+    r = client.post(
+        f"{API}/image-sets",
+        data={"name": name, "is_reference": "true"},
+        files=files,
+        headers=auth("experimenter"),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["is_reference"] is True
+    assert [im["category"] for im in r.json()["images"]] == ["dog", "chair", None]
+    assert {im["kind"] for im in r.json()["images"]} == {"reference"}
+    refs = client.get(
+        f"{API}/image-sets", params={"is_reference": True, "limit": 1000}, headers=auth("viewer")
+    )
+    assert name in [s["name"] for s in refs.json()["items"]]
+
+
+def test_image_set_rejects_bad_files(client, auth, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    files = _files(rng, ["ok.png"]) + [("files", ("notes.txt", b"hello", "text/plain"))]
+    r = client.post(f"{API}/image-sets", data={"name": name}, files=files, headers=auth("experimenter"))
+    assert r.status_code == 422 and "file 1" in r.json()["detail"] and "notes.txt" in r.json()["detail"]
+    assert client.get(f"{API}/image-sets/{name}", headers=auth("viewer")).status_code == 404
+    bad_cats = {"name": name, "categories": json.dumps(["only-one"])}
+    r = client.post(
+        f"{API}/image-sets",
+        data=bad_cats,
+        files=_files(rng, ["a.png", "b.png"]),
+        headers=auth("experimenter"),
+    )
+    assert r.status_code == 422 and "categories" in r.json()["detail"]
+
+
+def test_lineage(client, auth, db_session: Session, store: ObjectStore, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    tag = uuid.uuid4().hex[:8]
+    lab.create_subject(session=db_session, name=f"m-{tag}")
+    array = lab.create_array(session=db_session, subject=f"m-{tag}", name="A")
+    site = lab.register_sites(
+        session=db_session, sites=[{"site_id": f"s-{tag}", "array": "A", "subject": f"m-{tag}"}]
+    )[0][0]
+    mv = ModelVersion(version=f"mv-{tag}", backbone="tiny", layer="l3", artifact_key="k")
+    db_session.add(mv)
+    db_session.flush()
+    assert array.id == site.array_id
+    clean_px = rng.integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    clean = service.put_pixels(session=db_session, store=store, pixels=clean_px, category="face")
+    child = service.put_pixels(
+        session=db_session,
+        store=store,
+        pixels=np.clip(clean_px.astype(int) + 3, 0, 255).astype(np.uint8),
+        kind="perturbed",
+        category="face",
+        parent_id=clean.id,
+        model_version_id=mv.id,
+        site_pk=site.id,
+        epsilon=1.0,
+        direction="up",
+        seed=7,
+        predicted_change=0.4,
+        achieved_l2=0.98,
+        provenance={"restarts": 100},
+    )
+    db_session.commit()
+    url = f"{API}/images/{child.sha256}/lineage"
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers=auth("rig")).status_code == 403
+    body = client.get(url, headers=auth("viewer")).json()
+    assert body["sha256"] == child.sha256 and body["parent_sha256"] == clean.sha256
+    assert (body["model_version"], body["site_id"], body["epsilon"], body["direction"]) == (
+        mv.version,
+        f"s-{tag}",
+        1.0,
+        "up",
+    )
+    assert (body["seed"], body["predicted_change"], body["achieved_l2"]) == (7, 0.4, 0.98)
+    assert (
+        body["kind"] == "perturbed" and body["category"] == "face" and body["provenance"] == {"restarts": 100}
+    )
+    root = client.get(f"{API}/images/{clean.sha256}/lineage", headers=auth("experimenter")).json()
+    assert root["parent_sha256"] is None and root["kind"] == "clean"
+    assert client.get(f"{API}/images/{'2' * 64}/lineage", headers=auth("viewer")).status_code == 404
+    assert client.get(f"{API}/images/xyz/lineage", headers=auth("viewer")).status_code == 422
