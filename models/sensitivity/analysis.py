@@ -15,21 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from .curves import CurveComparison, compare_curves
-from .data import CleanResponses, DayInputs, FloatArray, ModelPredictions, PairedResponses, pool_days
-from .estimators import (
+from ._core import (
     CleanBootstrap,
     PairEstimator,
-    SensitivityEstimate,
     Sigma,
-    _align_clean,
-    _clean_items,
-    _estimate,
-    _pair_items,
-    as_generator,
-    model_sensitivity,
-    to_records,
+    align_clean,
+    clean_item_features,
+    estimate,
+    pair_item_features,
 )
+from .curves import CurveComparison, compare_curves
+from .data import CleanResponses, DayInputs, FloatArray, ModelPredictions, PairedResponses, pool_days
+from .estimators import as_generator, model_sensitivity
+from .records import SensitivityEstimate, to_records
 
 __all__ = ["POOLED", "DayAnalysis", "DayOverDay", "analyze_day", "analyze_days"]
 
@@ -155,12 +153,12 @@ def analyze_day(
 
     def clean_items_for(site_ids: tuple[Hashable, ...]) -> CleanBootstrap:
         if site_ids not in items_cache:
-            items = _clean_items(_align_clean(clean, site_ids), g, n_splits)
+            items = clean_item_features(align_clean(clean, site_ids), g, n_splits)
             items_cache[site_ids] = CleanBootstrap(items, g, n_boot)
         return items_cache[site_ids]
 
     opts = {"sigma": sigma, "rng": g, "n_boot": n_boot, "ci": ci, "min_images": min_images, "day": day}
-    estimates: list[SensitivityEstimate] = _estimate(
+    estimates: list[SensitivityEstimate] = estimate(
         kind="random_pair",
         label="random_pair",
         clean=clean_items_for(clean.site_ids),
@@ -173,11 +171,11 @@ def analyze_day(
     for p in joined:
         citems = clean_items_for(p.site_ids)
         for pair_set, kinds, prefix in (("guided", _GUIDED, ""), ("random", _MODEL_FREE, "model_free_")):
-            pitems = _pair_items(p, pair_set)  # type: ignore[arg-type]
+            pitems = pair_item_features(p, pair_set)  # type: ignore[arg-type]
             if pitems.counts.sum() == 0:
                 continue
             for kind in kinds:
-                estimates += _estimate(
+                estimates += estimate(
                     kind=kind,
                     label=prefix + kind,
                     clean=citems,
