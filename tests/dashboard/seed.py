@@ -98,6 +98,32 @@ def _ci(value: float, rel: float) -> tuple[float, float]:
     return value * (1 - rel), value * (1 + rel)
 
 
+def _result(
+    session: Session,
+    where: dict[str, Any],
+    estimator: str,
+    eps: float | None,
+    value: float,
+    rel: float,
+    mv: ModelVersion | None = None,
+) -> None:
+    """One analysis row with a symmetric relative interval (``rel`` of the value each side)."""
+    lo, hi = _ci(value, rel)
+    session.add(
+        AnalysisResult(
+            **where,
+            model_version_id=mv.id if mv else None,
+            source=f"model:{mv.version}" if mv else "it",
+            epsilon=eps,
+            estimator=estimator,
+            value=value,
+            ci_low=lo,
+            ci_high=hi,
+            n_pairs=24 * where["n_sites"],
+        )
+    )
+
+
 def seed(session: Session, store: ObjectStore) -> Seeded:
     """Fill an empty, migrated database; the caller commits."""
     rng = np.random.default_rng(20220602)
@@ -160,7 +186,9 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
                     alpha=10.0 ** (2 + i % 2),
                     drift=(sid == SITES[3] and n == 2),
                     gated=(sid == SITES[3] and n == 2),
-                    gate_reason="drift of the reference responses beyond 3 sd" if sid == SITES[3] and n == 2 else "",
+                    gate_reason="drift of the reference responses beyond 3 sd"
+                    if sid == SITES[3] and n == 2
+                    else "",
                 )
             )
     session.flush()
@@ -215,13 +243,20 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
     for img, role in members:
         session.add(BatchImage(batch_pk=batch.id, image_id=img.id, role=role))
         images.append(
-            {"sha256": img.sha256, "url": f"/api/v1/images/{img.sha256}", "width": 64, "height": 64,
-             "bytes": img.n_bytes}
+            {
+                "sha256": img.sha256,
+                "url": f"/api/v1/images/{img.sha256}",
+                "width": 64,
+                "height": 64,
+                "bytes": img.n_bytes,
+            }
         )
     sequence = []
     for seq, (img, _) in enumerate(members * 2):
         session.add(SequenceItem(batch_pk=batch.id, seq=seq, image_id=img.id, trial=seq // 10))
-        sequence.append({"seq": seq, "image_sha256": img.sha256, "trial": seq // 10, "on_ms": 100, "off_ms": 100})
+        sequence.append(
+            {"seq": seq, "image_sha256": img.sha256, "trial": seq // 10, "on_ms": 100, "off_ms": 100}
+        )
     batch.manifest = {
         "batch_id": BATCH_ID,
         "rig_id": rig.rig_id,
@@ -297,39 +332,35 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
         bound = 1.0 + 0.2 * (day - 1)  # better surrogates raise the lower bound day over day
         for sid in (*SITES, None):
             gain = site_gain[sid] if sid else 1.0
-            n_sites = 1 if sid else len(SITES)
-            site_pk = sites[sid].id if sid else None
-
-            def add(estimator: str, eps: float | None, value: float | None, rel: float, source: str = "it",
-                    mv: ModelVersion | None = None, reason: str | None = None,
-                    _sid: str | None = sid, _site_pk: int | None = site_pk, _n: int = n_sites,
-                    _day: int = day) -> None:
-                lo, hi = _ci(value, rel) if value is not None else (None, None)
-                session.add(
-                    AnalysisResult(
-                        session_pk=sessions[_day].id, day=_day, site_pk=_site_pk,
-                        model_version_id=mv.id if mv else None, source=source, epsilon=eps,
-                        estimator=estimator, value=value, ci_low=lo, ci_high=hi,
-                        n_pairs=24 * _n if value is not None else 0, n_sites=_n, undefined_reason=reason,
-                    )
-                )
-
-            add("random_pair", None, 0.9 * gain, 0.1)
+            where = {
+                "session_pk": sessions[day].id,
+                "day": day,
+                "site_pk": sites[sid].id if sid else None,
+                "n_sites": 1 if sid else len(SITES),
+            }
+            _result(session, where, "random_pair", None, 0.9 * gain, 0.1)
             for eps in EPSILONS:
-                it = 0.06 * gain * bound * eps ** 0.8
-                add("plain", eps, it + 0.08, 0.2)
-                add("sign_corrected", eps, it, 0.3)
-                add("noise_floor", eps, 0.08, 0.15)
-                add("model_free_plain", eps, 0.3 * it + 0.08, 0.25)
-                add("model_free_sign_corrected", eps, 0.3 * it, 0.4)
+                it = 0.06 * gain * bound * eps**0.8
+                _result(session, where, "plain", eps, it + 0.08, 0.2)
+                _result(session, where, "sign_corrected", eps, it, 0.3)
+                _result(session, where, "noise_floor", eps, 0.08, 0.15)
+                _result(session, where, "model_free_plain", eps, 0.3 * it + 0.08, 0.25)
+                _result(session, where, "model_free_sign_corrected", eps, 0.3 * it, 0.4)
                 for version in VERSIONS[:day]:
-                    value = 0.06 * gain * MODEL_GAIN[version] * eps ** 0.8
-                    add("model", eps, value, 0.1, source=f"model:{version}", mv=versions[version])
+                    value = 0.06 * gain * MODEL_GAIN[version] * eps**0.8
+                    _result(session, where, "model", eps, value, 0.1, mv=versions[version])
     # One figure that could not be computed, as the analysis reports it.
     session.add(
         AnalysisResult(
-            session_pk=sessions[1].id, day=1, site_pk=sites[SITES[3]].id, source="it", epsilon=30.0,
-            estimator="sign_corrected", value=None, n_pairs=0, n_sites=1,
+            session_pk=sessions[1].id,
+            day=1,
+            site_pk=sites[SITES[3]].id,
+            source="it",
+            epsilon=30.0,
+            estimator="sign_corrected",
+            value=None,
+            n_pairs=0,
+            n_sites=1,
             undefined_reason="no perturbed pairs at this epsilon",
         )
     )

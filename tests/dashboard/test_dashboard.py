@@ -37,7 +37,19 @@ def errors(page: Page) -> list[str]:
 
 
 def trace_names(page: Page, selector: str) -> list[str]:
-    return list(page.evaluate(f"Array.from(document.querySelector({selector!r}).data || []).map(t => t.name)"))
+    return list(
+        page.evaluate(f"Array.from(document.querySelector({selector!r}).data || []).map(t => t.name)")
+    )
+
+
+def trace(page: Page, selector: str, name: str) -> dict[str, Any]:
+    """One Plotly trace of a plot, read back from the DOM by its legend name."""
+    found = page.evaluate(
+        "([sel, name]) => (document.querySelector(sel).data || []).find(t => t.name === name) || null",
+        [selector, name],
+    )
+    assert found is not None, f"no trace {name!r} in {selector}: {trace_names(page, selector)}"
+    return dict(found)
 
 
 def test_login_with_viewer_token_opens_overview(page: Page, live_server: LiveServer) -> None:
@@ -81,16 +93,18 @@ def test_sensitivity_page_plots_it_models_and_baselines(page: Page, live_server:
     assert wait_ready(page) == "ready", errors(page)
     names = trace_names(page, "#sens-plot")
     assert len(names) == EXPECT["sensitivity_traces_both"], names
-    for needed in ("IT sign-corrected", "IT plain", "IT random-pair baseline",
-                   "IT model-free baseline (sign-corrected)", *(f"model {v}" for v in VERSIONS)):
+    for needed in (
+        "IT sign-corrected",
+        "IT plain",
+        "IT random-pair baseline",
+        "IT model-free baseline (sign-corrected)",
+        *(f"model {v}" for v in VERSIONS),
+    ):
         assert needed in names
     # Every curve has one point per epsilon and carries its confidence interval.
-    sign = page.evaluate(
-        "(() => { const t = document.querySelector('#sens-plot').data.find(t => t.name === 'IT sign-corrected');"
-        " return {x: t.x, lo: t.error_y.arrayminus, hi: t.error_y.array}; })()"
-    )
+    sign = trace(page, "#sens-plot", "IT sign-corrected")
     assert sign["x"] == list(live_server.seeded.epsilons)
-    assert all(v > 0 for v in sign["lo"] + sign["hi"])
+    assert all(v > 0 for v in sign["error_y"]["arrayminus"] + sign["error_y"]["array"])
     assert page.locator("#sens-plot .trace").count() >= len(names)
     shot(page, "sensitivity", live_server.backend)
 
@@ -126,7 +140,9 @@ def test_models_page_shows_choice_predictivity_and_transfer(page: Page, live_ser
     assert "highest median noise-ceiled predictivity" in table  # why the chosen one was chosen
     assert page.input_value("#version-select") == live_server.seeded.chosen
     assert trace_names(page, "#pred-plot") == [
-        "predictivity (Pearson r)", "noise-ceiled predictivity", "noise ceiling"
+        "predictivity (Pearson r)",
+        "noise-ceiled predictivity",
+        "noise ceiling",
     ]
     sites = page.evaluate("document.querySelector('#pred-plot').data[1].x")
     assert sites == list(live_server.seeded.sites)
@@ -152,7 +168,8 @@ def test_images_page_shows_clean_up_and_down(page: Page, live_server: LiveServer
     assert shas == [first["clean"], first["up"], first["down"]]
     # The PNGs really load (fetched with the token, shown as blob URLs).
     page.wait_for_function(
-        "Array.from(document.querySelectorAll('.triplet img')).every(i => i.complete && i.naturalWidth === 64)"
+        "Array.from(document.querySelectorAll('.triplet img'))"
+        ".every(i => i.complete && i.naturalWidth === 64)"
     )
     text = row.inner_text()
     assert "predicted change" in text and "0.9" in text and "-0.9" in text  # 0.3 * eps, up and down
@@ -174,11 +191,11 @@ def test_day_over_day_page(page: Page, live_server: LiveServer) -> None:
     page.goto("/dashboard/days")
     assert wait_ready(page) == "ready", errors(page)
     names = trace_names(page, "#days-sens-plot")
-    assert {"IT sign-corrected", "IT plain", "IT random-pair baseline", "IT model-free baseline"} <= set(names)
-    assert {f"model {v}" for v in VERSIONS} <= set(names)
-    sign = page.evaluate(
-        "document.querySelector('#days-sens-plot').data.find(t => t.name === 'IT sign-corrected').x"
+    assert {"IT sign-corrected", "IT plain", "IT random-pair baseline", "IT model-free baseline"} <= set(
+        names
     )
+    assert {f"model {v}" for v in VERSIONS} <= set(names)
+    sign = trace(page, "#days-sens-plot", "IT sign-corrected")["x"]
     assert sign == list(live_server.seeded.days)
     assert len(trace_names(page, "#days-pred-plot")) == 2
     page.select_option("#site-select", live_server.seeded.sites[0])

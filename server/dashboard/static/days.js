@@ -174,8 +174,8 @@
     if (!eps.length) eps = [1, 3, 10];
     const epsSel = IT.$("eps-select");
     const wantedEps = IT.param("eps");
-    epsSel.replaceChildren(...eps.map((e) => IT.option(String(e), String(e), String(e) === wantedEps)));
-    if (!wantedEps) epsSel.value = String(eps[Math.min(1, eps.length - 1)]);
+    epsSel.replaceChildren(...eps.map((e) => IT.option(String(e), String(e), wantedEps !== null && Number(wantedEps) === e)));
+    if (wantedEps === null || !eps.includes(Number(wantedEps))) epsSel.value = String(eps[Math.min(1, eps.length - 1)]);
     siteSel.addEventListener("change", () => Promise.all([drawSensitivity(), drawPredictivity(versions)]));
     epsSel.addEventListener("change", drawSensitivity);
     await Promise.all([drawSensitivity(), drawPredictivity(versions)]);

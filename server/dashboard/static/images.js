@@ -129,7 +129,7 @@
     const eps = [...new Set([...st.lineage.values()].filter((l) => l.site_id === site && l.epsilon !== null).map((l) => Number(l.epsilon)))].sort((a, b) => a - b);
     const sel = IT.$("eps-select");
     const wanted = IT.param("eps");
-    sel.replaceChildren(...eps.map((e) => IT.option(String(e), String(e), String(e) === wanted)));
+    sel.replaceChildren(...eps.map((e) => IT.option(String(e), String(e), wanted !== null && Number(wanted) === e)));
     st.observed = site ? await observedRates(IT.$("batch-select").value, site) : null;
     render();
   }
