@@ -7,18 +7,20 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 import tests.worker.jobs_for_tests  # noqa: F401 - registers the test.* kinds in this process
 from itloop.settings import Settings
-from server.db.engine import session_scope
+from server.db.engine import get_engine, session_scope
 from server.jobs import service
 from server.jobs.tables import Job
-from tests.conftest import _install_settings, make_settings
+from tests.conftest import _install_settings, make_settings, new_database
 from worker.config import get_worker_config
 from worker.queue import reset_runners
 
@@ -46,22 +48,42 @@ def worker_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_worker_config.cache_clear()
 
 
+@pytest.fixture(scope="module")
+def worker_db_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One migrated database per test module and backend (creating one per test is slow on PostgreSQL)."""
+    url, cleanup = new_database(
+        backend, tmp_path_factory.mktemp("workerdb"), f"worker_{uuid.uuid4().hex[:8]}"
+    )
+    yield url
+    get_engine(url).dispose()
+    cleanup()
+
+
+@pytest.fixture
+def job_db_url(worker_db_url: str) -> str:
+    """The module's database, emptied of what the worker tests write: committed rows that workers see."""
+    with session_scope(worker_db_url) as session:
+        for table in ("jobs", "nights", "recording_sessions", "subjects"):
+            session.execute(text(f"DELETE FROM {table}"))
+    return worker_db_url
+
+
 @pytest.fixture
 def job_settings(
-    fresh_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_env: None
+    job_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_env: None
 ) -> Settings:
-    """Settings on a fresh committed database, in-process runner (no Redis)."""
-    s = make_settings(fresh_db_url, tmp_path)
+    """Settings on a committed database, in-process runner (no Redis)."""
+    s = make_settings(job_db_url, tmp_path)
     _install_settings(s, monkeypatch)
     return s
 
 
 @pytest.fixture
 def rq_settings(
-    fresh_db_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_env: None
+    job_db_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_env: None
 ) -> Settings:
-    """Settings on a fresh database and the test Redis: jobs go through RQ."""
-    s = make_settings(fresh_db_url, tmp_path, redis_url=redis_url)
+    """Settings on a committed database and the test Redis: jobs go through RQ."""
+    s = make_settings(job_db_url, tmp_path, redis_url=redis_url)
     _install_settings(s, monkeypatch)
     return s
 
