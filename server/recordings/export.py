@@ -21,6 +21,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
+from server.errors import Conflict
 from server.images.tables import Image
 from server.lab.tables import Array, Site, Subject
 from server.modeling.tables import ModelVersion
@@ -52,8 +53,14 @@ def _site_rows(session: Session, site_ids: list[str]) -> dict[str, dict[str, Any
     }
 
 
+def _require_data(recording: RecordingSession) -> None:
+    if recording.upload_sha256 is None:
+        raise Conflict(f"session {recording.session_id!r} has no spike data yet; upload it first")
+
+
 def build_nwb(*, session: Session, recording: RecordingSession) -> bytes:
     """An NWB file with units (spike_times, site_id, electrode metadata) and presentations intervals."""
+    _require_data(recording)
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.epoch import TimeIntervals
     from pynwb.file import Subject as NWBSubject
@@ -167,6 +174,7 @@ def build_assembly(
     """A DataArray of rates (Hz), dims (presentation, neuroid), Brain-Score coordinates and lineage."""
     import xarray as xr
 
+    _require_data(recording)
     m = response_matrix(session=session, session_pk=recording.id, window_ms=window_ms)
     meta = _site_rows(session, m.site_ids)
     lineage = _lineage(session, sorted(set(m.image_ids.tolist())))

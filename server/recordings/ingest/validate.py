@@ -78,7 +78,7 @@ def check_times(upload: ParsedUpload) -> None:
     if bad.any():
         i = _first_bad(bad)
         raise InvalidUpload(
-            f"{src}: presentation {upload.event_ids[i]!r} (row {i + 1}) has onset_s={on[i]!r}; "
+            f"{src}: presentation {upload.event_ids[i]!r} (row {i + 1}) has onset_s={float(on[i])!r}; "
             "onsets must be finite and >= 0 seconds"
         )
     bad = ~np.isfinite(sp) | (sp < 0)
@@ -86,7 +86,7 @@ def check_times(upload: ParsedUpload) -> None:
         i = _first_bad(bad)
         raise InvalidUpload(
             f"{src}: spike row {i + 1} (site {upload.site_labels[upload.spike_site[i]]!r}) has "
-            f"time_s={sp[i]!r}; spike times must be finite and >= 0 seconds"
+            f"time_s={float(sp[i])!r}; spike times must be finite and >= 0 seconds"
         )
     if on.max() > MAX_PLAUSIBLE_S or (len(sp) and sp.max() > MAX_PLAUSIBLE_S):
         which = "onset_s" if on.max() > MAX_PLAUSIBLE_S else "time_s"
@@ -107,6 +107,11 @@ def check_times(upload: ParsedUpload) -> None:
         out = (sp < lo) | (sp > hi)
         if out.any():
             i = _first_bad(out)
+            if sp.max() > 100 * max(on.max(), 1.0) and sp.max() / 1000.0 <= hi:
+                raise InvalidUpload(
+                    f"{src}: spike times reach {sp.max():.6g} s while the last onset is {on.max():.6g} s; "
+                    "spike times look like milliseconds, but must be seconds on the session clock"
+                )
             raise InvalidUpload(
                 f"{src}: {int(out.sum())} spike(s) lie outside the session span [{lo:.6g}, {hi:.6g}] s "
                 f"(first onset - {SPAN_MARGIN_S:g} s, last onset + {SPAN_MARGIN_S:g} s), e.g. spike row "
