@@ -30,7 +30,7 @@ from server.images.tables import Image
 from server.jobs.tables import Job, JobState, Night
 from server.lab.tables import Array, Rig, Site, Subject
 from server.modeling.tables import ModelVersion, SiteMetric
-from server.recordings.tables import RecordingSession
+from server.recordings.tables import Presentation, RecordingSession, Response
 
 SITES = ("m1-A-s01", "m1-A-s02", "m1-A-s03", "m1-A-s04")
 EPSILONS = (1.0, 3.0, 10.0)
@@ -44,9 +44,10 @@ IT_ESTIMATORS = (
     "model_free_plain",
     "model_free_sign_corrected",
 )
-BATCH_ID = "rig-1-day3"
+BATCH_ID = "rig-1-day2"
 FAILED_JOB_ERROR = "synthesis ran out of GPU memory on site m1-A-s03 (CUDA out of memory)"
 # Sensitivity of a standard network is about ten times IT's; an adversarially trained one is close to IT.
+OBSERVED_HZ_PER_EPS = 4.0
 MODEL_GAIN = {VERSIONS[0]: 10.0, VERSIONS[1]: 1.3}
 
 
@@ -124,6 +125,40 @@ def _result(
     )
 
 
+def _record(
+    session: Session, rec: RecordingSession, members: list[tuple[Image, str]], sites: list[Site]
+) -> None:
+    """Three presentations of every batch image with responses of ``sites`` in the 70-170 ms window.
+
+    A perturbed image moves the rate by ``OBSERVED_HZ_PER_EPS * eps`` in its direction (the
+    three repeats jitter by -1, 0, +1 Hz around it), so the observed change is known exactly.
+    """
+    onset = 1.0
+    for rep in range(3):
+        for n, (img, _) in enumerate(members):
+            pres = Presentation(
+                session_pk=rec.id, event_id=f"{rec.session_id}:{rep}:{n}", image_id=img.id, onset_s=onset
+            )
+            session.add(pres)
+            session.flush()
+            onset += 0.2
+            sign = {"up": 1.0, "down": -1.0}.get(img.direction or "", 0.0)
+            for k, site in enumerate(sites):
+                rate = 20.0 + 5.0 * k + sign * OBSERVED_HZ_PER_EPS * (img.epsilon or 0.0) + (rep - 1)
+                session.add(
+                    Response(
+                        session_pk=rec.id,
+                        presentation_id=pres.id,
+                        site_pk=site.id,
+                        window_start_ms=70.0,
+                        window_end_ms=170.0,
+                        count=round(rate * 0.1),
+                        rate_hz=rate,
+                    )
+                )
+    session.flush()
+
+
 def seed(session: Session, store: ObjectStore) -> Seeded:
     """Fill an empty, migrated database; the caller commits."""
     rng = np.random.default_rng(20220602)
@@ -193,11 +228,11 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
             )
     session.flush()
 
-    # A published batch for tomorrow: clean images plus up/down perturbations per site and epsilon.
+    # The batch night 1 published and day 2 showed: clean images plus up/down perturbations.
     batch = Batch(
         batch_id=BATCH_ID,
         rig_pk=rig.id,
-        day=3,
+        day=2,
         state=BatchState.published,
         model_version_id=versions[VERSIONS[1]].id,
         created_at=t0 + timedelta(days=1, hours=20),
@@ -276,6 +311,7 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
             rig_pk=rig.id,
             day=day,
             state="complete",
+            batch_pk=batch.id if day == 2 else None,
             duration_s=3600.0 + 60 * day,
             created_at=t0 + timedelta(days=day - 1),
             completed_at=t0 + timedelta(days=day - 1, hours=3),
@@ -283,6 +319,7 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
         session.add(rs)
         sessions[day] = rs
     session.flush()
+    _record(session, sessions[2], members, [sites[sid] for sid in SITES[:2]])
     kinds = ("responses", "fit_models", "screen_models", "analyze", "synthesize", "render", "publish")
     for day in DAYS:
         last = day == DAYS[-1]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.dashboard.conftest import LiveServer, shot
-from tests.dashboard.seed import EXPECT, FAILED_JOB_ERROR, VERSIONS
+from tests.dashboard.seed import EXPECT, FAILED_JOB_ERROR, OBSERVED_HZ_PER_EPS, VERSIONS
 
 pytestmark = pytest.mark.browser
 
@@ -174,6 +174,11 @@ def test_images_page_shows_clean_up_and_down(page: Page, live_server: LiveServer
     text = row.inner_text()
     assert "predicted change" in text and "0.9" in text and "-0.9" in text  # 0.3 * eps, up and down
     assert "achieved L2" in text
+    # Observed change: responses of the session that showed the batch, perturbed minus clean.
+    up, down = (row.locator(f"figure[data-sha256='{first[d]}']").inner_text() for d in ("up", "down"))
+    hz = OBSERVED_HZ_PER_EPS * eps
+    assert f"observed change\n{hz:g} Hz (n=3 vs 3)" in up, up
+    assert f"observed change\n{-hz:g} Hz (n=3 vs 3)" in down, down
     shot(page, "images", live_server.backend)
 
 
