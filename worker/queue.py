@@ -30,8 +30,8 @@ class Runner(Protocol):
     def enqueue(self, tickets: Sequence[Ticket]) -> None:
         """Make committed, queued jobs available to workers."""
 
-    def present_job_ids(self) -> set[int] | None:
-        """Job ids the queue backend holds (waiting or started); None when it keeps no list."""
+    def present_job_ids(self, queues: Sequence[str] = ()) -> set[int] | None:
+        """Job ids waiting in the backend's queues; None when it keeps no list."""
 
 
 class InProcessRunner:
@@ -66,7 +66,7 @@ class InProcessRunner:
         except Exception:  # noqa: BLE001 - a thread must not die silently
             log.exception("in-process job %s crashed the runner", job_id)
 
-    def present_job_ids(self) -> set[int] | None:
+    def present_job_ids(self, queues: Sequence[str] = ()) -> set[int] | None:
         return None
 
     def run_next(self, queues: Sequence[str] | None = None) -> int | None:
@@ -139,13 +139,10 @@ class RQRunner:
             )
 
     def present_job_ids(self, queues: Sequence[str] = ()) -> set[int] | None:
-        from rq.registry import StartedJobRegistry
-
+        """Ids waiting in the RQ queues. A job a worker took but never claimed is not counted: lost."""
         ids: set[int] = set()
         for name in dict.fromkeys([*self.queue_names(), *queues]):
-            q = self.queue(name)
-            rq_ids = q.get_job_ids() + StartedJobRegistry(queue=q).get_job_ids()
-            for rq_id in rq_ids:
+            for rq_id in self.queue(name).get_job_ids():
                 if rq_id.startswith(RQ_ID_PREFIX):
                     try:
                         ids.add(int(rq_id[len(RQ_ID_PREFIX) :].split("-", 1)[0]))

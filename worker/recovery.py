@@ -51,14 +51,11 @@ def reap(
     report = ReapReport()
     report.requeued, report.failed = service.reap_stale(session, stale_after_s)
     report.released = service.settle_waiting(session)
-    present = runner.present_job_ids()
+    queued = service.queued_tickets(session, older_than_s=requeue_grace_s)
+    present = runner.present_job_ids(sorted({t.queue for t in queued})) if queued else None
     if present is not None:
         fresh = set(report.requeued) | set(report.released)
-        missing = [
-            t
-            for t in service.queued_tickets(session, older_than_s=requeue_grace_s)
-            if t.job_id not in present and t.job_id not in fresh
-        ]
+        missing = [t for t in queued if t.job_id not in present and t.job_id not in fresh]
         if missing:
             runner.enqueue(missing)  # these rows are already committed as queued
             report.reenqueued = [t.job_id for t in missing]
