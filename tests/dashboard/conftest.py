@@ -1,8 +1,10 @@
 """A live itloop server on a seeded database and a headless Debian Chromium to drive it.
 
-The server and the browser are module-scoped (one per database backend) so that the
-whole browser suite stays well under a minute: uvicorn runs in a background thread
-on a free port, against a brand-new committed database filled by :mod:`.seed`.
+The server and the browser are module-scoped so that the whole browser suite stays
+under a minute: uvicorn runs in a background thread on a free port, against a
+brand-new committed database filled by :mod:`.seed`. The pages only see the JSON API,
+whose backend differences the API tests cover on both databases, so the browser runs
+once, on PostgreSQL (the deployment database) when it is among the test backends.
 Each test gets a fresh tab, so nothing leaks through ``sessionStorage`` (it is per tab).
 """
 
@@ -20,7 +22,7 @@ import pytest
 
 from itloop.storage import get_store
 from server.db.engine import get_engine, session_scope
-from tests.conftest import _install_settings, make_settings, new_database
+from tests.conftest import BACKENDS, _install_settings, make_settings, new_database
 from tests.dashboard.seed import Seeded, seed
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,10 +51,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+DASHBOARD_BACKEND = "postgresql" if "postgresql" in BACKENDS else BACKENDS[0]
+
+
 @pytest.fixture(scope="module")
-def live_server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """uvicorn serving ``create_app`` on a seeded, committed database."""
     import uvicorn
+
+    backend = DASHBOARD_BACKEND
 
     from server.app import create_app
 

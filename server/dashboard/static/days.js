@@ -1,6 +1,7 @@
 /* Day over day: how the sensitivity estimates and the models' predictivity move across days.
  *
- * API: GET /sites, GET /analysis/sensitivity?epsilon= (and ?estimator=random_pair),
+ * API: GET /sites, GET /analysis/sensitivity/summary (which epsilons),
+ * GET /analysis/sensitivity?epsilon= (and ?estimator=random_pair), population=true or site_id=,
  * GET /model-versions, GET /model-versions/{version},
  * GET /model-versions/sites/{site_id}/history (when a site is chosen).
  */
@@ -24,7 +25,7 @@
   async function records(eps, site) {
     const key = eps + "|" + site;
     if (!cache.has(key)) {
-      const params = site ? { site_id: site } : {};
+      const params = site ? { site_id: site } : { population: true };
       cache.set(
         key,
         Promise.all([
@@ -122,7 +123,10 @@
         IT.showError(e, "days-errors", "model history of site " + site);
         hist = [];
       }
-      const x = hist.map((h, i) => nightOf(h, i));
+      // History rows name their version; the night comes from the version's record.
+      const byName = new Map(versions.map((v, i) => [v.version, nightOf(v, i)]));
+      hist.sort((a, b) => String(a.created_at).localeCompare(String(b.created_at)));
+      const x = hist.map((h, i) => (byName.has(h.version) ? byName.get(h.version) : nightOf(h, i)));
       traces.push(
         { type: "scatter", mode: "lines+markers", name: "noise-ceiled predictivity", x: x, y: hist.map((h) => h.ceiled_predictivity), text: hist.map((h) => h.version || h.model_version), marker: { color: "#1f77b4" } },
         { type: "scatter", mode: "lines+markers", name: "raw predictivity", x: x, y: hist.map((h) => h.predictivity), text: hist.map((h) => h.version || h.model_version), line: { dash: "dash", color: "#9ab" }, marker: { color: "#9ab" } }
@@ -166,11 +170,10 @@
     versions.sort((a, b) => String(a.created_at).localeCompare(String(b.created_at)));
     const siteSel = IT.$("site-select");
     for (const s of sites) siteSel.appendChild(IT.option(s.site_id, s.site_id, s.site_id === wantedSite));
-    let eps = [];
-    if (summary) {
-      const list = summary.epsilons || summary.epsilon || IT.items(summary).map((r) => r.epsilon);
-      eps = [...new Set((list || []).filter((e) => e !== null && e !== undefined).map(Number))].sort((a, b) => a - b);
-    }
+    // The summary's population curves tell which epsilons have figures.
+    const curves = (summary && summary.curves) || [];
+    const points = curves.flatMap((c) => c.points || []);
+    let eps = [...new Set(points.map((p) => p.epsilon).filter((e) => e !== null && e !== undefined).map(Number))].sort((a, b) => a - b);
     if (!eps.length) eps = [1, 3, 10];
     const epsSel = IT.$("eps-select");
     const wantedEps = IT.param("eps");

@@ -1,7 +1,8 @@
 /* Sensitivity vs epsilon for IT and every model version, with the random-pair and model-free
  * baselines, plain vs sign-corrected, with bootstrap intervals as error bars.
  *
- * API: GET /sites, GET /sessions (the days), GET /analysis/sensitivity?day= (all records of a day).
+ * API: GET /sites, GET /analysis/sensitivity/summary (the days; else GET /sessions),
+ * GET /analysis/sensitivity?day= (all records of a day: sites and population).
  */
 (function () {
   "use strict";
@@ -203,10 +204,10 @@
   async function days() {
     const found = new Set();
     try {
+      // Population curves per source, estimator and day: their days are the days with figures.
       const summary = await IT.api("/analysis/sensitivity/summary");
-      for (const d of (summary && (summary.days || IT.items(summary))) || []) {
-        const v = typeof d === "object" && d !== null ? d.day : d;
-        if (v !== null && v !== undefined) found.add(Number(v));
+      for (const c of (summary && summary.curves) || []) {
+        if (c.day !== null && c.day !== undefined) found.add(Number(c.day));
       }
     } catch (e) {
       if (!(e instanceof IT.ApiError) || e.status !== 404) IT.showError(e, "sens-errors", "sensitivity summary");
