@@ -7,13 +7,17 @@ so a rig sees either no batch or a complete one, and a published manifest never 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from itloop.storage import ObjectStore, get_store, image_key
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
@@ -28,6 +32,9 @@ from server.recordings.tables import RigEvent
 ROLES = ("clean", "reference", "perturbed", "targeted", "random")
 VISIBLE = (BatchState.published,)
 EVENT_CHUNK = 500
+MANIFEST_CACHE_SIZE = 32
+_manifest_cache: OrderedDict[tuple[int, str, datetime | None, str], tuple[bytes, str]] = OrderedDict()
+_manifest_lock = threading.Lock()
 
 
 def create_batch(
@@ -203,10 +210,18 @@ def get_batch(*, session: Session, batch_id: str) -> Batch:
     return batch
 
 
-def get_published(*, session: Session, batch_id: str) -> Batch:
-    """A batch a rig may see; building, failed and withdrawn batches are NotFound to it."""
-    batch = get_batch(session=session, batch_id=batch_id)
-    if batch.state not in VISIBLE or batch.manifest is None:
+def get_published(*, session: Session, batch_id: str, with_manifest: bool = True) -> Batch:
+    """A batch a rig may see; building, failed and withdrawn batches are NotFound to it.
+
+    ``with_manifest=False`` leaves the (large) manifest column unloaded until touched.
+    """
+    query = select(Batch).where(Batch.batch_id == batch_id)
+    if not with_manifest:
+        query = query.options(defer(Batch.manifest))
+    batch = session.scalar(query)
+    if batch is None:
+        raise NotFound(f"no batch {batch_id!r}")
+    if batch.state not in VISIBLE or batch.published_at is None:
         raise NotFound(f"batch {batch_id!r} is not published (state {batch.state})")
     return batch
 
@@ -227,6 +242,28 @@ def get_manifest(*, session: Session, batch_id: str, public_base_url: str = "") 
     return render_manifest(batch.manifest, public_base_url)
 
 
+def manifest_json(*, batch: Batch, public_base_url: str = "") -> tuple[bytes, str]:
+    """The rendered manifest as compact JSON bytes and its entity tag, cached per process.
+
+    Safe to cache: a published manifest never changes. Visibility is still checked by
+    the caller on every request, so a withdrawn batch disappears at once.
+    """
+    key = (batch.id, batch.batch_id, batch.published_at, public_base_url)
+    with _manifest_lock:
+        hit = _manifest_cache.get(key)
+        if hit is not None:
+            _manifest_cache.move_to_end(key)
+            return hit
+    assert batch.manifest is not None
+    body = json.dumps(render_manifest(batch.manifest, public_base_url), separators=(",", ":")).encode()
+    entry = (body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+    with _manifest_lock:
+        _manifest_cache[key] = entry
+        while len(_manifest_cache) > MANIFEST_CACHE_SIZE:
+            _manifest_cache.popitem(last=False)
+    return entry
+
+
 def next_for_rig(*, session: Session, rig_id: str) -> Batch | None:
     """The newest published batch of the rig that it has not completed, or None."""
     rig = get_rig(session=session, rig_id=rig_id)
@@ -235,12 +272,13 @@ def next_for_rig(*, session: Session, rig_id: str) -> Batch | None:
         .where(Batch.rig_pk == rig.id, Batch.state.in_(VISIBLE), Batch.completed_at.is_(None))
         .order_by(Batch.published_at.desc(), Batch.id.desc())
         .limit(1)
+        .options(defer(Batch.manifest))
     )
 
 
 def complete(*, session: Session, batch_id: str) -> Batch:
     """Mark a published batch completed by its rig; repeating it keeps the first time."""
-    batch = get_published(session=session, batch_id=batch_id)
+    batch = get_published(session=session, batch_id=batch_id, with_manifest=False)
     if batch.completed_at is None:
         batch.completed_at = utcnow()
         session.flush()

@@ -7,7 +7,6 @@ experimenter roles may read manifests, images and bundles too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Annotated, Any
 
@@ -25,7 +24,7 @@ from server.batches.schemas import (
     PresentationEvent,
     PresentationResult,
 )
-from server.batches.tables import BatchState
+from server.batches.tables import Batch, BatchState
 from server.deps import BatchReader, RigUser, SessionDep, SettingsDep, ViewerUser
 from server.errors import InvalidInput, PayloadTooLarge
 from server.images.views import etag_matches, get_app_store
@@ -38,9 +37,8 @@ STATES = (BatchState.building, BatchState.published, BatchState.failed, BatchSta
 STATE_PATTERN = "^(" + "|".join(STATES) + ")$"
 
 
-def _manifest_response(request: Request, manifest: dict[str, Any], cache: str) -> Response:
-    body = json.dumps(manifest, separators=(",", ":")).encode()
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+def _manifest_response(request: Request, batch: Batch, base_url: str, cache: str) -> Response:
+    body, etag = service.manifest_json(batch=batch, public_base_url=base_url)
     headers = {"ETag": etag, "Cache-Control": cache}
     if etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
@@ -57,10 +55,9 @@ def next_batch(
     rig_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: RigUser
 ) -> Response:
     batch = service.next_for_rig(session=session, rig_id=rig_id)
-    if batch is None or batch.manifest is None:
+    if batch is None:
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
-    manifest = service.render_manifest(batch.manifest, settings.public_base_url)
-    return _manifest_response(request, manifest, "no-store")
+    return _manifest_response(request, batch, settings.public_base_url, "no-store")
 
 
 @router.get("/batches", response_model=BatchPage, summary="List batches (filter by rig and state)")
@@ -96,10 +93,8 @@ def list_batches(
 def get_manifest(
     batch_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: BatchReader
 ) -> Response:
-    manifest = service.get_manifest(
-        session=session, batch_id=batch_id, public_base_url=settings.public_base_url
-    )
-    return _manifest_response(request, manifest, "no-cache")
+    batch = service.get_published(session=session, batch_id=batch_id, with_manifest=False)
+    return _manifest_response(request, batch, settings.public_base_url, "no-cache")
 
 
 @router.get(
