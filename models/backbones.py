@@ -257,6 +257,24 @@ def _check_keys(path: Path, net: nn.Module, weights: Mapping[str, torch.Tensor])
     raise CheckpointError(f"checkpoint {path} does not match the architecture: " + "; ".join(parts))
 
 
+def _is_meta(net: nn.Module) -> bool:
+    return any(t.is_meta for t in (*net.parameters(), *net.buffers()))
+
+
+def _build_empty(name: str, kw: Mapping[str, object]) -> nn.Module:
+    """Build the architecture without initialising weights that a checkpoint will overwrite.
+
+    Random initialisation of ResNet-50 costs about a second; on the meta device it is free and the
+    checkpoint's tensors are assigned in place. Falls back to a normal build if the constructor
+    cannot run on meta.
+    """
+    try:
+        with torch.device("meta"):
+            return BACKBONES[name](**kw)
+    except Exception:  # constructor does something meta tensors do not support
+        return BACKBONES[name](**kw)
+
+
 def build_backbone(
     name: str,
     checkpoint: str | Path | None = None,
@@ -290,12 +308,19 @@ def build_backbone(
         raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
     mean = tuple(kw.pop("mean", IMAGENET_MEAN))  # type: ignore[arg-type]
     std = tuple(kw.pop("std", IMAGENET_STD))  # type: ignore[arg-type]
-    net = BACKBONES[name](**kw)
-    if checkpoint is not None:
+    if checkpoint is None:
+        net = BACKBONES[name](**kw)
+    else:
         path = Path(checkpoint)
         weights, ck_mean, ck_std = clean_state_dict(_read_state_dict(path, weights_only))
+        net = _build_empty(name, kw)
         _check_keys(path, net, weights)
-        net.load_state_dict(weights, strict=True)
+        expected = net.state_dict()
+        weights = {k: v.to(expected[k].dtype) for k, v in weights.items()}  # e.g. fp16 files
+        net.load_state_dict(weights, strict=True, assign=_is_meta(net))
+        if _is_meta(net):  # a non-persistent buffer was not in the file: build for real
+            net = BACKBONES[name](**kw)
+            net.load_state_dict(weights, strict=True)
         if ck_mean is not None and ck_std is not None:
             mean = tuple(ck_mean.flatten().tolist())
             std = tuple(ck_std.flatten().tolist())

@@ -54,7 +54,7 @@ def test_madrylab_checkpoint_loads_with_identical_outputs(tmp_path, gen):
     torch.save({"model": madry, "epoch": 90}, path)
 
     net = build_backbone("resnet50", path, num_classes=10)
-    x = _images(gen, n=2, size=64)
+    x = _images(gen, n=2, size=32)
     with torch.no_grad():
         expected = src((x - mean) / std)
         got = net(x)
@@ -77,6 +77,11 @@ def test_plain_and_prefixed_state_dicts_load(tmp_path, gen):
         torch.save(sd, path)
         loaded = build_backbone("tiny_cnn", path, seed=99)
         torch.testing.assert_close(loaded(x), src(x), rtol=0, atol=0)
+    half = tmp_path / "half.pt"
+    torch.save({k: v.half() for k, v in src.net.state_dict().items()}, half)
+    loaded = build_backbone("tiny_cnn", half)
+    assert all(p.dtype == torch.float32 and not p.is_meta for p in loaded.parameters())
+    torch.testing.assert_close(loaded(x), src(x), rtol=1e-2, atol=1e-2)
 
 
 def test_bad_checkpoints_name_file_and_keys(tmp_path):
@@ -161,7 +166,7 @@ def test_encoder_gradients_match_finite_differences(gen):
         fd = (enc(x + h * direction)[:, 1].sum() - enc(x - h * direction)[:, 1].sum()) / (2 * h)
     analytic = (x.grad * direction).sum()
     torch.testing.assert_close(analytic, fd, rtol=1e-6, atol=1e-8)
-    assert torch.autograd.gradcheck(lambda z: enc(z)[:, 0], (x.detach()[:1].requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda z: enc(z), (x.detach()[:1].requires_grad_(True),), fast_mode=True)
     assert all(not p.requires_grad for p in enc.parameters())
 
 
