@@ -56,6 +56,7 @@ class Seeded:
     """What the seed made, for the tests to check the pages against."""
 
     viewer_token: str
+    rig_token: str
     batch_id: str = BATCH_ID
     sites: tuple[str, ...] = SITES
     versions: tuple[str, ...] = VERSIONS
@@ -166,6 +167,8 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
 
     viewer = auth_service.create_user(session=session, name="dash-viewer", role="viewer")
     token = auth_service.create_token(session=session, user=viewer, name="dashboard tests")
+    rig_user = auth_service.create_user(session=session, name="dash-rig", role="rig")
+    rig_token = auth_service.create_token(session=session, user=rig_user, name="a rig may not read models")
 
     subject = Subject(name="m1", notes="chronic Utah arrays, left IT")
     session.add(subject)
@@ -240,7 +243,7 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
     )
     session.add(batch)
     session.flush()
-    out = Seeded(viewer_token=token)
+    out = Seeded(viewer_token=token, rig_token=rig_token)
     members: list[tuple[Image, str]] = []
     for c in range(2):
         data = _png(rng)

@@ -207,3 +207,21 @@ def test_day_over_day_page(page: Page, live_server: LiveServer) -> None:
     page.wait_for_function("document.querySelector('#days-pred-plot').layout.title.text.startsWith('site')")
     assert not page.uncaught
     shot(page, "days", live_server.backend)
+
+
+def test_forbidden_role_and_unknown_version_show_api_errors(page: Page, live_server: LiveServer) -> None:
+    # A rig token is valid (GET /me works) but may not read model versions: 403 with the API's reason.
+    login(page, live_server.seeded.rig_token)
+    page.goto("/dashboard/models")
+    assert wait_ready(page) == "error"
+    text = " ".join(errors(page))
+    assert "403" in text and "may not do this" in text
+    # A viewer asking for a version that does not exist: 404 beside the (still drawn) other plots.
+    page.evaluate(f"sessionStorage.setItem('itloop.token', {live_server.seeded.viewer_token!r})")
+    page.goto("/dashboard/models?version=no-such-version")
+    assert wait_ready(page) == "error"
+    text = " ".join(errors(page))
+    assert "404" in text and "no-such-version" in text
+    assert "chosen model" in trace_names(page, "#nights-plot")
+    assert not page.uncaught
+    shot(page, "models-unknown-version", live_server.backend)
