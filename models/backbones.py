@@ -47,6 +47,9 @@ class InputNormalization(nn.Module):
     Kept as buffers so they move with ``.to(device)`` and are saved in the state dict.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).clone())
@@ -306,8 +309,8 @@ def build_backbone(
     """
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
-    mean = tuple(kw.pop("mean", IMAGENET_MEAN))  # type: ignore[arg-type]
-    std = tuple(kw.pop("std", IMAGENET_STD))  # type: ignore[arg-type]
+    mean: tuple[float, ...] = tuple(kw.pop("mean", IMAGENET_MEAN))  # type: ignore[arg-type]
+    std: tuple[float, ...] = tuple(kw.pop("std", IMAGENET_STD))  # type: ignore[arg-type]
     if checkpoint is None:
         net = BACKBONES[name](**kw)
     else:

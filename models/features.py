@@ -111,10 +111,8 @@ class FeatureExtractor(nn.Module):
         return pool_features(captured[0], self.pool)
 
     def _device(self, images: torch.Tensor) -> torch.device:
-        for t in self.backbone.parameters():
-            return t.device
-        for t in self.backbone.buffers():
-            return t.device
+        for tensor in (*self.backbone.parameters(), *self.backbone.buffers()):
+            return tensor.device
         return images.device
 
     @torch.no_grad()

@@ -169,14 +169,14 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
     y = y - y.mean(0)
     n = x.shape[0]
     if x.shape[1] + y.shape[1] <= 2 * n:
-        hsic_xy = np.linalg.norm(y.T @ x) ** 2
-        hsic_xx = np.linalg.norm(x.T @ x)
-        hsic_yy = np.linalg.norm(y.T @ y)
+        hsic_xy = float(np.linalg.norm(y.T @ x) ** 2)
+        hsic_xx = float(np.linalg.norm(x.T @ x))
+        hsic_yy = float(np.linalg.norm(y.T @ y))
     else:
         kx, ky = x @ x.T, y @ y.T
         hsic_xy = float(np.sum(kx * ky))
-        hsic_xx = np.linalg.norm(kx)
-        hsic_yy = np.linalg.norm(ky)
+        hsic_xx = float(np.linalg.norm(kx))
+        hsic_yy = float(np.linalg.norm(ky))
     denom = hsic_xx * hsic_yy
     return float(hsic_xy / denom) if denom > 0 else float("nan")
 

@@ -179,3 +179,12 @@ def test_checkpoint_sha256_is_content_hash(tmp_path: Path):
         == checkpoint_sha256(b)
         == ("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     )
+
+
+def test_extract_autocast_and_channels_last_are_close(gen):
+    net = build_backbone("small_cnn", seed=0)
+    x = _images(gen, n=3, size=64)
+    ref = FeatureExtractor(net, "conv3", "avg").extract(x)
+    fast = FeatureExtractor(net, "conv3", "avg").extract(x, dtype=torch.bfloat16, channels_last=True)
+    assert fast.dtype == torch.float32 and fast.shape == ref.shape == (3, 128)
+    torch.testing.assert_close(fast, ref, rtol=0.05, atol=0.05 * float(ref.abs().max()))
