@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi import Response as HTTPResponse
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -193,8 +193,6 @@ def list_responses(
     )
     if site_id is not None:
         query = query.where(Site.site_id == site_id)
-    from sqlalchemy import func
-
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     if total == 0 and rec.upload_sha256 is not None and site_id is None:
         raise InvalidInput(

@@ -175,11 +175,13 @@ def clean(upload: ParsedUpload) -> CleanUpload:
         if not label:
             raise InvalidUpload(f"{upload.source}: site {i + 1} has an empty site_id")
     # Group spikes by site: one stable sort of the site index, then split.
-    order = np.argsort(upload.spike_site, kind="stable")
-    site_sorted = upload.spike_site[order]
+    # Small integer keys sort by radix in numpy: O(n) instead of O(n log n).
+    key = upload.spike_site.astype(np.int16) if len(upload.site_labels) < 2**15 else upload.spike_site
+    order = np.argsort(key, kind="stable")
+    site_sorted = key[order]
     times_sorted = upload.spike_times[order]
     n_labels = len(upload.site_labels)
-    bounds = np.searchsorted(site_sorted, np.arange(n_labels + 1))
+    bounds = np.searchsorted(site_sorted, np.arange(n_labels + 1, dtype=site_sorted.dtype))
     by_label: dict[str, list[np.ndarray]] = {}
     for k, label in enumerate(upload.site_labels):
         by_label.setdefault(label, []).append(times_sorted[bounds[k] : bounds[k + 1]])
