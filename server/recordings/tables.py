@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db.base import Base, BigIntPK, JSONType, utcnow
@@ -79,7 +79,13 @@ class SpikeTrain(Base):
 
 
 class Response(Base):
-    """Spike count of one site for one presentation in one analysis window."""
+    """Spike count of one site for one presentation in one analysis window.
+
+    Derived data, written only by ingest in the same transaction as its presentations
+    and deleted with its session. Presentation and site are therefore plain indexed
+    integers, not foreign keys: per-row FK lookups were most of the ingest time on
+    PostgreSQL, and the unique constraint still makes recomputation idempotent.
+    """
 
     __tablename__ = "responses"
     __table_args__ = (
@@ -89,8 +95,8 @@ class Response(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     session_pk: Mapped[int] = mapped_column(ForeignKey("recording_sessions.id", ondelete="CASCADE"))
-    presentation_id: Mapped[int] = mapped_column(ForeignKey("presentations.id", ondelete="CASCADE"))
-    site_pk: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="RESTRICT"))
+    presentation_id: Mapped[int] = mapped_column(BigInteger)
+    site_pk: Mapped[int]
     window_start_ms: Mapped[float] = mapped_column(Float)
     window_end_ms: Mapped[float] = mapped_column(Float)
     count: Mapped[int]
