@@ -32,7 +32,7 @@ sensitivity of a site is close to ``||a_i|| * eps``, where
 set by how much clean images vary along the tuning direction), the knob defaults to
 [0.1, 0.35]. Measured on 100 clean images (population median, 5th-95th percentile over sites,
 paper definition ``max(up, down)``): eps 0.5: 0.20 (0.15-0.24); eps 1: 0.41 (0.31-0.49);
-eps 2: 0.87 (0.66-1.06); eps 4: 1.96 (1.43-2.45). The softplus is convex, so the upward
+eps 2: 0.86 (0.65-1.06); eps 4: 1.92 (1.42-2.38). The softplus is convex, so the upward
 direction grows faster than linearly and dominates at large epsilon. That brackets the paper's
 IT figures (about 0.3-1 at eps 1-3 on 224x224 images). A 64x64 image has 12,288 pixel values
 against 150,528 at 224x224, so the same L2 epsilon is a 3.5-fold larger per-pixel (RMS)
@@ -44,6 +44,7 @@ sensitivity, a lower bound as in the paper.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -116,16 +117,42 @@ class Sensitivity:
 
 
 def _resolve_sensitivity(sensitivity, n_sites: int, rng: np.random.Generator) -> np.ndarray:
+    # Always draw, so that the rest of the brain does not depend on how the knob is given:
+    # brains that differ only in `sensitivity` share every other parameter.
+    draw = rng.random(n_sites)
     if isinstance(sensitivity, tuple):
         if len(sensitivity) != 2 or not 0 <= sensitivity[0] <= sensitivity[1]:
             raise ValueError("a sensitivity range must be a (low, high) tuple with 0 <= low <= high")
-        return rng.uniform(sensitivity[0], sensitivity[1], size=n_sites)
+        return sensitivity[0] + (sensitivity[1] - sensitivity[0]) * draw
     arr = np.asarray(sensitivity, dtype=np.float64)
     if arr.ndim == 0:
         arr = np.full(n_sites, float(arr))
     if arr.shape != (n_sites,) or np.any(arr < 0):
         raise ValueError(f"sensitivity must be >= 0: a scalar, a (low, high) tuple or {n_sites} values")
     return arr.copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _calibration(size: int, n_categories: int, n_calibration: int):
+    """The calibration "visual diet": clean images, categories and their principal components.
+
+    Fixed for a given image size and category count (not per brain), so that brains with
+    different seeds live in the same image world, and cached because building it dominates
+    the cost of a brain. Returned arrays are read-only.
+    """
+    images, cats = make_clean_images(n_calibration, size=size, n_categories=n_categories,
+                                     seed=[0xCA11, size, n_categories])
+    x = images.reshape(n_calibration, -1).astype(np.float64) / 255.0
+    # Principal components through the small (n x n) Gram matrix: much cheaper than an SVD of
+    # the (n x D) data when D = 3 * size**2 is large.
+    xc = x - x.mean(axis=0)
+    evals, evecs = np.linalg.eigh(xc @ xc.T)
+    top = np.argsort(evals)[::-1][: n_calibration - 1]  # centring removes one dimension
+    sv = np.sqrt(np.clip(evals[top], 0.0, None))
+    vt = (evecs[:, top].T @ xc) / sv[:, None]
+    for arr in (x, cats, sv, vt):
+        arr.setflags(write=False)
+    return x, cats, sv, vt
 
 
 class VirtualBrain:
@@ -150,7 +177,8 @@ class VirtualBrain:
         rest from the random smooth receptive field). Higher means more category selective.
     seed : int, default=0
     n_calibration : int, default=256
-        Internal clean images (own seed) used to build templates and calibrate the drive.
+        Clean images used to build templates and calibrate the drive: a fixed set per
+        (image_size, n_categories, n_calibration), shared by all seeds.
 
     Attributes
     ----------
@@ -199,10 +227,7 @@ class VirtualBrain:
     def _build(self) -> None:
         rng = np.random.default_rng([self.seed, 0x17])
         size, n_sites = self.image_size, self.n_sites
-        calib_u8, calib_cat = make_clean_images(
-            self.n_calibration, size=size, n_categories=self.n_categories, seed=[self.seed, 0xCA11]
-        )
-        xc = calib_u8.reshape(self.n_calibration, -1).astype(np.float64) / 255.0
+        xc, calib_cat, sv, vt = _calibration(size, self.n_categories, self.n_calibration)
         xc_centred = xc - xc.mean(axis=0)
         self.sensitivity_ = _resolve_sensitivity(self.sensitivity, n_sites, rng)
         self.preferred_category_ = rng.permutation(np.arange(n_sites) % self.n_categories)
@@ -226,7 +251,6 @@ class VirtualBrain:
         # The smooth part lives in the span of the leading principal components of clean
         # images (natural image variation); the adversarial part is orthogonal to that span.
         n_pc = min(64, self.n_calibration - 1)
-        _, sv, vt = np.linalg.svd(xc_centred, full_matrices=False)
         pcs = vt[:n_pc]
         z = xc_centred @ pcs.T
 
