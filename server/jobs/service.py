@@ -127,12 +127,12 @@ def submit(
     if settings is not None:
         session.info.setdefault(SETTINGS_KEY, settings)
     deps = list(dict.fromkeys(int(d) for d in depends_on))
-    dep_states: dict[int, str] = {}
-    if deps:
-        dep_states = {i: s for i, s in session.execute(select(Job.id, Job.state).where(Job.id.in_(deps)))}
-        missing = [d for d in deps if d not in dep_states]
-        if missing:
-            raise InvalidInput(f"dependencies not found: {missing}")
+    # Lock the dependency rows (PostgreSQL): a dependency finishing right now either commits
+    # first (we read its final state) or waits for us (its release step then sees this job).
+    dep_states = _dependency_states(session, deps, lock=True)
+    missing = [d for d in deps if d not in dep_states]
+    if missing:
+        raise InvalidInput(f"dependencies not found: {missing}")
     job = Job(
         kind=kind,
         params=dict(params or {}),
@@ -142,6 +142,29 @@ def submit(
         timeout_s=int(timeout_s or spec.timeout_s or settings.job_timeout_s),
         max_attempts=int(max_attempts or spec.max_attempts or settings.job_max_attempts),
     )
+    _set_initial_state(job, dep_states)
+    session.add(job)
+    session.flush()
+    if job.state == JobState.waiting:
+        # SQLite has no row locks, but our INSERT now holds its write lock: read again, so a
+        # dependency that finished between our read and our insert is not missed.
+        _set_initial_state(job, _dependency_states(session, deps))
+    if job.state == JobState.queued:
+        _defer_enqueue(session, job)
+    return job
+
+
+def _dependency_states(session: Session, deps: Sequence[int], *, lock: bool = False) -> dict[int, str]:
+    if not deps:
+        return {}
+    query = select(Job.id, Job.state).where(Job.id.in_(list(deps))).order_by(Job.id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {i: s for i, s in session.execute(query)}
+
+
+def _set_initial_state(job: Job, dep_states: dict[int, str]) -> None:
+    deps = job.depends_on
     bad = next((d for d in deps if dep_states[d] in (JobState.failed, JobState.cancelled)), None)
     if bad is not None:
         job.state = JobState.failed
@@ -151,11 +174,6 @@ def submit(
         job.state = JobState.queued
     else:
         job.state = JobState.waiting
-    session.add(job)
-    session.flush()
-    if job.state == JobState.queued:
-        _defer_enqueue(session, job)
-    return job
 
 
 def get(session: Session, job_id: int) -> Job:

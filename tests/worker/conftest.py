@@ -20,7 +20,7 @@ from itloop.settings import Settings
 from server.db.engine import get_engine, session_scope
 from server.jobs import service
 from server.jobs.tables import Job
-from tests.conftest import _install_settings, make_settings, new_database
+from tests.conftest import BACKENDS, _install_settings, make_settings, new_database
 from worker.config import get_worker_config
 from worker.queue import reset_runners
 
@@ -62,10 +62,14 @@ def worker_db_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @pytest.fixture
 def job_db_url(worker_db_url: str) -> str:
     """The module's database, emptied of what the worker tests write: committed rows that workers see."""
-    with session_scope(worker_db_url) as session:
+    _empty(worker_db_url)
+    return worker_db_url
+
+
+def _empty(url: str) -> None:
+    with session_scope(url) as session:
         for table in ("jobs", "nights", "recording_sessions", "subjects"):
             session.execute(text(f"DELETE FROM {table}"))
-    return worker_db_url
 
 
 @pytest.fixture
@@ -78,12 +82,23 @@ def job_settings(
     return s
 
 
+@pytest.fixture(scope="module")
+def rq_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """RQ deployments run on PostgreSQL, so the subprocess tests do (SQLite if it is all we test)."""
+    backend = "postgresql" if "postgresql" in BACKENDS else BACKENDS[0]
+    url, cleanup = new_database(backend, tmp_path_factory.mktemp("rqdb"), f"rq_{uuid.uuid4().hex[:8]}")
+    yield url
+    get_engine(url).dispose()
+    cleanup()
+
+
 @pytest.fixture
 def rq_settings(
-    job_db_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_env: None
+    rq_db_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_env: None
 ) -> Settings:
-    """Settings on a committed database and the test Redis: jobs go through RQ."""
-    s = make_settings(job_db_url, tmp_path, redis_url=redis_url)
+    """Settings on a committed PostgreSQL database and the test Redis: jobs go through RQ."""
+    _empty(rq_db_url)
+    s = make_settings(rq_db_url, tmp_path, redis_url=redis_url)
     _install_settings(s, monkeypatch)
     return s
 

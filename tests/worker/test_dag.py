@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import select
+
 from itloop.settings import Settings
 from server.db.engine import session_scope
 from server.jobs import service
@@ -11,7 +13,7 @@ from server.jobs.tables import JobState
 from server.lab.tables import Subject
 from server.recordings.tables import RecordingSession
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import load, submit
+from tests.worker.conftest import load, submit, wait_for
 from worker import night as night_mod
 from worker.queue import InProcessRunner, get_runner
 from worker.registry import overridden
@@ -153,3 +155,44 @@ def test_a_failing_stage_fails_the_night_and_says_why(job_settings: Settings) ->
             # A second night for the same session may start once the first is over.
             again = night_mod.start_night(session, job_settings, session_id="day2")
             assert again.id != night_id
+
+
+def test_night_cli_runs_the_night_and_reports_failure(job_settings: Settings) -> None:
+    _recording(job_settings, "day3")
+    stages = dict.fromkeys(night_mod.STAGES, tj.night_step)
+    with overridden(stages, max_attempts=1):
+        assert night_mod.run_night_cli(job_settings, session_id="day3", wait=True, poll_s=0.05) == 0
+        with overridden({night_mod.PUBLISH: tj.night_step_broken}, max_attempts=1):
+            assert night_mod.run_night_cli(job_settings, session_id="day3", wait=True, poll_s=0.05) == 1
+    with session_scope(job_settings.resolved_database_url) as session:
+        nights, total = service.list_nights(session)
+        assert total == 2 and [n.state for n in nights] == [JobState.failed, JobState.succeeded]
+        assert "night.publish" in (nights[0].error or "")
+
+
+def test_completing_a_session_starts_its_night(job_settings: Settings) -> None:
+    from server.recordings import hooks
+
+    _recording(job_settings, "day4")
+    assert night_mod.trigger_on_session_complete in hooks._on_complete
+    with session_scope(job_settings.resolved_database_url) as session:
+        rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == "day4"))
+        hooks.on_session_complete(session, rec)  # steps not installed: logged, completion not blocked
+        if night_mod.missing_steps():
+            assert service.list_nights(session)[1] == 0
+        with overridden(dict.fromkeys(night_mod.STAGES, tj.night_step)):
+            hooks.on_session_complete(session, rec)
+            hooks.on_session_complete(session, rec)  # already running: no second night
+        nights, total = service.list_nights(session)
+        assert total == 1 and nights[0].state == JobState.queued
+
+
+def test_background_runner_runs_submitted_jobs(job_settings: Settings) -> None:
+    r = get_runner(job_settings, background=True)
+    try:
+        job_id = submit(job_settings, "test.echo", {"tag": "bg"})
+        b = submit(job_settings, "test.echo", {"tag": "bg2"}, depends_on=[job_id])
+        wait_for(lambda: load(job_settings, b).state == JobState.succeeded, what="background jobs")
+    finally:
+        assert isinstance(r, InProcessRunner)
+        r.shutdown()
