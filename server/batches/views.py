@@ -37,7 +37,9 @@ STATES = (BatchState.building, BatchState.published, BatchState.failed, BatchSta
 STATE_PATTERN = "^(" + "|".join(STATES) + ")$"
 
 
-def _manifest_response(request: Request, batch: Batch, base_url: str, cache: str) -> Response:
+def _manifest_response(request: Request, batch: Batch, cache: str) -> Response:
+    # Settings straight from the app: hot path, no extra dependency hop to a worker thread.
+    base_url = request.app.state.settings.public_base_url
     body, etag = service.manifest_json(batch=batch, public_base_url=base_url)
     headers = {"ETag": etag, "Cache-Control": cache}
     if etag_matches(request, etag):
@@ -57,7 +59,7 @@ def next_batch(
     batch = service.next_for_rig(session=session, rig_id=rig_id)
     if batch is None:
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
-    return _manifest_response(request, batch, settings.public_base_url, "no-store")
+    return _manifest_response(request, batch, "no-store")
 
 
 @router.get("/batches", response_model=BatchPage, summary="List batches (filter by rig and state)")
@@ -90,11 +92,9 @@ def list_batches(
 
 
 @router.get("/batches/{batch_id}", response_model=Manifest, summary="A published batch's manifest")
-def get_manifest(
-    batch_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: BatchReader
-) -> Response:
+def get_manifest(batch_id: str, request: Request, session: SessionDep, _: BatchReader) -> Response:
     batch = service.get_published(session=session, batch_id=batch_id, with_manifest=False)
-    return _manifest_response(request, batch, settings.public_base_url, "no-cache")
+    return _manifest_response(request, batch, "no-cache")
 
 
 @router.get(
