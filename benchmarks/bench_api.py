@@ -1,0 +1,292 @@
+"""Benchmark: manifest and image GET latency of the rig API under a steady 200 requests/s.
+
+Setup: a PostgreSQL database created for the run, migrated and seeded with one published
+batch of 400 images of 224x224 (800 presentations); the server is a real ``uvicorn``
+subprocess (one worker, as deployed per container) with a local object store. A second
+process drives it open-loop at 200 requests/s for 10 s (2,000 requests, bounded), with a
+thread pool and keep-alive connections, every request authenticated with a rig token:
+one in five is ``GET /batches/{id}`` (the manifest), the rest ``GET /images/{sha256}``.
+Latency is measured from send to last byte; the "sched" figures also count time waiting
+for a free client thread. Before the load, the same endpoints are timed one request at a
+time ("unloaded"), and the server's CPU time per request under load is read from /proc,
+a figure that stays meaningful when other processes share the CPUs.
+Goal: p99 < 25 ms for both.
+
+Run: ``.venv/bin/python benchmarks/bench_api.py [--quick]``; writes
+``benchmarks/results/bench_api.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_api.json"
+GOAL_P99_MS = 25.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _seed(db_url: str, store_url: str, n_images: int) -> dict[str, Any]:
+    """One rig, one rig token, one published batch of ``n_images`` natural-ish 224x224 images."""
+    from itloop.storage import open_store
+    from server.auth import service as auth_service
+    from server.batches import service as batches
+    from server.db.engine import session_scope
+    from server.images.png import encode_png
+    from server.images.service import put_image
+    from server.lab import service as lab
+
+    rng = np.random.default_rng(0)
+    store = open_store(store_url)
+    with session_scope(db_url) as session:
+        user = auth_service.create_user(session=session, name="bench-rig", role="rig")
+        token = auth_service.create_token(session=session, user=user)
+        lab.create_subject(session=session, name="bench-monkey")
+        lab.create_rig(session=session, rig_id="bench-rig", subject="bench-monkey")
+        images = []
+        for _ in range(n_images):
+            # Smooth low-frequency texture plus mild noise: PNG sizes like photographs (~60-120 kB).
+            coarse = rng.integers(0, 256, (3, 28, 28)).astype(np.float32)
+            pixels = np.kron(coarse, np.ones((1, 8, 8), np.float32)) + rng.normal(0, 6, (3, 224, 224))
+            png = encode_png(np.clip(pixels, 0, 255).astype(np.uint8))
+            images.append(put_image(session=session, store=store, png=png))
+        sequence = [
+            {"seq": k, "image_id": images[k % n_images].id, "trial": k // 8, "on_ms": 100, "off_ms": 100}
+            for k in range(2 * n_images)
+        ]
+        batch = batches.create_batch(
+            session=session,
+            rig_id="bench-rig",
+            batch_id="bench-day-1",
+            day=1,
+            model_version_id=None,
+            images=[(im, "perturbed") for im in images],
+            sequence=sequence,
+        )
+        batches.publish(session=session, batch=batch, store=store)
+        shas = [im.sha256 for im in images]
+        mean_bytes = float(np.mean([im.n_bytes for im in images]))
+    return {"token": token, "batch_id": "bench-day-1", "shas": shas, "mean_png_bytes": mean_bytes}
+
+
+def _drive(
+    base: str, token: str, paths: list[tuple[str, str]], rate: float, n_sequential: int, out: Any
+) -> None:
+    """Open-loop load: request i is due at t0 + i / rate; runs in its own process."""
+    import httpx
+
+    local = threading.local()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def one(kind: str, path: str, due: float) -> tuple[str, float, float, int, int]:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(base_url=base, headers=headers, timeout=10)
+        start = time.perf_counter()
+        try:
+            r = client.get(path)
+            status, size = r.status_code, len(r.content)
+        except httpx.HTTPError:
+            status, size = 0, 0
+        end = time.perf_counter()
+        return kind, end - start, end - due, status, size
+
+    # Unloaded service time: one request at a time on one connection.
+    sequential = [one(kind, path, time.perf_counter()) for kind, path in paths[:n_sequential]]
+    out.send({"sequential": sequential})
+    out.recv()  # the parent has read the server's CPU time; start the load
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        # warm-up: open connections, fill caches
+        list(pool.map(lambda p: one(p[0], p[1], time.perf_counter()), paths[:64]))
+        futures = []
+        t0 = time.perf_counter() + 0.05
+        for i, (kind, path) in enumerate(paths):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(one, kind, path, due))
+        results = [f.result() for f in futures]
+        wall = time.perf_counter() - t0
+    out.send({"results": results, "wall_s": wall})
+    out.close()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux), to report server CPU per request."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values) * 1000.0
+    return {
+        "n": int(arr.size),
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "max_ms": float(arr.max()),
+    }
+
+
+def run(quick: bool = False) -> dict:
+    """Seed, serve, drive, and report p50/p99 per endpoint; returns the figures (also as JSON)."""
+    from server.db import migrate
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    n_images, rate, duration = (100, 200.0, 3.0) if quick else (400, 200.0, 10.0)
+    n_requests = int(rate * duration)
+    n_sequential = 200 if quick else 500
+    db_name = f"itloop_bench_api_{uuid.uuid4().hex[:8]}"
+    db_url = create_pg_database(db_name)
+    tmp = Path(tempfile.mkdtemp(prefix="itloop-bench-api-"))
+    store_url = (tmp / "store").resolve().as_uri()
+    server = None
+    try:
+        migrate.upgrade(db_url)
+        t = time.perf_counter()
+        seed = _seed(db_url, store_url, n_images)
+        seed_s = time.perf_counter() - t
+        port = _free_port()
+        env = {
+            **os.environ,
+            "ITLOOP_ENV": "test",
+            "ITLOOP_DATABASE_URL": db_url,
+            "ITLOOP_STORE_URL": store_url,
+            "ITLOOP_DATA_DIR": str(tmp),
+            "ITLOOP_LOG_LEVEL": "WARNING",
+        }
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "server.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        base = f"http://127.0.0.1:{port}"
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the uvicorn server did not become healthy")
+            time.sleep(0.1)
+        rng = np.random.default_rng(1)
+        paths = [
+            ("manifest", f"/api/v1/batches/{seed['batch_id']}")
+            if i % 5 == 0
+            else ("image", f"/api/v1/images/{seed['shas'][int(rng.integers(len(seed['shas'])))]}")
+            for i in range(n_requests)
+        ]
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        driver = ctx.Process(target=_drive, args=(base, seed["token"], paths, rate, n_sequential, child))
+        driver.start()
+        sequential = parent.recv()["sequential"]
+        cpu0 = _cpu_s(server.pid)
+        parent.send("go")
+        payload = parent.recv()
+        server_cpu_s = _cpu_s(server.pid) - cpu0
+        driver.join()
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        drop_pg_database(db_name)
+    results = payload["results"]
+    errors = sum(1 for r in results if r[3] != 200)
+    out: dict[str, Any] = {
+        "n_images": n_images,
+        "mean_png_bytes": seed["mean_png_bytes"],
+        "rate_rps": rate,
+        "requests": len(results),
+        "errors": errors,
+        "achieved_rps": len(results) / payload["wall_s"],
+        "seed_s": seed_s,
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "goal_p99_ms": GOAL_P99_MS,
+        "server_cpu_ms_per_request": 1000 * server_cpu_s / (len(results) + 64),
+    }
+    for kind in ("manifest", "image"):
+        rows = [r for r in results if r[0] == kind and r[3] == 200]
+        out[kind] = {**_stats([r[1] for r in rows]), "sched_p99_ms": _stats([r[2] for r in rows])["p99_ms"]}
+        out[kind]["bytes"] = int(np.mean([r[4] for r in rows]))
+        out[kind]["meets_goal"] = out[kind]["p99_ms"] < GOAL_P99_MS
+        seq_rows = [r for r in sequential if r[0] == kind and r[3] == 200]
+        out[kind]["unloaded"] = _stats([r[1] for r in seq_rows])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def main() -> None:
+    res = run(quick="--quick" in sys.argv)
+    print(
+        f"rig API latency at {res['rate_rps']:.0f} req/s, {res['requests']} requests "
+        f"({res['achieved_rps']:.0f} req/s achieved, {res['errors']} errors), {res['n_images']} images "
+        f"of {res['mean_png_bytes'] / 1000:.0f} kB; {res['cpu_count']} CPUs, load {res['load_avg_1m']:.1f}"
+    )
+    print(
+        f"{'endpoint':<10} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'sched p99':>10}  goal"
+    )
+    for kind in ("manifest", "image"):
+        s = res[kind]
+        print(
+            f"{kind:<10} {s['n']:>5} {s['p50_ms']:>8.2f} {s['p90_ms']:>8.2f} {s['p99_ms']:>8.2f} "
+            f"{s['max_ms']:>8.1f} "
+            f"{s['sched_p99_ms']:>10.2f}  p99 < {GOAL_P99_MS:.0f} ms: {'yes' if s['meets_goal'] else 'NO'}"
+        )
+    print("unloaded (one request at a time):")
+    for kind in ("manifest", "image"):
+        u = res[kind]["unloaded"]
+        print(
+            f"{kind:<10} {u['n']:>5} {u['p50_ms']:>8.2f} {u['p90_ms']:>8.2f} {u['p99_ms']:>8.2f} "
+            f"{u['max_ms']:>8.1f}"
+        )
+    print(
+        f"server CPU per request: {res['server_cpu_ms_per_request']:.2f} ms "
+        f"(so 200 req/s needs {res['server_cpu_ms_per_request'] * 0.2:.0%} of one core)"
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
