@@ -89,7 +89,7 @@ def start_night(
 
 def plan_night(session: Session, night: Night, settings: Settings) -> dict[str, list[int]]:
     """Submit the night's static DAG; synthesis shards are added when ``night.select`` succeeds."""
-    base = {
+    base: dict[str, Any] = {
         "night_id": night.id,
         "session_id": night.params.get("session_id"),
         "session_pk": night.session_pk,
@@ -123,9 +123,8 @@ def fan_out_synthesis(session: Session, job: Job, result: dict[str, Any], settin
     shards = result.get("shards") or []
     if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
         raise TypeError("night.select must return 'shards' as a list of dicts")
-    base = {
-        k: job.params[k] for k in ("night_id", "session_id", "session_pk", "night_params") if k in job.params
-    }
+    keys = ("night_id", "session_id", "session_pk", "night_params")
+    base: dict[str, Any] = {k: job.params[k] for k in keys if k in job.params}
     ids = [
         service.submit(
             session,

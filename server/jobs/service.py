@@ -15,9 +15,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import event, func, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
@@ -210,19 +211,17 @@ def cancel(session: Session, job_id: int) -> Job:
     """Cancel a job: at once if it has not started, else by flag that the running job polls."""
     job = get(session, job_id)
     now = utcnow()
-    done = session.execute(
+    done = _rows(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.state.in_((JobState.queued, JobState.waiting)))
-        .values(state=JobState.cancelled, cancel_requested=True, finished_at=now, error="cancelled")
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .values(state=JobState.cancelled, cancel_requested=True, finished_at=now, error="cancelled"),
+    )
     if not done:
-        flagged = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.running)
-            .values(cancel_requested=True)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        flagged = _rows(
+            session,
+            update(Job).where(Job.id == job_id, Job.state == JobState.running).values(cancel_requested=True),
+        )
         if not flagged:
             session.refresh(job)
             raise Conflict(f"job {job_id} already {job.state}")
@@ -250,7 +249,8 @@ def queued_ids(session: Session, queues: Sequence[str] | None = None, limit: int
 def claim(session: Session, job_id: int, worker: str) -> Job | None:
     """Atomically move a queued job to running; None when someone else has it (or it is gone)."""
     now = utcnow()
-    claimed = session.execute(
+    claimed = _rows(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.queued, Job.cancel_requested.is_(False))
         .values(
@@ -260,12 +260,17 @@ def claim(session: Session, job_id: int, worker: str) -> Job | None:
             heartbeat_at=now,
             finished_at=None,
             worker=worker[:200],
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        ),
+    )
     if claimed != 1:
         return None
     return session.get(Job, job_id, populate_existing=True)
+
+
+def _rows(session: Session, statement: Any) -> int:
+    """Rows an UPDATE matched: the outcome of a compare-and-set."""
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def _fenced(job_id: int, token: int) -> Any:
@@ -289,10 +294,7 @@ def touch(
         values["progress_message"] = message[:2000]
     if log_tail is not None:
         values["log_tail"] = log_tail
-    ours = session.execute(
-        _fenced(job_id, token).values(**values).execution_options(synchronize_session=False)
-    )
-    if ours.rowcount != 1:
+    if _rows(session, _fenced(job_id, token).values(**values)) != 1:
         return False, False
     cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
     return True, cancel
@@ -318,10 +320,7 @@ def finish(
         values["finished_at"] = utcnow()
     if state == JobState.succeeded:
         values.update(result=result or {}, progress=1.0, error=None)
-    done = session.execute(
-        _fenced(job_id, token).values(**values).execution_options(synchronize_session=False)
-    )
-    if done.rowcount != 1:
+    if _rows(session, _fenced(job_id, token).values(**values)) != 1:
         return None
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
@@ -345,9 +344,7 @@ def settle_dependents(session: Session, job: Job) -> list[int]:
             if w.state != JobState.waiting or parent.id not in (w.depends_on or []):
                 continue
             if parent.state == JobState.succeeded:
-                states = dict(
-                    session.execute(select(Job.id, Job.state).where(Job.id.in_(w.depends_on))).all()
-                )
+                states = _dependency_states(session, w.depends_on)
                 if all(states.get(d) == JobState.succeeded for d in w.depends_on):
                     w.state = JobState.queued
                     session.flush()
@@ -369,7 +366,7 @@ def settle_waiting(session: Session) -> list[int]:
     for w in list(session.scalars(select(Job).where(Job.state == JobState.waiting))):
         if w.state != JobState.waiting:
             continue
-        states = dict(session.execute(select(Job.id, Job.state).where(Job.id.in_(w.depends_on or []))).all())
+        states = _dependency_states(session, w.depends_on or [])
         bad = next((d for d in w.depends_on if states.get(d) in (JobState.failed, JobState.cancelled)), None)
         if bad is not None:
             parent = session.get(Job, bad)

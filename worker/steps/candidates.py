@@ -1,0 +1,53 @@
+"""Candidate surrogate models: which backbone, which layer, which weights file.
+
+Weights only ever come from local files under ``<data_dir>/checkpoints``: the lab
+copies e.g. the MadryLab ``robustness`` ImageNet L2 eps=3 ResNet-50 there once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.errors import InvalidInput
+
+BUILTIN: dict[str, dict[str, Any]] = {
+    "resnet50": {"backbone": "resnet50", "layer": "layer4", "pool": "avg", "checkpoint": "resnet50.pt"},
+    "resnet50_l2_eps3": {
+        "backbone": "resnet50", "layer": "layer4", "pool": "avg", "checkpoint": "resnet50_l2_eps3.pt",
+    },
+    "resnet50_layer3": {"backbone": "resnet50", "layer": "layer3", "pool": "avg", "checkpoint": "resnet50.pt"},
+    # Checkpoint-free, seeded networks for the demo and the tests.
+    "small_cnn": {"backbone": "small_cnn", "layer": "conv3", "pool": "avg", "kwargs": {"seed": 0}},
+    "small_cnn_conv4": {"backbone": "small_cnn", "layer": "conv4", "pool": "avg", "kwargs": {"seed": 0}},
+    "tiny_cnn": {"backbone": "tiny_cnn", "layer": "conv2", "pool": "avg", "kwargs": {"seed": 0}},
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    backbone: str
+    layer: str
+    pool: str = "avg"
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def checkpoint_path(self, data_dir: Path) -> Path | None:
+        if self.checkpoint is None:
+            return None
+        path = Path(self.checkpoint)
+        return path if path.is_absolute() else data_dir / "checkpoints" / path
+
+
+def resolve(spec: str | dict[str, Any]) -> Candidate:
+    """A candidate from its builtin name or a full dict spec (``name``, ``backbone``, ``layer``...)."""
+    if isinstance(spec, str):
+        if spec not in BUILTIN:
+            raise InvalidInput(f"unknown candidate model {spec!r}; builtin: {', '.join(sorted(BUILTIN))}")
+        return Candidate(name=spec, **BUILTIN[spec])
+    try:
+        return Candidate(**spec)
+    except TypeError as exc:
+        raise InvalidInput(f"bad candidate spec {spec!r}: {exc}") from None

@@ -1,0 +1,53 @@
+"""What a night does, as one typed object built from the night's params over lab defaults.
+
+Defaults are the paper's scale for 224x224 images; the demo and tests pass
+smaller values in the night's params (``POST /nights`` or ``itloop night``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class NightConfig(BaseModel):
+    """Knobs of one night; unknown keys are refused so a typo does not silently run the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidates: list[str | dict[str, Any]] | None = Field(
+        default=None, description="candidate models (names from worker.steps.candidates, or full specs)"
+    )
+    epsilons: list[float] = Field(default=[1.0, 2.0, 4.0, 8.0], min_length=1)
+    clean_per_site: int = Field(default=21, ge=1, description="clean images perturbed per site and epsilon")
+    directions: list[str] = Field(default=["up", "down"])
+    targeted_epsilons: list[float] = Field(default=[2.5, 10.0], description="super-stimuli toward the "
+                                           "site's preferred category; empty disables")
+    targeted_per_site: int = Field(default=2, ge=0)
+    random_per_site: int = Field(default=2, ge=0, description="model-free random-direction pairs per site "
+                                 "and epsilon")
+    restarts: int = Field(default=100, ge=1)
+    budget: int | None = Field(default=None, ge=1, description="gradient evaluations per case")
+    deterministic: bool = True
+    seed: int = 0
+    sites_per_shard: int = Field(default=4, ge=1)
+    ceiling_threshold: float = Field(default=0.3, description="sites below this split-half reliability "
+                                     "get no perturbations tonight")
+    repeats: int = Field(default=4, ge=1)
+    on_ms: int = 100
+    off_ms: int = 100
+    images_per_trial: int = 8
+    pair_separation_s: float = 25 * 60.0
+    window_ms: tuple[float, float] | None = None
+    train_days: int | None = Field(default=None, description="use this many most recent days; None = all")
+    deadline: str | None = Field(default=None, description="ISO time by which the batch must publish")
+    n_boot: int = 1000
+    model_sensitivity_images: int = Field(default=4, ge=0, description="clean images per site on which "
+                                          "each candidate model's own sensitivity is measured")
+    model_sensitivity_budget: int = 100
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> NightConfig:
+        known = {k: v for k, v in params.items() if k not in ("session_id",)}
+        return cls.model_validate(known)

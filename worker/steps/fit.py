@@ -1,0 +1,277 @@
+"""Night stages 1 to 3: the day's responses, one refit per candidate model, and the choice.
+
+Each refit freezes its backbone, fits per-site ridge readouts on every day seen so
+far, screens itself (noise-ceiled predictivity, CKA, perturbation transfer on the
+pairs shown today) and is stored as an immutable model version with its data.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from server.errors import Conflict
+from server.images.tables import Image
+from server.modeling import service as modeling
+from server.modeling.tables import ModelVersion
+from server.recordings import service as recordings
+from server.recordings.queries import responses_by_image
+from server.recordings.tables import RecordingSession
+from worker.context import JobContext
+from worker.night import REFIT, RESPONSES, SELECT
+from worker.registry import job
+from worker.steps.candidates import resolve
+from worker.steps.config import NightConfig
+from worker.steps.data import clean_pool, features, training_set
+
+log = logging.getLogger(__name__)
+
+
+def night_config(ctx: JobContext) -> NightConfig:
+    return NightConfig.from_params(ctx.params.get("night_params") or {})
+
+
+@job(RESPONSES, timeout_s=3600)
+def responses(ctx: JobContext) -> dict[str, Any]:
+    """Make sure the day's responses exist in the night's window (ingest wrote the default one)."""
+    cfg = night_config(ctx)
+    with ctx.session() as session:
+        rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
+        window = cfg.window_ms or recordings.default_window()
+        if cfg.window_ms is not None:
+            recordings.compute_responses(session=session, recording=rec, window_ms=window)
+        table = responses_by_image(session=session, session_pk=rec.id, window_ms=window)
+    if not table.trials:
+        raise ValueError(f"session {rec.session_id!r} has no responses in window {window}")
+    return {"images": len(table.image_ids), "sites": len(table.site_ids),
+            "presentations": int(table.n_repeats.sum()), "window_ms": list(window)}
+
+
+def _metric_rows(site_ids: list[str], report: Any, alpha: np.ndarray, drift: Any,
+                 gate: tuple[np.ndarray, list[str]]) -> list[dict[str, Any]]:
+    passed, reasons = gate
+    rows = []
+    for i, sid in enumerate(site_ids):
+        row: dict[str, Any] = {
+            "site_id": sid,
+            "predictivity": float(report.r[i]),
+            "ceiled_predictivity": float(report.r_ceiled[i]),
+            "noise_ceiling": float(report.ceiling[i]),
+            "alpha": float(alpha[i]),
+            "drift": bool(drift.flagged[i]) if drift is not None else False,
+            "gated": not bool(passed[i]),
+            "gate_reason": reasons[i] if not passed[i] else "",
+        }
+        if drift is not None and drift.flagged[i]:
+            row["gate_reason"] = (row["gate_reason"] + "; " if row["gate_reason"] else "") + drift.reasons[i]
+        if report.transfer is not None:
+            row["transfer_sign"] = float(report.transfer.sign_agreement[i])
+            row["transfer_r"] = float(report.transfer.r[i])
+        rows.append(row)
+    return rows
+
+
+def _drift(session: Any, rec: RecordingSession, today: Any, window: Any) -> Any:
+    """Reference-set drift against the subject's first recorded day (None on that day)."""
+    from models.tracking import detect_drift
+    from worker.steps.data import clean_pool as pool
+
+    _, reference = pool(session)
+    ref_ids = {im.id for im in reference}
+    first = session.scalar(
+        select(RecordingSession)
+        .where(RecordingSession.subject_id == rec.subject_id, RecordingSession.day < rec.day)
+        .order_by(RecordingSession.day, RecordingSession.id)
+    )
+    if first is None or not ref_ids:
+        return None
+    base = responses_by_image(session=session, session_pk=first.id, window_ms=window)
+    shared = [i for i in today.image_ids if i in ref_ids and i in base.image_ids]
+    if len(shared) < 3 or base.site_ids != today.site_ids:
+        return None
+    t_pad, b_pad = today.padded(), base.padded()
+    t_rows = [today.image_ids.index(i) for i in shared]
+    b_rows = [base.image_ids.index(i) for i in shared]
+    return detect_drift(t_pad[t_rows], b_pad[b_rows])
+
+
+@job(REFIT, queue="itloop-gpu", timeout_s=3 * 3600, max_attempts=2)
+def refit(ctx: JobContext) -> dict[str, Any]:
+    """Fit, screen and store one candidate model on every day seen so far."""
+    from models.artifacts import ModelArtifact
+    from models.backbones import build_backbone, checkpoint_sha256
+    from models.readout import MultiRidgeCV
+    from models.screening import screen_model, split_half_reliability
+    from models.tracking import quality_gate
+
+    cfg = night_config(ctx)
+    cand = resolve(ctx.params["candidate"])
+    version = f"night{ctx.params['night_id']}-{cand.name}"
+    with ctx.session() as session:
+        existing = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+        if existing is not None:  # a retry after the commit: the version is immutable, reuse it
+            return {"model_version": version, "model_version_id": existing.id, "score": existing.score,
+                    "transfer_score": existing.metrics.get("transfer_score"), "candidate": cand.name}
+        rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
+        window = cfg.window_ms or recordings.default_window()
+        ts = training_set(session, rec, window, cfg.train_days)
+        drift = _drift(session, rec, ts.today, window)
+        parents = {im.id: im.parent_id for im in ts.images}
+    ctx.progress(0.1, f"{len(ts.images)} images x {len(ts.site_ids)} sites from {len(ts.sessions)} day(s)")
+
+    device = ctx.device()
+    ckpt = cand.checkpoint_path(ctx.settings.data_dir)
+    ckpt_sha = checkpoint_sha256(ckpt) if ckpt is not None else None
+    backbone = build_backbone(cand.backbone, ckpt, **cand.kwargs).to(device)
+    cache_root = Path(ctx.settings.data_dir) / "cache" / "features"
+    X = features(ctx.store, cache_root, cand, backbone, ckpt_sha, ts.images, device)
+    ctx.progress(0.5, f"features {X.shape}; fitting readouts")
+    ctx.check_cancelled()
+
+    readout = MultiRidgeCV().fit(X, ts.mean)
+    pred = readout.loo_predictions_
+    ceiling = split_half_reliability(ts.today.padded())
+    row_of = {im.id: k for k, im in enumerate(ts.images)}
+    today_ids = set(ts.today.image_ids)
+    pairs = [(row_of[p], row_of[c]) for c, p in parents.items()
+             if p is not None and p in row_of and c in today_ids and p in today_ids]
+    transfer: dict[str, Any] = {}
+    if len(pairs) >= 3:
+        pc, cc = (np.array(x) for x in zip(*pairs, strict=True))
+        transfer = {"transfer_pred": (pred[pc], pred[cc]), "transfer_obs": (ts.mean[pc], ts.mean[cc])}
+    report = screen_model(pred, ts.mean, ceiling, model_features=X, **transfer)
+    gate = quality_gate(ceiling, cfg.ceiling_threshold)
+
+    metrics = {
+        "score": report.score,
+        "transfer_score": report.transfer_score,
+        "cka": report.cka,
+        "median_r": float(np.nanmedian(report.r)),
+        "n_images": len(ts.images),
+        "n_transfer_pairs": len(pairs),
+        "n_gated": int((~gate[0]).sum()),
+        "n_drift": int(drift.flagged.sum()) if drift is not None else 0,
+    }
+    artifact = ModelArtifact.from_readout(
+        readout, backbone=cand.backbone, layer=cand.layer, pool=cand.pool, site_ids=ts.site_ids,
+        checkpoint_sha256=ckpt_sha, backbone_kwargs=cand.kwargs,
+        metrics={"r": report.r, "r_ceiled": report.r_ceiled, "ceiling": ceiling},
+        training={"sessions": ts.sessions, "images": [im.sha256 for im in ts.images],
+                  "night": ctx.params["night_id"], "window_ms": list(window)},
+    )
+    key = f"models/{version}.npz"
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx.store.put(key, artifact.save(Path(tmp) / "m.npz").read_bytes())
+    with ctx.session() as session:
+        parent = session.scalar(
+            select(ModelVersion.id).where(ModelVersion.candidate == cand.name, ModelVersion.chosen.is_(True))
+            .order_by(ModelVersion.id.desc())
+        )
+        mv = modeling.record_model_version(
+            session=session, version=version, candidate=cand.name, backbone=cand.backbone,
+            checkpoint_sha256=ckpt_sha, layer=cand.layer, pool=cand.pool, artifact_key=key,
+            trained_on={"night": ctx.params["night_id"], "sessions": ts.sessions,
+                        "n_images": len(ts.images), "window_ms": list(window)},
+            metrics=metrics, score=report.score,
+            site_metrics=_metric_rows(ts.site_ids, report, readout.alpha_, drift, gate),
+            parent_id=parent,
+        )
+        mv_id = mv.id
+    ctx.progress(1.0, f"{version}: median ceiled r {report.score:.3f}")
+    return {"model_version": version, "model_version_id": mv_id, "score": report.score,
+            "transfer_score": report.transfer_score, "candidate": cand.name}
+
+
+def load_artifact(ctx: JobContext, version: str) -> Any:
+    """The stored artifact of a model version, as a :class:`models.artifacts.ModelArtifact`."""
+    from models.artifacts import ModelArtifact
+
+    with ctx.session() as session:
+        mv = modeling.get(session=session, version=version)
+        key = mv.artifact_key
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.npz"
+        path.write_bytes(ctx.store.get(key))
+        return ModelArtifact.load(path)
+
+
+def load_encoder(ctx: JobContext, version: str) -> Any:
+    """The differentiable ``backbone + readout`` of a stored version, on the job's device, eval mode."""
+    from worker.steps.candidates import BUILTIN, Candidate
+
+    art = load_artifact(ctx, version)
+    ckpt = None
+    if art.checkpoint_sha256 is not None:
+        name = version.split("-", 1)[1] if "-" in version else version
+        spec = BUILTIN.get(name)
+        cand = Candidate(name=name, **spec) if spec else None
+        ckpt = cand.checkpoint_path(ctx.settings.data_dir) if cand else None
+    return art.to_encoder(ckpt).to(ctx.device()).eval(), art
+
+
+def _choose_reason(results: list[dict[str, Any]], best: dict[str, Any]) -> str:
+    others = ", ".join(
+        f"{r['model_version']} {r['score']:.3f}" for r in results if r is not best and r.get("score") is not None
+    )
+    reason = f"highest median noise-ceiled predictivity ({best['score']:.3f})"
+    if best.get("transfer_score") is not None:
+        reason += f", transfer r {best['transfer_score']:.3f}"
+    return reason + (f"; others: {others}" if others else "")
+
+
+@job(SELECT, timeout_s=1800)
+def select_model(ctx: JobContext) -> dict[str, Any]:
+    """Pick tonight's model (best screening score, transfer as tiebreak) and plan the synthesis shards."""
+    from models.screening import ScreeningReport, pick_best
+
+    cfg = night_config(ctx)
+    results = [r for r in ctx.results_of(REFIT) if r.get("model_version")]
+    if not results:
+        raise Conflict("no candidate model was fitted")
+    reports = [
+        ScreeningReport(r=np.array([]), r_ceiled=np.array([]), ceiling=np.array([]),
+                        score=float(r["score"]) if r.get("score") is not None else float("nan"),
+                        transfer_score=r.get("transfer_score"))
+        for r in results
+    ]
+    best = results[pick_best(reports)]
+    with ctx.session() as session:
+        mv = modeling.get(session=session, version=best["model_version"])
+        modeling.choose(session=session, model_version=mv, reason=_choose_reason(results, best))
+        night_row = _night(session, ctx.params["night_id"])
+        night_row.model_version_id = mv.id
+        metrics = modeling.site_metrics(session=session, mv=mv)
+        clean, _ = clean_pool(session)
+        clean_ids = [im.id for im in clean]
+    eligible = [m["site_id"] for m in metrics if not m.get("gated")]
+    gated = {m["site_id"]: m.get("gate_reason") or "gated" for m in metrics if m.get("gated")}
+    if not clean_ids:
+        raise Conflict("no clean image set is registered; nothing to perturb")
+    shards = [
+        {"model_version": best["model_version"], "sites": eligible[i : i + cfg.sites_per_shard],
+         "clean_image_ids": clean_ids}
+        for i in range(0, len(eligible), cfg.sites_per_shard)
+    ]
+    return {"model_version": best["model_version"], "model_version_id": mv.id, "shards": shards,
+            "gated": gated, "eligible": eligible}
+
+
+def _night(session: Any, night_id: int) -> Any:
+    from server.jobs.tables import Night
+
+    return session.get(Night, night_id)
+
+
+def encode(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+__all__ = ["Image", "load_artifact", "load_encoder", "refit", "responses", "select_model"]
