@@ -20,7 +20,7 @@ size, orientation, aspect ratio, colour, contrast and the background all vary pe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -115,7 +115,7 @@ def _pink_noise(rng: np.random.Generator, shape: tuple[int, ...], size: int, exp
 
 
 def make_clean_images(
-    n: int, size: int = 64, n_categories: int = 4, seed: int | np.random.Generator = 0
+    n: int, size: int = 64, n_categories: int = 4, seed: int | Sequence[int] | np.random.Generator = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate a procedural, seeded set of clean RGB images.
 
@@ -129,7 +129,7 @@ def make_clean_images(
         Number of categories. Category ``c`` draws its shape family from
         :data:`SHAPE_NAMES` (cycling) and its hue from ``c / n_categories`` on the colour
         wheel, so categories stay distinct when there are more categories than shapes.
-    seed : int or numpy.random.Generator, default=0
+    seed : int, sequence of ints or numpy.random.Generator, default=0
         Same seed, same pixels.
 
     Returns

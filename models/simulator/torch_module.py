@@ -40,6 +40,11 @@ class VirtualBrainModule(nn.Module):
         size = self.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"images must have shape (B, 3, {size}, {size}); got {tuple(images.shape)}")
-        kw = {"device": images.device, "dtype": images.dtype}
-        u = images.flatten(1) @ self.weight.to(**kw).T + self.bias.to(**kw)
-        return self.baseline.to(**kw) + self.gain.to(**kw) * F.softplus(u)
+        weight, bias, baseline, gain = (self._like(n, images) for n in ("weight", "bias", "baseline", "gain"))
+        return baseline + gain * F.softplus(images.flatten(1) @ weight.T + bias)
+
+    def _like(self, name: str, images: torch.Tensor) -> torch.Tensor:
+        """Buffer ``name`` on the input's device and dtype (a no-op when it already is)."""
+        buf = getattr(self, name)
+        assert isinstance(buf, torch.Tensor)
+        return buf.to(device=images.device, dtype=images.dtype)
