@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.db.engine import session_scope
-from server.errors import Conflict, NotFound, Unavailable
+from server.errors import Conflict, ItloopError, NotFound, Unavailable
 from server.jobs import service
 from server.jobs.tables import Job, JobState, Night
 from server.recordings import hooks
@@ -146,7 +146,7 @@ def trigger_on_session_complete(session: Session, recording: RecordingSession) -
     settings = session.info.get(service.SETTINGS_KEY) or settings_module.get_settings()
     try:
         night = start_night(session, settings, session_id=recording.session_id)
-    except (Conflict, Unavailable) as exc:
+    except ItloopError as exc:  # missing steps, a night already running...: never block the completion
         log.warning("no night started for session %s: %s", recording.session_id, exc.detail)
         return
     log.info("session %s complete: night %s submitted", recording.session_id, night.id)

@@ -162,3 +162,34 @@ def test_api_nights(client, auth: Callable[[str], dict[str, str]], worker_env: N
     missing = client.post("/api/v1/nights", json={"session_id": "no-such"}, headers=auth("experimenter"))
     assert missing.status_code == 404 and "no-such" in missing.json()["detail"]
     assert client.get("/api/v1/nights/987654", headers=auth("viewer")).status_code == 404
+
+
+def test_api_shows_a_night_with_its_jobs(
+    client, auth: Callable[[str], dict[str, str]], db_session: Session, settings: Settings, worker_env: None
+) -> None:
+    from server.jobs.tables import Night
+    from server.lab.tables import Subject
+    from server.recordings.tables import RecordingSession
+
+    subject = Subject(name="api-night-monkey")
+    db_session.add(subject)
+    db_session.flush()
+    rec = RecordingSession(session_id="api-night-day", subject_id=subject.id)
+    db_session.add(rec)
+    db_session.flush()
+    night = Night(session_pk=rec.id, state="running", partial=True, note="2 of 3 shards")
+    db_session.add(night)
+    db_session.flush()
+    done = service.submit(db_session, "test.echo", {}, night_id=night.id, settings=settings)
+    done.state = JobState.succeeded
+    service.submit(db_session, "test.echo", {}, night_id=night.id, depends_on=[done.id], settings=settings)
+    db_session.commit()
+
+    body = client.get(f"/api/v1/nights/{night.id}", headers=auth("viewer")).json()
+    assert body["session_id"] == "api-night-day" and body["state"] == "running"
+    assert body["partial"] is True and body["note"] == "2 of 3 shards" and body["batch_id"] is None
+    assert [j["state"] for j in body["jobs"]] == ["succeeded", "queued"] and body["progress"] == 0.5
+    listed = client.get("/api/v1/nights", headers=auth("viewer")).json()
+    assert night.id in [n["id"] for n in listed["items"]]
+    jobs = client.get("/api/v1/jobs", params={"night": night.id}, headers=auth("viewer")).json()
+    assert jobs["total"] == 2

@@ -23,3 +23,5 @@ device; call ``ctx.progress`` or ``ctx.check_cancelled`` in long loops; write
 objects through ``ctx.store``. ``night.select`` fans out synthesis by returning
 ``{"shards": [{...}, ...]}``: one ``night.synthesize`` job runs per shard.
 """
+
+from worker.steps import analyze, fit, publish, synth  # noqa: E402,F401  (registers the kinds)

@@ -15,9 +15,17 @@ from server.errors import InvalidInput
 BUILTIN: dict[str, dict[str, Any]] = {
     "resnet50": {"backbone": "resnet50", "layer": "layer4", "pool": "avg", "checkpoint": "resnet50.pt"},
     "resnet50_l2_eps3": {
-        "backbone": "resnet50", "layer": "layer4", "pool": "avg", "checkpoint": "resnet50_l2_eps3.pt",
+        "backbone": "resnet50",
+        "layer": "layer4",
+        "pool": "avg",
+        "checkpoint": "resnet50_l2_eps3.pt",
     },
-    "resnet50_layer3": {"backbone": "resnet50", "layer": "layer3", "pool": "avg", "checkpoint": "resnet50.pt"},
+    "resnet50_layer3": {
+        "backbone": "resnet50",
+        "layer": "layer3",
+        "pool": "avg",
+        "checkpoint": "resnet50.pt",
+    },
     # Checkpoint-free, seeded networks for the demo and the tests.
     "small_cnn": {"backbone": "small_cnn", "layer": "conv3", "pool": "avg", "kwargs": {"seed": 0}},
     "small_cnn_conv4": {"backbone": "small_cnn", "layer": "conv4", "pool": "avg", "kwargs": {"seed": 0}},

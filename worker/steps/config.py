@@ -22,18 +22,21 @@ class NightConfig(BaseModel):
     epsilons: list[float] = Field(default=[1.0, 2.0, 4.0, 8.0], min_length=1)
     clean_per_site: int = Field(default=21, ge=1, description="clean images perturbed per site and epsilon")
     directions: list[str] = Field(default=["up", "down"])
-    targeted_epsilons: list[float] = Field(default=[2.5, 10.0], description="super-stimuli toward the "
-                                           "site's preferred category; empty disables")
+    targeted_epsilons: list[float] = Field(
+        default=[2.5, 10.0], description="super-stimuli toward the site's preferred category; empty disables"
+    )
     targeted_per_site: int = Field(default=2, ge=0)
-    random_per_site: int = Field(default=2, ge=0, description="model-free random-direction pairs per site "
-                                 "and epsilon")
+    random_per_site: int = Field(
+        default=2, ge=0, description="model-free random-direction pairs per site and epsilon"
+    )
     restarts: int = Field(default=100, ge=1)
     budget: int | None = Field(default=None, ge=1, description="gradient evaluations per case")
     deterministic: bool = True
     seed: int = 0
     sites_per_shard: int = Field(default=4, ge=1)
-    ceiling_threshold: float = Field(default=0.3, description="sites below this split-half reliability "
-                                     "get no perturbations tonight")
+    ceiling_threshold: float = Field(
+        default=0.3, description="sites below this split-half reliability get no perturbations tonight"
+    )
     repeats: int = Field(default=4, ge=1)
     on_ms: int = 100
     off_ms: int = 100
@@ -43,8 +46,11 @@ class NightConfig(BaseModel):
     train_days: int | None = Field(default=None, description="use this many most recent days; None = all")
     deadline: str | None = Field(default=None, description="ISO time by which the batch must publish")
     n_boot: int = 1000
-    model_sensitivity_images: int = Field(default=4, ge=0, description="clean images per site on which "
-                                          "each candidate model's own sensitivity is measured")
+    model_sensitivity_images: int = Field(
+        default=4,
+        ge=0,
+        description="clean images per site on which each candidate model's own sensitivity is measured",
+    )
     model_sensitivity_budget: int = 100
 
     @classmethod

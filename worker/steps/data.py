@@ -103,8 +103,10 @@ def training_set(
         has_data = session.scalar(select(Presentation.id).where(Presentation.session_pk == other.id).limit(1))
         if has_data is None:
             continue
-        table = today if other.id == rec.id else responses_by_image(
-            session=session, session_pk=other.id, window_ms=window_ms
+        table = (
+            today
+            if other.id == rec.id
+            else responses_by_image(session=session, session_pk=other.id, window_ms=window_ms)
         )
         cols = [table.site_ids.index(s) if s in table.site_ids else -1 for s in today.site_ids]
         for image_id, trials in zip(table.image_ids, table.trials, strict=True):

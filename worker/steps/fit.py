@@ -7,7 +7,6 @@ pairs shown today) and is stored as an immutable model version with its data.
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from pathlib import Path
@@ -17,7 +16,6 @@ import numpy as np
 from sqlalchemy import select
 
 from server.errors import Conflict
-from server.images.tables import Image
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
@@ -49,12 +47,17 @@ def responses(ctx: JobContext) -> dict[str, Any]:
         table = responses_by_image(session=session, session_pk=rec.id, window_ms=window)
     if not table.trials:
         raise ValueError(f"session {rec.session_id!r} has no responses in window {window}")
-    return {"images": len(table.image_ids), "sites": len(table.site_ids),
-            "presentations": int(table.n_repeats.sum()), "window_ms": list(window)}
+    return {
+        "images": len(table.image_ids),
+        "sites": len(table.site_ids),
+        "presentations": int(table.n_repeats.sum()),
+        "window_ms": list(window),
+    }
 
 
-def _metric_rows(site_ids: list[str], report: Any, alpha: np.ndarray, drift: Any,
-                 gate: tuple[np.ndarray, list[str]]) -> list[dict[str, Any]]:
+def _metric_rows(
+    site_ids: list[str], report: Any, alpha: np.ndarray, drift: Any, gate: tuple[np.ndarray, list[str]]
+) -> list[dict[str, Any]]:
     passed, reasons = gate
     rows = []
     for i, sid in enumerate(site_ids):
@@ -116,8 +119,13 @@ def refit(ctx: JobContext) -> dict[str, Any]:
     with ctx.session() as session:
         existing = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
         if existing is not None:  # a retry after the commit: the version is immutable, reuse it
-            return {"model_version": version, "model_version_id": existing.id, "score": existing.score,
-                    "transfer_score": existing.metrics.get("transfer_score"), "candidate": cand.name}
+            return {
+                "model_version": version,
+                "model_version_id": existing.id,
+                "score": existing.score,
+                "transfer_score": existing.metrics.get("transfer_score"),
+                "candidate": cand.name,
+            }
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
         window = cfg.window_ms or recordings.default_window()
         ts = training_set(session, rec, window, cfg.train_days)
@@ -139,8 +147,11 @@ def refit(ctx: JobContext) -> dict[str, Any]:
     ceiling = split_half_reliability(ts.today.padded())
     row_of = {im.id: k for k, im in enumerate(ts.images)}
     today_ids = set(ts.today.image_ids)
-    pairs = [(row_of[p], row_of[c]) for c, p in parents.items()
-             if p is not None and p in row_of and c in today_ids and p in today_ids]
+    pairs = [
+        (row_of[p], row_of[c])
+        for c, p in parents.items()
+        if p is not None and p in row_of and c in today_ids and p in today_ids
+    ]
     transfer: dict[str, Any] = {}
     if len(pairs) >= 3:
         pc, cc = (np.array(x) for x in zip(*pairs, strict=True))
@@ -159,33 +170,67 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         "n_drift": int(drift.flagged.sum()) if drift is not None else 0,
     }
     artifact = ModelArtifact.from_readout(
-        readout, backbone=cand.backbone, layer=cand.layer, pool=cand.pool, site_ids=ts.site_ids,
-        checkpoint_sha256=ckpt_sha, backbone_kwargs=cand.kwargs,
+        readout,
+        backbone=cand.backbone,
+        layer=cand.layer,
+        pool=cand.pool,
+        site_ids=ts.site_ids,
+        checkpoint_sha256=ckpt_sha,
+        backbone_kwargs=cand.kwargs,
         metrics={"r": report.r, "r_ceiled": report.r_ceiled, "ceiling": ceiling},
-        training={"sessions": ts.sessions, "images": [im.sha256 for im in ts.images],
-                  "night": ctx.params["night_id"], "window_ms": list(window)},
+        training={
+            "sessions": ts.sessions,
+            "images": [im.sha256 for im in ts.images],
+            "night": ctx.params["night_id"],
+            "window_ms": list(window),
+            "candidate": {
+                "name": cand.name,
+                "backbone": cand.backbone,
+                "layer": cand.layer,
+                "pool": cand.pool,
+                "checkpoint": cand.checkpoint,
+                "kwargs": cand.kwargs,
+            },
+        },
     )
     key = f"models/{version}.npz"
     with tempfile.TemporaryDirectory() as tmp:
         ctx.store.put(key, artifact.save(Path(tmp) / "m.npz").read_bytes())
     with ctx.session() as session:
         parent = session.scalar(
-            select(ModelVersion.id).where(ModelVersion.candidate == cand.name, ModelVersion.chosen.is_(True))
+            select(ModelVersion.id)
+            .where(ModelVersion.candidate == cand.name, ModelVersion.chosen.is_(True))
             .order_by(ModelVersion.id.desc())
         )
         mv = modeling.record_model_version(
-            session=session, version=version, candidate=cand.name, backbone=cand.backbone,
-            checkpoint_sha256=ckpt_sha, layer=cand.layer, pool=cand.pool, artifact_key=key,
-            trained_on={"night": ctx.params["night_id"], "sessions": ts.sessions,
-                        "n_images": len(ts.images), "window_ms": list(window)},
-            metrics=metrics, score=report.score,
+            session=session,
+            version=version,
+            candidate=cand.name,
+            backbone=cand.backbone,
+            checkpoint_sha256=ckpt_sha,
+            layer=cand.layer,
+            pool=cand.pool,
+            artifact_key=key,
+            trained_on={
+                "night": ctx.params["night_id"],
+                "sessions": ts.sessions,
+                "n_images": len(ts.images),
+                "window_ms": list(window),
+            },
+            metrics=metrics,
+            score=report.score,
             site_metrics=_metric_rows(ts.site_ids, report, readout.alpha_, drift, gate),
             parent_id=parent,
         )
         mv_id = mv.id
     ctx.progress(1.0, f"{version}: median ceiled r {report.score:.3f}")
-    return {"model_version": version, "model_version_id": mv_id, "score": report.score,
-            "transfer_score": report.transfer_score, "candidate": cand.name}
+    return {
+        "model_version": version,
+        "model_version_id": mv_id,
+        "score": report.score,
+        "transfer_score": report.transfer_score,
+        "candidate": cand.name,
+    }
 
 
 def load_artifact(ctx: JobContext, version: str) -> Any:
@@ -203,21 +248,18 @@ def load_artifact(ctx: JobContext, version: str) -> Any:
 
 def load_encoder(ctx: JobContext, version: str) -> Any:
     """The differentiable ``backbone + readout`` of a stored version, on the job's device, eval mode."""
-    from worker.steps.candidates import BUILTIN, Candidate
-
     art = load_artifact(ctx, version)
     ckpt = None
     if art.checkpoint_sha256 is not None:
-        name = version.split("-", 1)[1] if "-" in version else version
-        spec = BUILTIN.get(name)
-        cand = Candidate(name=name, **spec) if spec else None
-        ckpt = cand.checkpoint_path(ctx.settings.data_dir) if cand else None
+        ckpt = resolve(dict(art.training["candidate"])).checkpoint_path(ctx.settings.data_dir)
     return art.to_encoder(ckpt).to(ctx.device()).eval(), art
 
 
 def _choose_reason(results: list[dict[str, Any]], best: dict[str, Any]) -> str:
     others = ", ".join(
-        f"{r['model_version']} {r['score']:.3f}" for r in results if r is not best and r.get("score") is not None
+        f"{r['model_version']} {r['score']:.3f}"
+        for r in results
+        if r is not best and r.get("score") is not None
     )
     reason = f"highest median noise-ceiled predictivity ({best['score']:.3f})"
     if best.get("transfer_score") is not None:
@@ -235,9 +277,13 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
     if not results:
         raise Conflict("no candidate model was fitted")
     reports = [
-        ScreeningReport(r=np.array([]), r_ceiled=np.array([]), ceiling=np.array([]),
-                        score=float(r["score"]) if r.get("score") is not None else float("nan"),
-                        transfer_score=r.get("transfer_score"))
+        ScreeningReport(
+            r=np.array([]),
+            r_ceiled=np.array([]),
+            ceiling=np.array([]),
+            score=float(r["score"]) if r.get("score") is not None else float("nan"),
+            transfer_score=r.get("transfer_score"),
+        )
         for r in results
     ]
     best = results[pick_best(reports)]
@@ -254,24 +300,23 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
     if not clean_ids:
         raise Conflict("no clean image set is registered; nothing to perturb")
     shards = [
-        {"model_version": best["model_version"], "sites": eligible[i : i + cfg.sites_per_shard],
-         "clean_image_ids": clean_ids}
+        {
+            "model_version": best["model_version"],
+            "sites": eligible[i : i + cfg.sites_per_shard],
+            "clean_image_ids": clean_ids,
+        }
         for i in range(0, len(eligible), cfg.sites_per_shard)
     ]
-    return {"model_version": best["model_version"], "model_version_id": mv.id, "shards": shards,
-            "gated": gated, "eligible": eligible}
+    return {
+        "model_version": best["model_version"],
+        "model_version_id": mv.id,
+        "shards": shards,
+        "gated": gated,
+        "eligible": eligible,
+    }
 
 
 def _night(session: Any, night_id: int) -> Any:
     from server.jobs.tables import Night
 
     return session.get(Night, night_id)
-
-
-def encode(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-__all__ = ["Image", "load_artifact", "load_encoder", "refit", "responses", "select_model"]

@@ -1,0 +1,195 @@
+"""Night stages 5 to 7: gather finished shards, schedule the RSVP order, publish atomically.
+
+Only finished shards go into the batch (complete sites only); the daily reference
+set always does. If nothing at all could be made, the clean and reference images
+still ship, and the night says why. A batch becomes visible to its rig in one
+transaction, so a rig never sees a half-made batch; until then yesterday's stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+
+from models.schedule import ScheduleConfig, schedule_rsvp
+from server.batches import service as batches
+from server.batches.tables import Batch, BatchState
+from server.jobs.tables import Night
+from server.lab.tables import Rig
+from server.recordings import service as recordings
+from server.recordings.queries import responses_by_image
+from worker.context import JobContext
+from worker.night import ASSEMBLE, PUBLISH, SCHEDULE, SELECT, SYNTHESIZE
+from worker.registry import job
+from worker.steps.data import clean_pool, images_by_id
+from worker.steps.fit import night_config
+
+log = logging.getLogger(__name__)
+
+ROLE_OF_KIND = {"perturbed": "perturbed", "targeted": "targeted", "random": "random"}
+
+
+@job(ASSEMBLE, timeout_s=1800)
+def assemble(ctx: JobContext) -> dict[str, Any]:
+    """The batch's images with roles, and the clean/perturbed pairs to keep apart."""
+    shards = ctx.results_of(SYNTHESIZE)
+    select_result = (ctx.results_of(SELECT) or [{}])[0]
+    pairs: list[list[int]] = [p for s in shards for p in s.get("pairs", [])]
+    skipped = sorted({sid for s in shards for sid in s.get("skipped_sites", [])})
+    done_sites = sorted({sid for s in shards for sid in s.get("sites", [])})
+    with ctx.session() as session:
+        _, reference = clean_pool(session)
+        children = images_by_id(session, sorted({c for _, c in pairs}))
+        roles: dict[int, str] = {im.id: "reference" for im in reference}
+        for parent, _child in pairs:
+            roles.setdefault(parent, "clean")
+        for im in children:
+            roles.setdefault(im.id, ROLE_OF_KIND.get(im.kind, "perturbed"))
+        if not pairs:  # nothing synthesised: keep the lab recording the clean set
+            clean, _ = clean_pool(session)
+            for im in clean:
+                roles.setdefault(im.id, "clean")
+    notes = []
+    if skipped:
+        notes.append(f"deadline: {len(skipped)} site(s) left out ({', '.join(skipped[:10])})")
+    gated = select_result.get("gated") or {}
+    if gated:
+        notes.append(
+            f"{len(gated)} site(s) gated: " + "; ".join(f"{k}: {v}" for k, v in list(gated.items())[:5])
+        )
+    if not pairs:
+        notes.append("no perturbations were made; clean and reference images only")
+    return {
+        "roles": {str(k): v for k, v in roles.items()},
+        "pairs": pairs,
+        "partial": bool(skipped),
+        "sites": done_sites,
+        "note": "; ".join(notes),
+    }
+
+
+@job(SCHEDULE, timeout_s=1800)
+def schedule(ctx: JobContext) -> dict[str, Any]:
+    """RSVP order: repeats balanced per block, each clean image far from its perturbed twins."""
+    cfg = night_config(ctx)
+    a = ctx.results_of(ASSEMBLE)[0]
+    images = sorted(a["roles"], key=int)
+    pairs = [(str(p), str(c)) for p, c in a["pairs"]]
+    sched = schedule_rsvp(
+        images,
+        pairs,
+        ScheduleConfig(
+            repeats=cfg.repeats,
+            on_ms=cfg.on_ms,
+            off_ms=cfg.off_ms,
+            images_per_trial=cfg.images_per_trial,
+            pair_separation_s=cfg.pair_separation_s,
+            seed=cfg.seed,
+        ),
+    )
+    ctx.progress(1.0, f"{len(sched.items)} presentations, twins {sched.mean_pair_separation_s:.0f} s apart")
+    return {
+        "sequence": [[it.seq, int(it.image), it.trial] for it in sched.items],
+        "mean_pair_separation_s": sched.mean_pair_separation_s,
+        "min_pair_separation_s": sched.min_pair_separation_s,
+        "capped": sched.capped,
+        "duration_s": sched.duration_s,
+    }
+
+
+@job(PUBLISH, timeout_s=1800)
+def publish(ctx: JobContext) -> dict[str, Any]:
+    """Create and publish tomorrow's batch in one transaction (idempotent on retry)."""
+    cfg = night_config(ctx)
+    a = ctx.results_of(ASSEMBLE)[0]
+    s = ctx.results_of(SCHEDULE)[0]
+    sel = (ctx.results_of(SELECT) or [{}])[0]
+    night_id = ctx.params["night_id"]
+    with ctx.session() as session:
+        rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
+        if rec.rig_pk is None:
+            raise ValueError(f"session {rec.session_id!r} has no rig; cannot address tomorrow's batch")
+        rig = session.get(Rig, rec.rig_pk)
+        batch_id = f"{rig.rig_id}-day{rec.day + 1}-night{night_id}"
+        night = session.get(Night, night_id)
+        existing = session.scalar(select(Batch).where(Batch.batch_id == batch_id))
+        if existing is not None and existing.state == BatchState.published:
+            return {"batch_id": batch_id, "already": True}
+        roles = {int(k): v for k, v in a["roles"].items()}
+        images = images_by_id(session, sorted(roles))
+        note = a.get("note", "")
+        sep = f"twins {s['mean_pair_separation_s']:.0f} s apart on average"
+        if s.get("capped"):
+            sep += f" (capped by the batch length; target {cfg.pair_separation_s:.0f} s)"
+        batch = batches.create_batch(
+            session=session,
+            rig_id=rig.rig_id,
+            batch_id=batch_id,
+            day=rec.day + 1,
+            model_version_id=sel.get("model_version_id"),
+            images=[(im, roles[im.id]) for im in images],
+            sequence=[
+                {"seq": q, "image_id": i, "trial": t, "on_ms": cfg.on_ms, "off_ms": cfg.off_ms}
+                for q, i, t in s["sequence"]
+            ],
+            notes="; ".join(x for x in (note, sep) if x),
+        )
+        batches.publish(session=session, batch=batch, store=ctx.store)
+        night.batch_pk = batch.id
+        night.partial = bool(a.get("partial"))
+        night.note = batch.notes
+    log.info("published %s (%d images, %d presentations)", batch_id, len(images), len(s["sequence"]))
+    return {
+        "batch_id": batch_id,
+        "images": len(images),
+        "presentations": len(s["sequence"]),
+        "partial": bool(a.get("partial")),
+    }
+
+
+def initial_batch(
+    session: Any,
+    store: Any,
+    *,
+    rig_id: str,
+    batch_id: str,
+    repeats: int = 4,
+    seed: int = 0,
+    on_ms: int = 100,
+    off_ms: int = 100,
+    images_per_trial: int = 8,
+) -> Batch:
+    """Day 0: every clean and reference image, no perturbations (there is no model yet)."""
+    clean, reference = clean_pool(session)
+    if not clean and not reference:
+        raise ValueError("register a clean image set before the first batch")
+    roles = {im.id: "reference" for im in reference}
+    for im in clean:
+        roles.setdefault(im.id, "clean")
+    by_id = {im.id: im for im in [*clean, *reference]}
+    sched = schedule_rsvp(
+        [str(i) for i in roles],
+        [],
+        ScheduleConfig(
+            repeats=repeats, on_ms=on_ms, off_ms=off_ms, images_per_trial=images_per_trial, seed=seed
+        ),
+    )
+    batch = batches.create_batch(
+        session=session,
+        rig_id=rig_id,
+        batch_id=batch_id,
+        day=0,
+        model_version_id=None,
+        images=[(by_id[i], r) for i, r in roles.items()],
+        sequence=[
+            {"seq": it.seq, "image_id": int(it.image), "trial": it.trial, "on_ms": on_ms, "off_ms": off_ms}
+            for it in sched.items
+        ],
+        notes="initial batch: clean and reference images",
+    )
+    return batches.publish(session=session, batch=batch, store=store)
+
+
+__all__ = ["assemble", "initial_batch", "publish", "responses_by_image", "schedule"]
