@@ -56,10 +56,14 @@ class SmallCNN(nn.Module):
     def __init__(self, n_sites: int = 4, width: int = 16) -> None:
         super().__init__()
         self.core = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
         )
         self.readout = nn.Linear(8 * width, n_sites)
 
@@ -67,17 +71,24 @@ class SmallCNN(nn.Module):
         return self.readout(self.core(x))
 
 
-def trained_cnn(seed: int = 0, n_sites: int = 4, steps: int = 300) -> nn.Module:
-    """A SmallCNN fitted to a nonlinear teacher (products of random features) in a few seconds."""
+def trained_cnn(seed: int = 0, n_sites: int = 4, steps: int = 150) -> nn.Module:
+    """A SmallCNN fitted in seconds to a high-gain random teacher, so it is far from linear.
+
+    The teacher sees the image contrast amplified 8x, so its ReLU patterns (and the student's that
+    imitate them) switch within the epsilon balls used here; the targets are standardised.
+    """
     torch.manual_seed(seed)
-    teacher = SmallCNN(2 * n_sites, width=8)
+    teacher = SmallCNN(n_sites, width=8)
     student = SmallCNN(n_sites)
     opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    with torch.no_grad():
+        x0 = smooth_images(256, seed=999)
+        t0 = teacher(8 * (x0 - 0.5))
+        mu, sd = t0.mean(0), t0.std(0)
     for i in range(steps):
-        x = smooth_images(64, seed=1000 + i)
+        x = smooth_images(32, seed=1000 + i)
         with torch.no_grad():
-            t = teacher(x)
-            y = torch.tanh(4 * t[:, :n_sites]) * t[:, n_sites:] * 20
+            y = (teacher(8 * (x - 0.5)) - mu) / sd
         loss = nn.functional.mse_loss(student(x), y)
         opt.zero_grad()
         loss.backward()
@@ -184,8 +195,10 @@ def compare(name: str, model: nn.Module, eps: float, budgets: list[int], n_img: 
         rows[b] = {"engine": ge, "engine_q": gq, "apgd": ga, "pgd": gp}
     out: dict = {"name": name, "eps": eps, "budgets": budgets, "rows": {}}
     print(f"\n== {name}, eps={eps}, {len(x)} cases: median achieved change d*(f_adv - f_clean) ==")
-    print(f"{'budget':>7} {'engine':>9} {'eng(8bit)':>9} {'APGD':>9} {'PGDL2':>9} {'vs APGD':>8} {'vs PGD':>8}"
-          f" {'vs best@10x':>11}   goals: >=1.0, >=1.0, >=0.99")
+    print(
+        f"{'budget':>7} {'engine':>9} {'eng(8bit)':>9} {'APGD':>9} {'PGDL2':>9} {'vs APGD':>8} {'vs PGD':>8}"
+        f" {'vs best@10x':>11}   goals: >=1.0, >=1.0, >=0.99"
+    )
     for b in budgets:
         r = rows[b]
         med = {k: float(v.median()) for k, v in r.items()}
@@ -196,8 +209,10 @@ def compare(name: str, model: nn.Module, eps: float, budgets: list[int], n_img: 
         ra, rp = med["engine"] / med["apgd"], med["engine"] / med["pgd"]
         out["rows"][b] = {**med, "ratio_apgd": ra, "ratio_pgd": rp, "ratio_best_at_10x": ref}
         ref_s = f"{ref:11.3f}" if ref is not None else f"{'-':>11}"
-        print(f"{b:7d} {med['engine']:9.4f} {med['engine_q']:9.4f} {med['apgd']:9.4f} {med['pgd']:9.4f}"
-              f" {ra:8.3f} {rp:8.3f} {ref_s}")
+        print(
+            f"{b:7d} {med['engine']:9.4f} {med['engine_q']:9.4f} {med['apgd']:9.4f} {med['pgd']:9.4f}"
+            f" {ra:8.3f} {rp:8.3f} {ref_s}"
+        )
     return out
 
 
@@ -216,9 +231,12 @@ def throughput(model: nn.Module, eps: float, budget: int, n_img: int, n_sites: i
     tp = time.perf_counter() - t0
     res = {"engine_steps_per_s": n * budget / te, "pgd_steps_per_s": n * budget / tp}
     res["ratio"] = res["engine_steps_per_s"] / res["pgd_steps_per_s"]
-    print(f"\n== throughput ({n} cases x {budget} gradient evaluations, CPU, {torch.get_num_threads()} threads) ==")
-    print(f"engine {res['engine_steps_per_s']:.0f} steps/s, PGDL2 {res['pgd_steps_per_s']:.0f} steps/s,"
-          f" ratio {res['ratio']:.2f}   goal >= 1.0")
+    nt = torch.get_num_threads()
+    print(f"\n== throughput ({n} cases x {budget} gradient evaluations, CPU, {nt} threads) ==")
+    print(
+        f"engine {res['engine_steps_per_s']:.0f} steps/s, PGDL2 {res['pgd_steps_per_s']:.0f} steps/s,"
+        f" ratio {res['ratio']:.2f}   goal >= 1.0"
+    )
     return res
 
 
@@ -247,10 +265,22 @@ def cuda_section(quick: bool) -> dict:
     budget = 40 if quick else 200
     out = {}
     for label, dt in (("fp32", None), ("bf16", torch.bfloat16)):
-        cfg = SynthesisConfig(budget=budget, restarts=100, max_batch_rows=128, autocast_dtype=dt, channels_last=True,
-                              keep_float=False)
-        synthesize(model, imgs, cases[:2], SynthesisConfig(budget=10, max_batch_rows=128, autocast_dtype=dt,
-                                                          channels_last=True, keep_float=False))
+        cfg = SynthesisConfig(
+            budget=budget,
+            restarts=100,
+            max_batch_rows=128,
+            autocast_dtype=dt,
+            channels_last=True,
+            keep_float=False,
+        )
+        synthesize(
+            model,
+            imgs,
+            cases[:2],
+            SynthesisConfig(
+                budget=10, max_batch_rows=128, autocast_dtype=dt, channels_last=True, keep_float=False
+            ),
+        )
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         res = synthesize(model, imgs, cases, cfg)
@@ -258,15 +288,22 @@ def cuda_section(quick: bool) -> dict:
         dt_s = time.perf_counter() - t0
         ips = len(cases) * budget / dt_s
         night = 21 * 42 * 2 * 5 * 100 * 20 / ips  # restarts=100 x steps=20 per case
-        out[label] = {"images_per_s": ips, "night_hours": night / 3600,
-                      "median_change": float((res.predicted_change * torch.tensor([c.direction for c in cases])).median())}
+        out[label] = {
+            "images_per_s": ips,
+            "night_hours": night / 3600,
+            "median_change": float(
+                (res.predicted_change * torch.tensor([c.direction for c in cases])).median()
+            ),
+        }
     diff = out["bf16"]["median_change"] / out["fp32"]["median_change"] - 1
     out["bf16_vs_fp32_change"] = diff
     print("\n== CUDA: ResNet-50 + linear readout (21 sites), 224x224, eps=3 ==")
     for k in ("fp32", "bf16"):
         o = out[k]
-        print(f"{k}: {o['images_per_s']:.0f} images/s (fwd+bwd), paper night (8820 cases x 2000 evals) "
-              f"{o['night_hours']:.2f} h, median change {o['median_change']:.4f}")
+        print(
+            f"{k}: {o['images_per_s']:.0f} images/s (fwd+bwd), paper night (8820 cases x 2000 evals) "
+            f"{o['night_hours']:.2f} h, median change {o['median_change']:.4f}"
+        )
     print(f"bf16 vs fp32 median achieved change: {100 * diff:+.2f}%   goal: |diff| < 2%, night < 8 h")
     return out
 
@@ -282,7 +319,9 @@ def run(quick: bool = False) -> dict:
     results: dict = {"fairness": __doc__.split("Fairness")[1].strip(), "sections": []}
     results["sections"].append(compare("trained CNN", trained, 0.5, budgets, n_img, n_sites))
     results["sections"].append(compare("trained CNN, large eps", trained, 2.0, budgets, n_img, n_sites))
-    results["sections"].append(compare("random CNN (near-linear)", random_cnn(), 0.5, budgets, n_img, n_sites))
+    results["sections"].append(
+        compare("random CNN (near-linear)", random_cnn(), 0.5, budgets, n_img, n_sites)
+    )
     results["throughput"] = throughput(trained, 0.5, 50 if quick else 200, n_img, n_sites)
     if torch.cuda.is_available():
         results["cuda"] = cuda_section(quick)
@@ -301,7 +340,12 @@ def _plot(sections: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(sections), figsize=(5 * len(sections), 4))
     for ax, sec in zip(np.atleast_1d(axes), sections, strict=True):
         bs = sec["budgets"]
-        for key, label in (("engine", "engine"), ("engine_q", "engine (8-bit)"), ("apgd", "APGD-CE"), ("pgd", "PGDL2")):
+        for key, label in (
+            ("engine", "engine"),
+            ("engine_q", "engine (8-bit)"),
+            ("apgd", "APGD-CE"),
+            ("pgd", "PGDL2"),
+        ):
             ax.plot(bs, [sec["rows"][b][key] for b in bs], marker="o", label=label)
         ax.set_xscale("log")
         ax.set_xlabel("gradient evaluations per case")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -19,9 +18,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .config import Case, SynthesisCancelled, SynthesisConfig, SynthesisResult
+from .inputs import derive_seed, module_eval, parse_cases, validate_images
 from .quantize import quantize_in_ball
 from .schedule import Plan, plan_budget
 from .steps import L2BallBoxStep
@@ -60,18 +60,6 @@ class SiteObjective:
         return self.direction[case].to(out.dtype) * self.score(out, case)
 
 
-def derive_seed(base: int, *parts: float | int) -> int:
-    """A 63-bit seed from the base seed and a case's content (order-independent of other cases)."""
-    ints = [int(base) & 0xFFFFFFFFFFFFFFFF]
-    for p in parts:
-        if isinstance(p, float):
-            ints.append(struct.unpack("<Q", struct.pack("<d", p))[0])
-        else:
-            ints.append(int(p) & 0xFFFFFFFFFFFFFFFF)
-    s = np.random.SeedSequence(ints).generate_state(2, dtype=np.uint32)
-    return int((int(s[0]) << 31) ^ int(s[1])) & 0x7FFFFFFFFFFFFFFF
-
-
 def plan_for(config: SynthesisConfig) -> Plan:
     """The per-case plan (restarts, rounds, phases, checkpoints) this config produces."""
     fixed = config.steps if config.budget is None else None
@@ -98,15 +86,39 @@ def _bc(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-_ROW_KEYS = ("case", "restart", "x", "xp", "g", "xb", "gb", "fb", "fprev", "step", "radius", "eps",
-             "center", "nincr", "fck", "redl", "nonimp", "fresh")
+_ROW_KEYS = (
+    "case",
+    "restart",
+    "x",
+    "xp",
+    "g",
+    "xb",
+    "gb",
+    "fb",
+    "fprev",
+    "step",
+    "radius",
+    "eps",
+    "center",
+    "nincr",
+    "fck",
+    "redl",
+    "nonimp",
+    "fresh",
+)
 
 
 class _Engine:
     """Holds the row pool of one :func:`run_engine` call."""
 
-    def __init__(self, model: Callable[[Tensor], Tensor], images: Tensor, objective: Objective,
-                 cfg: SynthesisConfig, plan: Plan) -> None:
+    def __init__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        images: Tensor,
+        objective: Objective,
+        cfg: SynthesisConfig,
+        plan: Plan,
+    ) -> None:
         self.model, self.images, self.obj, self.cfg, self.plan = model, images, objective, cfg, plan
         self.dev = images.device
         self.stepper = L2BallBoxStep(init_fraction=cfg.init_fraction)
@@ -148,7 +160,7 @@ class _Engine:
     def admit(self, cid: int, img: int, eps: float, seed: int) -> None:
         cfg, plan = self.cfg, self.plan
         r0 = plan.rows[0]
-        center = self.images[img: img + 1]
+        center = self.images[img : img + 1]
         r_first = eps * (cfg.first_ball_factor if plan.switch_step > 0 else 1.0)
         rad1 = torch.full((1,), r_first, device=self.dev, dtype=center.dtype)
         gen = torch.Generator(device=self.dev)
@@ -164,10 +176,21 @@ class _Engine:
         new = {
             "case": torch.full((r0,), cid, device=self.dev, dtype=torch.long),
             "restart": torch.arange(r0, device=self.dev),
-            "x": x, "xp": x.clone(), "g": torch.zeros_like(x), "xb": x.clone(), "gb": torch.zeros_like(x),
-            "fb": f(-float("inf")), "fprev": f(-float("inf")), "step": f(cfg.step_init * r_first),
-            "radius": f(r_first), "eps": f(eps), "center": center.expand_as(x).clone(),
-            "nincr": f(0), "fck": f(-float("inf")), "redl": f(1, torch.bool), "nonimp": f(0),
+            "x": x,
+            "xp": x.clone(),
+            "g": torch.zeros_like(x),
+            "xb": x.clone(),
+            "gb": torch.zeros_like(x),
+            "fb": f(-float("inf")),
+            "fprev": f(-float("inf")),
+            "step": f(cfg.step_init * r_first),
+            "radius": f(r_first),
+            "eps": f(eps),
+            "center": center.expand_as(x).clone(),
+            "nincr": f(0),
+            "fck": f(-float("inf")),
+            "redl": f(1, torch.bool),
+            "nonimp": f(0),
             "fresh": f(1, torch.bool),
         }
         self.rows = {k: torch.cat([self.rows[k], new[k]]) if self.rows else new[k] for k in _ROW_KEYS}
@@ -216,7 +239,9 @@ class _Engine:
                 elif t in plan.round_ends:
                     k = plan.round_ends.index(t)
                     n_keep = plan.rows[k + 1]
-                    top = torch.sort(R["fb"][start:start + n], descending=True, stable=True).indices[:n_keep]
+                    top = torch.sort(R["fb"][start : start + n], descending=True, stable=True).indices[
+                        :n_keep
+                    ]
                     m[:] = False
                     m[top] = True
                 keep_parts.append(m)
@@ -240,7 +265,8 @@ class _Engine:
         ts = [self.t[c] for c in self.order]
         ck_len = torch.tensor([float(plan.checkpoint_len.get(t, 0)) for t in ts], device=self.dev)
         ck = torch.repeat_interleave(ck_len > 0, counts) if cfg.checkpoints else None
-        sw = torch.repeat_interleave(torch.tensor([t == plan.switch_step for t in ts], device=self.dev), counts)
+        sw_case = torch.tensor([t == plan.switch_step for t in ts], device=self.dev)
+        sw = torch.repeat_interleave(sw_case, counts)
         x = R["x"]
         if ck is not None and bool(ck.any()):
             cl = torch.repeat_interleave(ck_len, counts)
@@ -256,7 +282,8 @@ class _Engine:
         # Projected step with APGD momentum.
         x = R["x"]
         z = self.stepper.project(self.stepper.step(x, R["g"], R["step"]), R["center"], R["radius"])
-        a = _bc(torch.where(R["fresh"], torch.ones_like(R["step"]), torch.full_like(R["step"], cfg.momentum)), x)
+        mom = torch.full_like(R["step"], cfg.momentum)
+        a = _bc(torch.where(R["fresh"], torch.ones_like(mom), mom), x)
         xn = x + a * (z - x) + (1 - a) * (x - R["xp"])
         if cfg.momentum < 1.0:
             xn = self.stepper.project(xn, R["center"], R["radius"])
@@ -288,7 +315,11 @@ class _Engine:
             for n in sizes:
                 for a in range(start, start + n, self.cfg.max_batch_rows):
                     b = min(a + self.cfg.max_batch_rows, start + n)
-                    xin = x[a:b].contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x[a:b]
+                    xin = (
+                        x[a:b].contiguous(memory_format=torch.channels_last)
+                        if self.cfg.channels_last
+                        else x[a:b]
+                    )
                     outs.append(self.model(xin).float())
                 start += n
         return torch.cat(outs)
@@ -311,9 +342,12 @@ def run_engine(
     m = len(case_image)
     dev = images.device
     with torch.no_grad():
-        out_clean_img = torch.cat([
-            (model(images[i:i + config.max_batch_rows])).float() for i in range(0, images.shape[0], config.max_batch_rows)
-        ])
+        out_clean_img = torch.cat(
+            [
+                (model(images[i : i + config.max_batch_rows])).float()
+                for i in range(0, images.shape[0], config.max_batch_rows)
+            ]
+        )
     ci = torch.as_tensor(list(case_image), dtype=torch.long, device=dev)
     out_clean = out_clean_img[ci]
     f_clean = objective.score(out_clean, torch.arange(m, device=dev)).cpu()
@@ -335,12 +369,17 @@ def run_engine(
         xb = torch.cat([it[1] for it in items])
         q, d = quantize_in_ball(xb, torch.cat([it[2] for it in items]), torch.cat([it[3] for it in items]))
         groups = [it[1].shape[0] for it in items]
-        case_rows = torch.cat([torch.full((n,), it[0], device=dev, dtype=torch.long) for n, it in zip(groups, items, strict=True)])
+        case_rows = torch.cat(
+            [
+                torch.full((n,), it[0], device=dev, dtype=torch.long)
+                for n, it in zip(groups, items, strict=True)
+            ]
+        )
         out = eng.score(q.float() / 255.0, case_rows, groups)
         val = objective.value(out, case_rows)
         start = 0
         for n, (cid, xbi, _c, _e, rest) in zip(groups, items, strict=True):
-            j = start + int(torch.argmax(val[start:start + n]))  # first maximum: lowest restart
+            j = start + int(torch.argmax(val[start : start + n]))  # first maximum: lowest restart
             adv_q[cid] = q[j].cpu()
             if adv_f is not None:
                 adv_f[cid] = xbi[j - start].float().cpu()
@@ -357,7 +396,9 @@ def run_engine(
     stack = contextlib.ExitStack()
     if config.deterministic and dev.type == "cuda":
         b = torch.backends.cudnn
-        stack.enter_context(b.flags(enabled=b.enabled, benchmark=False, deterministic=True, allow_tf32=b.allow_tf32))
+        stack.enter_context(
+            b.flags(enabled=b.enabled, benchmark=False, deterministic=True, allow_tf32=b.allow_tf32)
+        )
     with stack:
         while pending or eng.order:
             if _is_cancelled(cancel):
@@ -367,8 +408,16 @@ def run_engine(
                 cid = pending.popleft()
                 img, eps = int(case_image[cid]), float(case_eps[cid])
                 if eps == 0.0:
-                    c = images[img:img + 1]
-                    zero.append((cid, c, c, torch.zeros(1, device=dev, dtype=c.dtype), torch.zeros(1, device=dev, dtype=torch.long)))
+                    c = images[img : img + 1]
+                    zero.append(
+                        (
+                            cid,
+                            c,
+                            c,
+                            torch.zeros(1, device=dev, dtype=c.dtype),
+                            torch.zeros(1, device=dev, dtype=torch.long),
+                        )
+                    )
                     continue
                 eng.admit(cid, img, eps, int(case_seed[cid]))
                 nev[cid] = plan.budget
@@ -379,52 +428,20 @@ def run_engine(
     f_adv = objective.score(out_adv.to(dev), torch.arange(m, device=dev)).cpu()
     pc = f_adv - f_clean
     return SynthesisResult(
-        cases=cases or [], adv_uint8=adv_q, adv=adv_f, delta_l2=delta, f_clean=f_clean, f_adv=f_adv,
-        predicted_change=pc, out_clean=out_clean.cpu(), out_adv=out_adv, winning_restart=win,
-        seed=torch.as_tensor(list(case_seed), dtype=torch.long), n_grad_evals=nev,
+        cases=cases or [],
+        adv_uint8=adv_q,
+        adv=adv_f,
+        delta_l2=delta,
+        f_clean=f_clean,
+        f_adv=f_adv,
+        predicted_change=pc,
+        out_clean=out_clean.cpu(),
+        out_adv=out_adv,
+        winning_restart=win,
+        seed=torch.as_tensor(list(case_seed), dtype=torch.long),
+        n_grad_evals=nev,
         extras={"plan": plan},
     )
-
-
-def _module_eval(model: Callable[[Tensor], Tensor]) -> contextlib.AbstractContextManager[None]:
-    @contextlib.contextmanager
-    def ctx():  # type: ignore[no-untyped-def]
-        was = isinstance(model, nn.Module) and model.training
-        if was:
-            model.eval()  # type: ignore[union-attr]
-        try:
-            yield
-        finally:
-            if was:
-                model.train()  # type: ignore[union-attr]
-    return ctx()
-
-
-def validate_images(images: Tensor) -> None:
-    """Raise ValueError unless ``images`` is a finite float (N, C, H, W) tensor in [0, 1]."""
-    if not isinstance(images, Tensor):
-        raise ValueError("images must be a torch.Tensor of shape (N, C, H, W)")
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"images must have shape (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError("images contain NaN or infinite values")
-    if float(images.min()) < 0.0 or float(images.max()) > 1.0:
-        raise ValueError("images must lie in [0, 1] (got values outside)")
-
-
-def _parse_cases(cases: Sequence[Case] | tuple[object, object, object, object]) -> list[Case]:
-    if isinstance(cases, tuple) and len(cases) == 4 and not isinstance(cases[0], Case):
-        cols = [torch.as_tensor(c).reshape(-1).tolist() for c in cases]
-        n = len(cols[0])
-        if any(len(c) != n for c in cols):
-            raise ValueError("case columns (site_idx, image_idx, eps, direction) must have equal lengths")
-        return [Case(int(s), int(i), float(e), int(d)) for s, i, e, d in zip(*cols, strict=True)]
-    out = list(cases)  # type: ignore[arg-type]
-    if not all(isinstance(c, Case) for c in out):
-        raise ValueError("cases must be a list of Case or a tuple (site_idx, image_idx, eps, direction)")
-    return out
 
 
 def synthesize(
@@ -467,7 +484,7 @@ def synthesize(
     cfg = config or SynthesisConfig()
     cfg.validate()
     validate_images(images)
-    cl = _parse_cases(cases)
+    cl = parse_cases(cases)
     if not cl:
         raise ValueError("no cases given")
     n_img = images.shape[0]
@@ -478,10 +495,12 @@ def synthesize(
             raise ValueError(f"case {k}: eps must be finite and >= 0, got {c.eps}")
         if c.direction not in (1, -1):
             raise ValueError(f"case {k}: direction must be +1 (up) or -1 (down), got {c.direction}")
-    with _module_eval(model), torch.no_grad():
+    with module_eval(model), torch.no_grad():
         out = model(images[:1])
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1:
-        raise ValueError(f"model must map (B, C, H, W) to (B, n_sites); got output shape {getattr(out, 'shape', None)}")
+        raise ValueError(
+            f"model must map (B, C, H, W) to (B, n_sites); got output shape {getattr(out, 'shape', None)}"
+        )
     n_sites = out.shape[1]
     for k, c in enumerate(cl):
         if not (0 <= c.site < n_sites):
@@ -490,8 +509,20 @@ def synthesize(
     obj = SiteObjective(
         torch.tensor([c.site for c in cl], device=dev), torch.tensor([c.direction for c in cl], device=dev)
     )
-    seeds = [c.seed if c.seed is not None else derive_seed(cfg.seed, c.site, c.image, float(c.eps), c.direction)
-             for c in cl]
-    with _module_eval(model):
-        return run_engine(model, images, [c.image for c in cl], [c.eps for c in cl], seeds, obj, cfg,
-                          progress, cancel, cases=cl)
+    seeds = [
+        c.seed if c.seed is not None else derive_seed(cfg.seed, c.site, c.image, float(c.eps), c.direction)
+        for c in cl
+    ]
+    with module_eval(model):
+        return run_engine(
+            model,
+            images,
+            [c.image for c in cl],
+            [c.eps for c in cl],
+            seeds,
+            obj,
+            cfg,
+            progress,
+            cancel,
+            cases=cl,
+        )

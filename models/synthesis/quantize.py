@@ -57,6 +57,7 @@ def quantize_in_ball(x: Tensor, clean: Tensor, eps: Tensor, max_passes: int = 51
     qf = (x.double().reshape(b, -1) * 255.0).round().clamp(0, 255)
     xf = x.double().reshape(b, -1)
     lim2 = (eps.double().to(x.device) * (1.0 - SAFETY)).square()
+
     def diff(qv: Tensor) -> Tensor:
         # Same arithmetic a consumer uses (``q.float() / 255 - clean`` in the clean's dtype), so an
         # on-grid float32 clean image gives exact zeros for unmoved pixels.

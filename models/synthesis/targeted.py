@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from .config import SynthesisConfig, SynthesisResult
-from .engine import Cancel, Progress, _module_eval, derive_seed, run_engine, validate_images
+from .engine import Cancel, Progress, run_engine
+from .inputs import derive_seed, module_eval, validate_images
 
 __all__ = ["TargetObjective", "synthesize_targeted"]
 
@@ -92,7 +93,7 @@ def synthesize_targeted(
     target = torch.as_tensor(target, dtype=torch.float32, device=images.device)
     if target.dim() != 1 or not bool(torch.isfinite(target).all()):
         raise ValueError("target must be a finite 1-D tensor of shape (n_sites,)")
-    with _module_eval(model), torch.no_grad():
+    with module_eval(model), torch.no_grad():
         out = model(images[:1])
     if out.dim() != 2 or out.shape[1] != target.shape[0]:
         raise ValueError(f"target has {target.shape[0]} entries but the model predicts {tuple(out.shape)}")
@@ -101,5 +102,5 @@ def synthesize_targeted(
     obj = TargetObjective(target, mode)
     tkey = int(np.frombuffer(target.cpu().numpy().tobytes(), dtype=np.uint8).astype(np.int64).sum())
     seeds = [derive_seed(cfg.seed, -1, i, e, tkey) for i, e in zip(idx, eps_l, strict=True)]
-    with _module_eval(model):
+    with module_eval(model):
         return run_engine(model, images, idx, eps_l, seeds, obj, cfg, progress, cancel)

@@ -181,16 +181,29 @@ def test_deterministic_bit_identical_across_chunking(halving: bool) -> None:
     cases = [Case(s, i, 1.5, d) for i in range(3) for s in range(2) for d in (1, -1)]
     runs = []
     for rows in (5, 12, 1000, 12):
-        cfg = SynthesisConfig(restarts=5, budget=60, min_round_steps=4, successive_halving=halving, seed=7,
-                              deterministic=True, max_batch_rows=rows)
+        cfg = SynthesisConfig(
+            restarts=5,
+            budget=60,
+            min_round_steps=4,
+            successive_halving=halving,
+            seed=7,
+            deterministic=True,
+            max_batch_rows=rows,
+        )
         runs.append(synthesize(model, images, cases, cfg))
     for r in runs[1:]:
         assert torch.equal(r.adv_uint8, runs[0].adv_uint8)
         assert torch.equal(r.adv, runs[0].adv)
         assert torch.equal(r.f_adv, runs[0].f_adv)
         assert torch.equal(r.winning_restart, runs[0].winning_restart)
-    other = synthesize(model, images, cases, SynthesisConfig(restarts=5, budget=60, min_round_steps=4,
-                                                             successive_halving=halving, seed=8, deterministic=True))
+    other = synthesize(
+        model,
+        images,
+        cases,
+        SynthesisConfig(
+            restarts=5, budget=60, min_round_steps=4, successive_halving=halving, seed=8, deterministic=True
+        ),
+    )
     assert not torch.equal(other.adv, runs[0].adv)
 
 
@@ -212,7 +225,8 @@ def test_targeted_moves_toward_target() -> None:
     assert ((res.out_adv - res.out_clean) @ u > 0).all()
     assert torch.allclose(res.f_adv, res.out_adv @ u, atol=1e-5)
     pattern = res.out_clean.mean(0) + torch.tensor([0.2, 0.1, -0.2])
-    res2 = synthesize_targeted(model, images, pattern, 1.0, SynthesisConfig(restarts=3, steps=8), mode="pattern")
+    cfg = SynthesisConfig(restarts=3, steps=8)
+    res2 = synthesize_targeted(model, images, pattern, 1.0, cfg, mode="pattern")
     assert ((res2.out_adv - pattern).norm(dim=1) < (res2.out_clean - pattern).norm(dim=1)).all()
     within_ball(res2, images, [Case(0, i, 1.0, 1) for i in range(3)])
 
@@ -256,16 +270,28 @@ def test_progress_and_cancellation() -> None:
     model, images = TinyCNN(), grid_images(2)
     cases = [Case(0, i, 1.0, d) for i in range(2) for d in (1, -1)]
     seen: list[tuple[int, int]] = []
-    synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=4, max_batch_rows=2),
-               progress=lambda d, t: seen.append((d, t)))
+    synthesize(
+        model,
+        images,
+        cases,
+        SynthesisConfig(restarts=2, steps=4, max_batch_rows=2),
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert seen[-1] == (4, 4) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     ev = threading.Event()
     with pytest.raises(SynthesisCancelled):
-        synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=4, max_batch_rows=2),
-                   progress=lambda d, t: ev.set(), cancel=ev)
+        synthesize(
+            model,
+            images,
+            cases,
+            SynthesisConfig(restarts=2, steps=4, max_batch_rows=2),
+            progress=lambda d, t: ev.set(),
+            cancel=ev,
+        )
     calls = iter(range(100))
     with pytest.raises(SynthesisCancelled):
-        synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=50), cancel=lambda: next(calls) >= 3)
+        cfg = SynthesisConfig(restarts=2, steps=50)
+        synthesize(model, images, cases, cfg, cancel=lambda: next(calls) >= 3)
 
 
 def test_model_training_mode_is_restored() -> None:

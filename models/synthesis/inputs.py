@@ -1,0 +1,69 @@
+"""Input checks and small helpers shared by :func:`synthesize` and :func:`synthesize_targeted`."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .config import Case
+
+__all__ = ["derive_seed", "module_eval", "parse_cases", "validate_images"]
+
+
+def derive_seed(base: int, *parts: float | int) -> int:
+    """A 63-bit seed from the base seed and a case's content (order-independent of other cases)."""
+    ints = [int(base) & 0xFFFFFFFFFFFFFFFF]
+    for p in parts:
+        if isinstance(p, float):
+            ints.append(struct.unpack("<Q", struct.pack("<d", p))[0])
+        else:
+            ints.append(int(p) & 0xFFFFFFFFFFFFFFFF)
+    s = np.random.SeedSequence(ints).generate_state(2, dtype=np.uint32)
+    return int((int(s[0]) << 31) ^ int(s[1])) & 0x7FFFFFFFFFFFFFFF
+
+
+def module_eval(model: Callable[[Tensor], Tensor]) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def ctx():  # type: ignore[no-untyped-def]
+        was = isinstance(model, nn.Module) and model.training
+        if was:
+            model.eval()  # type: ignore[union-attr]
+        try:
+            yield
+        finally:
+            if was:
+                model.train()  # type: ignore[union-attr]
+
+    return ctx()
+
+
+def validate_images(images: Tensor) -> None:
+    """Raise ValueError unless ``images`` is a finite float (N, C, H, W) tensor in [0, 1]."""
+    if not isinstance(images, Tensor):
+        raise ValueError("images must be a torch.Tensor of shape (N, C, H, W)")
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or infinite values")
+    if float(images.min()) < 0.0 or float(images.max()) > 1.0:
+        raise ValueError("images must lie in [0, 1] (got values outside)")
+
+
+def parse_cases(cases: Sequence[Case] | tuple[object, object, object, object]) -> list[Case]:
+    if isinstance(cases, tuple) and len(cases) == 4 and not isinstance(cases[0], Case):
+        cols = [torch.as_tensor(c).reshape(-1).tolist() for c in cases]
+        n = len(cols[0])
+        if any(len(c) != n for c in cols):
+            raise ValueError("case columns (site_idx, image_idx, eps, direction) must have equal lengths")
+        return [Case(int(s), int(i), float(e), int(d)) for s, i, e, d in zip(*cols, strict=True)]
+    out = list(cases)  # type: ignore[arg-type]
+    if not all(isinstance(c, Case) for c in out):
+        raise ValueError("cases must be a list of Case or a tuple (site_idx, image_idx, eps, direction)")
+    return out
