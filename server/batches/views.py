@@ -184,9 +184,10 @@ def post_presentations(
     events: Annotated[list[dict[str, Any]], Depends(read_events)],
     session: SessionDep,
 ) -> PresentationResult:
-    return PresentationResult(
-        **service.record_presentations(session=session, batch_id=batch_id, events=events)
-    )
+    counts = service.record_presentations(session=session, batch_id=batch_id, events=events)
+    # Commit before answering: a rig that got the counts must never need to re-post.
+    session.commit()
+    return PresentationResult(**counts)
 
 
 @router.post(
@@ -195,8 +196,10 @@ def post_presentations(
 def complete_batch(batch_id: str, session: SessionDep, _: RigUser) -> CompleteResult:
     batch = service.complete(session=session, batch_id=batch_id)
     assert batch.completed_at is not None
-    return CompleteResult(
+    out = CompleteResult(
         batch_id=batch.batch_id,
         completed_at=batch.completed_at,
         events=service.count_events(session=session, batch=batch),
     )
+    session.commit()
+    return out

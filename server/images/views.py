@@ -128,7 +128,9 @@ async def create_image_set(
             description=description,
             is_reference=is_reference,
         )
-        return _detail(session, image_set)
+        out = _detail(session, image_set)
+        session.commit()
+        return out
 
     return await run_in_threadpool(_create)
 

@@ -72,7 +72,9 @@ def _rig_read(rig: Rig, subject: str | None) -> RigRead:
 @router.post("/subjects", response_model=SubjectRead, status_code=201, summary="Create a subject")
 def create_subject(body: SubjectCreate, session: SessionDep, _: ExperimenterUser) -> SubjectRead:
     subject = service.create_subject(session=session, name=body.name, species=body.species, notes=body.notes)
-    return SubjectRead.model_validate(subject)
+    out = SubjectRead.model_validate(subject)
+    session.commit()  # before the answer: a client that got 201 can rely on it
+    return out
 
 
 @router.get("/subjects", response_model=SubjectPage, summary="List subjects")
@@ -94,7 +96,9 @@ def create_subject_array(name: str, body: ArrayCreate, session: SessionDep, _: E
     array = service.create_array(
         session=session, subject=name, name=body.name, region=body.region, hemisphere=body.hemisphere
     )
-    return _array_read(array, len(array.sites))
+    out = _array_read(array, len(array.sites))
+    session.commit()
+    return out
 
 
 @router.get("/subjects/{name}/arrays", response_model=ArrayPage, summary="Arrays of one subject")
@@ -113,7 +117,9 @@ def create_array(body: ArrayCreate, session: SessionDep, _: ExperimenterUser) ->
     array = service.create_array(
         session=session, subject=body.subject, name=body.name, region=body.region, hemisphere=body.hemisphere
     )
-    return _array_read(array, len(array.sites))
+    out = _array_read(array, len(array.sites))
+    session.commit()
+    return out
 
 
 @router.get("/arrays", response_model=ArrayPage, summary="List arrays, optionally of one subject")
@@ -141,6 +147,7 @@ def register_sites(
     if created == 0:
         response.status_code = 200
     items = [_site_read(s) for s in sites]
+    session.commit()
     return SiteRegistration(created=created, existing=len(body) - created, items=items)
 
 
@@ -170,7 +177,9 @@ def create_rig(body: RigCreate, session: SessionDep, _: AdminUser) -> RigRead:
     rig = service.create_rig(
         session=session, rig_id=body.rig_id, name=body.name, subject=body.subject, screen=body.screen
     )
-    return _rig_read(rig, body.subject)
+    out = _rig_read(rig, body.subject)
+    session.commit()
+    return out
 
 
 @router.get("/rigs", response_model=RigPage, summary="List rigs (any role)")
