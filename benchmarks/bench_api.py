@@ -2,7 +2,8 @@
 
 Setup: a PostgreSQL database created for the run, migrated and seeded with one published
 batch of 400 images of 224x224 (800 presentations); the server is a real ``uvicorn``
-subprocess (one worker, as deployed per container) with a local object store. A second
+subprocess (``BENCH_WORKERS`` workers, default 2 as the Dockerfile serves) with a local
+object store. A second
 process drives it open-loop at 200 requests/s for 10 s (2,000 requests, bounded), with a
 thread pool and keep-alive connections, every request authenticated with a rig token:
 one in five is ``GET /batches/{id}`` (the manifest), the rest ``GET /images/{sha256}``.
@@ -132,10 +133,23 @@ def _drive(
     out.close()
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux), to report server CPU per request."""
+def _proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the server and its worker processes (Linux /proc)."""
+    total = _proc_cpu_s(pid)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[1]) == pid:
+                    total += _proc_cpu_s(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -157,6 +171,7 @@ def run(quick: bool = False) -> dict:
     n_images, rate, duration = (100, 200.0, 3.0) if quick else (400, 200.0, 10.0)
     n_requests = int(rate * duration)
     n_sequential = 200 if quick else 500
+    workers = int(os.environ.get("BENCH_WORKERS", "2"))  # as the Dockerfile serves
     db_name = f"itloop_bench_api_{uuid.uuid4().hex[:8]}"
     db_url = create_pg_database(db_name)
     tmp = Path(tempfile.mkdtemp(prefix="itloop-bench-api-"))
@@ -190,6 +205,8 @@ def run(quick: bool = False) -> dict:
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--workers",
+                str(workers),
             ],
             env=env,
             cwd=Path(__file__).resolve().parents[1],
@@ -240,6 +257,7 @@ def run(quick: bool = False) -> dict:
         "achieved_rps": len(results) / payload["wall_s"],
         "seed_s": seed_s,
         "cpu_count": os.cpu_count(),
+        "uvicorn_workers": workers,
         "load_avg_1m": os.getloadavg()[0],
         "goal_p99_ms": GOAL_P99_MS,
         "server_cpu_ms_per_request": 1000 * server_cpu_s / (len(results) + 64),
@@ -261,7 +279,8 @@ def main() -> None:
     print(
         f"rig API latency at {res['rate_rps']:.0f} req/s, {res['requests']} requests "
         f"({res['achieved_rps']:.0f} req/s achieved, {res['errors']} errors), {res['n_images']} images "
-        f"of {res['mean_png_bytes'] / 1000:.0f} kB; {res['cpu_count']} CPUs, load {res['load_avg_1m']:.1f}"
+        f"of {res['mean_png_bytes'] / 1000:.0f} kB; {res['uvicorn_workers']} uvicorn workers, "
+        f"{res['cpu_count']} CPUs, load {res['load_avg_1m']:.1f}"
     )
     print(
         f"{'endpoint':<10} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
