@@ -208,10 +208,10 @@ def compare(name: str, model: nn.Module, eps: float, budgets: list[int], n_img: 
             ref = float(r["engine"].median() / best10.median())
         ra, rp = med["engine"] / med["apgd"], med["engine"] / med["pgd"]
         out["rows"][b] = {**med, "ratio_apgd": ra, "ratio_pgd": rp, "ratio_best_at_10x": ref}
-        ref_s = f"{ref:11.3f}" if ref is not None else f"{'-':>11}"
+        ref_s = f"{ref:11.4f}" if ref is not None else f"{'-':>11}"
         print(
             f"{b:7d} {med['engine']:9.4f} {med['engine_q']:9.4f} {med['apgd']:9.4f} {med['pgd']:9.4f}"
-            f" {ra:8.3f} {rp:8.3f} {ref_s}"
+            f" {ra:8.4f} {rp:8.4f} {ref_s}"
         )
     return out
 

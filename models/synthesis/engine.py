@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -106,6 +106,10 @@ _ROW_KEYS = (
     "nonimp",
     "fresh",
 )
+
+
+#: A finished case: (case id, best points, centres, eps, restart ids, gradients at the best points).
+_Finished = tuple[int, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 class _Engine:
@@ -206,7 +210,7 @@ class _Engine:
         self.rows = {k: v.index_select(0, idx) for k, v in self.rows.items()}
 
     # -- one iteration -----------------------------------------------------------------------------
-    def iterate(self) -> list[tuple[int, Tensor, Tensor, Tensor, Tensor]]:
+    def iterate(self) -> list[_Finished]:
         """One gradient evaluation for every row; returns finished cases' candidates."""
         cfg, plan, R = self.cfg, self.plan, self.rows
         f, g = self.value_and_grad(R["x"], R["case"])
@@ -234,7 +238,9 @@ class _Engine:
                 m = torch.ones(n, dtype=torch.bool, device=self.dev)
                 if t >= plan.total_steps:
                     sl = slice(start, start + n)
-                    finished.append((cid, R["xb"][sl], R["center"][sl], R["eps"][sl], R["restart"][sl]))
+                    finished.append(
+                        (cid, R["xb"][sl], R["center"][sl], R["eps"][sl], R["restart"][sl], R["gb"][sl])
+                    )
                     m[:] = False
                 elif t in plan.round_ends:
                     k = plan.round_ends.index(t)
@@ -325,6 +331,18 @@ class _Engine:
         return torch.cat(outs)
 
 
+@contextlib.contextmanager
+def _cudnn_deterministic() -> Iterator[None]:
+    """Deterministic cuDNN kernels for the call only (touches nothing but these two flags)."""
+    c = torch.backends.cudnn
+    old = (c.deterministic, c.benchmark)
+    c.deterministic, c.benchmark = True, False
+    try:
+        yield
+    finally:
+        c.deterministic, c.benchmark = old
+
+
 def run_engine(
     model: Callable[[Tensor], Tensor],
     images: Tensor,
@@ -362,12 +380,14 @@ def run_engine(
     eng = _Engine(model, images, objective, config, plan)
     done = 0
 
-    def finalize(items: list[tuple[int, Tensor, Tensor, Tensor, Tensor]]) -> None:
+    def finalize(items: list[_Finished]) -> None:
         nonlocal done
         if not items:
             return
         xb = torch.cat([it[1] for it in items])
-        q, d = quantize_in_ball(xb, torch.cat([it[2] for it in items]), torch.cat([it[3] for it in items]))
+        centers = torch.cat([it[2] for it in items])
+        grads = torch.cat([it[5] for it in items])
+        q, d = quantize_in_ball(xb, centers, torch.cat([it[3] for it in items]), grads)
         groups = [it[1].shape[0] for it in items]
         case_rows = torch.cat(
             [
@@ -378,7 +398,7 @@ def run_engine(
         out = eng.score(q.float() / 255.0, case_rows, groups)
         val = objective.value(out, case_rows)
         start = 0
-        for n, (cid, xbi, _c, _e, rest) in zip(groups, items, strict=True):
+        for n, (cid, xbi, _c, _e, rest, _g) in zip(groups, items, strict=True):
             j = start + int(torch.argmax(val[start : start + n]))  # first maximum: lowest restart
             adv_q[cid] = q[j].cpu()
             if adv_f is not None:
@@ -395,15 +415,12 @@ def run_engine(
     pending = deque(range(m))
     stack = contextlib.ExitStack()
     if config.deterministic and dev.type == "cuda":
-        b = torch.backends.cudnn
-        stack.enter_context(
-            b.flags(enabled=b.enabled, benchmark=False, deterministic=True, allow_tf32=b.allow_tf32)
-        )
+        stack.enter_context(_cudnn_deterministic())
     with stack:
         while pending or eng.order:
             if _is_cancelled(cancel):
                 raise SynthesisCancelled(f"synthesis cancelled after {done}/{m} cases")
-            zero: list[tuple[int, Tensor, Tensor, Tensor, Tensor]] = []
+            zero: list[_Finished] = []
             while pending and (eng.n_rows() + plan.rows[0] <= config.max_batch_rows or not eng.order):
                 cid = pending.popleft()
                 img, eps = int(case_image[cid]), float(case_eps[cid])
@@ -416,6 +433,7 @@ def run_engine(
                             c,
                             torch.zeros(1, device=dev, dtype=c.dtype),
                             torch.zeros(1, device=dev, dtype=torch.long),
+                            torch.zeros_like(c),
                         )
                     )
                     continue

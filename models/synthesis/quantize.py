@@ -4,8 +4,9 @@ The rig shows ``uint8`` images, so the perturbation that counts is ``q / 255 - c
 float optimum.  Plain rounding adds roughly ``sqrt(d / 12) / 255`` of L2 norm (about 0.44 for a
 224x224x3 image), mostly orthogonal to ``delta``, which can push an optimum that sits on the
 sphere out of the ball.  The repair moves the fewest pixels one grey level toward the clean image,
-preferring pixels that were rounded *away* from it (undoing their rounding costs less than one grey
-level of the optimised perturbation), until the quantised image is inside the ball.
+preferring pixels whose move costs the least objective per unit of norm saved (first order, from
+the gradient; without one, pixels that were rounded *away* from the clean image), until the
+quantised image is inside the ball.
 
 The reference for the ball is the clean image as given.  If it is not on the 8-bit grid the ball
 may contain no 8-bit image at all for tiny epsilon; that raises :class:`QuantizationError`.
@@ -26,7 +27,9 @@ class QuantizationError(ValueError):
     """No 8-bit image lies within epsilon of the (off-grid) clean image."""
 
 
-def quantize_in_ball(x: Tensor, clean: Tensor, eps: Tensor, max_passes: int = 512) -> tuple[Tensor, Tensor]:
+def quantize_in_ball(
+    x: Tensor, clean: Tensor, eps: Tensor, grad: Tensor | None = None, max_passes: int = 512
+) -> tuple[Tensor, Tensor]:
     """Round ``x`` to 8 bits, then repair rows whose quantised perturbation leaves the ball.
 
     Parameters
@@ -37,6 +40,10 @@ def quantize_in_ball(x: Tensor, clean: Tensor, eps: Tensor, max_passes: int = 51
         The clean images the ball is centred on, in [0, 1].
     eps : Tensor of shape (B,)
         Ball radii.
+    grad : Tensor of shape (B, C, H, W), optional
+        Gradient of the objective (to maximise) at ``x``.  When given, the repair moves the pixels
+        with the largest norm saving per unit of first-order objective loss first, so the shipped
+        image keeps as much of the optimised change as the ball allows.
     max_passes : int
         Safety bound on repair passes; each pass moves pixels by one grey level.
 
@@ -56,6 +63,7 @@ def quantize_in_ball(x: Tensor, clean: Tensor, eps: Tensor, max_passes: int = 51
     c = clean.double().reshape(b, -1)
     qf = (x.double().reshape(b, -1) * 255.0).round().clamp(0, 255)
     xf = x.double().reshape(b, -1)
+    gf = None if grad is None else grad.double().reshape(b, -1)
     lim2 = (eps.double().to(x.device) * (1.0 - SAFETY)).square()
 
     def diff(qv: Tensor) -> Tensor:
@@ -79,8 +87,13 @@ def quantize_in_ball(x: Tensor, clean: Tensor, eps: Tensor, max_passes: int = 51
                 "no 8-bit image lies within eps of the clean image (clean image is off the 8-bit grid "
                 "and eps is smaller than its rounding distance)"
             )
-        outward = torch.sign(qb / 255.0 - xb) == s  # rounded away from the clean image
-        key = torch.where(useful, red + outward.double(), torch.full_like(red, -1.0))
+        if gf is None:
+            outward = torch.sign(qb / 255.0 - xb) == s  # rounded away from the clean image
+            key = red + outward.double()
+        else:
+            cost = (gf[idx] * s / 255.0).clamp_min(0.0)  # first-order objective loss of the move
+            key = red / (cost + 1e-30)
+        key = torch.where(useful, key, torch.full_like(red, -1.0))
         key_sorted, order = key.sort(dim=1, descending=True)
         red_sorted = torch.where(key_sorted > 0, red.gather(1, order), torch.zeros_like(key_sorted))
         need = (n2[idx] - lim2[idx]).unsqueeze(1)
