@@ -114,6 +114,19 @@ def test_quantize_repairs_rounding_that_leaves_the_ball() -> None:
     assert torch.allclose(d, dist)
 
 
+def test_gradient_aware_repair_keeps_more_of_a_linear_objective() -> None:
+    g = torch.Generator().manual_seed(3)
+    c = torch.full((1, 3, 32, 32), 128 / 255)
+    w = torch.randn(1, 3, 32, 32, generator=g)
+    eps = torch.tensor([0.3])
+    x = c + 0.3 * w / w.norm()  # the exact optimum, on the sphere
+    q_plain, _ = quantize_in_ball(x, c, eps)
+    q_grad, d = quantize_in_ball(x, c, eps, grad=w)
+    assert float(d[0]) <= 0.3
+    gain = [float(((q.float() / 255 - c) * w).sum()) for q in (q_plain, q_grad)]
+    assert gain[1] > gain[0]
+
+
 def test_quantize_off_grid_clean_with_zero_eps_raises() -> None:
     c = torch.full((1, 3, 4, 4), 0.5)  # 127.5 / 255: off the grid
     with pytest.raises(QuantizationError):
@@ -292,6 +305,15 @@ def test_progress_and_cancellation() -> None:
     with pytest.raises(SynthesisCancelled):
         cfg = SynthesisConfig(restarts=2, steps=50)
         synthesize(model, images, cases, cfg, cancel=lambda: next(calls) >= 3)
+
+
+def test_bf16_autocast_and_channels_last_run_inside_the_ball() -> None:
+    model, images = TinyCNN(), grid_images(2)
+    cases = [Case(0, i, 1.0, d) for i in range(2) for d in (1, -1)]
+    cfg = SynthesisConfig(restarts=2, steps=5, autocast_dtype=torch.bfloat16, channels_last=True)
+    res = synthesize(model, images, cases, cfg)
+    within_ball(res, images, cases)
+    assert (torch.tensor([c.direction for c in cases]) * res.predicted_change > 0).all()
 
 
 def test_model_training_mode_is_restored() -> None:
