@@ -89,9 +89,14 @@ class JobContext:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A unit of work on the job database: commits on success, rolls back on error."""
+        """A unit of work on the job database: commits on success, rolls back on error.
+
+        On SQLite the transaction takes the write lock up front (see
+        :func:`server.jobs.service.write_lock`), so it never collides with heartbeats.
+        """
         with session_scope(self.settings.resolved_database_url) as session:
             service.bind(session, self.settings)
+            service.write_lock(session)
             yield session
 
     @cached_property

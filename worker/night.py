@@ -64,6 +64,7 @@ def start_night(
     session: Session, settings: Settings, *, session_id: str, params: dict[str, Any] | None = None
 ) -> Night:
     """Create a night for a recording session and submit its DAG (enqueued when ``session`` commits)."""
+    service.write_lock(session)
     rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == session_id))
     if rec is None:
         raise NotFound(f"no recording session {session_id!r}")

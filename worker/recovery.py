@@ -48,6 +48,7 @@ def reap(
     stale_after_s = config.stale_after_s if stale_after_s is None else stale_after_s
     requeue_grace_s = config.requeue_grace_s if requeue_grace_s is None else requeue_grace_s
     service.bind(session, runner.settings, runner)
+    service.write_lock(session)
     report = ReapReport()
     report.requeued, report.failed = service.reap_stale(session, stale_after_s)
     report.released = service.settle_waiting(session)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import event, func, or_, select, update
+from sqlalchemy import event, func, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -95,6 +95,18 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop(PENDING_KEY, None)
 
 
+def write_lock(session: Session) -> None:
+    """On SQLite, take the write lock before this transaction reads anything.
+
+    SQLite (WAL) refuses at once, with "database is locked", a transaction that read
+    and then writes after another connection committed; busy_timeout cannot help. A
+    no-op UPDATE as the first statement makes the transaction a writer from the start,
+    so it waits its turn instead. PostgreSQL needs nothing: its row locks do the work.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Job).where(literal(False)).values(id=Job.id))
+
+
 def resolve_queue(settings: Settings, queue: str) -> str:
     """Map the logical queue names of the registry onto the configured ones."""
     if queue == "itloop":
@@ -119,6 +131,7 @@ def submit(
     """Create a job: queued when its dependencies all succeeded, else waiting (or failed if one failed)."""
     from worker.registry import JOBS, get_spec
 
+    write_lock(session)
     spec = get_spec(kind)
     if spec is None:
         raise InvalidInput(
@@ -209,6 +222,7 @@ def list_jobs(
 
 def cancel(session: Session, job_id: int) -> Job:
     """Cancel a job: at once if it has not started, else by flag that the running job polls."""
+    write_lock(session)
     job = get(session, job_id)
     now = utcnow()
     done = _rows(
