@@ -34,7 +34,10 @@ def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+# "function" scope: commit before the response is sent, so a client that acts on an answer
+# (e.g. polls the night it just started) always sees what that answer reported, and a failed
+# commit becomes an error response instead of a lost write behind a 2xx.
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 _bearer = HTTPBearer(auto_error=False, description="API token issued by `itloop tokens create`")

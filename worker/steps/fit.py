@@ -35,6 +35,21 @@ def night_config(ctx: JobContext) -> NightConfig:
     return NightConfig.from_params(ctx.params.get("night_params") or {})
 
 
+def night_result(ctx: JobContext, kind: str) -> dict[str, Any]:
+    """The result of this night's (single) job of ``kind``, whether or not it is a direct dependency."""
+    from server.jobs.tables import Job, JobState
+
+    with ctx.session() as session:
+        result = session.scalar(
+            select(Job.result)
+            .where(Job.night_id == ctx.night_id, Job.kind == kind, Job.state == JobState.succeeded)
+            .order_by(Job.id.desc())
+        )
+    if result is None:
+        raise LookupError(f"night {ctx.night_id} has no finished {kind} job")
+    return dict(result)
+
+
 @job(RESPONSES, timeout_s=3600)
 def responses(ctx: JobContext) -> dict[str, Any]:
     """Make sure the day's responses exist in the night's window (ingest wrote the default one)."""

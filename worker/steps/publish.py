@@ -24,7 +24,7 @@ from worker.context import JobContext
 from worker.night import ASSEMBLE, PUBLISH, SCHEDULE, SELECT, SYNTHESIZE
 from worker.registry import job
 from worker.steps.data import clean_pool, images_by_id
-from worker.steps.fit import night_config
+from worker.steps.fit import night_config, night_result
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ ROLE_OF_KIND = {"perturbed": "perturbed", "targeted": "targeted", "random": "ran
 def assemble(ctx: JobContext) -> dict[str, Any]:
     """The batch's images with roles, and the clean/perturbed pairs to keep apart."""
     shards = ctx.results_of(SYNTHESIZE)
-    select_result = (ctx.results_of(SELECT) or [{}])[0]
+    select_result = night_result(ctx, SELECT)
     pairs: list[list[int]] = [p for s in shards for p in s.get("pairs", [])]
     skipped = sorted({sid for s in shards for sid in s.get("skipped_sites", [])})
     done_sites = sorted({sid for s in shards for sid in s.get("sites", [])})
@@ -74,7 +74,7 @@ def assemble(ctx: JobContext) -> dict[str, Any]:
 def schedule(ctx: JobContext) -> dict[str, Any]:
     """RSVP order: repeats balanced per block, each clean image far from its perturbed twins."""
     cfg = night_config(ctx)
-    a = ctx.results_of(ASSEMBLE)[0]
+    a = night_result(ctx, ASSEMBLE)
     images = sorted(a["roles"], key=int)
     pairs = [(str(p), str(c)) for p, c in a["pairs"]]
     sched = schedule_rsvp(
@@ -103,9 +103,9 @@ def schedule(ctx: JobContext) -> dict[str, Any]:
 def publish(ctx: JobContext) -> dict[str, Any]:
     """Create and publish tomorrow's batch in one transaction (idempotent on retry)."""
     cfg = night_config(ctx)
-    a = ctx.results_of(ASSEMBLE)[0]
-    s = ctx.results_of(SCHEDULE)[0]
-    sel = (ctx.results_of(SELECT) or [{}])[0]
+    a = night_result(ctx, ASSEMBLE)
+    s = night_result(ctx, SCHEDULE)
+    sel = night_result(ctx, SELECT)
     night_id = ctx.params["night_id"]
     with ctx.session() as session:
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])

@@ -1,0 +1,245 @@
+"""``itloop demo``: N days of the closed loop against a simulated IT population.
+
+Seeds a subject, sites, a rig and clean + reference image sets through the API,
+publishes the day-0 batch (clean images only: there is no model yet), then each
+day: the virtual rig shows the batch and uploads spikes, the night refits,
+screens, synthesises and publishes the next batch and analyses the day. At the end
+the estimates are checked against the brain's exact ground truth and a report
+folder is written.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from tqdm import tqdm
+
+from itloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEMO_NIGHT = {
+    "candidates": ["small_cnn", "small_cnn_conv4"],
+    "epsilons": [0.5, 1.0, 2.0],
+    "clean_per_site": 4,
+    "targeted_epsilons": [1.0, 3.0],
+    "targeted_per_site": 1,
+    "random_per_site": 2,
+    "restarts": 8,
+    "budget": 64,
+    "sites_per_shard": 4,
+    "repeats": 8,
+    "pair_separation_s": 1500.0,
+    "ceiling_threshold": 0.2,
+    "n_boot": 300,
+    "model_sensitivity_images": 3,
+    "model_sensitivity_budget": 40,
+}
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _tokens(settings: Settings) -> dict[str, str]:
+    """One user per role for the demo (new tokens on every run; users are reused)."""
+    from sqlalchemy import select
+
+    from server.auth import service
+    from server.auth.tables import User
+    from server.db.engine import session_scope
+
+    out = {}
+    with session_scope(settings.resolved_database_url) as session:
+        for role in ("admin", "experimenter", "rig", "viewer"):
+            name = f"demo-{role}"
+            user = session.scalar(select(User).where(User.name == name)) or service.create_user(
+                session=session, name=name, role=role
+            )
+            out[role] = service.create_token(session=session, user=user, name="demo")
+    return out
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from server.images.png import encode_png
+
+    return encode_png(pixels)
+
+
+def _check(r: httpx.Response, what: str) -> Any:
+    if r.status_code >= 400:
+        raise RuntimeError(f"{what}: HTTP {r.status_code}: {r.text[:500]}")
+    return r.json() if r.content else None
+
+
+def seed_lab(api: dict[str, httpx.Client], *, n_sites: int, seed: int, tag: str) -> dict[str, Any]:
+    """Subject, array, sites, rig and image sets, all through the public API."""
+    from models.simulator import make_clean_images, make_reference_images
+
+    subject, rig_id = f"demo-monkey-{tag}", f"demo-rig-{tag}"
+    site_ids = [f"{tag}-A-{i:03d}" for i in range(n_sites)]
+    exp = api["experimenter"]
+    _check(exp.post("/subjects", json={"name": subject}), "subject")
+    _check(exp.post("/arrays", json={"name": "A", "subject": subject}), "array")
+    _check(
+        exp.post(
+            "/sites",
+            json=[
+                {"site_id": s, "array": "A", "subject": subject, "electrode": str(i)}
+                for i, s in enumerate(site_ids)
+            ],
+        ),
+        "sites",
+    )
+    _check(
+        api["admin"].post("/rigs", json={"rig_id": rig_id, "name": "virtual rig", "subject": subject}), "rig"
+    )
+    clean, cats = make_clean_images(48, size=64, n_categories=4, seed=seed)
+    names = ["animal", "face", "object", "scene"]
+    files = [("files", (f"c{i:03d}.png", io.BytesIO(_png(im)), "image/png")) for i, im in enumerate(clean)]
+    import json
+
+    _check(
+        exp.post(
+            "/image-sets",
+            data={"name": f"clean-{tag}", "categories": json.dumps([names[int(c)] for c in cats])},
+            files=files,
+        ),
+        "clean image set",
+    )
+    ref, _ = make_reference_images(12, size=64, n_categories=4)
+    files = [("files", (f"r{i:03d}.png", io.BytesIO(_png(im)), "image/png")) for i, im in enumerate(ref)]
+    _check(
+        exp.post("/image-sets", data={"name": f"reference-{tag}", "is_reference": "true"}, files=files),
+        "reference set",
+    )
+    return {"subject": subject, "rig_id": rig_id, "site_ids": site_ids}
+
+
+def _wait_night(viewer: httpx.Client, night_id: int, bar: tqdm, timeout_s: float = 3600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        night = _check(viewer.get(f"/nights/{night_id}"), "night status")
+        jobs = night.get("jobs") or []
+        done = sum(1 for j in jobs if j["state"] == "succeeded")
+        running = [j for j in jobs if j["state"] == "running"]
+        bar.set_postfix_str(f"jobs {done}/{len(jobs)}" + (f", {running[0]['kind']}" if running else ""))
+        if night["state"] in TERMINAL:
+            return night
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"night {night_id} did not finish in {timeout_s} s")
+        time.sleep(0.5)
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    days: int = 3,
+    n_sites: int = 16,
+    out: Path | None = None,
+    seed: int = 0,
+    night_params: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Run the loop and write the report; returns the report folder."""
+    from demo.report import write_report
+    from demo.server import BackgroundServer
+    from demo.truth import evaluate_day
+    from demo.virtual_rig import VirtualRig
+    from itloop.storage import get_store
+    from models.simulator import VirtualBrain
+    from server.db import migrate
+    from server.db.engine import session_scope
+    from worker.steps.publish import initial_batch
+
+    if days < 1:
+        raise ValueError("days must be >= 1")
+    settings.ensure_dirs()
+    migrate.upgrade(settings.resolved_database_url)
+    tag = f"{int(time.time()) % 100000:05d}"
+    out = Path(out) if out else settings.data_dir / "demo-report"
+    tokens = _tokens(settings)
+    params = {**DEMO_NIGHT, "seed": seed, **(night_params or {})}
+    worker_proc = None
+    if settings.redis_url:  # jobs go to RQ: this demo brings its own worker process
+        env = {
+            **os.environ,
+            "ITLOOP_DATABASE_URL": settings.resolved_database_url,
+            "ITLOOP_REDIS_URL": settings.redis_url,
+            "ITLOOP_STORE_URL": settings.resolved_store_url,
+            "ITLOOP_DATA_DIR": str(settings.data_dir),
+        }
+        worker_proc = subprocess.Popen([sys.executable, "-m", "itloop.cli", "worker"], env=env)
+    server = BackgroundServer(settings).start()
+    api = {
+        role: httpx.Client(
+            base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {tok}"}, timeout=600
+        )
+        for role, tok in tokens.items()
+    }
+    days_log: list[dict[str, Any]] = []
+    try:
+        lab = seed_lab(api, n_sites=n_sites, seed=seed, tag=tag)
+        with session_scope(settings.resolved_database_url) as session:
+            initial_batch(
+                session,
+                get_store(settings.resolved_store_url),
+                rig_id=lab["rig_id"],
+                batch_id=f"{lab['rig_id']}-day0",
+                repeats=params["repeats"],
+                seed=seed,
+            )
+        brain = VirtualBrain(n_sites=n_sites, image_size=64, seed=seed)
+        rig = VirtualRig(
+            base_url=server.url,
+            rig_token=tokens["rig"],
+            experimenter_token=tokens["experimenter"],
+            rig_id=lab["rig_id"],
+            subject=lab["subject"],
+            brain=brain,
+            site_ids=lab["site_ids"],
+            cache_dir=settings.data_dir / "rig-cache",
+            seed=seed,
+        )
+        bar = tqdm(range(days), desc="closed loop", unit="day", disable=not show_progress)
+        for day in bar:
+            session_id = f"{lab['subject']}-day{day}"
+            bar.set_description(f"day {day}: rig")
+            run = rig.run_day(session_id=session_id, day=day)
+            bar.set_description(f"day {day}: night")
+            night = _check(
+                api["experimenter"].post("/nights", json={"session_id": session_id, "params": params}),
+                "start night",
+            )
+            night = _wait_night(api["viewer"], night["id"], bar)
+            if night["state"] != "succeeded":
+                raise RuntimeError(f"night of day {day} {night['state']}: {night.get('error')}")
+            truth = evaluate_day(api["viewer"], rig, run, lab["site_ids"], day)
+            days_log.append(
+                {
+                    "day": day,
+                    "session_id": session_id,
+                    "batch_id": run.batch_id,
+                    "presentations": run.presentations,
+                    "spikes": run.spikes,
+                    "night": night,
+                    "truth": truth,
+                }
+            )
+        rig.close()
+        report = write_report(out, api["viewer"], days_log, lab, brain)
+    finally:
+        for c in api.values():
+            c.close()
+        server.stop()
+        if worker_proc is not None:
+            worker_proc.terminate()
+            worker_proc.wait(timeout=30)
+    log.info("demo report written to %s", report)
+    return report
