@@ -89,6 +89,18 @@ def test_projection_matches_bisection_reference(scale: float) -> None:
     assert ((y.double() - p) * (z - p)).flatten(1).sum(1).max() <= 1e-6
 
 
+def test_active_set_and_sorted_solvers_agree() -> None:
+    from models.synthesis.projection import _solve_t_active_set, _solve_t_sorted
+
+    g = torch.Generator().manual_seed(6)
+    c = grid_images(6, 8).double().flatten(1)
+    v = 2 * torch.randn(c.shape, generator=g, dtype=torch.float64)
+    r = torch.tensor([0.1, 0.3, 0.6, 1.0, 1.5, 2.0], dtype=torch.float64)
+    t_act, done = _solve_t_active_set(v, c, r, r / v.norm(dim=1), 0.0, 1.0)
+    assert done.all()
+    assert torch.allclose(t_act, _solve_t_sorted(v, c, r, 0.0, 1.0), atol=1e-12)
+
+
 def test_projection_fast_paths() -> None:
     c = torch.full((2, 3, 4, 4), 0.5)
     inside = c + 0.001
