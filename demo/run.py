@@ -30,19 +30,19 @@ log = logging.getLogger(__name__)
 DEMO_NIGHT = {
     "candidates": ["small_cnn", "small_cnn_conv4"],
     "epsilons": [0.5, 1.0, 2.0],
-    "clean_per_site": 4,
+    "clean_per_site": 3,
     "targeted_epsilons": [1.0, 3.0],
     "targeted_per_site": 1,
     "random_per_site": 2,
     "restarts": 8,
-    "budget": 64,
+    "budget": 48,
     "sites_per_shard": 4,
     "repeats": 8,
     "pair_separation_s": 1500.0,
     "ceiling_threshold": 0.2,
     "n_boot": 300,
-    "model_sensitivity_images": 3,
-    "model_sensitivity_budget": 40,
+    "model_sensitivity_images": 2,
+    "model_sensitivity_budget": 32,
 }
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

@@ -175,9 +175,8 @@ def night(
     wait: Annotated[bool, typer.Option(help="run/wait until the night finishes, with progress")] = True,
 ) -> None:
     """Start the nightly pipeline for a recording session."""
-    from worker.night import run_night_cli
-
     from server.errors import ItloopError
+    from worker.night import run_night_cli
 
     try:
         code = run_night_cli(get_settings(), session_id=session, wait=wait)
@@ -189,7 +188,7 @@ def night(
 @app.command()
 def demo(
     days: Annotated[int, typer.Option(help="days of the closed loop to simulate")] = 3,
-    sites: Annotated[int, typer.Option(help="simulated IT sites")] = 16,
+    sites: Annotated[int, typer.Option(help="simulated IT sites")] = 12,
     out: Annotated[Path | None, typer.Option(help="report folder (default <data_dir>/demo-report)")] = None,
     seed: int = 0,
 ) -> None:

@@ -83,7 +83,7 @@ def model_own_sensitivity(
                 restarts=4,
                 budget=cfg.model_sensitivity_budget,
                 seed=cfg.seed,
-                deterministic=cfg.deterministic,
+                deterministic=False,  # never shipped: batched mode is faster
                 keep_float=False,
             ),
             cancel=lambda: (ctx.check_cancelled(), False)[1],
@@ -192,7 +192,7 @@ def analyze(ctx: JobContext) -> dict[str, Any]:
         )
     epsilons = [p.epsilon for p in pairs] or list(cfg.epsilons)
     models = []
-    if x_all is not None and clean_rows:
+    if x_all is not None and clean_rows and pair_rows:  # models are compared where IT was measured
         for i, version in enumerate(night_versions):
             models += model_own_sensitivity(ctx, version, clean_rows, x_all[clean_rows], site_ids, epsilons)
             ctx.progress(0.3 + 0.5 * (i + 1) / len(night_versions), f"model sensitivity of {version}")
