@@ -152,11 +152,8 @@ def run_demo(
     from demo.server import BackgroundServer
     from demo.truth import evaluate_day
     from demo.virtual_rig import VirtualRig
-    from itloop.storage import get_store
     from models.simulator import VirtualBrain
     from server.db import migrate
-    from server.db.engine import session_scope
-    from worker.steps.publish import initial_batch
 
     if days < 1:
         raise ValueError("days must be >= 1")
@@ -186,15 +183,12 @@ def run_demo(
     days_log: list[dict[str, Any]] = []
     try:
         lab = seed_lab(api, n_sites=n_sites, seed=seed, tag=tag)
-        with session_scope(settings.resolved_database_url) as session:
-            initial_batch(
-                session,
-                get_store(settings.resolved_store_url),
-                rig_id=lab["rig_id"],
-                batch_id=f"{lab['rig_id']}-day0",
-                repeats=params["repeats"],
-                seed=seed,
-            )
+        _check(
+            api["experimenter"].post(
+                f"/rigs/{lab['rig_id']}/batches/initial", json={"repeats": params["repeats"], "seed": seed}
+            ),
+            "day-0 batch",
+        )
         brain = VirtualBrain(n_sites=n_sites, image_size=64, seed=seed)
         rig = VirtualRig(
             base_url=server.url,

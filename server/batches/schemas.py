@@ -85,3 +85,14 @@ class CompleteResult(BaseModel):
     batch_id: str
     completed_at: datetime
     events: int = Field(description="presentation events stored for the batch")
+
+
+class InitialBatchCreate(BaseModel):
+    """Day 0: every registered clean and reference image, no perturbations (no model exists yet)."""
+
+    batch_id: str | None = Field(default=None, min_length=1, max_length=120, pattern=r"^[A-Za-z0-9._:-]+$")
+    repeats: int = Field(default=4, ge=1, le=100)
+    on_ms: int = Field(default=100, gt=0, le=10_000)
+    off_ms: int = Field(default=100, ge=0, le=10_000)
+    images_per_trial: int = Field(default=8, ge=1, le=1000)
+    seed: int = 0

@@ -20,12 +20,13 @@ from server.batches.schemas import (
     BatchPage,
     BatchRead,
     CompleteResult,
+    InitialBatchCreate,
     Manifest,
     PresentationEvent,
     PresentationResult,
 )
 from server.batches.tables import Batch, BatchState
-from server.deps import BatchReader, RigUser, SessionDep, SettingsDep, ViewerUser
+from server.deps import BatchReader, ExperimenterUser, RigUser, SessionDep, SettingsDep, ViewerUser
 from server.errors import InvalidInput, PayloadTooLarge
 from server.images.views import etag_matches, get_app_store
 
@@ -203,3 +204,33 @@ def complete_batch(batch_id: str, session: SessionDep, _: RigUser) -> CompleteRe
     )
     session.commit()
     return out
+
+
+@router.post(
+    "/rigs/{rig_id}/batches/initial",
+    response_model=Manifest,
+    status_code=201,
+    summary="Publish the day-0 batch: the clean and reference sets, no perturbations (experimenter)",
+)
+def create_initial_batch(
+    rig_id: str, body: InitialBatchCreate, session: SessionDep, settings: SettingsDep, _: ExperimenterUser
+) -> Response:
+    from worker.steps.publish import initial_batch
+
+    try:
+        batch = initial_batch(
+            session,
+            get_app_store(settings),
+            rig_id=rig_id,
+            batch_id=body.batch_id or f"{rig_id}-day0",
+            repeats=body.repeats,
+            seed=body.seed,
+            on_ms=body.on_ms,
+            off_ms=body.off_ms,
+            images_per_trial=body.images_per_trial,
+        )
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    session.commit()
+    body_bytes, etag = service.manifest_json(batch=batch, public_base_url=settings.public_base_url)
+    return Response(body_bytes, status_code=201, media_type="application/json", headers={"ETag": etag})
