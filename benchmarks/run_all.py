@@ -1,0 +1,238 @@
+"""Run every benchmark and print one table: benchmark, figure, value, goal, ratio and pass.
+
+``python -m benchmarks.run_all [--quick] [--only NAME ...]``. Each benchmark module's
+``run(quick)`` is called in turn; a benchmark that raises is reported as a failed row in the
+table (with the error) and the others still run. All results, raw and summarised, are written
+to ``benchmarks/results/all.json``.
+
+In the table, ``ratio`` is value / goal for "at least" goals and goal / value for "below"
+goals, so a ratio >= 1 always means the goal is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "all.json"
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    benchmark: str
+    figure: str
+    value: float | str
+    goal: str = "-"
+    ratio: float | None = None
+    passed: bool | None = None
+
+
+def _row(bench: str, figure: str, value: float, op: str = "", goal: float | None = None) -> Row:
+    """A figure with an optional goal ``op goal`` (op is ">=", "<" or "<=")."""
+    if not op or goal is None:
+        return Row(bench, figure, value)
+    if op == ">=":
+        ratio, ok = (value / goal if goal else None), value >= goal
+    else:
+        ratio = goal / value if value else float("inf")
+        ok = value < goal if op == "<" else value <= goal
+    return Row(bench, figure, value, f"{op} {goal:g}", ratio, ok)
+
+
+def _readout(r: dict) -> list[Row]:
+    b = "readout"
+    p = r["problem"]
+    size = f"{p['n_images']}x{p['n_features']}x{p['n_sites']}"
+    rows = [
+        _row(
+            b,
+            f"MultiRidgeCV fit s ({size})",
+            r["multiridgecv_fit_s"],
+            *(("<", 2.0) if not r["quick"] else ()),
+        ),
+        _row(b, "sklearn RidgeCV fit s", r["sklearn_ridgecv_fit_s"]),
+        _row(b, "speed-up vs sklearn (wall)", r["speedup"], ">=", 5.0),
+        _row(b, "speed-up vs sklearn (CPU time)", r["speedup_cpu"], ">=", 5.0),
+        _row(b, "same chosen alpha (fraction)", r["same_alpha_fraction"], ">=", 1.0),
+        _row(b, "max rel. prediction diff", r["max_rel_prediction_diff"], "<=", 1e-5),
+    ]
+    return rows
+
+
+def _synthesis(r: dict) -> list[Row]:
+    b = "synthesis"
+    rows = []
+    for sec in r["sections"]:
+        budgets = sec["budgets"]
+        table = {int(k): v for k, v in sec["rows"].items()}
+        worst_a = min(table[k]["ratio_apgd"] for k in budgets)
+        worst_p = min(table[k]["ratio_pgd"] for k in budgets)
+        rows.append(_row(b, f"{sec['name']} eps={sec['eps']}: min ratio vs APGD-L2", worst_a, ">=", 1.0))
+        rows.append(_row(b, f"{sec['name']} eps={sec['eps']}: min ratio vs PGDL2", worst_p, ">=", 1.0))
+        at10 = [table[k]["ratio_best_at_10x"] for k in budgets if table[k]["ratio_best_at_10x"] is not None]
+        if at10:
+            rows.append(
+                _row(b, f"{sec['name']} eps={sec['eps']}: min vs best@10x budget", min(at10), ">=", 0.99)
+            )
+    t = r["throughput"]
+    rows.append(_row(b, "engine gradient steps/s (CPU)", t["engine_steps_per_s"]))
+    rows.append(_row(b, "throughput ratio vs PGDL2", t["ratio"], ">=", 1.0))
+    if "cuda" in r:
+        c = r["cuda"]
+        rows.append(_row(b, "CUDA bf16 paper-scale night (h)", c["bf16"]["night_hours"], "<", 8.0))
+        rows.append(_row(b, "CUDA |bf16 - fp32| change", abs(c["bf16_vs_fp32_change"]), "<", 0.02))
+    return rows
+
+
+def _api(r: dict) -> list[Row]:
+    b = "api"
+    rows = []
+    rate = f"{r['rate_rps']:.0f} req/s"
+    for kind in ("manifest", "image"):
+        s = r[kind]
+        rows.append(_row(b, f"{kind} GET p50 ms @ {rate}", s["p50_ms"]))
+        rows.append(_row(b, f"{kind} GET p99 ms @ {rate}", s["p99_ms"], "<", r.get("goal_p99_ms", 25.0)))
+    rows.append(_row(b, "errors (non-200)", float(r["errors"]), "<=", 0.0))
+    rows.append(_row(b, "server CPU ms / request", r["server_cpu_ms_per_request"]))
+    return rows
+
+
+def _ingest(r: dict) -> list[Row]:
+    b = "ingest"
+    return [
+        _row(
+            b, f"ingest spikes/s ({r['n_spikes']:,} spikes, PostgreSQL)", r["ingest_spikes_per_s"], ">=", 1e6
+        ),
+        _row(b, "ORM row-by-row spikes/s", r["orm_spikes_per_s"]),
+        _row(b, "speed-up vs ORM inserts", r["speedup"]),
+        _row(b, "idempotent repeat upload s", r["repeat_upload_s"]),
+    ]
+
+
+def _demo(r: dict) -> list[Row]:
+    label = f"`{r['command']}` wall s"
+    if r["quick"]:  # the goal is for the full 3-day run; quick is a smoke figure
+        return [_row("demo", label + " (goal is for --days 3)", r["wall_s"])]
+    return [_row("demo", label, r["wall_s"], "<", r["goal_s"])]
+
+
+# name -> (module, summariser)
+BENCHMARKS: dict[str, tuple[str, Callable[[dict], list[Row]]]] = {
+    "readout": ("benchmarks.bench_readout", _readout),
+    "synthesis": ("benchmarks.bench_synthesis", _synthesis),
+    "api": ("benchmarks.bench_api", _api),
+    "ingest": ("benchmarks.bench_ingest", _ingest),
+    "demo": ("benchmarks.bench_demo", _demo),
+}
+
+
+def run_one(name: str, quick: bool) -> tuple[dict[str, Any], list[Row]]:
+    """Import and run one benchmark; never raises (a failure becomes a failed row)."""
+    module_name, summarise = BENCHMARKS[name]
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"module": module_name, "load_avg_1m_before": os.getloadavg()[0]}
+    try:
+        module = importlib.import_module(module_name)
+        result = module.run(quick=quick)
+    except BaseException as exc:  # noqa: BLE001 - one failing benchmark must not stop the others
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        record.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        record["wall_s"] = time.perf_counter() - t0
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:80]
+        return record, [Row(name, "FAILED", message, passed=False)]
+    record.update(ok=True, wall_s=time.perf_counter() - t0, result=result)
+    try:
+        rows = summarise(result)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        rows = [
+            Row(name, "summary failed (result shape changed?)", f"{type(exc).__name__}: {exc}", passed=False)
+        ]
+    return record, rows
+
+
+def _fmt(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-2):
+        return f"{value:.3g}"
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:,.1f}"
+
+
+def format_table(rows: list[Row]) -> str:
+    """The one table: benchmark, figure, value, goal, ratio/pass."""
+    header = ("benchmark", "figure", "value", "goal", "ratio/pass")
+    lines = []
+    for r in rows:
+        verdict = "-" if r.passed is None else ("pass" if r.passed else "FAIL")
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f} "
+        lines.append((r.benchmark, r.figure, _fmt(r.value), r.goal, f"{ratio}{verdict}"))
+    widths = [
+        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)
+    ]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small problems (minutes, not tens of minutes)")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME", help="run only these"
+    )
+    args = parser.parse_args(argv)
+    names = args.only or list(BENCHMARKS)
+    started = time.time()
+    records: dict[str, Any] = {}
+    rows: list[Row] = []
+    for name in names:
+        print(f"\n######## {name} ########", flush=True)
+        record, bench_rows = run_one(name, args.quick)
+        records[name] = record
+        rows += bench_rows
+        status = "ok" if record["ok"] else f"FAILED ({record['error'][:200]})"
+        print(f"######## {name}: {status} in {record['wall_s']:.1f} s", flush=True)
+    table = format_table(rows)
+    load = os.getloadavg()
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(table)
+    payload = {
+        "quick": args.quick,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": time.time() - started,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "load_avg_end": list(load),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "rows": [asdict(r) for r in rows],
+        "benchmarks": records,
+        "table": table,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(payload, indent=2, default=str))
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0 if all(r.passed is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
