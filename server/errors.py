@@ -12,7 +12,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from itloop.storage import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,27 @@ def install_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         return JSONResponse(_body(_format_validation(errors), errors=errors), status_code=422)
+
+    @app.exception_handler(StoreError)
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        # Disk full, no permission, bucket gone: the server cannot do its job right now, and the
+        # client's request was fine; say what failed instead of a bare 500.
+        log.error("object store failure on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(_body(f"image store unavailable: {exc}"), status_code=503)
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        # A request value the database cannot hold or compare (NUL byte in text on PostgreSQL,
+        # integer out of range): the client's input is wrong, not the server.
+        log.info("rejected a value on %s %s: %s", request.method, request.url.path, exc.orig)
+        reason = str(exc.orig).splitlines()[0][:200] if exc.orig is not None else "invalid value"
+        return JSONResponse(_body(f"a value in the request is not valid here: {reason}"), status_code=422)
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        # SQLite's driver raises a bare OverflowError binding an integer beyond 64 bits.
+        log.info("rejected a value on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(_body(f"a number in the request is out of range: {exc}"), status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
