@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     job_timeout_s: int = 6 * 3600
     job_max_attempts: int = 3
     rig_time: str = Field(default="08:00", description="local time (HH:MM) by which the night must publish")
+    night_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="lab-wide night parameters (JSON), under those a night is started with",
+    )
     public_base_url: str = ""
     log_level: str = "INFO"
 

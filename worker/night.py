@@ -79,13 +79,34 @@ def start_night(
     if active is not None:
         raise Conflict(f"night {active.id} for session {session_id!r} is already {active.state}")
     service.bind(session, settings)
+    note = _check_params(params or {}, settings)
     night = Night(
-        session_pk=rec.id, state=JobState.queued, params={"session_id": session_id, **(params or {})}
+        session_pk=rec.id,
+        state=JobState.queued,
+        params={"session_id": session_id, **(params or {})},
+        note=note,
     )
     session.add(night)
     session.flush()
     plan_night(session, night, settings)
     return night
+
+
+def _check_params(params: dict[str, Any], settings: Settings) -> str:
+    """Refuse malformed night params up front (422), and say which keys no step knows."""
+    from pydantic import ValidationError
+
+    from server.errors import InvalidInput
+    from worker.steps.config import NightConfig
+
+    try:
+        NightConfig.from_params(params, settings.night_defaults)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidInput(f"night params: {where}: {first.get('msg')}") from None
+    unknown = NightConfig.unknown_keys(params)
+    return f"ignored unknown night params: {', '.join(unknown)}" if unknown else ""
 
 
 def plan_night(session: Session, night: Night, settings: Settings) -> dict[str, list[int]]:

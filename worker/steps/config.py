@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class NightConfig(BaseModel):
-    """Knobs of one night; unknown keys are refused so a typo does not silently run the default."""
+    """Knobs of one night. Unknown keys are ignored here but reported when the night starts
+    (``unknown_keys``), so a typo is visible instead of silently running the default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     candidates: list[str | dict[str, Any]] | None = Field(
         default=None, description="candidate models (names from worker.steps.candidates, or full specs)"
@@ -54,6 +55,11 @@ class NightConfig(BaseModel):
     model_sensitivity_budget: int = 100
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> NightConfig:
-        known = {k: v for k, v in params.items() if k not in ("session_id",)}
-        return cls.model_validate(known)
+    def from_params(cls, params: dict[str, Any], defaults: dict[str, Any] | None = None) -> NightConfig:
+        """Night params over the lab's defaults (``ITLOOP_NIGHT_DEFAULTS``) over these defaults."""
+        merged = {**(defaults or {}), **{k: v for k, v in params.items() if k != "session_id"}}
+        return cls.model_validate(merged)
+
+    @classmethod
+    def unknown_keys(cls, params: dict[str, Any]) -> list[str]:
+        return sorted(set(params) - set(cls.model_fields) - {"session_id"})

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def night_config(ctx: JobContext) -> NightConfig:
-    return NightConfig.from_params(ctx.params.get("night_params") or {})
+    return NightConfig.from_params(ctx.params.get("night_params") or {}, ctx.settings.night_defaults)
 
 
 def night_result(ctx: JobContext, kind: str) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def publish(ctx: JobContext) -> dict[str, Any]:
         batches.publish(session=session, batch=batch, store=ctx.store)
         night.batch_pk = batch.id
         night.partial = bool(a.get("partial"))
-        night.note = batch.notes
+        night.note = "; ".join(x for x in (night.note, batch.notes) if x)
     log.info("published %s (%d images, %d presentations)", batch_id, len(images), len(s["sequence"]))
     return {
         "batch_id": batch_id,

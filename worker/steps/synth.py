@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def site_seed(seed: int, site_id: str, salt: str = "") -> int:
+    """A 31-bit seed from content only (site id and salt), so any database remakes the same images.
+
+    31 bits because it is stored as the image's lineage seed (a 32-bit integer column).
+    """
     return (int(seed) * 1_000_003 + zlib.crc32(f"{site_id}:{salt}".encode())) % (2**31)
 
 
@@ -75,6 +80,11 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
         pool = images_by_id(session, ctx.params["clean_image_ids"])
         pks = site_pks(session, sites)
         from server.modeling import service as modeling
+        from server.recordings import service as recordings
+
+        # Random directions are drawn anew each day: with a fixed seed a night would remake
+        # yesterday's images, and the content-addressed store would keep yesterday's lineage.
+        day = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"]).day
 
         mv_id = modeling.get(session=session, version=version).id
     encoder, art = load_encoder(ctx, version)
@@ -99,7 +109,14 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
             for eps in cfg.epsilons:
                 for d in cfg.directions:
                     cases.append(
-                        Case(site=col, image=row(i), eps=float(eps), direction=1 if d == "up" else -1)
+                        Case(
+                            site=col,
+                            image=row(i),
+                            eps=float(eps),
+                            direction=1 if d == "up" else -1,
+                            # The engine's own derived seeds are 63-bit: too wide for the lineage column.
+                            seed=site_seed(cfg.seed, sid, f"guided:{i}:{eps}:{d}"),
+                        )
                     )
         cats = sorted({c for c in categories if c})
         if cfg.targeted_epsilons and cfg.targeted_per_site and len(cats) >= 2:
@@ -141,10 +158,17 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
         )
         targeted_results = []
         for sid, r, eps, direction, preferred in targeted:
+            tseed = site_seed(cfg.seed, sid, f"target:{order[r]}:{eps}")
             res = synthesize_targeted(
-                encoder, images, direction.to(device), eps, synth_cfg, image_indices=[r], cancel=cancel
+                encoder,
+                images,
+                direction.to(device),
+                eps,
+                replace(synth_cfg, seed=tseed),
+                image_indices=[r],
+                cancel=cancel,
             )
-            targeted_results.append((sid, r, eps, preferred, res))
+            targeted_results.append((sid, r, eps, preferred, res, tseed))
     except SynthesisCancelled:
         log.warning("shard %s stopped at the deadline; its sites are left out", sites)
         return {"sites": [], "skipped_sites": sites, "skipped": "deadline", "pairs": []}
@@ -178,7 +202,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
                 },
             )
             pairs.append([parent.id, child.id])
-        for sid, r, eps, preferred, res in targeted_results:
+        for sid, r, eps, preferred, res, tseed in targeted_results:
             parent = pool[order[r]]
             col = art.site_ids.index(sid)
             child = image_service.put_pixels(
@@ -192,13 +216,14 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
                 site_pk=pks[sid],
                 epsilon=eps,
                 direction=f"target:{preferred}",
-                seed=int(res.seed[0]),
+                seed=tseed,  # the base seed of this call; it reproduces the engine's derived seed
                 predicted_change=float(res.out_adv[0, col] - res.out_clean[0, col]),
                 achieved_l2=float(res.delta_l2[0]),
                 provenance={
                     "target_score_clean": float(res.f_clean[0]),
                     "target_score": float(res.f_adv[0]),
                     "preferred_category": preferred,
+                    "engine_seed": int(res.seed[0]),
                     "night": night,
                 },
             )
@@ -209,7 +234,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
             picks = choose_images(len(pool), cfg.random_per_site, site_seed(cfg.seed, sid, "random"))
             for i in picks:
                 for eps in cfg.epsilons:
-                    seed = site_seed(cfg.seed, sid, f"random:{i}:{eps}")
+                    seed = site_seed(cfg.seed, sid, f"random:{day}:{i}:{eps}")
                     q = _random_direction(x_pool[i], float(eps), seed)
                     l2 = float((q.double() / 255 - x_pool[i].double()).norm())
                     with torch.no_grad():
