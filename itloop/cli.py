@@ -143,6 +143,12 @@ def serve(
 
     settings = get_settings()
     settings.ensure_dirs()
+    if not settings.redis_url and workers == 1:
+        # Embedded mode runs jobs in this process: pick up what a previous run left queued.
+        from worker.queue import get_runner
+        from worker.runner import reap_once
+
+        reap_once(settings, get_runner(settings))
     typer.echo(
         f"itloop API on http://{host}:{port}/api/v1/docs (database: "
         f"{settings.resolved_database_url.split('@')[-1]})"

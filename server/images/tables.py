@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, String
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db.base import Base, JSONType, utcnow
@@ -36,7 +36,7 @@ class Image(Base):
     site_pk: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="RESTRICT"))
     epsilon: Mapped[float | None] = mapped_column(Float, default=None)
     direction: Mapped[str | None] = mapped_column(String(20), default=None)
-    seed: Mapped[int | None] = mapped_column(default=None)
+    seed: Mapped[int | None] = mapped_column(BigInteger, default=None)  # engine seeds are 63-bit
     predicted_change: Mapped[float | None] = mapped_column(Float, default=None)
     achieved_l2: Mapped[float | None] = mapped_column(Float, default=None)
     provenance: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

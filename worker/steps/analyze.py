@@ -111,7 +111,7 @@ def model_own_sensitivity(
     return out
 
 
-@job(ANALYZE, timeout_s=3 * 3600, max_attempts=2)
+@job(ANALYZE, queue="itloop-gpu", timeout_s=3 * 3600, max_attempts=2)  # attacks each model
 def analyze(ctx: JobContext) -> dict[str, Any]:
     """Every sensitivity figure of the day, stored per site, epsilon, day and estimator."""
     from models.sensitivity import CleanResponses, PairedResponses, analyze_day

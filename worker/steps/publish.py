@@ -75,8 +75,11 @@ def schedule(ctx: JobContext) -> dict[str, Any]:
     """RSVP order: repeats balanced per block, each clean image far from its perturbed twins."""
     cfg = night_config(ctx)
     a = night_result(ctx, ASSEMBLE)
-    images = sorted(a["roles"], key=int)
-    pairs = [(str(p), str(c)) for p, c in a["pairs"]]
+    # Order by content, not by database id: two workers (or a re-run) insert rows in other orders.
+    with ctx.session() as session:
+        sha = {str(im.id): im.sha256 for im in images_by_id(session, [int(k) for k in a["roles"]])}
+    images = sorted(a["roles"], key=lambda k: (a["roles"][k], sha[k]))
+    pairs = sorted(((str(p), str(c)) for p, c in a["pairs"]), key=lambda pc: (sha[pc[0]], sha[pc[1]]))
     sched = schedule_rsvp(
         images,
         pairs,

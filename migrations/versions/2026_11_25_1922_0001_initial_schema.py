@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 18:43:19.034189
+Create Date: 2026-11-25 19:22:39.721171
 """
 
 from collections.abc import Sequence
@@ -209,7 +209,7 @@ def upgrade() -> None:
         sa.Column("site_pk", sa.Integer(), nullable=True),
         sa.Column("epsilon", sa.Float(), nullable=True),
         sa.Column("direction", sa.String(length=20), nullable=True),
-        sa.Column("seed", sa.Integer(), nullable=True),
+        sa.Column("seed", sa.BigInteger(), nullable=True),
         sa.Column("predicted_change", sa.Float(), nullable=True),
         sa.Column("achieved_l2", sa.Float(), nullable=True),
         sa.Column(
