@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -79,17 +80,34 @@ def start_night(
     if active is not None:
         raise Conflict(f"night {active.id} for session {session_id!r} is already {active.state}")
     service.bind(session, settings)
-    note = _check_params(params or {}, settings)
+    params = dict(params or {})
+    note = _check_params(params, settings)
+    deadline = params.get("deadline") or settings.night_defaults.get("deadline") or _next_rig_time(settings)
+    if deadline:
+        params["deadline"] = deadline
     night = Night(
         session_pk=rec.id,
         state=JobState.queued,
-        params={"session_id": session_id, **(params or {})},
+        params={"session_id": session_id, **params},
         note=note,
+        deadline_at=datetime.fromisoformat(deadline) if deadline else None,
     )
     session.add(night)
     session.flush()
     plan_night(session, night, settings)
     return night
+
+
+def _next_rig_time(settings: Settings) -> str | None:
+    """The next ``ITLOOP_RIG_TIME`` (server local time) as ISO: when the rig wants its batch."""
+    if not settings.rig_time:
+        return None
+    hour, minute = (int(x) for x in settings.rig_time.split(":"))
+    now = datetime.now().astimezone()
+    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if at <= now:
+        at += timedelta(days=1)
+    return at.isoformat()
 
 
 def _check_params(params: dict[str, Any], settings: Settings) -> str:

@@ -45,7 +45,12 @@ class NightConfig(BaseModel):
     pair_separation_s: float = 25 * 60.0
     window_ms: tuple[float, float] | None = None
     train_days: int | None = Field(default=None, description="use this many most recent days; None = all")
-    deadline: str | None = Field(default=None, description="ISO time by which the batch must publish")
+    deadline: str | None = Field(
+        default=None, description="ISO time by which the batch must publish (default: next ITLOOP_RIG_TIME)"
+    )
+    deadline_margin_s: float = Field(
+        default=600.0, ge=0, description="stop synthesis this early to assemble and publish in time"
+    )
     n_boot: int = 1000
     model_sensitivity_images: int = Field(
         default=4,

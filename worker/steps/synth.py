@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ def past_deadline(cfg: NightConfig) -> bool:
     deadline = datetime.fromisoformat(cfg.deadline)
     if deadline.tzinfo is None:
         deadline = deadline.replace(tzinfo=UTC)
-    return datetime.now(UTC) >= deadline
+    return datetime.now(UTC) >= deadline - timedelta(seconds=cfg.deadline_margin_s)
 
 
 def _random_direction(clean: Any, eps: float, seed: int) -> Any:
