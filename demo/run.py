@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,9 @@ def run_demo(
     tag = f"{int(time.time()) % 100000:05d}"
     out = Path(out) if out else settings.data_dir / "demo-report"
     tokens = _tokens(settings)
-    params = {**DEMO_NIGHT, "seed": seed, **(night_params or {})}
+    # Simulated days run back to back: the rig-time deadline of a real lab does not apply.
+    far = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    params = {**DEMO_NIGHT, "seed": seed, "deadline": far, **(night_params or {})}
     worker_proc = None
     if settings.redis_url:  # jobs go to RQ: this demo brings its own worker process
         env = {
