@@ -155,7 +155,7 @@ def run_one(name: str, quick: bool) -> tuple[dict[str, Any], list[Row]]:
             raise
         record.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         record["wall_s"] = time.perf_counter() - t0
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:80]
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:60]
         return record, [Row(name, "FAILED", message, passed=False)]
     record.update(ok=True, wall_s=time.perf_counter() - t0, result=result)
     try:
@@ -181,7 +181,7 @@ def format_table(rows: list[Row]) -> str:
     lines = []
     for r in rows:
         verdict = "-" if r.passed is None else ("pass" if r.passed else "FAIL")
-        ratio = "" if r.ratio is None else f"{r.ratio:.2f} "
+        ratio = "" if r.ratio is None else (">99 " if r.ratio > 99 else f"{r.ratio:.3f} ")
         lines.append((r.benchmark, r.figure, _fmt(r.value), r.goal, f"{ratio}{verdict}"))
     widths = [
         max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)
