@@ -9,6 +9,7 @@ transaction, so a rig never sees a half-made batch; until then yesterday's stays
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from sqlalchemy import select
@@ -93,10 +94,15 @@ def schedule(ctx: JobContext) -> dict[str, Any]:
         ),
     )
     ctx.progress(1.0, f"{len(sched.items)} presentations, twins {sched.mean_pair_separation_s:.0f} s apart")
+    # No pairs (deadline, nothing synthesised) gives NaN separations; PostgreSQL's JSON refuses NaN.
+    mean_sep, min_sep = (
+        float(v) if math.isfinite(v) else None
+        for v in (sched.mean_pair_separation_s, sched.min_pair_separation_s)
+    )
     return {
         "sequence": [[it.seq, int(it.image), it.trial] for it in sched.items],
-        "mean_pair_separation_s": sched.mean_pair_separation_s,
-        "min_pair_separation_s": sched.min_pair_separation_s,
+        "mean_pair_separation_s": mean_sep,
+        "min_pair_separation_s": min_sep,
         "capped": sched.capped,
         "duration_s": sched.duration_s,
     }
@@ -123,8 +129,10 @@ def publish(ctx: JobContext) -> dict[str, Any]:
         roles = {int(k): v for k, v in a["roles"].items()}
         images = images_by_id(session, sorted(roles))
         note = a.get("note", "")
-        sep = f"twins {s['mean_pair_separation_s']:.0f} s apart on average"
-        if s.get("capped"):
+        sep = ""
+        if s.get("mean_pair_separation_s") is not None:
+            sep = f"twins {s['mean_pair_separation_s']:.0f} s apart on average"
+        if sep and s.get("capped"):
             sep += f" (capped by the batch length; target {cfg.pair_separation_s:.0f} s)"
         batch = batches.create_batch(
             session=session,
