@@ -33,11 +33,10 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling skips BEGIN and breaks SAVEPOINTs; let
-        # SQLAlchemy emit BEGIN itself so transactions and rollbacks are real. IMMEDIATE takes
-        # the write lock up front: a read-then-write transaction would otherwise fail with
-        # "database is locked" when another connection committed in between (job heartbeats
-        # commit all the time), and busy_timeout does not help with that upgrade.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # SQLAlchemy emit BEGIN itself so transactions and rollbacks are real. Deferred, not
+        # IMMEDIATE: readers (health checks, dashboards) must not queue behind a writer. Code that
+        # reads then writes under contention takes the write lock first (server.jobs.service.write_lock).
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 

@@ -286,7 +286,7 @@ def test_workers_share_a_night_and_make_the_batch_one_worker_makes(
     gpu_pids = {w.proc.pid for w in gpus}
 
     # Queue routing: every GPU-queue job ran on a GPU worker; the CPU worker did CPU work.
-    assert {j.kind for j in rows if j.queue == GPU} == {"night.refit", "night.synthesize"}
+    assert {j.kind for j in rows if j.queue == GPU} == {"night.refit", "night.synthesize", "night.analyze"}
     assert all(pid_of(j) in gpu_pids for j in rows if j.queue == GPU)
     assert {pid_of(j) for j in rows} <= gpu_pids | {cpu.proc.pid}
     assert pid_of(next(j for j in rows if j.kind == "night.responses")) == cpu.proc.pid
