@@ -10,6 +10,11 @@ back (``db_session``). Tests that need committed data seen by other processes
 from __future__ import annotations
 
 import os
+
+# One BLAS/OpenMP thread per process: the suite runs next to subprocess workers on a 2-core
+# machine, and oversubscribed OpenMP threads spin and slow everything down many-fold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
