@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from itloop.storage import StoreError
@@ -109,6 +109,14 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("rejected a value on %s %s: %s", request.method, request.url.path, exc.orig)
         reason = str(exc.orig).splitlines()[0][:200] if exc.orig is not None else "invalid value"
         return JSONResponse(_body(f"a value in the request is not valid here: {reason}"), status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def _db_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        # Connection lost (server restarted) or SQLite busy past its timeout: nothing wrong with
+        # the request, so say "try again" (503) instead of a bare 500. The log keeps the traceback.
+        log.error("database unavailable on %s %s", request.method, request.url.path, exc_info=exc)
+        reason = str(exc.orig).splitlines()[0][:200] if exc.orig is not None else "unavailable"
+        return JSONResponse(_body(f"database unavailable, try again: {reason}"), status_code=503)
 
     @app.exception_handler(OverflowError)
     async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
