@@ -163,7 +163,31 @@ def resnet50(num_classes: int = 1000) -> nn.Module:
     return torchvision.models.resnet50(weights=None, num_classes=num_classes)
 
 
+class PixelPool(nn.Module):
+    """Block-averaged pixels as the "features" (layer ``pool``): a linear, smooth front end.
+
+    A readout on it is a low-resolution linear receptive field. It is the natural surrogate
+    for a linear-nonlinear population (such as ``models.simulator``'s), and a baseline any CNN
+    should beat on real IT data.
+    """
+
+    def __init__(self, size: int = 16, num_classes: int = 1):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(size)
+        self.fc = nn.Linear(3 * size * size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(x).flatten(1))
+
+
+def pixel_pool(size: int = 16, num_classes: int = 1, seed: int = 0) -> nn.Module:
+    net = PixelPool(size, num_classes)
+    _seeded_init(net, seed)
+    return net
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "pixels": pixel_pool,
     "resnet50": resnet50,
     "small_cnn": small_cnn,
     "tiny_cnn": tiny_cnn,

@@ -29,6 +29,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     # Checkpoint-free, seeded networks for the demo and the tests.
     "small_cnn": {"backbone": "small_cnn", "layer": "conv3", "pool": "avg", "kwargs": {"seed": 0}},
     "small_cnn_conv4": {"backbone": "small_cnn", "layer": "conv4", "pool": "avg", "kwargs": {"seed": 0}},
+    "pixels16": {"backbone": "pixels", "layer": "pool", "pool": "flatten", "kwargs": {"size": 16}},
     "tiny_cnn": {"backbone": "tiny_cnn", "layer": "conv2", "pool": "avg", "kwargs": {"seed": 0}},
 }
 
