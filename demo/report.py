@@ -82,6 +82,7 @@ def write_report(
             ax.axhline(rp[0]["value"], color="grey", ls="--", label="random-pair baseline")
         ax.plot(t["epsilons"], t["pop_true_max"], "k*-", label="true sensitivity (exact)")
         ax.plot(t["epsilons"], t["pop_true_effect"], "kx:", label="true effect of shown images")
+        ax.set_yscale("symlog", linthresh=0.1)  # models can be 10x more sensitive than IT
         ax.set_xlabel("epsilon (L2, [0,1] pixels)")
         ax.set_ylabel("normalised sensitivity")
         ax.set_title(f"Population sensitivity, day {last['day']}")
