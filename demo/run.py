@@ -160,7 +160,6 @@ def run_demo(
         raise ValueError("days must be >= 1")
     settings.ensure_dirs()
     migrate.upgrade(settings.resolved_database_url)
-    tag = f"{int(time.time()) % 100000:05d}"
     out = Path(out) if out else settings.data_dir / "demo-report"
     tokens = _tokens(settings)
     # Simulated days run back to back: the rig-time deadline of a real lab does not apply.
@@ -185,7 +184,11 @@ def run_demo(
     }
     days_log: list[dict[str, Any]] = []
     try:
-        lab = seed_lab(api, n_sites=n_sites, seed=seed, tag=tag)
+        # Site ids seed the image choice: derive them from the seed (and how many demo labs this
+        # data folder already holds), not from the clock, so a fresh run is reproducible.
+        subjects = _check(api["viewer"].get("/subjects", params={"limit": 500}), "subjects")["items"]
+        earlier = sum(1 for x in subjects if x["name"].startswith(f"demo-monkey-s{seed}-"))
+        lab = seed_lab(api, n_sites=n_sites, seed=seed, tag=f"s{seed}-{earlier}")
         _check(
             api["experimenter"].post(
                 f"/rigs/{lab['rig_id']}/batches/initial", json={"repeats": params["repeats"], "seed": seed}
