@@ -20,6 +20,8 @@ def get_db(request: Request) -> Iterator[Session]:
     """One session per request; services flush, the route's success commits."""
     settings: Settings = request.app.state.settings
     session = get_sessionmaker(settings.resolved_database_url)()
+    if settings.is_sqlite and request.method not in ("GET", "HEAD", "OPTIONS"):
+        session.connection(execution_options={"itloop_write": True})
     try:
         yield session
         session.commit()

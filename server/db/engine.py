@@ -22,6 +22,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(conn: Any) -> None:
+    """BEGIN, or BEGIN IMMEDIATE for units of work that will write (``itloop_write`` option).
+
+    A deferred transaction that reads and then writes fails at once with "database is locked"
+    when another connection committed in between; taking the write lock up front avoids that,
+    while read-only work (health, dashboards) never waits behind a writer.
+    """
+    immediate = conn.get_execution_options().get("itloop_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
 def make_engine(url: str) -> Engine:
     """Build an engine with the per-backend settings itloop relies on (FKs on SQLite, pre-ping)."""
     if url.startswith("sqlite"):
@@ -36,7 +47,7 @@ def make_engine(url: str) -> Engine:
         # SQLAlchemy emit BEGIN itself so transactions and rollbacks are real. Deferred, not
         # IMMEDIATE: readers (health checks, dashboards) must not queue behind a writer. Code that
         # reads then writes under contention takes the write lock first (server.jobs.service.write_lock).
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
