@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from sqlalchemy.orm import Session
 
 from tests.server.test_recordings_helpers import (
@@ -205,12 +204,6 @@ def test_fuzzed_uploads_are_clean_4xx_and_change_nothing(
     assert all(a.startswith("nwb-bit-flips") for a in accepted), accepted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: server/recordings/ingest/columnar.py casts any Parquet type that Arrow can cast "
-    "(bool -> float64), so a boolean onset_s column is stored as onsets of 1.0 s; "
-    "remove this mark when fixed",
-)
 def test_parquet_boolean_onsets_are_rejected(client, auth, db_session: Session, tmp_path: Path) -> None:
     lab = make_lab(db_session)
     create_session(client, auth, lab)

@@ -90,6 +90,24 @@ def _read_csv(path: Path, label: str, types: dict[str, pa.DataType]) -> pa.Table
         raise InvalidUpload(_locate_csv_error(path, label, types)) from exc
 
 
+def _compatible(source: pa.DataType, target: pa.DataType) -> bool:
+    """Only lossless, meaningful casts: numbers to numbers, text to text, booleans to booleans.
+
+    Arrow would also cast a boolean column to seconds (True -> 1.0) or numeric strings to
+    floats; in a spike file those are mistakes to report, not to store.
+    """
+    t = pa.types
+    if t.is_dictionary(source):
+        source = source.value_type
+    if t.is_boolean(target):
+        return t.is_boolean(source)
+    if t.is_floating(target) or t.is_integer(target):
+        return (t.is_integer(source) or t.is_floating(source)) and not t.is_boolean(source)
+    if t.is_string(target) or t.is_large_string(target):
+        return t.is_string(source) or t.is_large_string(source) or t.is_integer(source)
+    return True
+
+
 def _read_table(path: Path, label: str, types: dict[str, pa.DataType]) -> pa.Table:
     if not is_parquet(path):
         table = _read_csv(path, label, types)
@@ -108,6 +126,8 @@ def _read_table(path: Path, label: str, types: dict[str, pa.DataType]) -> pa.Tab
             if name not in table.column_names:
                 continue
             col = table[name]
+            if not _compatible(col.type, kind):
+                raise InvalidUpload(f"{label}: column {name!r} has type {col.type}; expected {kind}")
             try:
                 cols[name] = col.cast(kind)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
