@@ -12,24 +12,17 @@ from sqlalchemy.orm import Session
 from itloop.settings import Settings, get_settings
 from server.auth import service as auth_service
 from server.auth.tables import Role, User
-from server.db.engine import get_sessionmaker
+from server.db.engine import session_scope
 from server.errors import Forbidden, Unauthorized
 
 
 def get_db(request: Request) -> Iterator[Session]:
     """One session per request; services flush, the route's success commits."""
     settings: Settings = request.app.state.settings
-    session = get_sessionmaker(settings.resolved_database_url)()
-    if settings.is_sqlite and request.method not in ("GET", "HEAD", "OPTIONS"):
-        session.connection(execution_options={"itloop_write": True})
-    try:
+    with session_scope(settings.resolved_database_url) as session:
+        if settings.is_sqlite and request.method not in ("GET", "HEAD", "OPTIONS"):
+            session.connection(execution_options={"itloop_write": True})
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def get_app_settings(request: Request) -> Settings:
