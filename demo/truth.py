@@ -11,6 +11,7 @@ day's clean images:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import httpx
@@ -84,8 +85,10 @@ def evaluate_day(viewer: httpx.Client, rig: Any, run: Any, site_ids: list[str], 
     sc = est["sign_corrected"]
     ok = np.isfinite(sc) & np.isfinite(effect)
     abs_err = float(np.mean(np.abs(sc[ok] - effect[ok]))) if ok.any() else float("nan")
-    site_est = np.nanmean(sc, axis=1)
-    site_true = np.nanmean(true_max, axis=1)
+    with warnings.catch_warnings():  # a site with no pairs today is NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        site_est = np.nanmean(sc, axis=1)
+        site_true = np.nanmean(true_max, axis=1)
     good = np.isfinite(site_est) & np.isfinite(site_true)
     rho = float(spearmanr(site_est[good], site_true[good]).statistic) if good.sum() > 2 else float("nan")
     return {
