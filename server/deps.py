@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -25,7 +25,8 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
+    # async: no I/O, so no hop to the thread pool on every request
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
@@ -50,11 +51,11 @@ def get_current_user(
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def require_role(*roles: Role | str) -> Callable[[User], User]:
+def require_role(*roles: Role | str) -> Callable[[User], Awaitable[User]]:
     """Allow the listed roles (admin is always allowed)."""
     allowed = {str(r) for r in roles} | {Role.admin.value}
 
-    def _check(user: CurrentUser) -> User:
+    async def _check(user: CurrentUser) -> User:  # async: a pure check needs no worker thread
         if user.role not in allowed:
             raise Forbidden(f"role {user.role!r} may not do this; needs one of {', '.join(sorted(allowed))}")
         return user
