@@ -20,21 +20,29 @@ def _differences(row: Any, wanted: dict[str, Any]) -> list[str]:
     return [f"{k}: {getattr(row, k)!r} != {v!r}" for k, v in wanted.items() if getattr(row, k) != v]
 
 
+def _create_or_match(
+    session: Session, model: Any, key: dict[str, Any], wanted: dict[str, Any], label: str
+) -> Any:
+    """Registration is idempotent: return the row named by ``key`` if it matches ``wanted``,
+    create it if absent, and refuse (409) a same-named row with other data."""
+    existing = session.scalar(select(model).filter_by(**key))
+    if existing is not None:
+        diff = _differences(existing, wanted)
+        if diff:
+            raise Conflict(f"{label} already exists with other data ({'; '.join(diff)})")
+        return existing
+    row = model(**key, **wanted)
+    session.add(row)
+    session.flush()
+    return row
+
+
 def create_subject(
     *, session: Session, name: str, species: str = "Macaca mulatta", notes: str = ""
 ) -> Subject:
     """Create a subject, or return it when it already exists with the same data."""
     wanted = {"species": species, "notes": notes}
-    existing = session.scalar(select(Subject).where(Subject.name == name))
-    if existing is not None:
-        diff = _differences(existing, wanted)
-        if diff:
-            raise Conflict(f"subject {name!r} already exists with other data ({'; '.join(diff)})")
-        return existing
-    subject = Subject(name=name, **wanted)
-    session.add(subject)
-    session.flush()
-    return subject
+    return _create_or_match(session, Subject, {"name": name}, wanted, f"subject {name!r}")
 
 
 def get_subject(*, session: Session, name: str) -> Subject:
@@ -56,17 +64,9 @@ def create_array(
     """Create a chronic array on a subject, or return it when identical."""
     owner = get_subject(session=session, name=subject)
     wanted = {"region": region, "hemisphere": hemisphere}
-    existing = session.scalar(select(Array).where(Array.subject_id == owner.id, Array.name == name))
-    if existing is not None:
-        diff = _differences(existing, wanted)
-        if diff:
-            detail = "; ".join(diff)
-            raise Conflict(f"array {name!r} of {subject!r} already exists with other data ({detail})")
-        return existing
-    array = Array(subject_id=owner.id, name=name, **wanted)
-    session.add(array)
-    session.flush()
-    return array
+    return _create_or_match(  # type: ignore[no-any-return]
+        session, Array, {"subject_id": owner.id, "name": name}, wanted, f"array {name!r} of {subject!r}"
+    )
 
 
 def list_arrays(
@@ -198,16 +198,7 @@ def create_rig(
     """Register a rig (admin); identical re-registration returns the existing rig."""
     subject_id = get_subject(session=session, name=subject).id if subject else None
     wanted = {"name": name, "subject_id": subject_id, "screen": dict(screen or {})}
-    existing = session.scalar(select(Rig).where(Rig.rig_id == rig_id))
-    if existing is not None:
-        diff = _differences(existing, wanted)
-        if diff:
-            raise Conflict(f"rig {rig_id!r} already exists with other data ({'; '.join(diff)})")
-        return existing
-    rig = Rig(rig_id=rig_id, **wanted)
-    session.add(rig)
-    session.flush()
-    return rig
+    return _create_or_match(session, Rig, {"rig_id": rig_id}, wanted, f"rig {rig_id!r}")
 
 
 def get_rig(*, session: Session, rig_id: str) -> Rig:
