@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, MetaData
+from sqlalchemy import JSON, BigInteger, DateTime, MetaData, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm.attributes import set_committed_value
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -29,3 +31,29 @@ def utcnow() -> datetime:
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+def _datetime_keys(mapper: Any) -> tuple[str, ...]:
+    keys = tuple(
+        prop.key
+        for prop in mapper.column_attrs
+        if isinstance(getattr(prop.columns[0], "type", None), DateTime)
+    )
+    return keys
+
+
+@event.listens_for(Base, "load", propagate=True)
+def _utc_on_load(target: Any, _context: Any) -> None:
+    """SQLite forgets time zones: every stored time is UTC, so say so on the way out.
+
+    PostgreSQL already returns aware datetimes, for which this is a no-op. Values are set
+    without history, so loading never makes a row dirty.
+    """
+    state = target.__dict__
+    for key in _datetime_keys(type(target).__mapper__):
+        value = state.get(key)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            set_committed_value(target, key, value.replace(tzinfo=UTC))
+
+
+event.listen(Base, "refresh", lambda target, ctx, attrs: _utc_on_load(target, ctx), propagate=True)
