@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from demo.truth import sensitivity_records
+
 
 def _plt() -> Any:
     import matplotlib
@@ -18,20 +20,6 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _population(viewer: httpx.Client, day: int) -> list[dict[str, Any]]:
-    items, offset = [], 0
-    while True:
-        r = viewer.get(
-            "/analysis/sensitivity", params={"day": day, "population": "true", "limit": 500, "offset": offset}
-        )
-        r.raise_for_status()
-        page = r.json()
-        items += page["items"]
-        offset += len(page["items"])
-        if offset >= page["total"] or not page["items"]:
-            return items
 
 
 def _curve(rows: list[dict[str, Any]], source: str, estimator: str) -> tuple[np.ndarray, ...]:
@@ -58,7 +46,7 @@ def write_report(
     figures: list[tuple[str, str]] = []
 
     if last is not None:
-        rows = _population(viewer, last["day"])
+        rows = sensitivity_records(viewer, day=last["day"], population="true")
         t = last["truth"]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for est, style in (("sign_corrected", "o-"), ("plain", "s--"), ("model_free_sign_corrected", "^:")):

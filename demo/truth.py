@@ -19,7 +19,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 
-def _records(viewer: httpx.Client, **params: Any) -> list[dict[str, Any]]:
+def sensitivity_records(viewer: httpx.Client, **params: Any) -> list[dict[str, Any]]:
+    """Every page of ``GET /analysis/sensitivity`` for these filters."""
     items, offset = [], 0
     while True:
         r = viewer.get("/analysis/sensitivity", params={**params, "limit": 500, "offset": offset})
@@ -72,7 +73,7 @@ def evaluate_day(viewer: httpx.Client, rig: Any, run: Any, site_ids: list[str], 
     }
     pop = {}
     for name, arr in est.items():
-        for rec in _records(viewer, day=day, estimator=name, source="it"):
+        for rec in sensitivity_records(viewer, day=day, estimator=name, source="it"):
             if rec.get("epsilon") is None or rec["value"] is None:
                 continue
             e = epsilons.index(float(rec["epsilon"])) if float(rec["epsilon"]) in epsilons else None

@@ -16,6 +16,7 @@ import numpy as np
 from sqlalchemy import select
 
 from server.analysis import service as analysis
+from server.lab.tables import Site
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
 from server.recordings.queries import responses_by_image
@@ -130,6 +131,7 @@ def analyze(ctx: JobContext) -> dict[str, Any]:
             )
         )
         version_of = dict(session.execute(select(ModelVersion.id, ModelVersion.version)).all())
+        site_pk_to_id = dict(session.execute(select(Site.id, Site.site_id)).all())
         day = rec.day
     site_ids = list(table.site_ids)
     padded = table.padded()  # (n_images, n_sites, reps)
@@ -149,11 +151,6 @@ def analyze(ctx: JobContext) -> dict[str, Any]:
         encoder, art = load_encoder(ctx, version_of[mv_id])
         preds[mv_id] = _align(_predict(encoder, x_all, ctx.device()), art.site_ids, site_ids)
     ctx.progress(0.3, f"{len(pair_rows)} pairs, {len(clean_rows)} clean images")
-    site_pk_to_id = {}
-    with ctx.session() as session:
-        from server.lab.tables import Site
-
-        site_pk_to_id = dict(session.execute(select(Site.id, Site.site_id)).all())
     pairs = []
     for eps in sorted({round(float(im.epsilon), 9) for _, _, im in pair_rows}):
         rows = [(p, c, im) for p, c, im in pair_rows if round(float(im.epsilon), 9) == eps]
