@@ -8,6 +8,7 @@ from itloop.logging import configure_logging
 from itloop.settings import Settings, get_settings
 from server.api import build_api_router
 from server.errors import install_error_handlers
+from server.openapi import install_openapi
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(build_api_router())
     try:
         from server.dashboard.views import mount_dashboard

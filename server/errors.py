@@ -1,7 +1,8 @@
 """Domain exceptions and the one place that turns them (and everything else) into JSON errors.
 
 Services raise these; only this module knows HTTP status codes. Every 4xx/5xx the
-API returns is ``{"detail": "<what is wrong>"}`` (validation errors add ``errors``).
+API returns is ``{"detail": "<what is wrong>"}`` (validation errors add ``errors``): the
+``ErrorBody`` model, which the OpenAPI document advertises for every error (``server/openapi.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -61,6 +64,28 @@ class PayloadTooLarge(ItloopError):
 
 class Unavailable(ItloopError):
     status_code = 503
+
+
+class ValidationIssue(BaseModel):
+    """One problem request validation found."""
+
+    loc: list[str | int] = Field(
+        description="where: `body`, `query`, `path` or `header`, then field names and list indices"
+    )
+    msg: str = Field(description="what is wrong there")
+    type: str = Field(description="pydantic's error type, e.g. `missing`, `int_parsing`")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response (4xx and 5xx)."""
+
+    detail: str = Field(description="what is wrong, in words")
+    errors: list[ValidationIssue | str] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="present when several things are wrong: one object per problem request "
+        "validation found, or one string per rejected item of a list the route validates itself "
+        "(e.g. presentation events)",
+    )
 
 
 def _body(detail: str, **extra: Any) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""The OpenAPI document, told the truth about errors.
+
+FastAPI documents a 422 ``HTTPValidationError`` (``detail`` a list) on every route that takes
+input, but ``server/errors.py`` answers every error with ``ErrorBody`` (``detail`` a string, plus
+``errors`` for validation). ``document_errors`` rewrites the generated document once: each 422
+refers to ``ErrorBody``, operations that need a token also list 401 and 403, operations with a path
+parameter list 404, and FastAPI's ``HTTPValidationError`` and ``ValidationError`` schemas are
+dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI
+
+from server.errors import ErrorBody
+
+ERROR_SCHEMA = "ErrorBody"
+ERROR_REF = f"#/components/schemas/{ERROR_SCHEMA}"
+FASTAPI_SCHEMAS = ("HTTPValidationError", "ValidationError")
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+DESCRIPTIONS = {
+    "401": "no bearer token, or an unknown, revoked or disabled one",
+    "403": "the token's role may not do this",
+    "404": "nothing by that name or id",
+    "422": "the request is not valid; request validation lists each problem in `errors`",
+}
+FASTAPI_DEFAULT_DESCRIPTIONS = {"Validation Error"}
+
+
+def _error_codes(operation: dict[str, Any]) -> set[str]:
+    """The error statuses an operation can answer with, judging by what it takes."""
+    codes = {"422"} if "422" in operation.get("responses", {}) else set()
+    if operation.get("security"):
+        # Every route behind a token; a role check may also refuse (403) on most of them.
+        codes |= {"401", "403"}
+    if any(p.get("in") == "path" for p in operation.get("parameters", [])):
+        codes.add("404")
+    return codes
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make every documented error response an ``ErrorBody`` (in place; returns ``schema``)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(body.pop("$defs", {}))
+    components[ERROR_SCHEMA] = body
+    for operations in schema.get("paths", {}).values():
+        for method, operation in operations.items():
+            if method not in METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            for code in sorted(_error_codes(operation)):
+                response = responses.setdefault(code, {})
+                description = response.get("description")
+                if not description or description in FASTAPI_DEFAULT_DESCRIPTIONS:
+                    response["description"] = DESCRIPTIONS[code]
+                response["content"] = {"application/json": {"schema": {"$ref": ERROR_REF}}}
+            operation["responses"] = dict(sorted(responses.items()))
+    for name in FASTAPI_SCHEMAS:  # in this order: HTTPValidationError refers to ValidationError
+        if name in components and f'"#/components/schemas/{name}"' not in json.dumps(schema):
+            del components[name]
+    return schema
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve ``document_errors`` of FastAPI's generated document (built once, then cached)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
