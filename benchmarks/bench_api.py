@@ -120,6 +120,7 @@ def _drive(
         # warm-up: open connections, fill caches
         list(pool.map(lambda p: one(p[0], p[1], time.perf_counter()), paths[:64]))
         futures = []
+        cpu0 = time.process_time()
         t0 = time.perf_counter() + 0.05
         for i, (kind, path) in enumerate(paths):
             due = t0 + i / rate
@@ -129,7 +130,8 @@ def _drive(
             futures.append(pool.submit(one, kind, path, due))
         results = [f.result() for f in futures]
         wall = time.perf_counter() - t0
-    out.send({"results": results, "wall_s": wall})
+        client_cpu = time.process_time() - cpu0
+    out.send({"results": results, "wall_s": wall, "client_cpu_s": client_cpu})
     out.close()
 
 
@@ -261,6 +263,7 @@ def run(quick: bool = False) -> dict:
         "load_avg_1m": os.getloadavg()[0],
         "goal_p99_ms": GOAL_P99_MS,
         "server_cpu_ms_per_request": 1000 * server_cpu_s / (len(results) + 64),
+        "client_cpu_ms_per_request": 1000 * payload["client_cpu_s"] / len(results),
     }
     for kind in ("manifest", "image"):
         rows = [r for r in results if r[0] == kind and r[3] == 200]
@@ -302,7 +305,8 @@ def main() -> None:
         )
     print(
         f"server CPU per request: {res['server_cpu_ms_per_request']:.2f} ms "
-        f"(so 200 req/s needs {res['server_cpu_ms_per_request'] * 0.2:.0%} of one core)"
+        f"(so 200 req/s needs {res['server_cpu_ms_per_request'] * 0.2:.0%} of one core); "
+        f"load generator: {res['client_cpu_ms_per_request']:.2f} ms on the same CPUs"
     )
     print(f"wrote {RESULTS}")
 

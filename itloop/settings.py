@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     bootstrap_admin_token: str | None = Field(
         default=None, description="if set, `itloop db upgrade` ensures an admin with this token exists"
     )
+    auth_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="how long an API process trusts a checked token before asking the database "
+        "again (the longest a revocation from another process takes to apply); 0 checks every request",
+    )
     max_upload_bytes: int = 512 * 1024 * 1024
     response_window_ms: tuple[float, float] = (70.0, 170.0)
     queue_name: str = "itloop"

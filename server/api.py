@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends, FastAPI
 
 from server import health
 from server.auth import views as auth_views
@@ -13,12 +13,16 @@ from server.deps import get_current_user
 
 log = logging.getLogger(__name__)
 
-# Domain routers, added as they land. Each module exposes ``router``.
+PREFIX = "/api/v1"
+
+# Domain routers. Each module exposes ``router``. The rig's hot routers come first: FastAPI
+# matches routers in order (and each included router twice), so this order and a flat,
+# one-level composition keep routing off the profile of an image GET.
 DOMAIN_ROUTERS = [
-    "server.auth.views",
-    "server.lab.views",
     "server.images.views",
     "server.batches.views",
+    "server.auth.views",
+    "server.lab.views",
     "server.recordings.views",
     "server.modeling.views",
     "server.jobs.views",
@@ -26,20 +30,12 @@ DOMAIN_ROUTERS = [
 ]
 
 
-def build_api_router() -> APIRouter:
-    api = APIRouter(prefix="/api/v1")
-    api.include_router(health.router)
-    authed = APIRouter(dependencies=[Depends(get_current_user)])
+def include_api(app: FastAPI) -> None:
+    """Add health (no token) and every domain router (token required) under ``/api/v1``."""
+    app.include_router(health.router, prefix=PREFIX)
     for name in DOMAIN_ROUTERS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        authed.include_router(module.router)
-    api.include_router(authed)
-    return api
+        module = importlib.import_module(name)
+        app.include_router(module.router, prefix=PREFIX, dependencies=[Depends(get_current_user)])
 
 
-__all__ = ["auth_views", "build_api_router"]
+__all__ = ["PREFIX", "auth_views", "include_api"]

@@ -6,8 +6,11 @@ from fastapi import FastAPI
 
 from itloop.logging import configure_logging
 from itloop.settings import Settings, get_settings
-from server.api import build_api_router
+from server.api import include_api
+from server.auth.cache import AuthCache
+from server.body_limit import BodyLimitMiddleware
 from server.errors import install_error_handlers
+from server.images.known import KnownImages
 from server.openapi import install_openapi
 
 
@@ -26,9 +29,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
+    app.state.known_images = KnownImages()
     install_error_handlers(app)
     install_openapi(app)
-    app.include_router(build_api_router())
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    include_api(app)
     try:
         from server.dashboard.views import mount_dashboard
     except ModuleNotFoundError:

@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from itloop.settings import Settings, get_settings
 from server.auth import service as auth_service
-from server.auth.tables import Role, User
-from server.db.engine import session_scope
+from server.auth.cache import AuthCache, Principal
+from server.auth.tables import Role
+from server.db.engine import new_session
 from server.errors import Forbidden, Unauthorized
 
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
-def get_db(request: Request) -> Iterator[Session]:
-    """One session per request; services flush, the route's success commits."""
+
+async def get_db(request: Request) -> AsyncIterator[Session]:
+    """One session per request; services flush, the route's success commits.
+
+    Async, with the session made on the event loop (no I/O until first use) and the
+    commit sent to a worker thread only when a transaction was begun: a request served
+    from memory (cached token, known image) never touches the pool or a thread.
+    """
     settings: Settings = request.app.state.settings
-    with session_scope(settings.resolved_database_url) as session:
-        if settings.is_sqlite and request.method not in ("GET", "HEAD", "OPTIONS"):
-            session.connection(execution_options={"itloop_write": True})
+    write = request.method not in READ_METHODS
+    session = new_session(settings.resolved_database_url, write=write)
+    try:
         yield session
+        if session.in_transaction():
+            await run_in_threadpool(session.commit)
+    except BaseException:
+        if session.in_transaction():
+            await run_in_threadpool(session.rollback)
+        raise
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        elif session.identity_map:
+            session.close()  # detach loaded objects; an untouched session holds nothing to release
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -39,23 +59,37 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 _bearer = HTTPBearer(auto_error=False, description="API token issued by `itloop tokens create`")
 
 
-def get_current_user(
+def get_auth_cache(request: Request) -> AuthCache:
+    """The app's token cache (made by ``create_app``; one per process)."""
+    return request.app.state.auth_cache  # type: ignore[no-any-return]
+
+
+async def get_current_user(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
+) -> Principal:
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    return auth_service.authenticate(session=session, token=credentials.credentials)
+    token_hash = auth_service.hash_token(credentials.credentials)
+    cache = get_auth_cache(request)
+    principal = cache.get(token_hash)
+    if principal is None:
+        principal = await run_in_threadpool(
+            auth_service.principal_for_hash, session=session, token_hash=token_hash
+        )
+        cache.put(token_hash, principal)
+    return principal
 
 
-CurrentUser = Annotated[User, Depends(get_current_user)]
+CurrentUser = Annotated[Principal, Depends(get_current_user)]
 
 
-def require_role(*roles: Role | str) -> Callable[[User], Awaitable[User]]:
+def require_role(*roles: Role | str) -> Callable[[Principal], Awaitable[Principal]]:
     """Allow the listed roles (admin is always allowed)."""
     allowed = {str(r) for r in roles} | {Role.admin.value}
 
-    async def _check(user: CurrentUser) -> User:  # async: a pure check needs no worker thread
+    async def _check(user: CurrentUser) -> Principal:  # async: a pure check needs no worker thread
         if user.role not in allowed:
             raise Forbidden(f"role {user.role!r} may not do this; needs one of {', '.join(sorted(allowed))}")
         return user
@@ -63,12 +97,12 @@ def require_role(*roles: Role | str) -> Callable[[User], Awaitable[User]]:
     return _check
 
 
-RigUser = Annotated[User, Depends(require_role(Role.rig))]
-ExperimenterUser = Annotated[User, Depends(require_role(Role.experimenter))]
-ViewerUser = Annotated[User, Depends(require_role(Role.viewer, Role.experimenter))]
-AdminUser = Annotated[User, Depends(require_role(Role.admin))]
+RigUser = Annotated[Principal, Depends(require_role(Role.rig))]
+ExperimenterUser = Annotated[Principal, Depends(require_role(Role.experimenter))]
+ViewerUser = Annotated[Principal, Depends(require_role(Role.viewer, Role.experimenter))]
+AdminUser = Annotated[Principal, Depends(require_role(Role.admin))]
 # Reading batches is for rigs and for people who look at them.
-BatchReader = Annotated[User, Depends(require_role(Role.rig, Role.viewer, Role.experimenter))]
+BatchReader = Annotated[Principal, Depends(require_role(Role.rig, Role.viewer, Role.experimenter))]
 
 __all__ = [
     "AdminUser",

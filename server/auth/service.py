@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from itloop.settings import get_settings
+from server.auth.cache import Principal
 from server.auth.tables import ApiToken, Role, User
 from server.db.base import utcnow
 from server.errors import Conflict, InvalidInput, NotFound, Unauthorized
@@ -58,6 +59,21 @@ def authenticate(*, session: Session, token: str) -> User:
     if row is None or row.revoked_at is not None or row.user.disabled:
         raise Unauthorized("invalid or revoked token")
     return row.user
+
+
+_PRINCIPAL = (
+    select(User.id, User.name, User.role, User.disabled, User.created_at)
+    .join(ApiToken, ApiToken.user_id == User.id)
+    .where(ApiToken.revoked_at.is_(None), User.disabled.is_(False))
+)
+
+
+def principal_for_hash(*, session: Session, token_hash: str) -> Principal:
+    """The live principal of a hashed token in one query (the API's per-request check)."""
+    row = session.execute(_PRINCIPAL.where(ApiToken.token_hash == token_hash)).one_or_none()
+    if row is None:
+        raise Unauthorized("invalid or revoked token")
+    return Principal(*row)
 
 
 def revoke_token(*, session: Session, token: str | None = None, prefix: str | None = None) -> int:

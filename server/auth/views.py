@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from server.auth import service
 from server.auth.schemas import RevokeResult, TokenCreate, TokenIssued, UserCreate, UserRead
-from server.deps import AdminUser, CurrentUser, SessionDep
+from server.deps import AdminUser, CurrentUser, SessionDep, get_auth_cache
 
 router = APIRouter(tags=["auth"])
 
@@ -29,5 +29,9 @@ def create_token(name: str, body: TokenCreate, session: SessionDep, _: AdminUser
 
 
 @router.delete("/tokens/{prefix}", response_model=RevokeResult, summary="Revoke tokens by prefix (admin)")
-def revoke(prefix: str, session: SessionDep, _: AdminUser) -> RevokeResult:
-    return RevokeResult(revoked=service.revoke_token(session=session, prefix=prefix))
+def revoke(prefix: str, request: Request, session: SessionDep, _: AdminUser) -> RevokeResult:
+    n = service.revoke_token(session=session, prefix=prefix)
+    # Commit first, then forget: a request racing in between cannot re-cache the old state.
+    session.commit()
+    get_auth_cache(request).clear()
+    return RevokeResult(revoked=n)

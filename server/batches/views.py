@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from server.batches import service
 from server.batches.bundle import ensure_bundle
@@ -93,9 +94,20 @@ def list_batches(
 
 
 @router.get("/batches/{batch_id}", response_model=Manifest, summary="A published batch's manifest")
-def get_manifest(batch_id: str, request: Request, session: SessionDep, _: BatchReader) -> Response:
-    batch = service.get_published(session=session, batch_id=batch_id, with_manifest=False)
-    return _manifest_response(request, batch, "no-cache")
+async def get_manifest(batch_id: str, request: Request, session: SessionDep, _: BatchReader) -> Response:
+    # Hot for rigs: async with one worker-thread hop. Visibility is read on every request (a
+    # withdrawn batch disappears at once); the JSON body comes from the per-process cache.
+    base_url = request.app.state.settings.public_base_url
+
+    def _body() -> tuple[bytes, str]:
+        batch = service.get_published(session=session, batch_id=batch_id, with_manifest=False)
+        return service.manifest_json(batch=batch, public_base_url=base_url)
+
+    body, etag = await run_in_threadpool(_body)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get(

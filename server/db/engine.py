@@ -58,7 +58,25 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    return _sessionmaker_for(get_engine(url))
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker_for(engine: Engine) -> sessionmaker[Session]:
+    # keyed by the engine, so a rebuilt engine (tests clear get_engine's cache) gets its own
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def new_session(url: str | None = None, *, write: bool = False) -> Session:
+    """A session that connects on first use; ``write`` makes its SQLite transaction IMMEDIATE.
+
+    Creating it does no I/O, so the API can make one per request on the event loop and a
+    request that never touches the database (a cached token, a known image) costs nothing.
+    """
+    engine = get_engine(url)
+    if write and engine.dialect.name == "sqlite":
+        return get_sessionmaker(url)(bind=engine.execution_options(itloop_write=True))
+    return get_sessionmaker(url)()
 
 
 @contextmanager

@@ -107,6 +107,11 @@ def put_pixels(*, session: Session, store: ObjectStore, pixels: np.ndarray, **li
     return put_image(session=session, store=store, png=encode_png(pixels), **lineage)
 
 
+def is_registered(*, session: Session, sha256: str) -> bool:
+    """Is there an image with this (normalised) hash?"""
+    return session.scalar(select(Image.id).where(Image.sha256 == sha256)) is not None
+
+
 def get_by_hash(*, session: Session, sha256: str) -> Image:
     """The image whose PNG bytes hash to ``sha256``; NotFound otherwise."""
     sha = check_sha256(sha256)

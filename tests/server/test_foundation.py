@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -101,13 +102,61 @@ def test_wrong_role_is_403_and_admin_may(client, auth) -> None:  # type: ignore[
 
 
 def test_revoked_token_is_401(client, db_session: Session) -> None:  # type: ignore[no-untyped-def]
+    """A revocation from another process (the CLI, another worker) applies within the cache TTL."""
+    from server.auth.cache import AuthCache
+
+    client.app.state.auth_cache = AuthCache(ttl_s=0.3)
     user = service.create_user(session=db_session, name="temp", role="viewer")
     token = service.create_token(session=db_session, user=user)
     db_session.commit()
     assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200
+    assert len(client.app.state.auth_cache) == 1
     assert service.revoke_token(session=db_session, prefix=token[:8]) == 1
     db_session.commit()
+    time.sleep(0.35)
     assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+
+
+def test_revocation_through_the_api_applies_at_once(client, db_session: Session, auth) -> None:  # type: ignore[no-untyped-def]
+    user = service.create_user(session=db_session, name="temp2", role="rig")
+    token = service.create_token(session=db_session, user=user)
+    db_session.commit()
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200  # now cached
+    r = client.delete(f"/api/v1/tokens/{token[:8]}", headers=auth("admin"))
+    assert r.status_code == 200 and r.json() == {"revoked": 1}
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+
+
+def test_with_the_cache_off_revocation_applies_at_once(client, db_session: Session) -> None:  # type: ignore[no-untyped-def]
+    from server.auth.cache import AuthCache
+
+    client.app.state.auth_cache = AuthCache(ttl_s=0)
+    user = service.create_user(session=db_session, name="temp3", role="viewer")
+    token = service.create_token(session=db_session, user=user)
+    db_session.commit()
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200
+    assert len(client.app.state.auth_cache) == 0
+    service.revoke_token(session=db_session, prefix=token[:8])
+    db_session.commit()
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+
+
+def test_auth_cache_expires_and_stays_bounded() -> None:
+    from datetime import UTC, datetime
+
+    from server.auth.cache import AuthCache, Principal
+
+    who = Principal(id=1, name="r", role="rig", disabled=False, created_at=datetime.now(UTC))
+    cache = AuthCache(ttl_s=0.05, max_entries=3)
+    cache.put("a", who)
+    assert cache.get("a") == who and cache.get("b") is None
+    time.sleep(0.06)
+    assert cache.get("a") is None
+    for key in "bcde":
+        cache.put(key, who)
+    assert len(cache) <= 3 and cache.get("e") == who
+    with pytest.raises(ValueError):
+        AuthCache(ttl_s=-1)
 
 
 def test_tokens_are_stored_hashed(db_session: Session) -> None:
