@@ -66,6 +66,17 @@ class Unavailable(ItloopError):
     status_code = 503
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A request body streamed past the upload limit (``server.body_limit``).
+
+    An ``HTTPException``, not an ``ItloopError``: it is raised from inside FastAPI's body parsing,
+    which passes HTTP exceptions on but turns any other exception into a bare 400.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"upload exceeds the limit of {limit} bytes")
+
+
 class ValidationIssue(BaseModel):
     """One problem request validation found."""
 
@@ -101,11 +112,16 @@ def _format_validation(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more
 
 
+def error_response(exc: ItloopError) -> JSONResponse:
+    """The response for an ``ItloopError`` (also sent by middleware that answers before routing)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(_body(exc.detail, **exc.extra), status_code=exc.status_code, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ItloopError)
     async def _itloop(_: Request, exc: ItloopError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse(_body(exc.detail, **exc.extra), status_code=exc.status_code, headers=headers)
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

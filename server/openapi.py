@@ -4,8 +4,8 @@ FastAPI documents a 422 ``HTTPValidationError`` (``detail`` a list) on every rou
 input, but ``server/errors.py`` answers every error with ``ErrorBody`` (``detail`` a string, plus
 ``errors`` for validation). ``document_errors`` rewrites the generated document once: each 422
 refers to ``ErrorBody``, operations that need a token also list 401 and 403, operations with a path
-parameter list 404, and FastAPI's ``HTTPValidationError`` and ``ValidationError`` schemas are
-dropped.
+parameter list 404, operations whose body is bounded list 413 (``server.body_limit``), and
+FastAPI's ``HTTPValidationError`` and ``ValidationError`` schemas are dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from server.body_limit import UNREAD_BODY_METHODS
 from server.errors import ErrorBody
 
 ERROR_SCHEMA = "ErrorBody"
@@ -25,12 +26,13 @@ DESCRIPTIONS = {
     "401": "no bearer token, or an unknown, revoked or disabled one",
     "403": "the token's role may not do this",
     "404": "nothing by that name or id",
+    "413": "the request body is larger than the server's upload limit (`max_upload_bytes`)",
     "422": "the request is not valid; request validation lists each problem in `errors`",
 }
 FASTAPI_DEFAULT_DESCRIPTIONS = {"Validation Error"}
 
 
-def _error_codes(operation: dict[str, Any]) -> set[str]:
+def _error_codes(method: str, operation: dict[str, Any]) -> set[str]:
     """The error statuses an operation can answer with, judging by what it takes."""
     codes = {"422"} if "422" in operation.get("responses", {}) else set()
     if operation.get("security"):
@@ -38,6 +40,8 @@ def _error_codes(operation: dict[str, Any]) -> set[str]:
         codes |= {"401", "403"}
     if any(p.get("in") == "path" for p in operation.get("parameters", [])):
         codes.add("404")
+    if method.upper() not in UNREAD_BODY_METHODS:
+        codes.add("413")
     return codes
 
 
@@ -52,7 +56,7 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
             if method not in METHODS:
                 continue
             responses = operation.setdefault("responses", {})
-            for code in sorted(_error_codes(operation)):
+            for code in sorted(_error_codes(method, operation)):
                 response = responses.setdefault(code, {})
                 description = response.get("description")
                 if not description or description in FASTAPI_DEFAULT_DESCRIPTIONS:

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
-from server.errors import InvalidInput, InvalidUpload, PayloadTooLarge
+from server.errors import InvalidInput, InvalidUpload
 from server.images.tables import Image
 from server.lab.tables import Site
 from server.recordings import export, service
@@ -84,20 +84,17 @@ def complete_session(session_id: str, session: SessionDep, _: ExperimenterUser) 
     return SessionRead(**service.describe(session=session, rec=rec))
 
 
-async def _receive_files(request: Request, limit: int, folder: Path) -> dict[str, Path]:
-    """Stream the body to disk counting bytes (413 past ``limit``), then split the multipart parts."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes")
+async def _receive_files(request: Request, folder: Path) -> dict[str, Path]:
+    """Stream the body to disk, then split the multipart parts.
+
+    The size bound (413 past ``max_upload_bytes``, declared or streamed) is the app's
+    ``server.body_limit.BodyLimitMiddleware``, applied to the body as it arrives here.
+    """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidUpload("expected a multipart/form-data upload")
     body = folder / "body"
-    size = 0
     with open(body, "wb") as fh:
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
             fh.write(chunk)
 
     async def replay() -> AsyncIterator[bytes]:
@@ -149,7 +146,7 @@ async def upload_spikes(
 ) -> UploadResult:
     window = _window(settings, window_start_ms, window_end_ms)
     with tempfile.TemporaryDirectory(prefix="itloop-upload-") as tmp:
-        files = await _receive_files(request, settings.max_upload_bytes, Path(tmp))
+        files = await _receive_files(request, Path(tmp))
         result = await run_in_threadpool(
             lambda: service.ingest_files(
                 session=session, session_id=session_id, files=files, window_ms=window, replace=replace

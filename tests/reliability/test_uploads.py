@@ -1,16 +1,22 @@
 """Uploads are bounded, and what clients put in paths and file names never reaches the file system.
 
-(c) ``max_upload_bytes`` gives 413 with a JSON detail for spike and image-set uploads;
+(c) ``max_upload_bytes`` gives 413 with a JSON detail for spike and image-set uploads, before the
+body is parsed: a declared length over the limit is refused unread, a chunked body is stopped as
+soon as it passes the limit (``server.body_limit``);
 (d) traversal, url-encoded traversal, very long ids and NUL bytes in path parameters and in
 multipart file names are 4xx JSON (never 500), and nothing outside the store is read or written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy import func, select
@@ -82,6 +88,102 @@ def test_image_set_upload_over_the_limit_is_413(client, auth, db_session: Sessio
     assert r.headers["content-type"].startswith("application/json") and "1500" in r.json()["detail"]
     assert db_session.scalar(select(func.count()).select_from(Image)) == n_images
     assert db_session.scalar(select(ImageSet.id).where(ImageSet.name == name)) is None
+
+
+def _multipart(name: str, files: list[Any]) -> tuple[bytes, str]:
+    """A real multipart image-set body and its Content-Type, as httpx encodes a form upload."""
+    request = httpx.Request("POST", "http://itloop/", data={"name": name}, files=files)
+    return request.read(), request.headers["content-type"]
+
+
+def _post_streamed(app: Any, url: str, body: bytes, headers: dict[str, str]) -> tuple[httpx.Response, int]:
+    """POST ``body`` in 4 KiB chunks from a generator (chunked unless ``headers`` declare a length)
+    through httpx's ASGI transport, which hands the app one chunk per read; returns the response
+    and how many bytes the app pulled."""
+    pulled = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for start in range(0, len(body), 4096):
+            pulled += len(body[start : start + 4096])
+            yield body[start : start + 4096]
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://itloop") as http:
+            return await http.post(url, content=chunks(), headers=headers)
+
+    return asyncio.run(post()), pulled
+
+
+def _image_counts(db_session: Session) -> tuple[int | None, int | None]:
+    return (
+        db_session.scalar(select(func.count()).select_from(Image)),
+        db_session.scalar(select(func.count()).select_from(ImageSet)),
+    )
+
+
+def test_image_set_upload_is_bounded_before_it_is_parsed(
+    client, auth, db_session: Session, settings: Settings
+):  # type: ignore[no-untyped-def]
+    limit = settings.max_upload_bytes = 20_000
+    name = f"huge-{uuid.uuid4().hex[:6]}"
+    files = [("files", (f"{i}.png", _png(200 + i, 48), "image/png")) for i in range(16)]
+    body, content_type = _multipart(name, files)
+    assert len(body) > 4 * limit
+    headers = {**auth("experimenter"), "Content-Type": content_type}
+    before = _image_counts(db_session)
+
+    # Declared: refused without reading a byte of the body.
+    declared = {**headers, "Content-Length": str(len(body))}
+    r, pulled = _post_streamed(client.app, f"{API}/image-sets", body, declared)
+    assert r.status_code == 413, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert str(len(body)) in r.json()["detail"] and str(limit) in r.json()["detail"]
+    assert pulled == 0
+
+    # Chunked, no Content-Length: counted as it streams, stopped as soon as it passes the limit.
+    r, pulled = _post_streamed(client.app, f"{API}/image-sets", body, headers)
+    assert r.status_code == 413, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert str(limit) in r.json()["detail"]
+    assert limit < pulled <= limit + 4096 < len(body)
+
+    # The same through the test client: Content-Length set by httpx, then a generator body.
+    r = client.post(f"{API}/image-sets", content=body, headers=headers)
+    assert r.status_code == 413 and str(limit) in r.json()["detail"], r.text
+    r = client.post(f"{API}/image-sets", content=iter([body]), headers=headers)
+    assert r.status_code == 413 and str(limit) in r.json()["detail"], r.text
+
+    assert _image_counts(db_session) == before
+    assert db_session.scalar(select(ImageSet.id).where(ImageSet.name == name)) is None
+
+
+def test_bodies_within_the_limit_pass_and_every_body_is_bounded(
+    client, auth, db_session: Session, settings: Settings
+):  # type: ignore[no-untyped-def]
+    limit = settings.max_upload_bytes = 20_000
+    name = f"small-{uuid.uuid4().hex[:6]}"
+    body, content_type = _multipart(name, [("files", ("a.png", _png(300, 16), "image/png"))])
+    assert len(body) < limit
+    headers = {**auth("experimenter"), "Content-Type": content_type}
+    r, pulled = _post_streamed(client.app, f"{API}/image-sets", body, headers)  # chunked, small
+    assert r.status_code == 201, r.text
+    assert pulled == len(body) and r.json()["n_images"] == 1
+    r = client.post(
+        f"{API}/subjects", json={"name": f"s-{uuid.uuid4().hex[:6]}"}, headers=auth("experimenter")
+    )
+    assert r.status_code == 201, r.text
+    # A JSON route that reads its body itself is bounded the same way, before it buffers it.
+    events = b"[" + b'{"event_id": "e"},' * 2000 + b"{}]"
+    r, pulled = _post_streamed(
+        client.app,
+        f"{API}/batches/no-such-batch/presentations",
+        events,
+        {**auth("rig"), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 413 and str(limit) in r.json()["detail"], r.text
+    assert pulled <= limit + 4096 < len(events)
 
 
 # -- (d) client-chosen paths ---------------------------------------------------------------------

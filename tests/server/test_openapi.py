@@ -59,7 +59,7 @@ def test_every_422_is_the_error_body_and_fastapis_default_is_gone(client) -> Non
         assert content == {"application/json": {"schema": {"$ref": ERROR_REF}}}, (method, path)
 
 
-def test_auth_and_not_found_errors_are_documented(client) -> None:  # type: ignore[no-untyped-def]
+def test_auth_not_found_and_too_large_errors_are_documented(client) -> None:  # type: ignore[no-untyped-def]
     spec = _spec(client)
     for method, path, op in _operations(spec):
         codes = set(op["responses"])
@@ -69,7 +69,9 @@ def test_auth_and_not_found_errors_are_documented(client) -> None:  # type: igno
         assert {"401", "403"} <= codes, (method, path)
         if "{" in path:
             assert "404" in codes, (method, path)
-        for code in codes & {"401", "403", "404", "422"}:
+        # Bodies are bounded (server.body_limit) on every method that may carry one.
+        assert ("413" in codes) == (method != "GET"), (method, path)
+        for code in codes & {"401", "403", "404", "413", "422"}:
             assert op["responses"][code]["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}
     # A description a route gave itself is kept.
     image = spec["paths"][f"{API}/images/{{sha256}}"]["get"]["responses"]
