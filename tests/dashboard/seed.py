@@ -1,7 +1,8 @@
 """A small but realistic lab in the database, for the dashboard's browser tests.
 
-Written straight through the ORM tables so that the dashboard tests do not depend on
-the worker: one subject, one array, four sites, one rig, two recording days, two model
+The lab inventory (one subject, one array, four sites, one rig) comes from the shared
+:func:`tests.factories.add_lab`; the rest is written straight through the ORM tables so that
+the dashboard tests do not depend on the worker: two recording days, two model
 versions (the second chosen, with per-site screening metrics), sensitivity results for
 IT and for both models over three epsilons with bootstrap intervals, a published batch
 of real PNG images with lineage, and two nights, the last one with a failed job.
@@ -28,9 +29,10 @@ from server.auth import service as auth_service
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
 from server.images.tables import Image
 from server.jobs.tables import Job, JobState, Night
-from server.lab.tables import Array, Rig, Site, Subject
+from server.lab.tables import Site
 from server.modeling.tables import ModelVersion, SiteMetric
 from server.recordings.tables import Presentation, RecordingSession, Response
+from tests.factories import add_lab
 
 SITES = ("m1-A-s01", "m1-A-s02", "m1-A-s03", "m1-A-s04")
 EPSILONS = (1.0, 3.0, 10.0)
@@ -170,20 +172,19 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
     rig_user = auth_service.create_user(session=session, name="dash-rig", role="rig")
     rig_token = auth_service.create_token(session=session, user=rig_user, name="a rig may not read models")
 
-    subject = Subject(name="m1", notes="chronic Utah arrays, left IT")
-    session.add(subject)
-    session.flush()
-    array = Array(subject_id=subject.id, name="A", region="IT", hemisphere="L")
-    session.add(array)
-    session.flush()
-    sites = {}
-    for i, sid in enumerate(SITES):
-        site = Site(site_id=sid, array_id=array.id, electrode=f"e{i + 1:02d}", unit="mua")
-        session.add(site)
-        sites[sid] = site
-    rig = Rig(rig_id="rig-1", name="RSVP rig 1", subject_id=subject.id, screen={"size_px": 224})
-    session.add(rig)
-    session.flush()
+    lab = add_lab(
+        session,
+        subject="m1",
+        subject_notes="chronic Utah arrays, left IT",
+        hemisphere="L",
+        site_ids=SITES,
+        electrodes=[f"e{i + 1:02d}" for i in range(len(SITES))],
+        rig_id="rig-1",
+        rig_name="RSVP rig 1",
+        screen={"size_px": 224},
+    )
+    subject, rig = lab.subject, lab.rig
+    sites = dict(zip(SITES, lab.sites, strict=True))
 
     # Model versions: night 1 fits a standard network, night 2 a robust one that screens better.
     versions = {}

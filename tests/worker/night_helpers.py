@@ -1,7 +1,8 @@
 """A tiny simulated lab for end-to-end tests of the real nightly pipeline.
 
-Everything goes through the real services (lab, images, batches, recordings) and the
-real night steps; only the monkey is simulated (:class:`models.simulator.VirtualBrain`).
+Everything goes through the real services (lab, images, batches, recordings; the lab and its
+days are built by :mod:`tests.factories`) and the real night steps; only the monkey is
+simulated (:class:`models.simulator.VirtualBrain`).
 A "day" (the rig pulls the next batch and shows it, spikes are uploaded) is one call,
 :func:`show_day`; a night run in this process is one call, :func:`run_night`.
 Sizes are chosen so that a whole night takes seconds on 2 CPU cores.
@@ -25,16 +26,12 @@ from itloop.storage import get_store
 from server.batches import service as batches
 from server.batches.tables import Batch, BatchState
 from server.db.engine import session_scope
-from server.images import service as images
-from server.images.png import encode_png
 from server.jobs import service as jobs
 from server.jobs.tables import Job, Night
 from server.lab import service as lab_service
-from server.recordings import service as recordings
-from server.recordings.ingest.validate import ParsedUpload
+from tests.factories import SimulatedLab, record_simulated_day, seed_simulated_lab
 
 SIZE = 32
-CATEGORIES = ("animal", "face", "object", "scene")
 # Tiny nights: one model, two epsilons, one clean image per site, two shards of two sites.
 TINY_NIGHT: dict[str, Any] = {
     "candidates": ["tiny_cnn"],
@@ -52,20 +49,14 @@ TINY_NIGHT: dict[str, Any] = {
     "ceiling_threshold": -1.0,
     "pair_separation_s": 60,
 }
-SLOT_S = 0.2  # on 100 ms + off 100 ms
-TRIAL_GAP_S = 0.5
 
 
 @dataclass
-class Lab:
-    """One subject, its sites, one rig and the brain in front of it (committed to the database)."""
+class Lab(SimulatedLab):
+    """The simulated lab (subject, sites, rig, brain; committed), the rng of its days, their sessions."""
 
-    settings: Settings
-    subject: str
-    rig_id: str
-    site_ids: list[str]
-    brain: Any  # models.simulator.VirtualBrain
-    rng: np.random.Generator
+    settings: Settings = field(kw_only=True)
+    rng: np.random.Generator = field(kw_only=True)
     days: list[str] = field(default_factory=list)  # recording session ids, in day order
 
     @property
@@ -93,43 +84,21 @@ def seed_lab(
     Same arguments give the same content (images, sites, batch order) in any fresh database,
     which is what the determinism test compares.
     """
-    from models.simulator import VirtualBrain, make_clean_images, make_reference_images
-    from worker.steps.publish import initial_batch
-
     settings.ensure_dirs()
     store = get_store(settings.resolved_store_url)
-    subject, rig_id = "monkey-n", "rig-n"
-    site_ids = [f"n-A-{i:03d}" for i in range(n_sites)]
-    clean, cats = make_clean_images(n_clean, size=SIZE, n_categories=len(CATEGORIES), seed=seed)
-    ref, _ = make_reference_images(n_reference, size=SIZE, n_categories=len(CATEGORIES))
     with session_scope(settings.resolved_database_url) as session:
-        lab_service.create_subject(session=session, name=subject)
-        lab_service.create_array(session=session, subject=subject, name="A")
-        lab_service.register_sites(
-            session=session,
-            sites=[
-                {"site_id": s, "array": "A", "subject": subject, "electrode": str(i)}
-                for i, s in enumerate(site_ids)
-            ],
+        sim = seed_simulated_lab(
+            session,
+            store,
+            name="n",
+            n_sites=n_sites,
+            n_clean=n_clean,
+            n_reference=n_reference,
+            repeats=repeats,
+            size=SIZE,
+            seed=seed,
         )
-        lab_service.create_rig(session=session, rig_id=rig_id, name="test rig", subject=subject)
-        images.create_image_set(
-            session=session,
-            store=store,
-            name="clean",
-            files=[(f"c{i:03d}.png", encode_png(im)) for i, im in enumerate(clean)],
-            categories=[CATEGORIES[int(c)] for c in cats],
-        )
-        images.create_image_set(
-            session=session,
-            store=store,
-            name="reference",
-            files=[(f"r{i:03d}.png", encode_png(im)) for i, im in enumerate(ref)],
-            is_reference=True,
-        )
-        initial_batch(session, store, rig_id=rig_id, batch_id=f"{rig_id}-day0", repeats=repeats, seed=seed)
-    brain = VirtualBrain(n_sites=n_sites, image_size=SIZE, seed=seed)
-    return Lab(settings, subject, rig_id, site_ids, brain, np.random.default_rng([seed, 1]))
+    return Lab(**vars(sim), settings=settings, rng=np.random.default_rng([seed, 1]))
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -150,47 +119,9 @@ def show_day(lab: Lab, *, complete: bool = True) -> str:
     with session_scope(lab.url) as session:
         batch = batches.next_for_rig(session=session, rig_id=lab.rig_id)
         assert batch is not None, f"no published batch for {lab.rig_id} on day {day}"
-        manifest = batches.get_manifest(session=session, batch_id=batch.batch_id)
-        pix = {
-            im["sha256"]: decode(
-                images.load_png(store=store, image=images.get_by_hash(session=session, sha256=im["sha256"]))
-            )
-            for im in manifest["images"]
-        }
-        seq = sorted(manifest["sequence"], key=lambda s: s["seq"])
-        onsets, t, last = [], 1.0, None
-        for s in seq:
-            if last is not None and s["trial"] != last:
-                t += TRIAL_GAP_S
-            onsets.append(t)
-            t += (s["on_ms"] + s["off_ms"]) / 1000.0
-            last = s["trial"]
-        onset = np.asarray(onsets)
-        shas = [s["image_sha256"] for s in seq]
-        spikes = lab.brain.simulate_spikes(
-            np.stack([pix[s] for s in shas]), onset, lab.rng, duration_s=seq[0]["on_ms"] / 1000.0
+        record_simulated_day(
+            session, store, lab, batch_id=batch.batch_id, session_id=session_id, day=day, rng=lab.rng
         )
-        rec, _ = recordings.create_session(
-            session=session,
-            session_id=session_id,
-            subject=lab.subject,
-            rig_id=lab.rig_id,
-            batch_id=batch.batch_id,
-            day=day,
-        )
-        upload = ParsedUpload(
-            site_labels=list(lab.site_ids),
-            spike_site=spikes.site_index.astype(np.int64),
-            spike_times=spikes.time_s,
-            event_ids=[f"{batch.batch_id}:{s['seq']}" for s in seq],
-            image_sha256=shas,
-            onset_s=onset,
-            stop_s=onset + seq[0]["on_ms"] / 1000.0,
-            fixation_ok=np.ones(len(seq), dtype=bool),
-            source="test",
-        )
-        out = recordings.ingest(session=session, recording=rec, upload=upload)
-        assert out["responses"] > 0, out
         if complete:
             batches.complete(session=session, batch_id=batch.batch_id)
     lab.days.append(session_id)

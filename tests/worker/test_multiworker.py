@@ -23,21 +23,16 @@ from itloop.settings import Settings
 from itloop.storage import get_store
 from server.batches import service as batches
 from server.db.engine import get_engine, session_scope
-from server.images import service as images
-from server.images.png import encode_png
 from server.jobs import service as jobs
 from server.jobs.tables import Job, JobState, Night
-from server.lab import service as lab_service
-from server.recordings import service as recordings
-from server.recordings.ingest.validate import ParsedUpload
 from tests.conftest import BACKENDS, make_settings, new_database
+from tests.factories import record_simulated_day, seed_simulated_lab
 from tests.worker.conftest import WORKER_ENV, WorkerProcess, wait_for
 from worker.config import get_worker_config
 from worker.queue import reset_runners
 
 SIZE = 32
 N_SITES = 4
-CATEGORIES = ("animal", "face", "object", "scene")
 NIGHT: dict[str, Any] = {
     "candidates": ["tiny_cnn"],
     "epsilons": [0.5],
@@ -102,77 +97,31 @@ def pg_lab(tmp_path: Path, redis_url: str) -> Iterator[Callable[[str], Lab]]:
 
 def seed_lab(settings: Settings, seed: int = 0) -> Lab:
     """Sites, rig, clean + reference sets, the day-0 batch, and that day's spikes: same seed, same lab."""
-    from models.simulator import VirtualBrain, make_clean_images, make_reference_images
-    from worker.steps.publish import initial_batch
-
     settings.ensure_dirs()
     store = get_store(settings.resolved_store_url)
-    subject, rig_id = "monkey-mw", "rig-mw"
-    site_ids = [f"mw-A-{i:03d}" for i in range(N_SITES)]
-    clean, cats = make_clean_images(8, size=SIZE, n_categories=len(CATEGORIES), seed=seed)
-    ref, _ = make_reference_images(4, size=SIZE, n_categories=len(CATEGORIES))
-    url = settings.resolved_database_url
-    with session_scope(url) as session:
-        lab_service.create_subject(session=session, name=subject)
-        lab_service.create_array(session=session, subject=subject, name="A")
-        lab_service.register_sites(
-            session=session,
-            sites=[{"site_id": s, "array": "A", "subject": subject} for s in site_ids],
+    with session_scope(settings.resolved_database_url) as session:
+        sim = seed_simulated_lab(
+            session,
+            store,
+            name="mw",
+            n_sites=N_SITES,
+            n_clean=8,
+            n_reference=4,
+            repeats=2,
+            size=SIZE,
+            seed=seed,
         )
-        lab_service.create_rig(session=session, rig_id=rig_id, subject=subject)
-        images.create_image_set(
-            session=session,
-            store=store,
-            name="clean",
-            files=[(f"c{i:03d}.png", encode_png(im)) for i, im in enumerate(clean)],
-            categories=[CATEGORIES[int(c)] for c in cats],
-        )
-        images.create_image_set(
-            session=session,
-            store=store,
-            name="reference",
-            files=[(f"r{i:03d}.png", encode_png(im)) for i, im in enumerate(ref)],
-            is_reference=True,
-        )
-        batch = initial_batch(session, store, rig_id=rig_id, batch_id=f"{rig_id}-day0", repeats=2, seed=seed)
-        manifest = batches.get_manifest(session=session, batch_id=batch.batch_id)
-        pixels = {
-            im["sha256"]: np.asarray(
-                images.load_pixels(
-                    store=store, image=images.get_by_hash(session=session, sha256=im["sha256"])
-                )
-            )
-            for im in manifest["images"]
-        }
-        seq = sorted(manifest["sequence"], key=lambda s: s["seq"])
-        onset = 1.0 + 0.2 * np.arange(len(seq)) + 0.5 * np.array([s["trial"] for s in seq])
-        shas = [s["image_sha256"] for s in seq]
-        brain = VirtualBrain(n_sites=N_SITES, image_size=SIZE, seed=seed)
-        spikes = brain.simulate_spikes(
-            np.stack([pixels[s] for s in shas]), onset, np.random.default_rng([seed, 1]), duration_s=0.1
-        )
-        session_id = f"{subject}-day0"
-        rec, _ = recordings.create_session(
-            session=session,
+        session_id = f"{sim.subject}-day0"
+        record_simulated_day(
+            session,
+            store,
+            sim,
+            batch_id=sim.day0_batch_id,
             session_id=session_id,
-            subject=subject,
-            rig_id=rig_id,
-            batch_id=batch.batch_id,
             day=0,
+            rng=np.random.default_rng([seed, 1]),
         )
-        upload = ParsedUpload(
-            site_labels=site_ids,
-            spike_site=spikes.site_index.astype(np.int64),
-            spike_times=spikes.time_s,
-            event_ids=[f"{batch.batch_id}:{s['seq']}" for s in seq],
-            image_sha256=shas,
-            onset_s=onset,
-            stop_s=onset + 0.1,
-            fixation_ok=np.ones(len(seq), dtype=bool),
-            source="test",
-        )
-        assert recordings.ingest(session=session, recording=rec, upload=upload)["responses"] > 0
-    return Lab(settings, rig_id, session_id)
+    return Lab(settings, sim.rig_id, session_id)
 
 
 def start_night(lab: Lab) -> int:
