@@ -125,7 +125,8 @@ class _Engine:
     ) -> None:
         self.model, self.images, self.obj, self.cfg, self.plan = model, images, objective, cfg, plan
         self.dev = images.device
-        self.stepper = L2BallBoxStep(init_fraction=cfg.init_fraction)
+        self.stepper = L2BallBoxStep(init_fraction=cfg.init_fraction, deterministic=cfg.deterministic)
+        self.call_rows = cfg.model_rows(self.dev, images[0].numel() * images.element_size())
         self.rows: dict[str, Tensor] = {}
         self.order: list[int] = []  # active case ids in row order
         self.count: dict[int, int] = {}
@@ -133,13 +134,16 @@ class _Engine:
 
     # -- model calls -------------------------------------------------------------------------------
     def _segments(self, case_rows: Tensor, n: int) -> list[tuple[int, int]]:
+        step = self.call_rows
         if not self.cfg.deterministic:
-            step = self.cfg.max_batch_rows
             return [(i, min(i + step, n)) for i in range(0, n, step)]
+        # Deterministic: calls never mix cases (a case's rows, split at fixed offsets), so a
+        # case's arithmetic is the same whatever else is in the pool.
         segs, start = [], 0
         for c in self.order:
-            segs.append((start, start + self.count[c]))
-            start += self.count[c]
+            end = start + self.count[c]
+            segs.extend((i, min(i + step, end)) for i in range(start, end, step))
+            start = end
         return segs
 
     def _forward(self, x: Tensor) -> Tensor:
@@ -290,7 +294,8 @@ class _Engine:
         z = self.stepper.project(self.stepper.step(x, R["g"], R["step"]), R["center"], R["radius"])
         mom = torch.full_like(R["step"], cfg.momentum)
         a = _bc(torch.where(R["fresh"], torch.ones_like(mom), mom), x)
-        xn = x + a * (z - x) + (1 - a) * (x - R["xp"])
+        # x + a (z - x) + (1 - a)(x - xp) in three passes: lerp from the extrapolation 2x - xp.
+        xn = torch.lerp(x + (x - R["xp"]), z, a)
         if cfg.momentum < 1.0:
             xn = self.stepper.project(xn, R["center"], R["radius"])
         R["xp"], R["x"] = x, xn
@@ -319,8 +324,9 @@ class _Engine:
         sizes = groups if self.cfg.deterministic else [x.shape[0]]
         with torch.no_grad():
             for n in sizes:
-                for a in range(start, start + n, self.cfg.max_batch_rows):
-                    b = min(a + self.cfg.max_batch_rows, start + n)
+                step = min(self.call_rows, self.cfg.max_batch_rows)
+                for a in range(start, start + n, step):
+                    b = min(a + step, start + n)
                     xin = (
                         x[a:b].contiguous(memory_format=torch.channels_last)
                         if self.cfg.channels_last

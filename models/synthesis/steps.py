@@ -46,16 +46,21 @@ class L2BallBoxStep:
     ----------
     lo, hi : float
         Pixel bounds (images live in [0, 1]).
+    deterministic : bool
+        Project with row-independent dense reductions (see :func:`project_l2_ball_box`).
     init_fraction : float
         Random starts are drawn on the sphere of radius ``init_fraction * radius`` (then projected
         to the box): in high dimension a uniform draw in the ball lands on the sphere anyway, and a
         start at the boundary is where L2 optima of smooth models live.
     """
 
-    def __init__(self, lo: float = 0.0, hi: float = 1.0, init_fraction: float = 1.0) -> None:
+    def __init__(
+        self, lo: float = 0.0, hi: float = 1.0, init_fraction: float = 1.0, deterministic: bool = False
+    ) -> None:
         self.lo = lo
         self.hi = hi
         self.init_fraction = init_fraction
+        self.deterministic = deterministic
 
     def random_perturb(self, center: Tensor, radius: Tensor, generator: torch.Generator | None) -> Tensor:
         """Gaussian direction scaled to ``init_fraction * radius``, projected onto ball ∩ box."""
@@ -67,11 +72,11 @@ class L2BallBoxStep:
     def step(self, x: Tensor, grad: Tensor, step_size: Tensor) -> Tensor:
         """Normalised-gradient step: the L2 steepest-ascent direction, length ``step_size``."""
         gn = grad.reshape(grad.shape[0], -1).norm(dim=1).clamp_min(1e-12)
-        return x + grad * _bcast(step_size / gn, grad)
+        return torch.addcmul(x, grad, _bcast(step_size / gn, grad))
 
     def project(self, x: Tensor, center: Tensor, radius: Tensor) -> Tensor:
         """Exact projection onto the ball ∩ box (see :mod:`models.synthesis.projection`)."""
-        return project_l2_ball_box(x, center, radius, self.lo, self.hi)
+        return project_l2_ball_box(x, center, radius, self.lo, self.hi, sparse=not self.deterministic)
 
 
 STEPS: dict[str, type[L2BallBoxStep]] = {"l2": L2BallBoxStep}

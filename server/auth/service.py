@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import UTC
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -73,7 +74,10 @@ def principal_for_hash(*, session: Session, token_hash: str) -> Principal:
     row = session.execute(_PRINCIPAL.where(ApiToken.token_hash == token_hash)).one_or_none()
     if row is None:
         raise Unauthorized("invalid or revoked token")
-    return Principal(*row)
+    uid, name, role, disabled, created = row
+    if created.tzinfo is None:  # SQLite drops the offset; every stored time is UTC
+        created = created.replace(tzinfo=UTC)
+    return Principal(uid, name, role, disabled, created)
 
 
 def revoke_token(*, session: Session, token: str | None = None, prefix: str | None = None) -> int:

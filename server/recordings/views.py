@@ -44,7 +44,13 @@ def _window(settings: Any, start: float | None, end: float | None) -> tuple[floa
     return (float(default[0] if start is None else start), float(default[1] if end is None else end))
 
 
-@router.post("", response_model=SessionRead, status_code=201, summary="Create a recording session")
+@router.post(
+    "",
+    response_model=SessionRead,
+    status_code=201,
+    summary="Create a recording session",
+    responses={200: {"model": SessionRead, "description": "the same session already existed (idempotent)"}},
+)
 def create_session(
     body: SessionCreate, session: SessionDep, _: ExperimenterUser, response: HTTPResponse
 ) -> SessionRead:

@@ -40,7 +40,6 @@ NAIVE_DATETIME = re.compile(
 KNOWN_ISSUES: set[str] = set()
 # Known, reported bugs (see docs/benchmarks.md, "Reliability findings"); printed, not failed.
 KNOWN_STATUS = {
-    ("POST", "/api/v1/sessions", 200): "idempotent re-create answers 200, the schema documents only 201",
     ("POST", "/api/v1/nights", 503): "SQLite: starting a night while the in-process runner writes fails "
     "with 'database is locked' (read-then-write without the write lock)",
 }

@@ -235,3 +235,13 @@ def test_health_reports_real_redis(tmp_path: Path, redis_url: str) -> None:
     with TestClient(create_app(s)) as c:
         body = c.get("/api/v1/health").json()
     assert body["queue"] == {"ok": True, "backend": "redis"}
+
+
+def test_me_reports_a_utc_timestamp(client, auth) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime
+
+    for _ in range(2):  # the first answer comes from the database, the second from the token cache
+        r = client.get("/api/v1/me", headers=auth("viewer"))
+        assert r.status_code == 200
+        created = datetime.fromisoformat(r.json()["created_at"])
+        assert created.utcoffset() is not None and created.utcoffset().total_seconds() == 0
