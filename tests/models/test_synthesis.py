@@ -73,13 +73,14 @@ def within_ball(res, images, cases) -> None:  # type: ignore[no-untyped-def]
 
 
 # -- projection ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("scale", [0.3, 1.0, 3.0])
-def test_projection_matches_bisection_reference(scale: float) -> None:
+def test_projection_matches_bisection_reference(scale: float, sparse: bool) -> None:
     g = torch.Generator().manual_seed(1)
     c = grid_images(8, 8)
     y = c + scale * torch.randn(c.shape, generator=g)
     r = torch.tensor([0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 50.0])
-    p = project_l2_ball_box(y.double(), c.double(), r.double())
+    p = project_l2_ball_box(y.double(), c.double(), r.double(), sparse=sparse)
     ref = project_l2_ball_box_bisection(y, c, r)
     assert torch.allclose(p, ref.double(), atol=1e-6)
     # Feasible, and no feasible point on the segment toward any random feasible point is closer (KKT).
@@ -99,6 +100,30 @@ def test_active_set_and_sorted_solvers_agree() -> None:
     t_act, done = _solve_t_active_set(v, c, r, r / v.norm(dim=1), 0.0, 1.0)
     assert done.all()
     assert torch.allclose(t_act, _solve_t_sorted(v, c, r, 0.0, 1.0), atol=1e-12)
+
+
+def test_sparse_and_dense_projections_agree_where_the_box_binds() -> None:
+    g = torch.Generator().manual_seed(4)
+    c = grid_images(16, 12)
+    c[:, :, :4] = 1.0  # saturated regions, as in bright photographs: the box binds there
+    c[:, :, -3:] = 0.0
+    y = c + 0.2 * torch.randn(c.shape, generator=g)
+    r = torch.linspace(0.05, 4.0, 16)
+    sparse = project_l2_ball_box(y, c, r, sparse=True)
+    dense = project_l2_ball_box(y, c, r, sparse=False)
+    assert torch.allclose(sparse, dense, atol=1e-6)
+    assert not torch.equal(sparse, y.clamp(0, 1))  # the ball bound was active
+
+
+def test_model_call_rows_follow_the_device_and_bound_the_cpu_batch() -> None:
+    cfg = SynthesisConfig()
+    small = cfg.model_rows(torch.device("cpu"), 3 * 32 * 32 * 4)
+    large = cfg.model_rows(torch.device("cpu"), 3 * 224 * 224 * 4)
+    assert 16 <= small <= 128 and large == 2
+    assert cfg.model_rows(torch.device("cuda"), 3 * 224 * 224 * 4) >= cfg.max_batch_rows
+    assert SynthesisConfig(model_batch_rows=5).model_rows(torch.device("cpu"), 1) == 5
+    with pytest.raises(ValueError, match="model_batch_rows"):
+        SynthesisConfig(model_batch_rows=0).validate()
 
 
 def test_projection_fast_paths() -> None:
