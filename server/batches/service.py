@@ -12,7 +12,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -242,13 +242,22 @@ def get_manifest(*, session: Session, batch_id: str, public_base_url: str = "") 
     return render_manifest(batch.manifest, public_base_url)
 
 
+def _manifest_key(
+    pk: int, batch_id: str, published_at: datetime | None, public_base_url: str
+) -> tuple[int, str, datetime | None, str]:
+    # SQLite hands core selects naive datetimes (ORM loads are tagged UTC): one key for both
+    if published_at is not None and published_at.tzinfo is None:
+        published_at = published_at.replace(tzinfo=UTC)
+    return (pk, batch_id, published_at, public_base_url)
+
+
 def manifest_json(*, batch: Batch, public_base_url: str = "") -> tuple[bytes, str]:
     """The rendered manifest as compact JSON bytes and its entity tag, cached per process.
 
     Safe to cache: a published manifest never changes. Visibility is still checked by
     the caller on every request, so a withdrawn batch disappears at once.
     """
-    key = (batch.id, batch.batch_id, batch.published_at, public_base_url)
+    key = _manifest_key(batch.id, batch.batch_id, batch.published_at, public_base_url)
     with _manifest_lock:
         hit = _manifest_cache.get(key)
         if hit is not None:
@@ -262,6 +271,31 @@ def manifest_json(*, batch: Batch, public_base_url: str = "") -> tuple[bytes, st
         while len(_manifest_cache) > MANIFEST_CACHE_SIZE:
             _manifest_cache.popitem(last=False)
     return entry
+
+
+def published_manifest_json(
+    *, session: Session, batch_id: str, public_base_url: str = ""
+) -> tuple[bytes, str]:
+    """The manifest GET's work: visibility read on every call, the body cached per process.
+
+    A core select of four columns rather than an ORM load (the hot path of a rig's poll);
+    the manifest column itself is read only when this process has not rendered it yet.
+    """
+    row = session.execute(
+        select(Batch.id, Batch.state, Batch.published_at).where(Batch.batch_id == batch_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no batch {batch_id!r}")
+    pk, state, published_at = row
+    if state not in VISIBLE or published_at is None:
+        raise NotFound(f"batch {batch_id!r} is not published (state {state})")
+    key = _manifest_key(pk, batch_id, published_at, public_base_url)
+    with _manifest_lock:
+        hit = _manifest_cache.get(key)
+        if hit is not None:
+            _manifest_cache.move_to_end(key)
+            return hit
+    return manifest_json(batch=session.get_one(Batch, pk), public_base_url=public_base_url)
 
 
 def next_for_rig(*, session: Session, rig_id: str) -> Batch | None:

@@ -99,11 +99,9 @@ async def get_manifest(batch_id: str, request: Request, session: SessionDep, _: 
     # withdrawn batch disappears at once); the JSON body comes from the per-process cache.
     base_url = request.app.state.settings.public_base_url
 
-    def _body() -> tuple[bytes, str]:
-        batch = service.get_published(session=session, batch_id=batch_id, with_manifest=False)
-        return service.manifest_json(batch=batch, public_base_url=base_url)
-
-    body, etag = await run_in_threadpool(_body)
+    body, etag = await run_in_threadpool(
+        service.published_manifest_json, session=session, batch_id=batch_id, public_base_url=base_url
+    )
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(request, etag):
         return Response(status_code=304, headers=headers)

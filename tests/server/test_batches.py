@@ -168,6 +168,25 @@ def test_withdrawn_batch_is_invisible(db_session: Session, store: ObjectStore) -
         service.get_manifest(session=db_session, batch_id=batch.batch_id)
 
 
+def test_published_manifest_is_rendered_once_and_withdrawal_still_applies(
+    db_session: Session, store: ObjectStore
+) -> None:
+    rig = make_rig(db_session)
+    batch = make_batch(db_session, store, rig_id=rig)
+    service._manifest_cache.clear()
+    body, etag = service.published_manifest_json(session=db_session, batch_id=batch.batch_id)
+    assert len(service._manifest_cache) == 1
+    again = service.published_manifest_json(session=db_session, batch_id=batch.batch_id)
+    assert again == (body, etag) and len(service._manifest_cache) == 1  # a hit, on both backends
+    assert service.manifest_json(batch=batch) == (body, etag)  # ORM and core paths share the key
+    assert len(service._manifest_cache) == 1
+    service.withdraw(session=db_session, batch=batch, reason="bad night")
+    with pytest.raises(NotFound, match="not published"):
+        service.published_manifest_json(session=db_session, batch_id=batch.batch_id)
+    with pytest.raises(NotFound, match="no batch"):
+        service.published_manifest_json(session=db_session, batch_id="no-such-batch")
+
+
 def test_create_batch_validates(db_session: Session, store: ObjectStore) -> None:
     rig = make_rig(db_session)
     images = make_images(db_session, store, 2)
