@@ -17,14 +17,20 @@ from server.errors import install_error_handlers
 from server.images.known import KnownImages
 from server.openapi import install_openapi
 
+_gc_frozen = False
+
 
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     # Routes, ORM mappers and pydantic models built at startup live as long as the process.
-    # Freezing them out of the collector keeps its full passes short: they showed up as
-    # tens-of-milliseconds stalls in the rig API's tail latency.
-    gc.collect()
-    gc.freeze()
+    # Freezing them out of the collector keeps its full passes short (they can show up as
+    # tens-of-milliseconds stalls in the rig API's tail). Once per process: a process that
+    # builds many apps (tests, the demo) must not pin each one's objects.
+    global _gc_frozen
+    if not _gc_frozen:
+        _gc_frozen = True
+        gc.collect()
+        gc.freeze()
     yield
 
 
