@@ -161,8 +161,19 @@ def client(settings: Settings, db_session: Session) -> Iterator[object]:
             raise
 
     app.dependency_overrides[get_db] = _db
-    with TestClient(app, raise_server_exceptions=False) as c:
-        yield c
+    # No session-complete hooks (the worker's night trigger, once worker.night is imported by
+    # any earlier test): a night started here would run in the in-process runner's threads on
+    # their own connections, which cannot see this rolled-back transaction, and would go on
+    # writing to the shared database into later tests ("database is locked" on SQLite).
+    from server.recordings import hooks
+
+    saved = list(hooks._on_complete)
+    hooks._on_complete.clear()
+    try:
+        with TestClient(app, raise_server_exceptions=False) as c:
+            yield c
+    finally:
+        hooks._on_complete[:] = saved
 
 
 ROLES = ("admin", "experimenter", "viewer", "rig")
