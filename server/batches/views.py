@@ -42,7 +42,10 @@ STATE_PATTERN = "^(" + "|".join(STATES) + ")$"
 def _manifest_response(request: Request, batch: Batch, cache: str) -> Response:
     # Settings straight from the app: hot path, no extra dependency hop to a worker thread.
     base_url = request.app.state.settings.public_base_url
-    body, etag = service.manifest_json(batch=batch, public_base_url=base_url)
+    return _json_with_etag(request, *service.manifest_json(batch=batch, public_base_url=base_url), cache)
+
+
+def _json_with_etag(request: Request, body: bytes, etag: str, cache: str) -> Response:
     headers = {"ETag": etag, "Cache-Control": cache}
     if etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
@@ -98,14 +101,10 @@ async def get_manifest(batch_id: str, request: Request, session: SessionDep, _: 
     # Hot for rigs: async with one worker-thread hop. Visibility is read on every request (a
     # withdrawn batch disappears at once); the JSON body comes from the per-process cache.
     base_url = request.app.state.settings.public_base_url
-
     body, etag = await run_in_threadpool(
         service.published_manifest_json, session=session, batch_id=batch_id, public_base_url=base_url
     )
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if etag_matches(request, etag):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+    return _json_with_etag(request, body, etag, "no-cache")
 
 
 @router.get(
