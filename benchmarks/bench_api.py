@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,12 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_api.json"
 GOAL_P99_MS = 25.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _seed(db_url: str, store_url: str, n_images: int) -> dict[str, Any]:
@@ -167,6 +159,7 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def run(quick: bool = False) -> dict:
     """Seed, serve, drive, and report p50/p99 per endpoint; returns the figures (also as JSON)."""
+    from demo.server import serve_in_subprocess
     from server.db import migrate
     from tests.conftest import create_pg_database, drop_pg_database
 
@@ -184,7 +177,6 @@ def run(quick: bool = False) -> dict:
         t = time.perf_counter()
         seed = _seed(db_url, store_url, n_images)
         seed_s = time.perf_counter() - t
-        port = _free_port()
         env = {
             **os.environ,
             "ITLOOP_ENV": "test",
@@ -193,39 +185,7 @@ def run(quick: bool = False) -> dict:
             "ITLOOP_DATA_DIR": str(tmp),
             "ITLOOP_LOG_LEVEL": "WARNING",
         }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "server.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--workers",
-                str(workers),
-            ],
-            env=env,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        base = f"http://127.0.0.1:{port}"
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the uvicorn server did not become healthy")
-            time.sleep(0.1)
+        server, base = serve_in_subprocess(env, workers=workers)
         rng = np.random.default_rng(1)
         paths = [
             ("manifest", f"/api/v1/batches/{seed['batch_id']}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -49,3 +52,32 @@ class BackgroundServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve_in_subprocess(
+    env: dict[str, str], workers: int = 1, timeout_s: float = 60.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``uvicorn server.app:create_app`` as its own process (``workers`` of them), once healthy.
+
+    For what a thread cannot show: several worker processes, each with its own caches (the
+    API benchmark, the cross-worker revocation test). Returns the process and its base URL;
+    the caller terminates it.
+    """
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.terminate()
+            raise RuntimeError("the uvicorn server did not become healthy")
+        time.sleep(0.1)

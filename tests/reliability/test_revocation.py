@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from demo.server import free_port
+from demo.server import serve_in_subprocess
 from itloop.settings import Settings
 from server.auth import service
 from server.db.engine import session_scope
@@ -25,7 +24,6 @@ TTL_S = 0.5
 
 
 def _serve(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
     env = {
         **os.environ,
         "ITLOOP_ENV": "test",
@@ -35,22 +33,7 @@ def _serve(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
         "ITLOOP_AUTH_CACHE_SECONDS": str(TTL_S),
         "ITLOOP_LOG_LEVEL": "WARNING",
     }
-    cmd = [sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory", "--port", str(port)]
-    proc = subprocess.Popen(
-        [*cmd, "--workers", "2", "--log-level", "warning"],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.1)
+    return serve_in_subprocess(env, workers=2)
 
 
 def test_revocation_reaches_every_worker_within_the_cache_ttl(fresh_db_url: str, tmp_path: Path) -> None:
