@@ -322,9 +322,9 @@ class _Engine:
         """Model outputs (B, n_sites) in float32 without autocast, grouped like the gradient calls."""
         outs, start = [], 0
         sizes = groups if self.cfg.deterministic else [x.shape[0]]
+        step = min(self.call_rows, self.cfg.max_batch_rows)
         with torch.no_grad():
             for n in sizes:
-                step = min(self.call_rows, self.cfg.max_batch_rows)
                 for a in range(start, start + n, step):
                     b = min(a + step, start + n)
                     xin = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import UTC
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,7 +12,7 @@ from sqlalchemy.orm import Session
 from itloop.settings import get_settings
 from server.auth.cache import Principal
 from server.auth.tables import ApiToken, Role, User
-from server.db.base import utcnow
+from server.db.base import as_utc, utcnow
 from server.errors import Conflict, InvalidInput, NotFound, Unauthorized
 
 TOKEN_PREFIX = "itl_"
@@ -56,10 +55,7 @@ def create_token(*, session: Session, user: User, name: str = "", token: str | N
 
 def authenticate(*, session: Session, token: str) -> User:
     """Return the token's user, or raise Unauthorized without saying which check failed."""
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    if row is None or row.revoked_at is not None or row.user.disabled:
-        raise Unauthorized("invalid or revoked token")
-    return row.user
+    return session.get_one(User, principal_for_hash(session=session, token_hash=hash_token(token)).id)
 
 
 _PRINCIPAL = (
@@ -75,9 +71,7 @@ def principal_for_hash(*, session: Session, token_hash: str) -> Principal:
     if row is None:
         raise Unauthorized("invalid or revoked token")
     uid, name, role, disabled, created = row
-    if created.tzinfo is None:  # SQLite drops the offset; every stored time is UTC
-        created = created.replace(tzinfo=UTC)
-    return Principal(uid, name, role, disabled, created)
+    return Principal(uid, name, role, disabled, as_utc(created))
 
 
 def revoke_token(*, session: Session, token: str | None = None, prefix: str | None = None) -> int:

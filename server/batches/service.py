@@ -12,7 +12,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, defer
 
 from itloop.storage import ObjectStore, get_store, image_key
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
-from server.db.base import utcnow
+from server.db.base import as_utc, utcnow
 from server.errors import Conflict, InvalidInput, NotFound
 from server.images.tables import Image
 from server.lab.service import get_rig
@@ -221,9 +221,13 @@ def get_published(*, session: Session, batch_id: str, with_manifest: bool = True
     batch = session.scalar(query)
     if batch is None:
         raise NotFound(f"no batch {batch_id!r}")
-    if batch.state not in VISIBLE or batch.published_at is None:
-        raise NotFound(f"batch {batch_id!r} is not published (state {batch.state})")
+    _check_visible(batch_id, batch.state, batch.published_at)
     return batch
+
+
+def _check_visible(batch_id: str, state: str, published_at: datetime | None) -> None:
+    if state not in VISIBLE or published_at is None:
+        raise NotFound(f"batch {batch_id!r} is not published (state {state})")
 
 
 def render_manifest(manifest: dict[str, Any], public_base_url: str = "") -> dict[str, Any]:
@@ -246,9 +250,15 @@ def _manifest_key(
     pk: int, batch_id: str, published_at: datetime | None, public_base_url: str
 ) -> tuple[int, str, datetime | None, str]:
     # SQLite hands core selects naive datetimes (ORM loads are tagged UTC): one key for both
-    if published_at is not None and published_at.tzinfo is None:
-        published_at = published_at.replace(tzinfo=UTC)
-    return (pk, batch_id, published_at, public_base_url)
+    return (pk, batch_id, None if published_at is None else as_utc(published_at), public_base_url)
+
+
+def _cached_manifest(key: tuple[int, str, datetime | None, str]) -> tuple[bytes, str] | None:
+    with _manifest_lock:
+        hit = _manifest_cache.get(key)
+        if hit is not None:
+            _manifest_cache.move_to_end(key)
+        return hit
 
 
 def manifest_json(*, batch: Batch, public_base_url: str = "") -> tuple[bytes, str]:
@@ -258,11 +268,9 @@ def manifest_json(*, batch: Batch, public_base_url: str = "") -> tuple[bytes, st
     the caller on every request, so a withdrawn batch disappears at once.
     """
     key = _manifest_key(batch.id, batch.batch_id, batch.published_at, public_base_url)
-    with _manifest_lock:
-        hit = _manifest_cache.get(key)
-        if hit is not None:
-            _manifest_cache.move_to_end(key)
-            return hit
+    hit = _cached_manifest(key)
+    if hit is not None:
+        return hit
     assert batch.manifest is not None
     body = json.dumps(render_manifest(batch.manifest, public_base_url), separators=(",", ":")).encode()
     entry = (body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
@@ -287,14 +295,10 @@ def published_manifest_json(
     if row is None:
         raise NotFound(f"no batch {batch_id!r}")
     pk, state, published_at = row
-    if state not in VISIBLE or published_at is None:
-        raise NotFound(f"batch {batch_id!r} is not published (state {state})")
-    key = _manifest_key(pk, batch_id, published_at, public_base_url)
-    with _manifest_lock:
-        hit = _manifest_cache.get(key)
-        if hit is not None:
-            _manifest_cache.move_to_end(key)
-            return hit
+    _check_visible(batch_id, state, published_at)
+    hit = _cached_manifest(_manifest_key(pk, batch_id, published_at, public_base_url))
+    if hit is not None:
+        return hit
     return manifest_json(batch=session.get_one(Batch, pk), public_base_url=public_base_url)
 
 

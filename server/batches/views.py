@@ -28,7 +28,7 @@ from server.batches.schemas import (
 )
 from server.batches.tables import Batch, BatchState
 from server.deps import BatchReader, ExperimenterUser, RigUser, SessionDep, SettingsDep, ViewerUser
-from server.errors import InvalidInput, PayloadTooLarge
+from server.errors import InvalidInput
 from server.images.views import etag_matches, get_app_store
 
 router = APIRouter(tags=["rig"])
@@ -132,11 +132,12 @@ def get_bundle(
     return Response(store.get(key), media_type="application/zip", headers=headers)
 
 
-async def read_events(request: Request, settings: SettingsDep) -> list[dict[str, Any]]:
-    """Parse a JSON list or NDJSON body into validated events; any bad item names its index."""
+async def read_events(request: Request) -> list[dict[str, Any]]:
+    """Parse a JSON list or NDJSON body into validated events; any bad item names its index.
+
+    The body is bounded as it arrives (``server.body_limit``: 413 past ``max_upload_bytes``).
+    """
     body = await request.body()
-    if len(body) > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"body exceeds {settings.max_upload_bytes} bytes")
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     raw: list[Any] = []
     if content_type in (NDJSON, "application/jsonl", "application/ndjson"):

@@ -28,6 +28,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """Tag a naive datetime as UTC: SQLite drops the offset, and every stored time is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: DateTime(timezone=True)}
@@ -53,7 +58,7 @@ def _utc_on_load(target: Any, _context: Any) -> None:
     for key in _datetime_keys(type(target).__mapper__):
         value = state.get(key)
         if isinstance(value, datetime) and value.tzinfo is None:
-            set_committed_value(target, key, value.replace(tzinfo=UTC))
+            set_committed_value(target, key, as_utc(value))
 
 
 event.listen(Base, "refresh", lambda target, ctx, attrs: _utc_on_load(target, ctx), propagate=True)
