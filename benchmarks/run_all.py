@@ -99,6 +99,9 @@ def _synthesis(r: dict) -> list[Row]:
         rows.append(
             _row(b, f"{t['label']}: throughput vs PGDL2 at the engine's call size", t["ratio_chunked"])
         )
+        if "ratio_vs_fastest_pgd" in t:
+            fig = f"{t['label']}: throughput vs the fastest PGDL2 variant"
+            rows.append(_row(b, fig, t["ratio_vs_fastest_pgd"], ">=", 1.0))
     if "cuda" in r:
         c = r["cuda"]
         rows.append(_row(b, "CUDA bf16 paper-scale night (h)", c["bf16"]["night_hours"], "<", 8.0))

@@ -140,8 +140,9 @@ def _calibration(size: int, n_categories: int, n_calibration: int):
     different seeds live in the same image world, and cached because building it dominates
     the cost of a brain. Returned arrays are read-only.
     """
-    images, cats = make_clean_images(n_calibration, size=size, n_categories=n_categories,
-                                     seed=[0xCA11, size, n_categories])
+    images, cats = make_clean_images(
+        n_calibration, size=size, n_categories=n_categories, seed=[0xCA11, size, n_categories]
+    )
     x = images.reshape(n_calibration, -1).astype(np.float64) / 255.0
     # Principal components through the small (n x n) Gram matrix: much cheaper than an SVD of
     # the (n x D) data when D = 3 * size**2 is large.
@@ -237,8 +238,9 @@ class VirtualBrain:
         yy, xx = np.meshgrid(coords, coords, indexing="ij")
         centre = rng.normal(0.0, 0.12 * size, size=(n_sites, 2))
         width = rng.uniform(0.2, 0.4, size=(n_sites, 1, 1)) * size
-        env = np.exp(-0.5 * ((xx - centre[:, 0, None, None]) ** 2 + (yy - centre[:, 1, None, None]) ** 2)
-                     / width**2)
+        env = np.exp(
+            -0.5 * ((xx - centre[:, 0, None, None]) ** 2 + (yy - centre[:, 1, None, None]) ** 2) / width**2
+        )
         field = gaussian_filter(rng.standard_normal((n_sites, size, size)), sigma=(0, 3.0, 3.0), mode="wrap")
         colour = rng.normal(0.0, 1.0, size=(n_sites, 3)) + rng.normal(0.0, 1.0, size=(n_sites, 1))
         rf_part = (colour[:, :, None, None] * (env * field)[:, None]).reshape(n_sites, -1)
@@ -295,7 +297,10 @@ class VirtualBrain:
         self.spontaneous_rate_ = np.array([np.quantile(calib_rates[:, i], q[i]) for i in range(n_sites)])
         logger.debug(
             "virtual brain: %d sites, clean rates %.1f-%.1f spikes/s, adversarial drive std %.3f",
-            n_sites, calib_rates.min(), calib_rates.max(), float((xc_centred @ adv.T).std(axis=0).mean()),
+            n_sites,
+            calib_rates.min(),
+            calib_rates.max(),
+            float((xc_centred @ adv.T).std(axis=0).mean()),
         )
 
     # ------------------------------------------------------------------ responses
@@ -407,8 +412,13 @@ class VirtualBrain:
         (one row per presentation, repeats included). Extra keywords pass through.
         """
         return simulate_presentation_spikes(
-            self.rates(images), onsets_s, rng, latency_s=self.latency_s_,
-            spontaneous_rate=self.spontaneous_rate_, fixation_ok=fixation_ok, **kwargs,
+            self.rates(images),
+            onsets_s,
+            rng,
+            latency_s=self.latency_s_,
+            spontaneous_rate=self.spontaneous_rate_,
+            fixation_ok=fixation_ok,
+            **kwargs,
         )
 
     # ------------------------------------------------------------------ torch

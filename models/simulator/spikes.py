@@ -99,8 +99,9 @@ def simulate_presentation_spikes(
     rates = np.asarray(rates, dtype=np.float64)
     onsets = np.asarray(onsets_s, dtype=np.float64)
     if rates.ndim != 2 or onsets.shape != (rates.shape[0],):
-        raise ValueError(f"need rates (n_presentations, n_sites) and matching onsets; got {rates.shape}, "
-                         f"{onsets.shape}")
+        raise ValueError(
+            f"need rates (n_presentations, n_sites) and matching onsets; got {rates.shape}, {onsets.shape}"
+        )
     if np.any(rates < 0) or duration_s <= 0 or rate_cv < 0:
         raise ValueError("rates must be >= 0, duration_s > 0 and rate_cv >= 0")
     n_pres, n_sites = rates.shape

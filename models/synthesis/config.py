@@ -70,8 +70,10 @@ class SynthesisConfig:
     autocast_dtype : torch.dtype or None
         Run the model's forward under autocast in this dtype (e.g. ``torch.bfloat16``); the
         perturbation, projection and the final scoring of quantised images stay in float32.
-    channels_last : bool
-        Feed the model channels_last inputs (convert the model too for the speed-up).
+    channels_last : bool or None
+        Keep the rows channels-last and feed the model channels-last inputs (converting the model
+        too may add to the speed-up).  ``None``: timed once per model and image shape, and used
+        only if clearly faster; in deterministic mode ``None`` means no.
     keep_float : bool
         Also return the float optimum per case (memory heavy at paper scale).
     """
@@ -98,7 +100,7 @@ class SynthesisConfig:
     max_batch_rows: int = 256
     model_batch_rows: int | None = None
     autocast_dtype: torch.dtype | None = None
-    channels_last: bool = False
+    channels_last: bool | None = None
     keep_float: bool = True
 
     def total_budget(self) -> int:

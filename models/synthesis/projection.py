@@ -15,6 +15,7 @@ of ``x(t) - c`` has magnitude ``min(t |v_j|, b_j)`` where ``b_j`` is the room to
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,7 +60,7 @@ def project_l2_ball_box(
 
     Notes
     -----
-    It runs twice per synthesis step, so it is written for few full-size passes: rows that are
+    It runs once or more per synthesis step, so it is written for few full-size passes: rows that are
     feasible after clipping return at once; for the others only coordinates where ``y`` lies
     outside the box can saturate for ``t <= 1`` (a few percent of pixels on natural images),
     so the root of ``g(t) = r`` is found on those alone, the rest entering as one sum.
@@ -108,17 +109,19 @@ def _t_sparse(
     candidates.  The active-set iteration of :func:`_solve_t_active_set` then touches only
     them.  Rows feasible at ``t = 1`` get exactly 1.
     """
-    b = y.shape[0]
+    b, d = y.shape[0], y[0].numel()
     vf, cf, yf = _flat(v), _flat(center), _flat(y)
     ycf = yf.clamp(lo, hi)
-    rows, cols = (ycf != yf).nonzero(as_tuple=True)
-    vk, ck = vf[rows, cols], cf[rows, cols]
+    idx = _outside(yf, ycf)
+    rows = torch.div(idx, d, rounding_mode="floor")
+    vk = vf.reshape(-1).index_select(0, idx)
+    ck = cf.reshape(-1).index_select(0, idx)
     ak = vk.abs()
     a2k = ak.square()
     v2 = torch.linalg.vector_norm(vf, dim=1).square()
     zero = torch.zeros(b, dtype=v.dtype, device=v.device)
     a2_cand = zero.index_add(0, rows, a2k)
-    roomk = (ycf[rows, cols] - ck).abs()  # clip(y) - c on a candidate is the room to its bound
+    roomk = (ycf.reshape(-1).index_select(0, idx) - ck).abs()  # clip(y) - c there: the room to its bound
     b2k = roomk.square()
     r2 = r.square()
     # g(1)^2: free coordinates move by v, candidates by their room.
@@ -132,7 +135,7 @@ def _t_sparse(
     t = (r2 / v2.clamp_min(tiny)).sqrt().minimum(one)  # ball-scaled start, <= the root
     done = ~need
     for _ in range(iters):
-        sat = (bpk <= t[rows]).to(v.dtype)
+        sat = (bpk <= t.index_select(0, rows)).to(v.dtype)
         s_b = zero.index_add(0, rows, b2k * sat)
         s_a = a2_free + zero.index_add(0, rows, a2k * (1 - sat))
         ok = s_a > 0
@@ -148,12 +151,24 @@ def _t_sparse(
     return t
 
 
+def _outside(yf: Tensor, ycf: Tensor) -> Tensor:
+    """Flat indices of the coordinates where ``y`` lies outside the box (``clip(y) != y``).
+
+    On CPU NumPy does this in well under half the time of ``torch.ne`` + ``torch.nonzero``
+    (which cost 3 and 8 arithmetic passes there); the arrays are shared, not copied.
+    """
+    if yf.device.type == "cpu" and yf.dtype in (torch.float32, torch.float64):
+        a, c = yf.detach().contiguous().numpy(), ycf.detach().numpy()
+        return torch.from_numpy(np.flatnonzero(a != c))
+    return (ycf != yf).reshape(-1).nonzero().squeeze(1)
+
+
 def _room(v: Tensor, c: Tensor, lo: float, hi: float) -> Tensor:
     """Distance from ``c`` to the bound that ``v`` points at: ``hi - c`` if ``v > 0``, else ``c - lo``.
 
     Written as ``half - sign(v) * (c - mid)`` rather than ``torch.where``: on CPU a full-size
     ``where`` (or any op reading a bool tensor) costs 5-25x an arithmetic pass, and the
-    projection runs twice per synthesis step.  Coordinates with ``v = 0`` get ``half``; they
+    projection runs every synthesis step.  Coordinates with ``v = 0`` get ``half``; they
     never saturate (``a = 0``), so the value is never used.
     """
     mid, half = 0.5 * (hi + lo), 0.5 * (hi - lo)

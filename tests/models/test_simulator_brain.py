@@ -175,8 +175,12 @@ def test_default_normalised_sensitivity_is_realistic(brain: VirtualBrain, clean)
     assert 0.8 < median[2] < 2.0
     assert np.all(s[3] < 3.0)
     # population spread in sensitivity follows the knob
-    assert np.corrcoef(s[1], np.sqrt(np.linalg.norm(brain.smooth_weights_, axis=1) ** 2
-                                     + brain.sensitivity_**2))[0, 1] > 0.5
+    assert (
+        np.corrcoef(
+            s[1], np.sqrt(np.linalg.norm(brain.smooth_weights_, axis=1) ** 2 + brain.sensitivity_**2)
+        )[0, 1]
+        > 0.5
+    )
 
 
 def test_torch_module_matches_numpy(brain: VirtualBrain, clean) -> None:

@@ -52,8 +52,9 @@ def test_window_counts_match_rate_times_overlap(rng: np.random.Generator) -> Non
 
 def test_expected_window_count_overlap() -> None:
     rates = np.array([[30.0, 30.0, 30.0]])
-    got = expected_window_count(rates, (0.07, 0.17), latency_s=np.array([0.07, 0.09, 0.2]), duration_s=0.1,
-                                spontaneous_rate=5.0)
+    got = expected_window_count(
+        rates, (0.07, 0.17), latency_s=np.array([0.07, 0.09, 0.2]), duration_s=0.1, spontaneous_rate=5.0
+    )
     np.testing.assert_allclose(got, [[3.0, 30 * 0.08 + 5 * 0.02, 0.5]])
 
 
@@ -62,8 +63,9 @@ def test_fixation_breaks_drop_the_response(rng: np.random.Generator) -> None:
     ok = mark_fixation_breaks(n_pres, rng, rate=0.3)
     rates = np.full((n_pres, 2), 60.0)
     onsets = np.arange(n_pres) * 0.3
-    spikes = simulate_presentation_spikes(rates, onsets, rng, latency_s=0.07, spontaneous_rate=6.0,
-                                          fixation_ok=ok)
+    spikes = simulate_presentation_spikes(
+        rates, onsets, rng, latency_s=0.07, spontaneous_rate=6.0, fixation_ok=ok
+    )
     counts = _window_counts(spikes, onsets, 2, (0.07, 0.17))
     assert counts[ok].mean() == pytest.approx(6.0, rel=0.05)
     assert counts[~ok].mean() == pytest.approx(0.6, rel=0.15)
@@ -86,8 +88,9 @@ def test_mark_fixation_breaks_rate_runs_and_seed() -> None:
 def test_rate_noise_raises_fano(rng: np.random.Generator) -> None:
     rates = np.full((3000, 1), 50.0)
     onsets = np.arange(3000) * 0.3
-    spikes = simulate_presentation_spikes(rates, onsets, rng, latency_s=0.07, spontaneous_rate=5.0,
-                                          rate_cv=0.3)
+    spikes = simulate_presentation_spikes(
+        rates, onsets, rng, latency_s=0.07, spontaneous_rate=5.0, rate_cv=0.3
+    )
     counts = _window_counts(spikes, onsets, 1, (0.07, 0.17))[:, 0]
     assert counts.mean() == pytest.approx(5.0, rel=0.05)
     assert counts.var() / counts.mean() > 1.3  # 1 + mean * cv^2 = 1.45
@@ -117,8 +120,9 @@ def test_brain_spikes_follow_true_rates(rng: np.random.Generator) -> None:
     spikes = brain.simulate_spikes(images[shown], onsets, rng)
     counts = _window_counts(spikes, onsets, 6, (0.07, 0.17))
     means = np.stack([counts[shown == k].mean(axis=0) for k in range(4)])
-    expected = expected_window_count(brain.rates(images), latency_s=brain.latency_s_,
-                                     spontaneous_rate=brain.spontaneous_rate_)
+    expected = expected_window_count(
+        brain.rates(images), latency_s=brain.latency_s_, spontaneous_rate=brain.spontaneous_rate_
+    )
     assert np.all(np.abs(means - expected) < 4 * np.sqrt(expected / 600))
 
 

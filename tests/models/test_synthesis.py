@@ -136,6 +136,40 @@ def test_projection_fast_paths() -> None:
     assert torch.allclose((p - c).flatten(1), d * (0.01 / d.norm(dim=1, keepdim=True)), atol=1e-7)
 
 
+def test_candidate_search_agrees_on_every_dtype_and_path() -> None:
+    from models.synthesis.projection import _outside
+
+    g = torch.Generator().manual_seed(5)
+    c = grid_images(6, 8)
+    y = c + 0.3 * torch.randn(c.shape, generator=g)
+    for dt in (torch.float32, torch.float64, torch.float16):  # NumPy for the first two, torch else
+        yf = y.to(dt).reshape(6, -1)
+        want = ((yf < 0) | (yf > 1)).reshape(-1).nonzero().squeeze(1)
+        assert torch.equal(_outside(yf, yf.clamp(0, 1)), want)
+    half = project_l2_ball_box(y.half(), c.half(), torch.full((6,), 0.5))
+    assert (
+        half.dtype == torch.float16 and ((half - c.half()).float().flatten(1).norm(dim=1) <= 0.5 + 1e-2).all()
+    )
+
+
+def test_pull_in_is_feasible_and_exact_where_the_box_does_not_bind() -> None:
+    from models.synthesis.steps import L2BallBoxStep
+
+    step = L2BallBoxStep()
+    g = torch.Generator().manual_seed(6)
+    c = grid_images(8, 8)
+    y = c + 0.5 * torch.randn(c.shape, generator=g)
+    r = torch.linspace(0.1, 3.0, 8)
+    p = step.pull_in(y, c, r)
+    assert ((p - c).flatten(1).norm(dim=1) <= r * (1 + 1e-6)).all()
+    assert p.min() >= 0 and p.max() <= 1
+    exact = step.project(y, c, r)  # the exact projection is never farther from y
+    assert ((exact - y).flatten(1).norm(dim=1) <= (p - y).flatten(1).norm(dim=1) + 1e-6).all()
+    mid = torch.full_like(c, 0.5)
+    y2 = mid + 0.01 * torch.randn(c.shape, generator=g)  # small radius: the box never binds
+    assert torch.allclose(step.pull_in(y2, mid, r * 0.01), step.project(y2, mid, r * 0.01), atol=1e-7)
+
+
 # -- quantisation -------------------------------------------------------------------------------
 def test_quantize_repairs_rounding_that_leaves_the_ball() -> None:
     g = torch.Generator().manual_seed(2)
@@ -351,6 +385,48 @@ def test_bf16_autocast_and_channels_last_run_inside_the_ball() -> None:
     res = synthesize(model, images, cases, cfg)
     within_ball(res, images, cases)
     assert (torch.tensor([c.direction for c in cases]) * res.predicted_change > 0).all()
+
+
+def test_channels_last_rows_give_the_same_search() -> None:
+    """Rows kept channels-last change float summation order only: same starts, same optima."""
+    model, images = TinyCNN(), grid_images(3)
+    cases = [Case(s, i, 1.0, d) for i in range(3) for s in range(2) for d in (1, -1)]
+    runs = {
+        cl: synthesize(
+            model,
+            images,
+            cases,
+            SynthesisConfig(restarts=4, budget=24, seed=3, deterministic=True, channels_last=cl),
+        )
+        for cl in (False, True)
+    }
+    for res in runs.values():
+        within_ball(res, images, cases)
+    a, b = runs[False], runs[True]
+    assert torch.allclose(a.f_adv, b.f_adv, atol=1e-3, rtol=1e-3)
+    assert (a.adv_uint8.int() - b.adv_uint8.int()).abs().float().mean() < 0.05  # same images, up to rounding
+    assert a.adv_uint8.shape == b.adv_uint8.shape == (len(cases), 3, 16, 16)
+
+
+def test_automatic_layout_is_decided_once_per_model_and_never_in_deterministic_mode() -> None:
+    from models.synthesis.engine import _LAYOUTS
+
+    model, images = TinyCNN(), grid_images(2)
+    cases = [Case(0, i, 1.0, 1) for i in range(2)]
+    synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3, deterministic=True))
+    assert model not in _LAYOUTS
+    res = synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3))
+    within_ball(res, images, cases)
+    (decided,) = _LAYOUTS[model].values()
+    assert isinstance(decided, bool)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3))
+    # Once decided, an automatic run makes exactly the calls of a run told the layout: no timing.
+    again = len(calls)
+    calls.clear()
+    synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3, channels_last=decided))
+    assert again == len(calls)
 
 
 def test_model_training_mode_is_restored() -> None:
