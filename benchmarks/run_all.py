@@ -90,7 +90,7 @@ def _synthesis(r: dict) -> list[Row]:
             rows.append(
                 _row(b, f"{sec['name']} eps={sec['eps']}: min vs best@10x budget", min(at10), ">=", 0.99)
             )
-    for key in ("throughput", "throughput_224"):
+    for key in ("throughput", "throughput_224", "throughput_resnet50"):
         if key not in r:
             continue
         t = r[key]

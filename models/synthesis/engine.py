@@ -345,7 +345,7 @@ class _Engine:
         # x + a (z - x) + (1 - a)(x - xp) in two passes: lerp from the extrapolation 2x - xp.
         xn = torch.lerp(torch.lerp(R["xp"], x, 2.0), z, a)
         if cfg.momentum < 1.0:
-            xn = self.stepper.pull_in(xn, R["center"], R["radius"])
+            xn = self.stepper.project(xn, R["center"], R["radius"])
         R["xp"], R["x"] = x, xn
         R["fresh"] = torch.zeros_like(R["fresh"])
         if at_sw:

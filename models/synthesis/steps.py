@@ -78,19 +78,6 @@ class L2BallBoxStep:
         """Exact projection onto the ball ∩ box (see :mod:`models.synthesis.projection`)."""
         return project_l2_ball_box(x, center, radius, self.lo, self.hi, sparse=not self.deterministic)
 
-    def pull_in(self, x: Tensor, center: Tensor, radius: Tensor) -> Tensor:
-        """A feasible point near ``x``: scaled onto the ball, then clipped to the box.
-
-        Not the projection where the box binds, but feasible (clipping moves each coordinate
-        toward the centre, which is in the box) and a third of its cost.  The engine uses it
-        after the momentum combination, as APGD does for both of its projections; the gradient
-        step, which decides where the search goes, is projected exactly.
-        """
-        v = x - center
-        n = v.reshape(v.shape[0], -1).norm(dim=1)
-        s = (radius / n.clamp_min(torch.finfo(v.dtype).tiny)).clamp(max=1.0)
-        return torch.addcmul(center, v, _bcast(s, v)).clamp_(self.lo, self.hi)
-
 
 STEPS: dict[str, type[L2BallBoxStep]] = {"l2": L2BallBoxStep}
 

@@ -152,24 +152,6 @@ def test_candidate_search_agrees_on_every_dtype_and_path() -> None:
     )
 
 
-def test_pull_in_is_feasible_and_exact_where_the_box_does_not_bind() -> None:
-    from models.synthesis.steps import L2BallBoxStep
-
-    step = L2BallBoxStep()
-    g = torch.Generator().manual_seed(6)
-    c = grid_images(8, 8)
-    y = c + 0.5 * torch.randn(c.shape, generator=g)
-    r = torch.linspace(0.1, 3.0, 8)
-    p = step.pull_in(y, c, r)
-    assert ((p - c).flatten(1).norm(dim=1) <= r * (1 + 1e-6)).all()
-    assert p.min() >= 0 and p.max() <= 1
-    exact = step.project(y, c, r)  # the exact projection is never farther from y
-    assert ((exact - y).flatten(1).norm(dim=1) <= (p - y).flatten(1).norm(dim=1) + 1e-6).all()
-    mid = torch.full_like(c, 0.5)
-    y2 = mid + 0.01 * torch.randn(c.shape, generator=g)  # small radius: the box never binds
-    assert torch.allclose(step.pull_in(y2, mid, r * 0.01), step.project(y2, mid, r * 0.01), atol=1e-7)
-
-
 # -- quantisation -------------------------------------------------------------------------------
 def test_quantize_repairs_rounding_that_leaves_the_ball() -> None:
     g = torch.Generator().manual_seed(2)

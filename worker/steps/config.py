@@ -33,6 +33,13 @@ class NightConfig(BaseModel):
     restarts: int = Field(default=100, ge=1)
     budget: int | None = Field(default=None, ge=1, description="gradient evaluations per case")
     deterministic: bool = True
+    channels_last: bool | None = Field(
+        default=None,
+        description=(
+            "keep synthesis rows channels-last (often faster for CNNs, e.g. ResNet-50 on a GPU); "
+            "None: timed per model, except in deterministic mode, which needs a fixed layout (NCHW)"
+        ),
+    )
     seed: int = 0
     sites_per_shard: int = Field(default=4, ge=1)
     ceiling_threshold: float = Field(

@@ -139,6 +139,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
         budget=cfg.budget,
         seed=cfg.seed,
         deterministic=cfg.deterministic,
+        channels_last=cfg.channels_last,
         keep_float=False,
     )
     total = len(cases) + len(targeted)
