@@ -63,10 +63,12 @@ class SynthesisConfig:
         Memory budget: rows (case x restart) held in one batch.  Cases stream into freed rows as
         successive halving retires restarts, so the batch stays full.
     model_batch_rows : int or None
-        Rows per forward/backward call of the model.  ``None``: all rows at once on a GPU, and on
-        a CPU as many as fit in about 768 KiB of input (at least 2), because CPU convolutions slow
-        down 2-3x per row once a batch's activations fall out of cache (one thread, a small CNN:
-        4,700 rows/s at 24-64 rows of 3x32x32 against 1,500 at 512; at 224x224, 2-4 rows best).
+        Rows per forward/backward call of the model.  ``None``: all rows at once on a GPU.  On a
+        CPU, about 768 KiB of input (at least 2 rows), because small CNNs slow down 2-3x per row
+        once a batch's activations fall out of cache (one thread, a small CNN: 4,700 rows/s at
+        24-64 rows of 3x32x32 against 1,500 at 512); outside deterministic mode that size is
+        then doubled while the time per row falls by more than 5% (timed once per model: big
+        backbones such as ResNet-50 read all their weights per call and want more rows).
     autocast_dtype : torch.dtype or None
         Run the model's forward under autocast in this dtype (e.g. ``torch.bfloat16``); the
         perturbation, projection and the final scoring of quantised images stay in float32.

@@ -131,7 +131,7 @@ class _Engine:
         self.stepper = L2BallBoxStep(init_fraction=cfg.init_fraction, deterministic=cfg.deterministic)
         self.call_rows = cfg.model_rows(self.dev, images[0].numel() * images.element_size())
         self.images_nchw = images
-        self.nhwc = choose_layout(self, images)
+        self.nhwc, self.call_rows = tune_calls(self, images)
         # Rows are kept channels-last when the model runs faster so: every row operation is
         # indifferent to the order of a row's pixels, and the model gets a strided view, no copy.
         self.images = images.permute(0, 2, 3, 1).contiguous() if self.nhwc else images
@@ -383,56 +383,87 @@ class _Engine:
         return torch.cat(outs)
 
 
-#: Layout decisions per model: {(image shape, dtype, device, autocast dtype): channels-last?}.
-_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Model-call decisions per model: {(image shape, dtype, device, autocast, config): (nhwc, rows)}.
+_TUNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: Largest CPU call the tuning tries (rows); larger calls never paid off on CPU.
+MAX_TUNED_ROWS = 256
 
 
-def choose_layout(eng: _Engine, images: Tensor) -> bool:
-    """Whether to keep rows channels-last: the config's choice, else the faster layout.
+def tune_calls(eng: _Engine, images: Tensor) -> tuple[bool, int]:
+    """Layout (channels-last or not) and rows per model call: the config's, else the fastest.
 
-    ``SynthesisConfig.channels_last=None`` times one forward and backward call in each layout
-    (twice, interleaved, after a warm-up) and keeps channels-last only if it is clearly faster:
-    which one wins depends on the model, the image size and the hardware (a small CNN at 32x32
-    ran 25% faster channels-last on an AVX-512 Xeon; at 224x224 on an EPYC it ran slower).  The
-    answer is remembered per model, so a night decides once.  Deterministic mode never guesses:
-    it uses ``channels_last`` as given (default: the images' own layout).
+    ``SynthesisConfig.channels_last=None`` keeps rows channels-last only if one forward and
+    backward call runs clearly faster so: which layout wins depends on the model, the image
+    size and the hardware (a small CNN at 32x32 ran 25% faster channels-last on an AVX-512
+    Xeon; at 224x224 on an EPYC it ran slower).  ``model_batch_rows=None`` on a CPU starts from
+    about 768 KiB of input per call and doubles while the time per row falls by more than 5%:
+    small CNNs want cache-sized calls, ResNet-50 (100 MB of weights read per call) wants more
+    rows.  The answer is remembered per model, so a night decides once.  Deterministic mode
+    never times anything: results must not depend on a measurement.
     """
     cfg = eng.cfg
-    if cfg.channels_last is not None or cfg.deterministic or images.dim() != 4:
-        return bool(cfg.channels_last)
-    key = (tuple(images.shape[1:]), images.dtype, str(images.device), cfg.autocast_dtype)
+    rows = eng.call_rows
+    want_layout = cfg.channels_last is None and images.dim() == 4
+    want_rows = cfg.model_batch_rows is None and images.device.type == "cpu"
+    if cfg.deterministic or not (want_layout or want_rows):
+        return bool(cfg.channels_last), rows
+    key = (
+        tuple(images.shape[1:]),
+        images.dtype,
+        str(images.device),
+        cfg.autocast_dtype,
+        cfg.channels_last,
+        cfg.model_batch_rows,
+    )
     try:
-        known = _LAYOUTS.setdefault(eng.model, {})
+        known = _TUNED.setdefault(eng.model, {})
     except TypeError:  # a callable that cannot be weakly referenced: decide every call
         known = {}
     if key not in known:
-        known[key] = _time_layouts(eng, images)
+        known[key] = _time_calls(eng, images, want_layout, want_rows)
     return known[key]
 
 
-def _time_layouts(eng: _Engine, images: Tensor) -> bool:
-    n = max(1, min(eng.call_rows, eng.cfg.max_batch_rows, 64))
-    x = images[:1].expand(n, *images.shape[1:])
-    inputs = {False: x.contiguous(), True: x.contiguous(memory_format=torch.channels_last)}
+def _time_calls(eng: _Engine, images: Tensor, want_layout: bool, want_rows: bool) -> tuple[bool, int]:
     sync = torch.cuda.synchronize if images.device.type == "cuda" else (lambda: None)
+    t_start = time.perf_counter()
 
-    def once(nhwc: bool) -> float:
-        xs = inputs[nhwc].detach().requires_grad_(True)
-        sync()
-        t0 = time.perf_counter()
-        with torch.enable_grad():
-            torch.autograd.grad(eng._forward(xs).sum(), xs)
-        sync()
-        return time.perf_counter() - t0
+    def per_row(nhwc: bool, n: int) -> float:
+        """Seconds per row of one forward and backward call: best of two after a warm-up."""
+        x = images[:1].expand(n, *images.shape[1:])
+        x = x.contiguous(memory_format=torch.channels_last) if nhwc else x.contiguous()
+        best = math.inf
+        for rep in range(3):
+            xs = x.detach().requires_grad_(True)
+            sync()
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                torch.autograd.grad(eng._forward(xs).sum(), xs)
+            sync()
+            if rep:
+                best = min(best, time.perf_counter() - t0)
+        return best / n
 
-    best = {False: math.inf, True: math.inf}
-    for rep in range(3):
-        for nhwc in (False, True):
-            t = once(nhwc)
-            if rep:  # the first round warms up both
-                best[nhwc] = min(best[nhwc], t)
-    logger.debug("synthesis layout: NCHW %.2f ms, NHWC %.2f ms per call", 1e3 * best[False], 1e3 * best[True])
-    return best[True] < 0.95 * best[False]
+    rows = eng.call_rows
+    probe = max(1, min(rows, MAX_TUNED_ROWS, 64))
+    nhwc = bool(eng.cfg.channels_last)
+    if want_layout:
+        nhwc = per_row(True, probe) < 0.95 * per_row(False, probe)
+    if want_rows:
+        cost = per_row(nhwc, rows)
+        while 2 * rows <= MAX_TUNED_ROWS:
+            c2 = per_row(nhwc, 2 * rows)
+            if c2 >= 0.95 * cost:
+                break
+            rows, cost = 2 * rows, c2
+    logger.info(
+        "synthesis: model calls tuned in %.1f s: %s, %d rows per call",
+        time.perf_counter() - t_start,
+        "channels-last" if nhwc else "NCHW",
+        rows,
+    )
+    return nhwc, rows
 
 
 @contextlib.contextmanager
@@ -447,6 +478,16 @@ def _cudnn_deterministic() -> Iterator[None]:
         c.deterministic, c.benchmark = old
 
 
+def clean_outputs(
+    model: Callable[[Tensor], Tensor], images: Tensor, rows: int, first: Tensor | None = None
+) -> Tensor:
+    """Model outputs on every image, in float32, ``rows`` images per call (``first``: image 0's)."""
+    with torch.no_grad():
+        outs = [] if first is None else [first]
+        outs.extend(model(images[i : i + rows]) for i in range(len(outs), images.shape[0], rows))
+    return torch.cat([o.float() for o in outs])
+
+
 def run_engine(
     model: Callable[[Tensor], Tensor],
     images: Tensor,
@@ -458,18 +499,16 @@ def run_engine(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     cases: list[Case] | None = None,
+    clean_out: Tensor | None = None,
 ) -> SynthesisResult:
-    """Solve validated cases with ``objective``; see :func:`synthesize` for the contract."""
+    """Solve validated cases with ``objective``; see :func:`synthesize` for the contract.
+
+    ``clean_out`` (N, n_sites): the model's outputs on ``images`` when the caller has them.
+    """
     plan = plan_for(config)
     m = len(case_image)
     dev = images.device
-    with torch.no_grad():
-        out_clean_img = torch.cat(
-            [
-                (model(images[i : i + config.max_batch_rows])).float()
-                for i in range(0, images.shape[0], config.max_batch_rows)
-            ]
-        )
+    out_clean_img = clean_outputs(model, images, config.max_batch_rows) if clean_out is None else clean_out
     ci = torch.as_tensor(list(case_image), dtype=torch.long, device=dev)
     out_clean = out_clean_img[ci]
     f_clean = objective.score(out_clean, torch.arange(m, device=dev)).cpu()
@@ -647,4 +686,5 @@ def synthesize(
             progress,
             cancel,
             cases=cl,
+            clean_out=clean_outputs(model, images, cfg.max_batch_rows, first=out),
         )

@@ -390,24 +390,25 @@ def test_channels_last_rows_give_the_same_search() -> None:
     assert a.adv_uint8.shape == b.adv_uint8.shape == (len(cases), 3, 16, 16)
 
 
-def test_automatic_layout_is_decided_once_per_model_and_never_in_deterministic_mode() -> None:
-    from models.synthesis.engine import _LAYOUTS
+def test_automatic_calls_are_decided_once_per_model_and_never_in_deterministic_mode() -> None:
+    from models.synthesis.engine import _TUNED
 
     model, images = TinyCNN(), grid_images(2)
     cases = [Case(0, i, 1.0, 1) for i in range(2)]
     synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3, deterministic=True))
-    assert model not in _LAYOUTS
+    assert model not in _TUNED
     res = synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3))
     within_ball(res, images, cases)
-    (decided,) = _LAYOUTS[model].values()
-    assert isinstance(decided, bool)
+    ((decided, rows),) = _TUNED[model].values()
+    assert isinstance(decided, bool) and 1 <= rows <= 256
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))
     synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3))
     # Once decided, an automatic run makes exactly the calls of a run told the layout: no timing.
     again = len(calls)
     calls.clear()
-    synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3, channels_last=decided))
+    told = SynthesisConfig(restarts=2, steps=3, channels_last=decided, model_batch_rows=rows)
+    synthesize(model, images, cases, told)
     assert again == len(calls)
 
 
