@@ -66,9 +66,9 @@ class SynthesisConfig:
         Rows per forward/backward call of the model.  ``None``: all rows at once on a GPU.  On a
         CPU, about 768 KiB of input (at least 2 rows), because small CNNs slow down 2-3x per row
         once a batch's activations fall out of cache (one thread, a small CNN: 4,700 rows/s at
-        24-64 rows of 3x32x32 against 1,500 at 512); outside deterministic mode that size is
-        then doubled while the time per row falls by more than 5% (timed once per model: big
-        backbones such as ResNet-50 read all their weights per call and want more rows).
+        24-64 rows of 3x32x32 against 1,500 at 512); outside deterministic mode doublings of
+        that size are timed once per model and the smallest within 2% of the fastest per row is
+        used (bigger backbones often want more rows).
     autocast_dtype : torch.dtype or None
         Run the model's forward under autocast in this dtype (e.g. ``torch.bfloat16``); the
         perturbation, projection and the final scoring of quantised images stay in float32.
