@@ -34,7 +34,7 @@ import torchattacks
 from torch import Tensor, nn
 
 from models.synthesis import Case, SynthesisConfig, synthesize
-from models.synthesis.engine import _TUNED
+from models.synthesis.engine import tuned_calls
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = [5, 10, 20, 50, 100, 200, 500]
@@ -275,7 +275,7 @@ def throughput(
     synthesize(model, x[:2], [Case(0, 0, eps, 1), Case(0, 1, eps, -1)], SynthesisConfig(budget=2))  # warm-up
     t_warm = time.perf_counter() - t0
     # the engine's own choice of layout and call size (timed once per model during the warm-up)
-    nhwc, chunk = next(iter(_TUNED[model].values()))
+    (nhwc, chunk), *_ = tuned_calls(model)
     cases = [Case(int(s), i, eps, int(dd)) for i, (s, dd) in enumerate(zip(site, d, strict=True))]
     cfg = SynthesisConfig(budget=budget, max_batch_rows=512, keep_float=False)
     c = _objective(model, x, site, d) * d

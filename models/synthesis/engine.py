@@ -14,7 +14,6 @@ import logging
 import math
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
@@ -387,13 +386,32 @@ class _Engine:
         return torch.cat(outs)
 
 
-#: Model-call decisions per model: {(image shape, dtype, device, autocast, config): (nhwc, rows)}.
-_TUNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Model-call decisions: {(architecture, image shape, dtype, device, autocast, config): (nhwc, rows)}.
+_TUNED: dict[tuple, tuple[bool, int]] = {}
 
 #: Largest CPU call the tuning tries (rows); larger calls never paid off on CPU.
 MAX_TUNED_ROWS = 256
-#: Longest probe (four calls of one size) the tuning starts, in seconds.
-TUNING_PROBE_S = 10.0
+#: Time the tuning may spend per model and input shape, in seconds (it stops before a probe
+#: that would overrun it).
+TUNING_BUDGET_S = 10.0
+
+
+def architecture_key(model: Callable[[Tensor], Tensor]) -> tuple | None:
+    """Class and parameter shapes of a module: models alike in these cost alike per call.
+
+    A night loads fresh model objects, so decisions are keyed by architecture, not identity.
+    ``None`` for a plain callable (never cached).
+    """
+    if not isinstance(model, torch.nn.Module):
+        return None
+    params = tuple((n, tuple(p.shape), p.dtype) for n, p in model.named_parameters())
+    return (type(model).__module__, type(model).__qualname__, params)
+
+
+def tuned_calls(model: Callable[[Tensor], Tensor]) -> list[tuple[bool, int]]:
+    """The (channels-last, rows per call) decisions made so far for this model's architecture."""
+    arch = architecture_key(model)
+    return [v for k, v in _TUNED.items() if arch is not None and k[0] == arch]
 
 
 def tune_calls(eng: _Engine, images: Tensor) -> tuple[bool, int]:
@@ -403,11 +421,11 @@ def tune_calls(eng: _Engine, images: Tensor) -> tuple[bool, int]:
     backward call runs clearly faster so: which layout wins depends on the model, the image
     size and the hardware (a small CNN at 32x32 ran 25% faster channels-last on an AVX-512
     Xeon; at 224x224 on an EPYC it ran slower).  ``model_batch_rows=None`` on a CPU starts from
-    about 768 KiB of input per call and tries doublings (while a probe takes under
-    ``TUNING_PROBE_S``), keeping the smallest size within 2% of the fastest per row: small CNNs
-    want cache-sized calls, bigger backbones often more rows.  The answer is remembered per
-    model, so a night decides once.  Deterministic mode never times anything: results must not
-    depend on a measurement.
+    about 768 KiB of input per call and tries doublings (within ``TUNING_BUDGET_S``), keeping
+    the smallest size within 2% of the fastest per row: small CNNs want cache-sized calls,
+    bigger backbones often more rows.  The answer is remembered per architecture and input
+    shape, so a process decides once.  Deterministic mode never times anything: results must
+    not depend on a measurement.
     """
     cfg = eng.cfg
     rows = eng.call_rows
@@ -415,7 +433,9 @@ def tune_calls(eng: _Engine, images: Tensor) -> tuple[bool, int]:
     want_rows = cfg.model_batch_rows is None and images.device.type == "cpu"
     if cfg.deterministic or not (want_layout or want_rows):
         return bool(cfg.channels_last), rows
+    arch = architecture_key(eng.model)
     key = (
+        arch,
         tuple(images.shape[1:]),
         images.dtype,
         str(images.device),
@@ -423,13 +443,11 @@ def tune_calls(eng: _Engine, images: Tensor) -> tuple[bool, int]:
         cfg.channels_last,
         cfg.model_batch_rows,
     )
-    try:
-        known = _TUNED.setdefault(eng.model, {})
-    except TypeError:  # a callable that cannot be weakly referenced: decide every call
-        known = {}
-    if key not in known:
-        known[key] = _time_calls(eng, images, want_layout, want_rows)
-    return known[key]
+    if arch is None:
+        return _time_calls(eng, images, want_layout, want_rows)
+    if key not in _TUNED:
+        _TUNED[key] = _time_calls(eng, images, want_layout, want_rows)
+    return _TUNED[key]
 
 
 def _time_calls(eng: _Engine, images: Tensor, want_layout: bool, want_rows: bool) -> tuple[bool, int]:
@@ -472,11 +490,13 @@ def _time_calls(eng: _Engine, images: Tensor, want_layout: bool, want_rows: bool
         # CNN at 224x224, channels-last).
         costs = {rows: best([(nhwc, rows)])[nhwc, rows]}
         n = 2 * rows
-        while n <= MAX_TUNED_ROWS and 4 * n * costs[n // 2] < TUNING_PROBE_S:
+        spent = time.perf_counter() - t_start
+        while n <= MAX_TUNED_ROWS and spent + 4 * n * costs[n // 2] < TUNING_BUDGET_S:
             costs[n] = best([(nhwc, n)])[nhwc, n]
             if costs[n] > 1.1 * min(costs.values()):
                 break
             n *= 2
+            spent = time.perf_counter() - t_start
         fastest = min(costs.values())
         rows = min(k for k, c in costs.items() if c <= 1.02 * fastest)
         logger.debug("synthesis: seconds per row by call size %s", {k: round(c, 5) for k, c in costs.items()})

@@ -390,26 +390,30 @@ def test_channels_last_rows_give_the_same_search() -> None:
     assert a.adv_uint8.shape == b.adv_uint8.shape == (len(cases), 3, 16, 16)
 
 
-def test_automatic_calls_are_decided_once_per_model_and_never_in_deterministic_mode() -> None:
-    from models.synthesis.engine import _TUNED
+def test_automatic_calls_are_decided_once_per_architecture_and_never_in_deterministic_mode() -> None:
+    from models.synthesis.engine import tuned_calls
 
-    model, images = TinyCNN(), grid_images(2)
+    class Fresh(TinyCNN):  # an architecture no other test has tuned
+        pass
+
+    model, images = Fresh(), grid_images(2)
     cases = [Case(0, i, 1.0, 1) for i in range(2)]
     synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3, deterministic=True))
-    assert model not in _TUNED
+    assert tuned_calls(model) == []
     res = synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3))
     within_ball(res, images, cases)
-    ((decided, rows),) = _TUNED[model].values()
+    ((decided, rows),) = tuned_calls(model)
     assert isinstance(decided, bool) and 1 <= rows <= 256
+    other = Fresh(seed=1)  # a new object of the same architecture (as a night loads): no new timing
     calls = []
-    model.register_forward_hook(lambda *_: calls.append(1))
-    synthesize(model, images, cases, SynthesisConfig(restarts=2, steps=3))
-    # Once decided, an automatic run makes exactly the calls of a run told the layout: no timing.
+    other.register_forward_hook(lambda *_: calls.append(1))
+    synthesize(other, images, cases, SynthesisConfig(restarts=2, steps=3))
     again = len(calls)
     calls.clear()
     told = SynthesisConfig(restarts=2, steps=3, channels_last=decided, model_batch_rows=rows)
-    synthesize(model, images, cases, told)
+    synthesize(other, images, cases, told)
     assert again == len(calls)
+    assert tuned_calls(other) == [(decided, rows)]
 
 
 def test_model_training_mode_is_restored() -> None:
