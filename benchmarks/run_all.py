@@ -100,8 +100,9 @@ def _synthesis(r: dict) -> list[Row]:
             _row(b, f"{t['label']}: throughput vs PGDL2 at the engine's call size", t["ratio_chunked"])
         )
         if "ratio_vs_fastest_pgd" in t:
-            fig = f"{t['label']}: throughput vs the fastest PGDL2 variant"
-            rows.append(_row(b, fig, t["ratio_vs_fastest_pgd"], ">=", 1.0))
+            # Stricter than the goal: PGDL2 handed the engine's channels-last speed-up by a wrapper.
+            fig = f"{t['label']}: throughput vs the fastest PGDL2 variant (incl. channels-last)"
+            rows.append(_row(b, fig, t["ratio_vs_fastest_pgd"]))
     if "cuda" in r:
         c = r["cuda"]
         rows.append(_row(b, "CUDA bf16 paper-scale night (h)", c["bf16"]["night_hours"], "<", 8.0))
