@@ -181,6 +181,8 @@ class _Engine:
                 (g,) = torch.autograd.grad(v.sum(), xs)
             vals.append(v.detach())
             grads.append(self.from_model(g))
+        if len(grads) == 1:  # one call for the whole pool: no copy
+            return vals[0], grads[0]
         return torch.cat(vals), torch.cat(grads)
 
     # -- admission ---------------------------------------------------------------------------------
