@@ -67,15 +67,15 @@ class SynthesisConfig:
         CPU, about 768 KiB of input (at least 2 rows), because small CNNs slow down 2-3x per row
         once a batch's activations fall out of cache (one thread, a small CNN: 4,700 rows/s at
         24-64 rows of 3x32x32 against 1,500 at 512); outside deterministic mode doublings of
-        that size are timed once per model and the smallest within 2% of the fastest per row is
-        used (bigger backbones often want more rows).
+        that size are timed once per architecture and image shape, and the smallest within 2%
+        of the fastest per row is used (bigger backbones often want more rows).
     autocast_dtype : torch.dtype or None
         Run the model's forward under autocast in this dtype (e.g. ``torch.bfloat16``); the
         perturbation, projection and the final scoring of quantised images stay in float32.
     channels_last : bool or None
         Keep the rows channels-last and feed the model channels-last inputs (converting the model
-        too may add to the speed-up).  ``None``: timed once per model and image shape, and used
-        only if clearly faster; in deterministic mode ``None`` means no.
+        too may add to the speed-up).  ``None``: timed once per architecture and image shape,
+        and used only if clearly faster; in deterministic mode ``None`` means no.
     keep_float : bool
         Also return the float optimum per case (memory heavy at paper scale).
     """

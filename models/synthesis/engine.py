@@ -28,7 +28,16 @@ from .quantize import quantize_in_ball
 from .schedule import Plan, plan_budget
 from .steps import L2BallBoxStep
 
-__all__ = ["synthesize", "derive_seed", "plan_for", "Objective", "SiteObjective", "run_engine"]
+__all__ = [
+    "synthesize",
+    "derive_seed",
+    "plan_for",
+    "Objective",
+    "SiteObjective",
+    "run_engine",
+    "clean_outputs",
+    "tuned_calls",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +137,9 @@ class _Engine:
         self.model, self.obj, self.cfg, self.plan = model, objective, cfg, plan
         self.dev = images.device
         self.stepper = L2BallBoxStep(init_fraction=cfg.init_fraction, deterministic=cfg.deterministic)
-        self.call_rows = cfg.model_rows(self.dev, images[0].numel() * images.element_size())
         self.images_nchw = images
-        self.nhwc, self.call_rows = tune_calls(self, images)
+        start_rows = cfg.model_rows(self.dev, images[0].numel() * images.element_size())
+        self.nhwc, self.call_rows = tune_calls(self, images, start_rows)
         # Rows are kept channels-last when the model runs faster so: every row operation is
         # indifferent to the order of a row's pixels, and the model gets a strided view, no copy.
         self.images = images.permute(0, 2, 3, 1).contiguous() if self.nhwc else images
@@ -416,7 +425,7 @@ def tuned_calls(model: Callable[[Tensor], Tensor]) -> list[tuple[bool, int]]:
     return [v for k, v in _TUNED.items() if arch is not None and k[0] == arch]
 
 
-def tune_calls(eng: _Engine, images: Tensor) -> tuple[bool, int]:
+def tune_calls(eng: _Engine, images: Tensor, rows: int) -> tuple[bool, int]:
     """Layout (channels-last or not) and rows per model call: the config's, else the fastest.
 
     ``SynthesisConfig.channels_last=None`` keeps rows channels-last only if one forward and
@@ -430,7 +439,6 @@ def tune_calls(eng: _Engine, images: Tensor) -> tuple[bool, int]:
     not depend on a measurement.
     """
     cfg = eng.cfg
-    rows = eng.call_rows
     want_layout = cfg.channels_last is None and images.dim() == 4
     want_rows = cfg.model_batch_rows is None and images.device.type == "cpu"
     if cfg.deterministic or not (want_layout or want_rows):
@@ -446,13 +454,15 @@ def tune_calls(eng: _Engine, images: Tensor) -> tuple[bool, int]:
         cfg.model_batch_rows,
     )
     if arch is None:
-        return _time_calls(eng, images, want_layout, want_rows)
+        return _time_calls(eng, images, rows, want_layout, want_rows)
     if key not in _TUNED:
-        _TUNED[key] = _time_calls(eng, images, want_layout, want_rows)
+        _TUNED[key] = _time_calls(eng, images, rows, want_layout, want_rows)
     return _TUNED[key]
 
 
-def _time_calls(eng: _Engine, images: Tensor, want_layout: bool, want_rows: bool) -> tuple[bool, int]:
+def _time_calls(
+    eng: _Engine, images: Tensor, rows: int, want_layout: bool, want_rows: bool
+) -> tuple[bool, int]:
     sync = torch.cuda.synchronize if images.device.type == "cuda" else (lambda: None)
     t_start = time.perf_counter()
     inputs: dict[tuple[bool, int], Tensor] = {}
@@ -480,7 +490,6 @@ def _time_calls(eng: _Engine, images: Tensor, want_layout: bool, want_rows: bool
                 out[k] = min(out[k], once(*k))
         return out
 
-    rows = eng.call_rows
     nhwc = bool(eng.cfg.channels_last)
     if want_layout:
         probe = max(1, min(rows, MAX_TUNED_ROWS, 64))

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .config import SynthesisConfig, SynthesisResult
-from .engine import Cancel, Progress, run_engine
+from .engine import Cancel, Progress, clean_outputs, run_engine
 from .inputs import derive_seed, module_eval, validate_images
 
 __all__ = ["TargetObjective", "synthesize_targeted"]
@@ -103,4 +103,5 @@ def synthesize_targeted(
     tkey = int(np.frombuffer(target.cpu().numpy().tobytes(), dtype=np.uint8).astype(np.int64).sum())
     seeds = [derive_seed(cfg.seed, -1, i, e, tkey) for i, e in zip(idx, eps_l, strict=True)]
     with module_eval(model):
-        return run_engine(model, images, idx, eps_l, seeds, obj, cfg, progress, cancel)
+        clean_out = clean_outputs(model, images, cfg.max_batch_rows, first=out)
+        return run_engine(model, images, idx, eps_l, seeds, obj, cfg, progress, cancel, clean_out=clean_out)
