@@ -17,7 +17,7 @@ from typing import Any
 from rq.timeouts import JobTimeoutException
 
 from itloop.settings import Settings
-from server.db.engine import get_engine, session_scope
+from server.db.engine import session_scope
 from server.jobs import service
 from server.jobs.tables import JobState
 from worker.config import get_worker_config
@@ -25,9 +25,6 @@ from worker.context import JobCancelled, JobContext, JobLost, JobTimeout
 from worker.registry import SUCCESS_HOOKS, get_spec, load_job_modules
 
 log = logging.getLogger(__name__)
-
-_engine_pids: dict[str, int] = {}
-
 
 def execute_job(job_id: int) -> str | None:
     """RQ entry point: run job ``job_id`` with this process's settings; returns its final state."""
@@ -38,14 +35,6 @@ def execute_job(job_id: int) -> str | None:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
-
-
-def _fork_safe(url: str) -> None:
-    """A forked RQ work horse must not reuse the parent's pooled connections."""
-    pid = os.getpid()
-    if _engine_pids.setdefault(url, pid) != pid:
-        get_engine(url).dispose(close=False)
-        _engine_pids[url] = pid
 
 
 class _Heartbeat(threading.Thread):
@@ -82,7 +71,6 @@ def _one_line(exc: BaseException) -> str:
 def run_job(job_id: int, settings: Settings, *, name: str | None = None) -> str | None:
     """Run one job if it can be claimed; return the state recorded, or None when not ours to run."""
     url = settings.resolved_database_url
-    _fork_safe(url)
     load_job_modules()
     config = get_worker_config()
     with session_scope(url) as session:

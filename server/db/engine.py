@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -33,8 +35,37 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child, drop the pooled connections inherited from the parent without closing them.
+
+    A forked process (RQ's work horse, above all) shares the parent's sockets: using one from
+    both sides corrupts the protocol (on PostgreSQL, ``prepared statement "_pg3_1" already
+    exists``), and closing it would close the parent's too. SQLAlchemy's recipe for this is
+    ``dispose(close=False)`` in the child, which makes the child open its own connections.
+    Registered once with :func:`os.register_at_fork`, so every fork is covered, whoever forks.
+    """
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_connections)
+
+
 def make_engine(url: str) -> Engine:
-    """Build an engine with the per-backend settings itloop relies on (FKs on SQLite, pre-ping)."""
+    """Build an engine with the per-backend settings itloop relies on (FKs on SQLite, pre-ping).
+
+    Every engine is tracked so that a forked child never reuses the parent's connections.
+    """
+    engine = _build_engine(url)
+    _engines.add(engine)
+    return engine
+
+
+def _build_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":

@@ -127,15 +127,22 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str =
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-class WorkerProcess:
-    """``python -m worker.rq_entry`` in its own process group, with its output in a log file."""
+ITLOOP_CLI = str(Path(sys.executable).with_name("itloop"))
 
-    def __init__(self, log_path: Path, *args: str) -> None:
+
+class WorkerProcess:
+    """A worker in its own process group, with its output in a log file.
+
+    By default ``python -m worker.rq_entry ARGS``; ``command`` replaces that, e.g. with the
+    ``itloop worker`` that ``docker-compose.yml`` runs (forking, the default).
+    """
+
+    def __init__(self, log_path: Path, *args: str, command: list[str] | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.rq_entry", *args],
+            [*(command or [sys.executable, "-m", "worker.rq_entry"]), *args],
             cwd=ROOT,
             env=env,
             stdout=self._log,

@@ -27,7 +27,7 @@ from server.jobs import service as jobs
 from server.jobs.tables import Job, JobState, Night
 from tests.conftest import BACKENDS, make_settings, new_database
 from tests.factories import record_simulated_day, seed_simulated_lab
-from tests.worker.conftest import WORKER_ENV, WorkerProcess, wait_for
+from tests.worker.conftest import ITLOOP_CLI, WORKER_ENV, WorkerProcess, wait_for
 from worker.config import get_worker_config
 from worker.queue import reset_runners
 
@@ -147,8 +147,14 @@ def night_state(lab: Lab, night_id: int) -> tuple[str, str | None, int | None]:
         return night.state, night.error, night.batch_pk
 
 
-def worker(lab: Lab, log: Path, *queues: str, monkeypatch: pytest.MonkeyPatch) -> WorkerProcess:
-    """A long-running (not burst) RQ worker on ``queues`` for ``lab``'s database, Redis and store."""
+def worker(
+    lab: Lab, log: Path, *queues: str, monkeypatch: pytest.MonkeyPatch, forking: bool = False
+) -> WorkerProcess:
+    """A long-running (not burst) RQ worker on ``queues`` for ``lab``'s database, Redis and store.
+
+    ``forking`` starts exactly what ``docker-compose.yml`` runs: ``itloop worker --queue ...``,
+    which forks a work horse per job; otherwise jobs run in the worker process.
+    """
     s = lab.settings
     for key, value in {
         **ENV,
@@ -159,9 +165,11 @@ def worker(lab: Lab, log: Path, *queues: str, monkeypatch: pytest.MonkeyPatch) -
         "ITLOOP_DEVICE": "cpu",
     }.items():
         monkeypatch.setenv(key, value)
-    args = ["--simple"]  # jobs run in the worker process: jobs.worker names its pid
+    args = [] if forking else ["--simple"]  # --simple: jobs.worker names the worker's own pid
     for q in queues:
         args += ["--queue", q]
+    if forking:
+        return WorkerProcess(log, *args, command=[ITLOOP_CLI, "worker"])
     return WorkerProcess(log, *args)
 
 
@@ -254,3 +262,28 @@ def test_workers_share_a_night_and_make_the_batch_one_worker_makes(
     got = batch_signature(many, night)
     assert got[0] == expected[0], "different images"
     assert got[1] == expected[1], "same images, different presentation order"
+
+
+def test_the_deployed_forking_worker_runs_a_whole_night(
+    pg_lab: Callable[[str], Lab], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compose command itself: ``itloop worker`` forks a horse per job, after the parent has
+    used the database (reaper, heartbeats). Every job must run on its own connections; a horse
+    that reused the parent's (``prepared statement "_pg3_1" already exists`` on PostgreSQL) failed
+    every night. Two forking workers, both queues, one night from start to published batch."""
+    get_worker_config.cache_clear()
+    lab = pg_lab("one")
+    night = start_night(lab)
+    workers = [
+        worker(lab, tmp_path / f"fork{i}.log", GPU, CPU, monkeypatch=monkeypatch, forking=True)
+        for i in range(2)
+    ]
+    run_to_end(lab, night, workers, timeout_s=240)
+    rows = night_jobs(lab, night)
+    parents = {w.proc.pid for w in workers}
+    # Each job ran in a forked horse (not in a worker's own process), exactly once, cleanly.
+    assert all(pid_of(j) not in parents for j in rows), [j.worker for j in rows]
+    for j in rows:
+        assert (j.state, j.attempts) == (JobState.succeeded, 1), (j.kind, j.state, j.attempts, j.error)
+    logs = "".join(w.output() for w in workers)
+    assert "DuplicatePreparedStatement" not in logs and "already exists" not in logs
