@@ -22,6 +22,8 @@ import torch
 import torchvision
 from torch import nn
 
+from models.vone import vone
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -188,6 +190,7 @@ def pixel_pool(size: int = 16, num_classes: int = 1, seed: int = 0) -> nn.Module
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "pixels": pixel_pool,
+    "vone": vone,
     "resnet50": resnet50,
     "small_cnn": small_cnn,
     "tiny_cnn": tiny_cnn,

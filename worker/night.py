@@ -111,20 +111,36 @@ def _next_rig_time(settings: Settings) -> str | None:
 
 
 def _check_params(params: dict[str, Any], settings: Settings) -> str:
-    """Refuse malformed night params up front (422), and say which keys no step knows."""
+    """Refuse bad night params up front (422 naming the key), not later inside a job.
+
+    Unknown keys (a misspelt ``epsilon`` would otherwise silently run the default) and unknown
+    candidate models are refused here, as are values out of range.
+    """
     from pydantic import ValidationError
 
     from server.errors import InvalidInput
+    from worker.steps.candidates import resolve
     from worker.steps.config import NightConfig
 
+    unknown = NightConfig.unknown_keys(params)
+    if unknown:
+        known = ", ".join(sorted(NightConfig.model_fields))
+        raise InvalidInput(f"unknown night param(s): {', '.join(unknown)}; known: {known}")
     try:
-        NightConfig.from_params(params, settings.night_defaults)
+        cfg = NightConfig.from_params(params, settings.night_defaults)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise InvalidInput(f"night params: {where}: {first.get('msg')}") from None
-    unknown = NightConfig.unknown_keys(params)
-    return f"ignored unknown night params: {', '.join(unknown)}" if unknown else ""
+    for spec in cfg.candidates or get_worker_config().night_candidates:
+        resolve(spec)  # InvalidInput naming the unknown candidate
+    return ""
+
+
+def _search_share(params: dict[str, Any], settings: Settings) -> float:
+    from worker.steps.config import NightConfig
+
+    return NightConfig.from_params(params, settings.night_defaults).search_share
 
 
 def plan_night(session: Session, night: Night, settings: Settings) -> dict[str, list[int]]:
@@ -138,6 +154,10 @@ def plan_night(session: Session, night: Night, settings: Settings) -> dict[str, 
     candidates = list(night.params.get("candidates") or get_worker_config().night_candidates)
     if not candidates:
         raise Conflict("a night needs at least one candidate model to refit")
+    from worker.steps.candidates import SEARCH
+
+    if _search_share(night.params, settings) > 0 and SEARCH not in candidates:
+        candidates.append(SEARCH)  # the across-day search is fitted like a candidate
 
     def add(kind: str, deps: list[int], **extra: Any) -> int:
         job = service.submit(

@@ -19,6 +19,14 @@ METRIC_FIELDS = (
     "noise_ceiling",
     "transfer_sign",
     "transfer_r",
+    "transfer_n",
+    "transfer_slope",
+    "transfer_r_low",
+    "transfer_r_high",
+    "transfer_sign_low",
+    "transfer_sign_high",
+    "chosen_for_site",
+    "choice_reason",
     "alpha",
     "drift",
     "gated",
@@ -88,7 +96,7 @@ def record_model_version(
         if extra:
             raise InvalidInput(f"unknown site metric field(s): {', '.join(sorted(extra))}")
         fields = {
-            k: _finite(float(v)) if isinstance(v, int | float) and not isinstance(v, bool) else v
+            k: _finite(float(v)) if isinstance(v, float) else v
             for k, v in m.items()
             if k != "site_id" and v is not None
         }

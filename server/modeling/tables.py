@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, String, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db.base import Base, JSONType, utcnow
@@ -43,6 +43,16 @@ class SiteMetric(Base):
     noise_ceiling: Mapped[float | None] = mapped_column(Float, default=None)
     transfer_sign: Mapped[float | None] = mapped_column(Float, default=None)
     transfer_r: Mapped[float | None] = mapped_column(Float, default=None)
+    # Transfer evidence over every twin shown so far (models.transfer.site_transfer).
+    transfer_n: Mapped[int | None] = mapped_column(default=None)
+    transfer_slope: Mapped[float | None] = mapped_column(Float, default=None)
+    transfer_r_low: Mapped[float | None] = mapped_column(Float, default=None)
+    transfer_r_high: Mapped[float | None] = mapped_column(Float, default=None)
+    transfer_sign_low: Mapped[float | None] = mapped_column(Float, default=None)
+    transfer_sign_high: Mapped[float | None] = mapped_column(Float, default=None)
+    # Whether this version made the site's twins tonight, and why (models.selection).
+    chosen_for_site: Mapped[bool] = mapped_column(default=False, server_default=false())
+    choice_reason: Mapped[str] = mapped_column(default="", server_default="")
     alpha: Mapped[float | None] = mapped_column(Float, default=None)
     drift: Mapped[bool] = mapped_column(default=False)
     gated: Mapped[bool] = mapped_column(default=False)

@@ -126,7 +126,11 @@ def analyze(ctx: JobContext) -> dict[str, Any]:
         night_versions = list(
             session.scalars(
                 select(ModelVersion.version)
-                .where(ModelVersion.version.like(f"night{ctx.params['night_id']}-%"))
+                .where(
+                    ModelVersion.version.like(f"night{ctx.params['night_id']}-%"),
+                    # an ensemble's own sensitivity costs all its members' attacks again
+                    ModelVersion.candidate != "ensemble",
+                )
                 .order_by(ModelVersion.id)
             )
         )

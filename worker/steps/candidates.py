@@ -12,6 +12,8 @@ from typing import Any
 
 from server.errors import InvalidInput
 
+SEARCH = "search"
+
 BUILTIN: dict[str, dict[str, Any]] = {
     "resnet50": {"backbone": "resnet50", "layer": "layer4", "pool": "avg", "checkpoint": "resnet50.pt"},
     "resnet50_l2_eps3": {
@@ -31,6 +33,14 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "small_cnn_conv4": {"backbone": "small_cnn", "layer": "conv4", "pool": "avg", "kwargs": {"seed": 0}},
     "pixels16": {"backbone": "pixels", "layer": "pool", "pool": "flatten", "kwargs": {"size": 16}},
     "tiny_cnn": {"backbone": "tiny_cnn", "layer": "conv2", "pool": "avg", "kwargs": {"seed": 0}},
+    # Checkpoint-free and V1-like: a fixed multi-scale Gabor bank with divisive normalisation
+    # (models.vone), whose gradients stay at the spatial scales and orientations V1 passes on.
+    "vone": {"backbone": "vone", "layer": "output", "pool": "flatten"},
+    # Across-day search (models.search): each site's gradient estimated from the measured changes
+    # of every twin on record; a linear model in full-resolution pixels, fitted on pairs only.
+    SEARCH: {"backbone": "pixels", "layer": "pool", "pool": "flatten", "fit": "pairs"},
+    # A finer linear pixel model than pixels16: learns smooth linear receptive fields.
+    "pixels32": {"backbone": "pixels", "layer": "pool", "pool": "flatten", "kwargs": {"size": 32}},
 }
 
 
@@ -42,6 +52,7 @@ class Candidate:
     pool: str = "avg"
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    fit: str = "ridge"  # "ridge": readout on backbone features; "pairs": models.search on twin pairs
 
     def checkpoint_path(self, data_dir: Path) -> Path | None:
         if self.checkpoint is None:

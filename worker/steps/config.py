@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class NightConfig(BaseModel):
-    """Knobs of one night. Unknown keys are ignored here but reported when the night starts
-    (``unknown_keys``), so a typo is visible instead of silently running the default."""
+    """Knobs of one night. Unknown keys are ignored when a stored night is read back, but refused
+    when a night starts (``unknown_keys``), so a typo never silently runs the default."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -29,6 +29,24 @@ class NightConfig(BaseModel):
     targeted_per_site: int = Field(default=2, ge=0)
     random_per_site: int = Field(
         default=2, ge=0, description="model-free random-direction pairs per site and epsilon"
+    )
+    ensemble: bool = Field(
+        default=True,
+        description="also offer the mean of all candidates (attacked as one model) as a per-site source",
+    )
+    min_transfer_pairs: int = Field(
+        default=8,
+        ge=1,
+        description="twin pairs a source needs at a site before its measured transfer decides",
+    )
+    search_share: float = Field(
+        default=0.34,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "share of each site's guided twins made along the direction measured twins point to "
+            "(across-day search) instead of by a surrogate, once twins are on record"
+        ),
     )
     restarts: int = Field(default=100, ge=1)
     budget: int | None = Field(default=None, ge=1, description="gradient evaluations per case")

@@ -7,6 +7,7 @@ pairs shown today) and is stored as an immutable model version with its data.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from models.transfer import SiteTransfer, site_transfer
 from server.errors import Conflict
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
@@ -24,11 +26,14 @@ from server.recordings.tables import RecordingSession
 from worker.context import JobContext
 from worker.night import REFIT, RESPONSES, SELECT
 from worker.registry import job
-from worker.steps.candidates import resolve
+from worker.steps.candidates import SEARCH, resolve
 from worker.steps.config import NightConfig
-from worker.steps.data import clean_pool, features, training_set
+from worker.steps.data import clean_pool, features, pixels, training_set
+from worker.steps.data import site_pks as site_pks_of
 
 log = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
 
 
 def night_config(ctx: JobContext) -> NightConfig:
@@ -93,7 +98,12 @@ def family_cv_predict(
 
 
 def _metric_rows(
-    site_ids: list[str], report: Any, alpha: np.ndarray, drift: Any, gate: tuple[np.ndarray, list[str]]
+    site_ids: list[str],
+    report: Any,
+    alpha: np.ndarray,
+    drift: Any,
+    gate: tuple[np.ndarray, list[str]],
+    site_tr: SiteTransfer | None = None,
 ) -> list[dict[str, Any]]:
     passed, reasons = gate
     rows = []
@@ -110,11 +120,24 @@ def _metric_rows(
         }
         if drift is not None and drift.flagged[i]:
             row["gate_reason"] = (row["gate_reason"] + "; " if row["gate_reason"] else "") + drift.reasons[i]
-        if report.transfer is not None:
-            row["transfer_sign"] = float(report.transfer.sign_agreement[i])
-            row["transfer_r"] = float(report.transfer.r[i])
+        if site_tr is not None:
+            row.update(transfer_fields(site_tr, i))
         rows.append(row)
     return rows
+
+
+def transfer_fields(tr: SiteTransfer, i: int) -> dict[str, Any]:
+    """One site's transfer evidence as site-metric fields."""
+    return {
+        "transfer_n": int(tr.n[i]),
+        "transfer_r": float(tr.r[i]),
+        "transfer_r_low": float(tr.r_low[i]),
+        "transfer_r_high": float(tr.r_high[i]),
+        "transfer_slope": float(tr.slope[i]),
+        "transfer_sign": float(tr.sign_agreement[i]),
+        "transfer_sign_low": float(tr.sign_low[i]),
+        "transfer_sign_high": float(tr.sign_high[i]),
+    }
 
 
 def _drift(session: Any, rec: RecordingSession, today: Any, window: Any) -> Any:
@@ -169,6 +192,8 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         drift = _drift(session, rec, ts.today, window)
         parents = {im.id: im.parent_id for im in ts.images}
     ctx.progress(0.1, f"{len(ts.images)} images x {len(ts.site_ids)} sites from {len(ts.sessions)} day(s)")
+    if cand.fit == "pairs":
+        return _refit_search(ctx, cfg, cand, version, ts, parents, window)
 
     device = ctx.device()
     ckpt = cand.checkpoint_path(ctx.settings.data_dir)
@@ -183,16 +208,24 @@ def refit(ctx: JobContext) -> dict[str, Any]:
     pred = family_cv_predict(X, ts.mean, [parents[im.id] or im.id for im in ts.images], MultiRidgeCV)
     ceiling = split_half_reliability(ts.today.padded())
     row_of = {im.id: k for k, im in enumerate(ts.images)}
-    today_ids = set(ts.today.image_ids)
-    pairs = [
-        (row_of[p], row_of[c])
-        for c, p in parents.items()
-        if p is not None and p in row_of and c in today_ids and p in today_ids
-    ]
+    # Every twin on record (any day, any target site) is a held-out test of this candidate: its
+    # family-grouped prediction never saw the pair's parent or twin.
+    pairs = sorted((row_of[p], row_of[c]) for c, p in parents.items() if p is not None and p in row_of)
     transfer: dict[str, Any] = {}
-    if len(pairs) >= 3:
+    pair_arrays: dict[str, np.ndarray] = {}
+    site_tr = None
+    if pairs:
         pc, cc = (np.array(x) for x in zip(*pairs, strict=True))
-        transfer = {"transfer_pred": (pred[pc], pred[cc]), "transfer_obs": (ts.mean[pc], ts.mean[cc])}
+        pred_change, obs_change = pred[cc] - pred[pc], ts.mean[cc] - ts.mean[pc]
+        site_tr = site_transfer(pred_change, obs_change)
+        pair_arrays = {
+            "pair_parent_id": np.array([ts.images[i].id for i in pc]),
+            "pair_child_id": np.array([ts.images[i].id for i in cc]),
+            "pair_pred_change": pred_change,
+            "pair_obs_change": obs_change,
+        }
+        if len(pairs) >= 3:
+            transfer = {"transfer_pred": (pred[pc], pred[cc]), "transfer_obs": (ts.mean[pc], ts.mean[cc])}
     report = screen_model(pred, ts.mean, ceiling, model_features=X, **transfer)
     gate = quality_gate(ceiling, cfg.ceiling_threshold)
 
@@ -214,7 +247,14 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         site_ids=ts.site_ids,
         checkpoint_sha256=ckpt_sha,
         backbone_kwargs=cand.kwargs,
-        metrics={"r": report.r, "r_ceiled": report.r_ceiled, "ceiling": ceiling},
+        metrics={
+            "r": report.r,
+            "r_ceiled": report.r_ceiled,
+            "ceiling": ceiling,
+            "response_low": np.nanmin(ts.mean, axis=0),
+            "response_high": np.nanmax(ts.mean, axis=0),
+            **pair_arrays,
+        },
         training={
             "sessions": ts.sessions,
             "images": [im.sha256 for im in ts.images],
@@ -256,7 +296,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
             },
             metrics=metrics,
             score=report.score,
-            site_metrics=_metric_rows(ts.site_ids, report, readout.alpha_, drift, gate),
+            site_metrics=_metric_rows(ts.site_ids, report, readout.alpha_, drift, gate, site_tr),
             parent_id=parent,
         )
         mv_id = mv.id
@@ -266,6 +306,102 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         "model_version_id": mv_id,
         "score": report.score,
         "transfer_score": report.transfer_score,
+        "candidate": cand.name,
+    }
+
+
+def _refit_search(
+    ctx: JobContext,
+    cfg: NightConfig,
+    cand: Any,
+    version: str,
+    ts: Any,
+    parents: dict[int, int | None],
+    window: Any,
+) -> dict[str, Any]:
+    """The across-day search's model: every site's gradient estimated from measured twin pairs."""
+    from models.artifacts import ModelArtifact
+    from models.search import PairDifferenceRidge
+
+    row_of = {im.id: k for k, im in enumerate(ts.images)}
+    pairs = sorted((row_of[p], row_of[c]) for c, p in parents.items() if p is not None and p in row_of)
+    if len(pairs) < cfg.min_transfer_pairs:
+        return {
+            "model_version": None,
+            "candidate": cand.name,
+            "skipped": f"{len(pairs)} twin pair(s) on record; the search needs {cfg.min_transfer_pairs}",
+        }
+    pc, cc = (np.array(x) for x in zip(*pairs, strict=True))
+    x = pixels(ctx.store, ts.images).numpy().astype(np.float64)
+    size = x.shape[-1]
+    flat = x.reshape(len(x), -1)
+    observed = ts.mean[cc] - ts.mean[pc]
+    ctx.progress(0.3, f"search: {len(pairs)} pairs x {flat.shape[1]} pixels")
+    model = PairDifferenceRidge().fit(flat[cc] - flat[pc], observed)
+    site_tr = site_transfer(model.loo_pred_, observed)
+    # The offset makes the linear model's mean prediction match the mean response, so predicted
+    # responses (and the implausibility check) are on the site's own scale.
+    intercept = np.nanmean(ts.mean, axis=0) - flat.mean(axis=0) @ model.coef_
+    n_pixels, n_sites = model.coef_.shape
+    nan_sites = np.full(n_sites, np.nan)
+    artifact = ModelArtifact(
+        backbone=cand.backbone,
+        checkpoint_sha256=None,
+        backbone_kwargs={"size": size},
+        layer=cand.layer,
+        pool=cand.pool,
+        site_ids=list(ts.site_ids),
+        coef=model.coef_,
+        intercept=intercept,
+        alpha=model.alpha_,
+        x_mean=np.zeros(n_pixels),
+        x_scale=np.ones(n_pixels),
+        metrics={
+            "r_ceiled": nan_sites,
+            "response_low": np.nanmin(ts.mean, axis=0),
+            "response_high": np.nanmax(ts.mean, axis=0),
+            "pair_parent_id": np.array([ts.images[i].id for i in pc]),
+            "pair_child_id": np.array([ts.images[i].id for i in cc]),
+            "pair_pred_change": model.loo_pred_,
+            "pair_obs_change": observed,
+        },
+        training={
+            "sessions": ts.sessions,
+            "night": ctx.params["night_id"],
+            "window_ms": list(window),
+            "n_pairs": len(pairs),
+            "candidate": {"name": cand.name, "backbone": cand.backbone, "fit": cand.fit},
+        },
+    )
+    key = f"models/{version}.npz"
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx.store.put(key, artifact.save(Path(tmp) / "m.npz").read_bytes())
+    median_r = _nanmedian(site_tr.r)
+    with ctx.session() as session:
+        mv = modeling.record_model_version(
+            session=session,
+            version=version,
+            candidate=cand.name,
+            backbone=cand.backbone,
+            checkpoint_sha256=None,
+            layer=cand.layer,
+            pool=cand.pool,
+            artifact_key=key,
+            trained_on={"night": ctx.params["night_id"], "sessions": ts.sessions, "n_pairs": len(pairs)},
+            metrics={"transfer_score": median_r, "n_transfer_pairs": len(pairs)},
+            score=None,
+            site_metrics=[
+                {"site_id": sid, "alpha": float(model.alpha_[i]), **transfer_fields(site_tr, i)}
+                for i, sid in enumerate(ts.site_ids)
+            ],
+        )
+        mv_id = mv.id
+    ctx.progress(1.0, f"{version}: {len(pairs)} pairs, median held-out transfer r {median_r}")
+    return {
+        "model_version": version,
+        "model_version_id": mv_id,
+        "score": None,
+        "transfer_score": median_r,
         "candidate": cand.name,
     }
 
@@ -284,7 +420,20 @@ def load_artifact(ctx: JobContext, version: str) -> Any:
 
 
 def load_encoder(ctx: JobContext, version: str) -> Any:
-    """The differentiable ``backbone + readout`` of a stored version, on the job's device, eval mode."""
+    """The differentiable surrogate of a stored version, on the job's device, eval mode.
+
+    Returns ``(encoder, artifact)``; for an ensemble version the artifact is its first member's
+    (all members share the site order).
+    """
+    with ctx.session() as session:
+        mv = modeling.get(session=session, version=version)
+        backbone, key = mv.backbone, mv.artifact_key
+    if backbone == ENSEMBLE:
+        from models.ensemble import EnsembleEncoder
+
+        members = json.loads(ctx.store.get(key))["members"]
+        loaded = [load_encoder(ctx, m) for m in members]
+        return EnsembleEncoder([e for e, _ in loaded]).to(ctx.device()).eval(), loaded[0][1]
     art = load_artifact(ctx, version)
     ckpt = None
     if art.checkpoint_sha256 is not None:
@@ -292,64 +441,189 @@ def load_encoder(ctx: JobContext, version: str) -> Any:
     return art.to_encoder(ckpt).to(ctx.device()).eval(), art
 
 
-def _choose_reason(results: list[dict[str, Any]], best: dict[str, Any]) -> str:
-    others = ", ".join(
-        f"{r['model_version']} {r['score']:.3f}"
-        for r in results
-        if r is not best and r.get("score") is not None
+def _evidence(name: str, art: Any, site_ids: list[str], pred_change: Any = None) -> Any:
+    """A source's per-site evidence in ``site_ids`` order (its stored pairs, or ``pred_change``)."""
+    from models.selection import SourceEvidence
+
+    cols = [art.site_ids.index(s) for s in site_ids]
+    pred = art.metrics.get("pair_pred_change") if pred_change is None else pred_change
+    obs = art.metrics.get("pair_obs_change")
+    if pred is None or obs is None or len(obs) == 0:
+        empty = np.zeros((0, len(site_ids)))
+        tr = site_transfer(empty, empty)
+    else:
+        tr = site_transfer(np.asarray(pred)[:, cols], np.asarray(obs)[:, cols])
+    r_ceiled = np.asarray(art.metrics.get("r_ceiled", np.full(len(art.site_ids), np.nan)))[cols]
+    if pred_change is not None:  # an ensemble has no clean-image predictivity of its own
+        r_ceiled = np.full(len(site_ids), np.nan)
+    return SourceEvidence(name=name, transfer=tr, predictivity=r_ceiled)
+
+
+def _ensemble_changes(arts: dict[str, Any]) -> np.ndarray | None:
+    """Mean predicted change of all members over their (shared) pairs, or None if they differ."""
+    keys = [(a.metrics.get("pair_parent_id"), a.metrics.get("pair_child_id")) for a in arts.values()]
+    if any(p is None or c is None or len(p) == 0 for p, c in keys):
+        return None
+    if any(not (np.array_equal(p, keys[0][0]) and np.array_equal(c, keys[0][1])) for p, c in keys):
+        return None
+    return np.mean([np.asarray(a.metrics["pair_pred_change"]) for a in arts.values()], axis=0)
+
+
+def _record_ensemble(
+    ctx: JobContext, session: Any, members: list[str], evidence: Any, site_ids: list[str]
+) -> Any:
+    """The ensemble as a model version of its own, so lineage and analysis can name it."""
+    version = f"night{ctx.params['night_id']}-{ENSEMBLE}"
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if existing is not None:
+        return existing
+    key = f"models/{version}.json"
+    ctx.store.put(key, json.dumps({"members": members}).encode())
+    tr = evidence.transfer
+    return modeling.record_model_version(
+        session=session,
+        version=version,
+        candidate=ENSEMBLE,
+        backbone=ENSEMBLE,
+        checkpoint_sha256=None,
+        layer="",
+        pool="",
+        artifact_key=key,
+        trained_on={"night": ctx.params["night_id"], "members": members},
+        metrics={"members": members, "median_transfer_r": _nanmedian(tr.r)},
+        score=None,
+        site_metrics=[{"site_id": sid, **transfer_fields(tr, i)} for i, sid in enumerate(site_ids)],
     )
-    reason = f"highest median noise-ceiled predictivity ({best['score']:.3f})"
-    if best.get("transfer_score") is not None:
-        reason += f", transfer r {best['transfer_score']:.3f}"
-    return reason + (f"; others: {others}" if others else "")
+
+
+def _nanmedian(a: np.ndarray) -> float | None:
+    return float(np.nanmedian(a)) if np.isfinite(a).any() else None
+
+
+def plan_shards(
+    eligible: list[str],
+    source_of: dict[str, str],
+    search: str | None,
+    cfg: NightConfig,
+    clean_ids: list[int],
+    search_ready: set[str] | frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """Synthesis shards: one model version each, a few sites, and which image slots they make.
+
+    Each site's ``clean_per_site`` parent images are slots ``0..k-1``. With a fitted search, the
+    first ``round(search_share * k)`` slots (at least one) of every site that has enough pairs are
+    made along the search's direction, the rest (and the site's targeted and random twins) by the
+    site's chosen source; a site whose chosen source is the search gets all its slots from it.
+    """
+    k = cfg.clean_per_site
+    n_search = max(1, round(cfg.search_share * k)) if search and cfg.search_share > 0 else 0
+    jobs: dict[tuple[str, int, int, bool], list[str]] = {}
+    for sid in eligible:
+        source = source_of[sid]
+        if search and source != search and n_search and sid in search_ready:
+            jobs.setdefault((search, 0, n_search, False), []).append(sid)
+            if n_search < k:
+                jobs.setdefault((source, n_search, k, True), []).append(sid)
+        else:
+            jobs.setdefault((source, 0, k, True), []).append(sid)
+    shards = []
+    for (version, lo, hi, extras), sites in sorted(jobs.items()):
+        for i in range(0, len(sites), cfg.sites_per_shard):
+            shards.append(
+                {
+                    "model_version": version,
+                    "sites": sites[i : i + cfg.sites_per_shard],
+                    "clean_image_ids": clean_ids,
+                    "slots": [lo, hi],
+                    "extras": extras,
+                }
+            )
+    return shards
 
 
 @job(SELECT, timeout_s=1800)
 def select_model(ctx: JobContext) -> dict[str, Any]:
-    """Pick tonight's model (best screening score, transfer as tiebreak) and plan the synthesis shards."""
-    from models.screening import ScreeningReport, pick_best
+    """Choose each site's source by measured transfer (predictivity before twins) and plan the shards."""
+    from models.selection import choose_per_site
+    from server.modeling.tables import SiteMetric
 
     cfg = night_config(ctx)
     results = [r for r in ctx.results_of(REFIT) if r.get("model_version")]
     if not results:
         raise Conflict("no candidate model was fitted")
-    reports = [
-        ScreeningReport(
-            r=np.array([]),
-            r_ceiled=np.array([]),
-            ceiling=np.array([]),
-            score=float(r["score"]) if r.get("score") is not None else float("nan"),
-            transfer_score=r.get("transfer_score"),
-        )
-        for r in results
-    ]
-    best = results[pick_best(reports)]
+    arts = {r["model_version"]: load_artifact(ctx, r["model_version"]) for r in results}
+    search = next((r["model_version"] for r in results if r.get("candidate") == SEARCH), None)
+    members = [v for v in arts if v != search]  # surrogates proper: they predict clean responses
+    if not members:
+        raise Conflict("no candidate surrogate was fitted (the search alone cannot start a night)")
+    site_ids = list(arts[members[0]].site_ids)
+    evidence = [_evidence(v, a, site_ids) for v, a in arts.items()]
+    ens_arts = {v: arts[v] for v in members}
+    ens_change = _ensemble_changes(ens_arts) if cfg.ensemble and len(members) > 1 else None
+    if ens_change is not None:
+        evidence.append(_evidence(ENSEMBLE, arts[members[0]], site_ids, ens_change))
+    choices = choose_per_site(evidence, min_pairs=cfg.min_transfer_pairs)
+    counts: dict[str, int] = {}
+    for c in choices:
+        counts[c.source] = counts.get(c.source, 0) + 1
     with ctx.session() as session:
-        mv = modeling.get(session=session, version=best["model_version"])
-        modeling.choose(session=session, model_version=mv, reason=_choose_reason(results, best))
+        version_of = {v: v for v in arts}
+        if any(c.source == ENSEMBLE for c in choices):
+            ens = _record_ensemble(ctx, session, members, evidence[-1], site_ids)
+            version_of[ENSEMBLE] = ens.version
+        top = max(counts, key=lambda k: (counts[k], k not in (ENSEMBLE, search)))
+        summary = ", ".join(f"{version_of[k]} for {n} site(s)" for k, n in sorted(counts.items()))
+        mv = modeling.get(session=session, version=version_of[top])
+        by_transfer = sum(c.by == "transfer" for c in choices)
+        modeling.choose(
+            session=session,
+            model_version=mv,
+            reason=(
+                f"chosen per site: {summary}; {by_transfer} site(s) by measured transfer on earlier "
+                f"twins, {len(choices) - by_transfer} by ceiled predictivity (no twins yet)"
+            ),
+        )
         night_row = _night(session, ctx.params["night_id"])
         night_row.model_version_id = mv.id
-        metrics = modeling.site_metrics(session=session, mv=mv)
+        # The per-site choice and its evidence, on the chosen version's site metric rows.
+        ids = {v: modeling.get(session=session, version=v).id for v in version_of.values()}
+        site_pk = site_pks_of(session, site_ids)
+        for sid, choice in zip(site_ids, choices, strict=True):
+            row = session.scalar(
+                select(SiteMetric).where(
+                    SiteMetric.model_version_id == ids[version_of[choice.source]],
+                    SiteMetric.site_pk == site_pk[sid],
+                )
+            )
+            if row is not None:
+                row.chosen_for_site = True
+                row.choice_reason = f"{choice.by}: {choice.reason}"
+        gate_rows = modeling.site_metrics(
+            session=session, mv=modeling.get(session=session, version=members[0])
+        )
         clean, _ = clean_pool(session)
         clean_ids = [im.id for im in clean]
-    eligible = [m["site_id"] for m in metrics if not m.get("gated")]
-    gated = {m["site_id"]: m.get("gate_reason") or "gated" for m in metrics if m.get("gated")}
+    gated = {m["site_id"]: m.get("gate_reason") or "gated" for m in gate_rows if m.get("gated")}
+    eligible = [sid for sid in site_ids if sid not in gated]
     if not clean_ids:
         raise Conflict("no clean image set is registered; nothing to perturb")
-    shards = [
-        {
-            "model_version": best["model_version"],
-            "sites": eligible[i : i + cfg.sites_per_shard],
-            "clean_image_ids": clean_ids,
-        }
-        for i in range(0, len(eligible), cfg.sites_per_shard)
-    ]
+    source_of = {sid: version_of[c.source] for sid, c in zip(site_ids, choices, strict=True)}
+    search_ev = next((e for e in evidence if e.name == search), None)
+    ready = {
+        sid
+        for i, sid in enumerate(site_ids)
+        if search_ev and search_ev.transfer.n[i] >= cfg.min_transfer_pairs
+    }
+    shards = plan_shards(eligible, source_of, search, cfg, clean_ids, search_ready=ready)
     return {
-        "model_version": best["model_version"],
+        "model_version": mv.version,
         "model_version_id": mv.id,
         "shards": shards,
         "gated": gated,
         "eligible": eligible,
+        "site_sources": {
+            sid: {"source": source_of[sid], "by": c.by} for sid, c in zip(site_ids, choices, strict=True)
+        },
     }
 
 

@@ -102,9 +102,12 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
     def row(i: int) -> int:
         return used.setdefault(i, len(used))
 
+    lo, hi = ctx.params.get("slots") or (0, cfg.clean_per_site)
+    extras = bool(ctx.params.get("extras", True))  # targeted and random twins come with slot 0's shard
+    search = (art.training.get("candidate") or {}).get("fit") == "pairs"
     for sid in sites:
         col = art.site_ids.index(sid)
-        picks = choose_images(len(pool), cfg.clean_per_site, site_seed(cfg.seed, sid))
+        picks = choose_images(len(pool), cfg.clean_per_site, site_seed(cfg.seed, sid))[lo:hi]
         for i in picks:
             for eps in cfg.epsilons:
                 for d in cfg.directions:
@@ -119,7 +122,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
                         )
                     )
         cats = sorted({c for c in categories if c})
-        if cfg.targeted_epsilons and cfg.targeted_per_site and len(cats) >= 2:
+        if extras and cfg.targeted_epsilons and cfg.targeted_per_site and len(cats) >= 2:
             means = {
                 c: float(f_pool[[k for k, cc in enumerate(categories) if cc == c], col].mean()) for c in cats
             }
@@ -176,6 +179,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
 
     pairs: list[list[Any]] = []
     night = ctx.params["night_id"]
+    flagged = _implausible(art, result)
     with ctx.session() as session:
         for k, case in enumerate(result.cases):
             sid = art.site_ids[case.site]
@@ -200,6 +204,8 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
                     "winning_restart": int(result.winning_restart[k]),
                     "n_grad_evals": int(result.n_grad_evals[k]),
                     "night": night,
+                    "source": "search" if search else "surrogate",
+                    "implausible_prediction": bool(flagged[k]),
                 },
             )
             pairs.append([parent.id, child.id])
@@ -230,7 +236,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
             )
             pairs.append([parent.id, child.id])
         for sid in sites:
-            if not cfg.random_per_site:
+            if not cfg.random_per_site or not extras:
                 continue
             picks = choose_images(len(pool), cfg.random_per_site, site_seed(cfg.seed, sid, "random"))
             for i in picks:
@@ -258,5 +264,32 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
                         provenance={"night": night},
                     )
                     pairs.append([pool[i].id, child.id])
+    n_flagged = int(flagged.sum())
+    if n_flagged:
+        log.warning(
+            "%s: %d of %d twins predict responses beyond the sites' observed range",
+            version,
+            n_flagged,
+            len(flagged),
+        )
     ctx.progress(1.0, f"{len(pairs)} images for {len(sites)} sites")
-    return {"sites": sites, "skipped_sites": [], "skipped": None, "pairs": pairs}
+    return {
+        "sites": sites,
+        "skipped_sites": [],
+        "skipped": None,
+        "pairs": pairs,
+        "implausible_predictions": n_flagged,
+        "source": "search" if search else version,
+    }
+
+
+def _implausible(art: Any, result: Any) -> np.ndarray:
+    """Which twins' predicted responses lie far outside their site's observed range (see models.transfer)."""
+    from models.transfer import implausible_predictions
+
+    low, high = art.metrics.get("response_low"), art.metrics.get("response_high")
+    if low is None or high is None or not len(result.cases):
+        return np.zeros(len(result.cases), dtype=bool)
+    cols = np.array([c.site for c in result.cases])
+    f_adv = np.asarray(result.f_adv, dtype=np.float64)
+    return implausible_predictions(f_adv, np.asarray(low)[cols], np.asarray(high)[cols])

@@ -1,0 +1,175 @@
+"""A fixed V1-like front end: a multi-scale Gabor bank, simple and complex cells, divisive normalisation.
+
+Why it is a candidate at all: a surrogate's twins only move a brain when the surrogate's input
+gradient points where the brain's does. A CNN with random or ImageNet weights puts much of its
+gradient at fine spatial scales that IT barely responds to; a front end built like primate V1
+(band-limited, oriented, colour-opponent filters at octave-spaced spatial frequencies, rectified
+and energy-pooled, normalised by local contrast, as in VOneNet) constrains the gradient to
+V1-like directions. A ridge readout on its features is then fitted per site like any backbone's.
+
+Scales are built as an image pyramid: level ``L`` averages the image over ``2**L`` pixel blocks
+and applies one small Gabor bank of wavelength ``wavelength_px`` there, so level ``L`` is tuned to
+a wavelength of ``wavelength_px * 2**L`` original pixels (one octave per level, the bandwidth of a
+typical V1 cell). Every level's maps are average-pooled to the same ``grid x grid`` positions, so
+the readout sees position, scale, orientation, colour and phase for each location.
+
+Everything is deterministic (no learned or random weights): the same image size gives the same
+features on any machine, and the module has no checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["VOneFrontEnd", "gabor_bank", "vone"]
+
+# Luminance and two colour-opponent axes (red-green, blue-yellow), each a unit vector over RGB.
+_OPPONENT = torch.tensor(
+    [
+        [1.0, 1.0, 1.0],
+        [1.0, -1.0, 0.0],
+        [-0.5, -0.5, 1.0],
+    ]
+)
+_OPPONENT = _OPPONENT / _OPPONENT.norm(dim=1, keepdim=True)
+
+
+def gabor_bank(n_orientations: int, wavelength_px: float, bandwidth_octaves: float = 1.0) -> torch.Tensor:
+    """Even and odd Gabor kernels, zero-mean and unit-norm: Tensor of shape (2 * n_orientations, k, k).
+
+    ``sigma`` follows from the spatial-frequency bandwidth (one octave by default, the median of
+    macaque V1 cells), and the kernel spans 2.5 sigmas each side.
+    """
+    b = 2.0**bandwidth_octaves
+    sigma = wavelength_px / math.pi * math.sqrt(math.log(2) / 2) * (b + 1) / (b - 1)
+    half = max(1, math.ceil(2.5 * sigma))
+    coords = torch.arange(-half, half + 1, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    envelope = torch.exp(-(xx**2 + yy**2) / (2 * sigma**2))
+    kernels = []
+    for phase in (0.0, math.pi / 2):
+        for k in range(n_orientations):
+            theta = math.pi * k / n_orientations
+            u = xx * math.cos(theta) + yy * math.sin(theta)
+            g = envelope * torch.cos(2 * math.pi * u / wavelength_px + phase)
+            g = g - g.mean() * envelope / envelope.mean()  # no response to uniform light
+            kernels.append(g / g.norm())
+    return torch.stack(kernels).float()
+
+
+class VOneFrontEnd(nn.Module):
+    """Multi-scale Gabor simple/complex cells with divisive normalisation, pooled to a grid.
+
+    Parameters
+    ----------
+    n_orientations : int, default 8
+    wavelength_px : float, default 3.0
+        Wavelength of the finest level, in pixels (about 2.8 cycles/degree on a 64-pixel,
+        8-degree image; 7.5 on 224 pixels).
+    n_levels : int or None, default None
+        Pyramid levels (octaves); ``None`` uses every level whose wavelength fits in half the image.
+    grid : int, default 8
+        Output positions per side.
+    norm_pool : int, default 5
+        Size (in level pixels) of the neighbourhood whose mean complex-cell energy normalises a unit.
+
+    Notes
+    -----
+    ``forward`` maps (B, 3, H, W) to (B, C, grid, grid) where ``C`` is, per level, the colour axes
+    (luminance only at the finest level, luminance and two opponent axes above) x
+    ``n_orientations`` x 2 cell types (a signed simple cell of even phase, a complex cell),
+    plus 3 channels of grid-averaged colour (the linear low-pass part). The module is named
+    ``output`` in :func:`vone` so feature extraction addresses it as that layer.
+    """
+
+    def __init__(
+        self,
+        n_orientations: int = 8,
+        wavelength_px: float = 3.0,
+        n_levels: int | None = None,
+        grid: int = 8,
+        norm_pool: int = 5,
+    ) -> None:
+        super().__init__()
+        self.n_orientations = n_orientations
+        self.wavelength_px = wavelength_px
+        self.n_levels = n_levels
+        self.grid = grid
+        self.norm_pool = norm_pool
+        bank = gabor_bank(n_orientations, wavelength_px)  # (2K, k, k): even phases, then odd
+        # The image is first turned into luminance and opponent axes (a 1x1 mixing), then each
+        # axis is filtered by the same bank: a third of the multiply-adds of one kernel per
+        # (axis, phase, orientation) over all three input channels.
+        self.register_buffer("opponent", _OPPONENT.clone()[:, :, None, None], persistent=False)
+        self.register_buffer("weight", bank[:, None], persistent=False)
+
+    def levels_for(self, size: int) -> int:
+        if self.n_levels is not None:
+            return self.n_levels
+        levels = 0
+        while self.wavelength_px * 2**levels <= size / 2 and size // 2**levels >= 4:
+            levels += 1
+        return max(levels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.n_orientations
+        weight = self.weight.to(dtype=x.dtype)
+        even_w, odd_w = weight[:k], weight[k:]
+        pad = weight.shape[-1] // 2
+        maps = [F.adaptive_avg_pool2d(x, self.grid)]
+        level_x = F.conv2d(x, self.opponent.to(dtype=x.dtype))
+        for level in range(self.levels_for(min(x.shape[-2:]))):
+            if level:
+                level_x = F.avg_pool2d(level_x, 2)
+            # Colour-opponent cells are coarse in V1: the finest level sees luminance only, which
+            # also keeps the full-resolution convolution (the front end's main cost) small.
+            colours = 1 if level == 0 else 3
+            b, _, h, w = level_x.shape
+            # Every colour axis is filtered by the same bank: fold the axes into the batch.
+            padded = F.pad(level_x[:, :colours], (pad,) * 4, mode="reflect").reshape(
+                b * colours, 1, h + 2 * pad, w + 2 * pad
+            )
+            even = F.conv2d(padded, even_w).reshape(b, colours, k, h, w)
+            odd = F.conv2d(padded, odd_w).reshape(b, colours, k, h, w)
+            energy = torch.sqrt(even * even + odd * odd + 1e-6)
+            # Divisive normalisation by the local mean energy over colours and orientations.
+            norm = F.avg_pool2d(
+                energy.mean(dim=(1, 2))[:, None],
+                self.norm_pool,
+                stride=1,
+                padding=self.norm_pool // 2,
+                count_include_pad=False,
+            )
+            scale = (1.0 / (0.1 + norm))[:, None]
+            # Signed simple cells (on minus off, what a linear readout of both would see) and
+            # complex cells (phase-invariant energy).
+            cells = (torch.cat([even, energy], dim=2) * scale).reshape(b, colours * 2 * k, h, w)
+            maps.append(F.adaptive_avg_pool2d(cells, self.grid))
+        return torch.cat(maps, dim=1)
+
+
+class _VOneNet(nn.Module):
+    """Registry wrapper: the front end is the layer ``output``."""
+
+    def __init__(self, **kw: float | int | None) -> None:
+        super().__init__()
+        self.output = VOneFrontEnd(**kw)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(x)
+
+
+def vone(
+    n_orientations: int = 8,
+    wavelength_px: float = 3.0,
+    n_levels: int | None = None,
+    grid: int = 8,
+    seed: int = 0,
+) -> nn.Module:
+    """The V1-like front end as a backbone (``seed`` is accepted for the registry and unused)."""
+    del seed
+    return _VOneNet(n_orientations=n_orientations, wavelength_px=wavelength_px, n_levels=n_levels, grid=grid)

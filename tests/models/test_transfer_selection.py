@@ -1,0 +1,148 @@
+"""Measured transfer, per-site choice of surrogate, the across-day search and the V1-like front end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.ensemble import EnsembleEncoder
+from models.search import PairDifferenceRidge
+from models.selection import SourceEvidence, choose_per_site
+from models.transfer import implausible_predictions, site_transfer
+from models.vone import VOneFrontEnd, gabor_bank
+
+
+def test_site_transfer_separates_a_transferring_surrogate_from_noise() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(200, 3))
+    good = truth + 0.3 * rng.normal(size=truth.shape)
+    t_good = site_transfer(good, truth)
+    assert np.all(t_good.r > 0.9) and np.all(t_good.r_low > 0.85)
+    assert np.all(t_good.sign_agreement > 0.8) and np.all(t_good.sign_low > 0.5)
+    # A surrogate that does not transfer: the 95% CIs cover chance about 95% of the time.
+    noise = rng.normal(size=(100, 400))
+    t_noise = site_transfer(noise, rng.normal(size=noise.shape))
+    assert 0.92 <= np.mean((t_noise.r_low < 0) & (t_noise.r_high > 0)) <= 0.98
+    assert 0.92 <= np.mean((t_noise.sign_low < 0.5) & (t_noise.sign_high > 0.5)) <= 0.99
+    # Slope: observed per predicted, 0.5 when the surrogate promises twice what happens.
+    assert site_transfer(2 * truth, truth).slope == pytest.approx(np.full(3, 0.5))
+
+
+def test_site_transfer_ignores_unrecorded_pairs_and_needs_four() -> None:
+    pred = np.array([[1.0, 1.0], [2.0, np.nan], [3.0, 3.0], [4.0, np.nan], [5.0, 5.0]])
+    obs = pred.copy()
+    t = site_transfer(pred, obs)
+    assert list(t.n) == [5, 3]
+    assert t.r[0] == pytest.approx(1.0) and np.isnan(t.r[1])
+
+
+def _evidence(name: str, r: list[float], n: int, pred: list[float]) -> SourceEvidence:
+    k = len(r)
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    # Build pairs whose correlation with the truth is about r at each site.
+    truth = rng.normal(size=(max(n, 1), k))
+    noise = rng.normal(size=truth.shape)
+    p = np.array(r) * truth + np.sqrt(1 - np.array(r) ** 2) * noise
+    tr = site_transfer(p[:n], truth[:n])
+    return SourceEvidence(name=name, transfer=tr, predictivity=np.array(pred))
+
+
+def test_choice_follows_transfer_once_twins_exist_and_predictivity_before() -> None:
+    # "predictive" predicts clean images best but its twins do not move the sites.
+    before = [
+        _evidence("predictive", [0.0, 0.0], 0, [0.9, 0.9]),
+        _evidence("transfers", [0.9, 0.9], 0, [0.5, 0.5]),
+    ]
+    assert [c.source for c in choose_per_site(before)] == ["predictive", "predictive"]
+    assert all(c.by == "predictivity" for c in choose_per_site(before))
+    after = [
+        _evidence("predictive", [0.0, 0.95], 400, [0.9, 0.9]),
+        _evidence("transfers", [0.9, 0.0], 400, [0.5, 0.5]),
+    ]
+    choices = choose_per_site(after)
+    assert [c.source for c in choices] == ["transfers", "predictive"]  # per site
+    assert all(c.by == "transfer" for c in choices)
+    assert "chance 0" in choices[0].reason and "pairs" in choices[0].reason
+
+
+def test_pair_difference_ridge_recovers_a_gradient_inside_the_probed_subspace() -> None:
+    rng = np.random.default_rng(1)
+    n_pix, n_dirs = 400, 12
+    basis = np.linalg.qr(rng.normal(size=(n_pix, n_dirs)))[0]  # the proposals' subspace
+    g = basis @ rng.normal(size=(n_dirs, 2))  # two sites' gradients, inside it
+    deltas = (rng.normal(size=(300, n_dirs)) @ basis.T) * 0.5
+    changes = deltas @ g + 0.05 * rng.normal(size=(300, 2))
+    model = PairDifferenceRidge().fit(deltas, changes)
+    cos = np.sum(model.coef_ * g, axis=0) / np.linalg.norm(model.coef_, axis=0) / np.linalg.norm(g, axis=0)
+    assert np.all(cos > 0.99)
+    held_out = site_transfer(model.loo_pred_, changes)
+    assert np.all(held_out.r > 0.95)
+    # Pure noise: the held-out predictions do not pretend to transfer.
+    null = PairDifferenceRidge().fit(deltas, rng.normal(size=(300, 2)))
+    assert np.all(np.abs(site_transfer(null.loo_pred_, rng.normal(size=(300, 2))).r) < 0.3)
+
+
+def test_implausible_predictions_flag_only_far_extrapolation() -> None:
+    low, high = np.array([5.0, 5.0]), np.array([45.0, 45.0])
+    flags = implausible_predictions(np.array([[60.0, 830.0], [-40.0, 10.0]]), low, high)
+    assert flags.tolist() == [[False, True], [True, False]]
+
+
+def test_vone_front_end_is_band_limited_and_differentiable() -> None:
+    bank = gabor_bank(4, 4.0)
+    assert torch.allclose(bank.flatten(1).norm(dim=1), torch.ones(8), atol=1e-5)
+    assert bank.flatten(1).sum(dim=1).abs().max() < 1e-4  # no response to uniform light
+    net = VOneFrontEnd(grid=4)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out = net(x)
+    assert out.shape[:2] == (2, 3 + 16 + (net.levels_for(32) - 1) * 48) and out.shape[2:] == (4, 4)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # A uniform grey image drives no oriented cell: only the low-pass colour channels respond.
+    grey = net(torch.full((1, 3, 32, 32), 0.5))
+    assert grey[:, 3:].abs().max() < 1e-2
+
+
+def test_ensemble_is_the_mean_of_its_members() -> None:
+    class Lin(torch.nn.Module):
+        def __init__(self, w: float) -> None:
+            super().__init__()
+            self.w, self.site_ids = w, ["a", "b"]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.w * x.flatten(1)[:, :2]
+
+    x = torch.rand(3, 1, 2, 2)
+    ens = EnsembleEncoder([Lin(1.0), Lin(3.0)])
+    assert torch.allclose(ens(x), 2.0 * x.flatten(1)[:, :2]) and ens.site_ids == ["a", "b"]
+    other = Lin(1.0)
+    other.site_ids = ["b", "a"]
+    with pytest.raises(ValueError, match="same sites"):
+        EnsembleEncoder([Lin(1.0), other])
+
+
+def test_plan_shards_gives_the_search_its_share_of_each_site() -> None:
+    from worker.steps.config import NightConfig
+    from worker.steps.fit import plan_shards
+
+    cfg = NightConfig(clean_per_site=3, search_share=0.34, sites_per_shard=2)
+    sources = {"a": "m1", "b": "m1", "c": "search-v", "d": "m2"}
+    shards = plan_shards(["a", "b", "c", "d"], sources, "search-v", cfg, [1, 2], search_ready={"a", "b", "c"})
+    made = {}
+    for sh in shards:
+        for site in sh["sites"]:
+            lo, hi = sh["slots"]
+            for slot in range(lo, hi):
+                assert (site, slot) not in made, "a slot made twice"
+                made[(site, slot)] = (sh["model_version"], sh["extras"])
+    # Every site gets all its slots exactly once, and its targeted/random twins once.
+    assert sorted(made) == [(s, k) for s in "abcd" for k in range(3)]
+    assert made[("a", 0)] == ("search-v", False) and made[("a", 1)] == ("m1", True)
+    assert all(made[("c", k)][0] == "search-v" for k in range(3))  # the search was chosen for c
+    assert all(made[("d", k)][0] == "m2" for k in range(3))  # d: not enough pairs for the search yet
+    for site in "abcd":  # targeted and random twins are made by exactly one shard per site
+        assert sum(site in sh["sites"] and sh["extras"] for sh in shards) == 1
+    # Without a search, one shard kind per source.
+    plain = plan_shards(["a", "b"], {"a": "m1", "b": "m1"}, None, cfg, [1])
+    assert [(s["model_version"], s["slots"]) for s in plain] == [("m1", [0, 3])]
