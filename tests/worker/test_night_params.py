@@ -37,7 +37,8 @@ def test_bad_night_params_are_refused_up_front(
     db_session.flush()
     db_session.add(RecordingSession(session_id="params-day", subject_id=subject.id))
     db_session.commit()
-    nights, jobs = db_session.scalar(select(func.count(Night.id))), db_session.scalar(select(func.count(Job.id)))
+    nights = db_session.scalar(select(func.count(Night.id)))
+    jobs = db_session.scalar(select(func.count(Job.id)))
 
     r = client.post(
         "/api/v1/nights", json={"session_id": "params-day", "params": params}, headers=auth("experimenter")
