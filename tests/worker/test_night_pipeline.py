@@ -169,6 +169,7 @@ def test_night_publishes_a_servable_batch_with_lineage(two_nights: TwoNights) ->
 
     # Perturbed images: inside the eps ball of their parent (in the 8-bit image shipped), with lineage.
     lineage = _lineage(two, manifest)
+    night_versions = {v["version"] for v in two.get("/model-versions", limit=500).json()["items"]}
     kinds = Counter(v["kind"] for v in lineage.values())
     assert kinds["reference"] == 6 and kinds["perturbed"] > 0 and kinds["random"] > 0, kinds
     n_sites, p = len(lab.site_ids), TINY_NIGHT
@@ -183,12 +184,9 @@ def test_night_publishes_a_servable_batch_with_lineage(two_nights: TwoNights) ->
         assert lin["site_id"] in lab.site_ids
         assert lin["epsilon"] in p["epsilons"]
         assert lin["direction"] in (("up", "down") if lin["kind"] == "perturbed" else ("random",))
-        assert lin["model_version"] == manifest["model_version"], (
-            lin["kind"],
-            lin["direction"],
-            lin["epsilon"],
-            lin["site_id"],
-        )
+        # Each site's twins come from the source chosen for that site tonight (per-site selection).
+        assert lin["model_version"].startswith(f"night{two.nights[-1]}-"), lin
+        assert lin["model_version"] in night_versions, (lin["model_version"], night_versions)
         assert lin["seed"] is not None and lin["achieved_l2"] is not None
         delta = pixels[sha].astype(np.float64) / 255 - pixels[parent].astype(np.float64) / 255
         l2 = float(np.linalg.norm(delta))
@@ -287,7 +285,7 @@ def _publish_after_losing_an_image(real: Callable[[JobContext], Any]) -> Callabl
     return publish
 
 
-@pytest.mark.parametrize("failure", ["synthesis", "unknown_candidate", "publish"])
+@pytest.mark.parametrize("failure", ["synthesis", "missing_checkpoint", "publish"])
 def test_failed_night_keeps_yesterdays_batch(lab: Lab, failure: str) -> None:
     show_day(lab, complete=False)  # the rig has not finished day 0's batch: it is still "next"
     real_publish = get_spec(PUBLISH).fn  # type: ignore[union-attr]
@@ -295,8 +293,10 @@ def test_failed_night_keeps_yesterdays_batch(lab: Lab, failure: str) -> None:
     overrides: dict[str, Any] = {}
     if failure == "synthesis":
         overrides = {SYNTHESIZE: _synthesis_breaks}
-    elif failure == "unknown_candidate":
-        params = {"candidates": ["tiny_cnn", "no_such_net"]}
+    elif failure == "missing_checkpoint":
+        # A known candidate whose weights file is not there: found only when its refit runs.
+        # (An unknown candidate name is refused when the night starts: test_night_params.py.)
+        params = {"candidates": ["tiny_cnn", "resnet50"]}
     else:
         overrides = {PUBLISH: _publish_after_losing_an_image(real_publish)}
     with overridden(overrides):
@@ -308,7 +308,7 @@ def test_failed_night_keeps_yesterdays_batch(lab: Lab, failure: str) -> None:
         nxt = api.get(f"/api/v1/rigs/{lab.rig_id}/batches/next", headers=bearer(tokens["rig"]))
     expected = {
         "synthesis": "RuntimeError: GPU fell off the bus",
-        "unknown_candidate": "unknown candidate model 'no_such_net'",
+        "missing_checkpoint": "checkpoint file not found",
         "publish": "image objects are missing from the store",
     }[failure]
     assert night["state"] == "failed" and expected in (night["error"] or ""), night
@@ -457,8 +457,8 @@ def test_redis_flushed_mid_night_the_reaper_recovers_and_the_night_completes(
     states = {j.kind: j.state for j in night_jobs(lab, night_id)}
     assert states["night.responses"] == JobState.succeeded, cpu.output()
     assert states["night.refit"] == JobState.queued and states["night.publish"] == JobState.waiting
-    refit = next(j.id for j in night_jobs(lab, night_id) if j.kind == "night.refit")
-    assert refit in runner.present_job_ids()
+    refits = sorted(j.id for j in night_jobs(lab, night_id) if j.kind == "night.refit")
+    assert set(refits) <= runner.present_job_ids()
 
     Redis.from_url(lab.settings.redis_url).flushdb()  # type: ignore[arg-type]
     assert runner.present_job_ids() == set()
@@ -467,6 +467,6 @@ def test_redis_flushed_mid_night_the_reaper_recovers_and_the_night_completes(
     assert worker.wait(timeout_s=300) == 0, worker.output()
     night = night_row(lab, night_id)
     assert night.state == JobState.succeeded, (night.error, worker.output()[-3000:])
-    assert "reenqueued=[" + str(refit) + "]" in worker.output()
+    assert f"reenqueued={refits}" in worker.output()
     batch = batch_of_night(lab, night_id)
     assert batch is not None and manifest_of(lab, batch.batch_id)["images"]

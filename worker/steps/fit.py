@@ -511,17 +511,20 @@ def plan_shards(
     """Synthesis shards: one model version each, a few sites, and which image slots they make.
 
     Each site's ``clean_per_site`` parent images are slots ``0..k-1``. With a fitted search, the
-    first ``round(search_share * k)`` slots (at least one) of every site that has enough pairs are
-    made along the search's direction, the rest (and the site's targeted and random twins) by the
-    site's chosen source; a site whose chosen source is the search gets all its slots from it.
+    first ``round(search_share * k)`` slots (at least one when ``k >= 2``) of every site that has
+    enough pairs are made along the search's direction, the rest (and the site's targeted and
+    random twins) by the site's chosen source; a site whose chosen source is the search gets all
+    its slots from it.
     """
     k = cfg.clean_per_site
-    n_search = max(1, round(cfg.search_share * k)) if search and cfg.search_share > 0 else 0
+    n_search = round(cfg.search_share * k) if search else 0
+    if search and cfg.search_share > 0 and k >= 2:
+        n_search = min(max(n_search, 1), k)
     jobs: dict[tuple[str, int, int, bool], list[str]] = {}
     for sid in eligible:
         source = source_of[sid]
         if search and source != search and n_search and sid in search_ready:
-            jobs.setdefault((search, 0, n_search, False), []).append(sid)
+            jobs.setdefault((search, 0, n_search, n_search == k), []).append(sid)
             if n_search < k:
                 jobs.setdefault((source, n_search, k, True), []).append(sid)
         else:
