@@ -140,3 +140,23 @@ def test_a_day_without_guided_twins_reports_nothing_to_judge(brain: Any, clean: 
     with _viewer({}) as viewer:
         day = evaluate_yardstick(viewer, brain, lineage, pixels, ["s0"], day=0)
     assert day["by_epsilon"] == [] and day["sites"] == []
+
+
+def test_demo_command_refuses_an_unknown_brain_family(tmp_path: Any) -> None:
+    """``itloop demo --brain retina`` stops before anything is created, naming the known families."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ITLOOP_")}
+    env["ITLOOP_DATA_DIR"] = str(tmp_path / "data")
+    r = subprocess.run(
+        [sys.executable, "-m", "itloop.cli", "demo", "--brain", "retina", "--days", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "retina" in r.stderr and "natural" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "data" / "itloop.db").exists()
