@@ -44,9 +44,11 @@ class Row:
 
 
 def _row(bench: str, figure: str, value: float, op: str = "", goal: float | None = None) -> Row:
-    """A figure with an optional goal ``op goal`` (op is ">=", "<" or "<=")."""
+    """A figure with an optional goal ``op goal`` (op is ">=", ">", "<" or "<=")."""
     if not op or goal is None:
         return Row(bench, figure, value)
+    if op == ">":  # a strict sign goal (e.g. a rise > 0): no meaningful ratio
+        return Row(bench, figure, value, f"> {goal:g}", None, value > goal)
     if op == ">=":
         ratio, ok = (value / goal if goal else None), value >= goal
     else:
@@ -142,6 +144,48 @@ def _demo(r: dict) -> list[Row]:
     return [_row("demo", label, r["wall_s"], "<", r["goal_s"])]
 
 
+def _science(r: dict) -> list[Row]:
+    """Per family: found fraction, its rise, Spearman and shipped / random on the last day.
+
+    Goals only where the family's sensitive directions are at least half natural-aligned;
+    a figure that could not be computed (every run failed) is a failed row.
+    """
+    b, last = "science", r["day_last"]
+    g = r["goals"]
+    rows = []
+    for f in r["families"]:
+        name, goals = f["family"], f["goals_apply"]
+        tag = f"{name} ({f['runs']} seeds, share {f['natural_share']:.2f})"
+        if f["runs"] == 0:
+            rows.append(Row(b, f"{tag}: every run failed", "no data", passed=False))
+            continue
+        figures = (
+            (f"found fraction day {last}", f["found_day_last"], ">=", g["found"]),
+            (f"found fraction rise day 1 to {last}", f["found_rise"], ">", 0.0),
+            (f"spearman vs white-box day {last}", f["spearman_day_last"], ">=", g["spearman"]),
+            (
+                f"shipped / random day {last}",
+                f["shipped_over_random_day_last"],
+                ">=",
+                g["shipped_over_random"],
+            ),
+        )
+        for figure, value, op, goal in figures:
+            label = f"{tag}: {figure}"
+            if value is None:
+                rows.append(Row(b, label, "n/a", passed=False if goals else None))
+            elif goals:
+                rows.append(_row(b, label, value, op, goal))
+            else:
+                rows.append(_row(b, label + " (report only)", value))
+        rows.append(
+            _row(b, f"{tag}: random-direction found fraction day {last}", f["random_day_last"] or 0.0)
+        )
+        if f["failed_runs"]:
+            rows.append(Row(b, f"{tag}: failed runs", float(f["failed_runs"]), "<= 0", None, False))
+    return rows
+
+
 # name -> (module, summariser)
 BENCHMARKS: dict[str, tuple[str, Callable[[dict], list[Row]]]] = {
     "readout": ("benchmarks.bench_readout", _readout),
@@ -149,6 +193,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[dict], list[Row]]]] = {
     "api": ("benchmarks.bench_api", _api),
     "ingest": ("benchmarks.bench_ingest", _ingest),
     "demo": ("benchmarks.bench_demo", _demo),
+    "science": ("benchmarks.bench_science", _science),
 }
 
 

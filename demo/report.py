@@ -131,6 +131,11 @@ def write_report(
     summary = {
         "subject": lab["subject"],
         "sites": len(lab["site_ids"]),
+        "brain": {
+            "family": getattr(brain, "family", None),
+            "natural_share": getattr(brain, "natural_share", None),
+            "whitebox": "exact" if getattr(brain, "exact", True) else "attack",
+        },
         "days": [
             {
                 "day": d["day"],
@@ -141,6 +146,7 @@ def write_report(
                 "mean_true_effect": d["truth"].get("mean_true_effect"),
                 "spearman": d["truth"].get("spearman_vs_true_sensitivity"),
                 "night_note": (d["night"].get("note") or ""),
+                "yardstick": d["truth"].get("yardstick"),
             }
             for d in days
         ],
@@ -172,6 +178,7 @@ figure{{display:inline-block;margin:8px}}img{{max-width:460px}}</style></head><b
 <p>{len(lab["site_ids"])} simulated IT sites ({html.escape(lab["subject"])}), {len(days)} day(s).
 Sensitivities are normalised by each site's spread over clean images. The truth comes from the
 simulated brain: its exact adversarial sensitivity, and the true effect of the images actually shown.</p>
+{_yardstick_html(summary)}
 <table><tr><th>day</th><th>batch shown</th><th>presentations</th><th>spikes</th>
 <th>mean abs error</th><th>mean true effect</th><th>Spearman vs true sensitivity</th><th>night</th></tr>
 {rows_html}</table>{figs_html}</body></html>""")
@@ -180,3 +187,36 @@ simulated brain: its exact adversarial sensitivity, and the true effect of the i
 
 def _fmt(x: Any) -> str:
     return "" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.3f}"
+
+
+def _yardstick_html(summary: dict[str, Any]) -> str:
+    """Per day and epsilon: found fractions, the random floor, Spearman; per site: the surrogate."""
+    b = summary["brain"]
+    rows, last = [], None
+    for d in summary["days"]:
+        y = d.get("yardstick") or {}
+        for e in y.get("by_epsilon", []):
+            rows.append(
+                f"<tr><td>{d['day']}</td><td>{e['epsilon']:g}</td><td>{_fmt(e['found_median'])}</td>"
+                f"<td>{_fmt(e['found_mean'])}</td><td>{_fmt(e['random_median'])}</td>"
+                f"<td>{_fmt(e['random_mean'])}</td><td>{_fmt(e['shipped_over_random'])}</td>"
+                f"<td>{_fmt(e['spearman'])}</td></tr>"
+            )
+        if y.get("sites"):
+            last = y
+    sites = "".join(
+        f"<tr><td>{html.escape(s['site_id'])}</td><td>{html.escape(str(s['candidate']))}</td>"
+        f"<td>{html.escape(str(s['model_version']))}</td><td>{_fmt(s['transfer_sign'])}</td>"
+        f"<td>{_fmt(s['transfer_r'])}</td><td>{_fmt(s['found_median'])}</td></tr>"
+        for s in (last or {}).get("sites", [])
+    )
+    return f"""<h2>Yardstick: brain family {html.escape(str(b["family"]))}</h2>
+<p>Natural-aligned share of its sensitive directions: {_fmt(b["natural_share"])}; white-box reference:
+{html.escape(str(b["whitebox"]))}. Found fraction: the brain's true change at a twin's target site divided by
+the white-box change at the same parent, site and epsilon (1 = the brain's own worst case); random twins
+give the floor. Spearman: per-site sign-corrected estimate against per-site white-box sensitivity.</p>
+<table><tr><th>day</th><th>epsilon</th><th>found median</th><th>found mean</th><th>random median</th>
+<th>random mean</th><th>shipped / random</th><th>Spearman vs white-box</th></tr>{"".join(rows)}</table>
+<h3>Who made each site's twins{f" (day {last['day']})" if last else ""}</h3>
+<table><tr><th>site</th><th>candidate</th><th>model version</th><th>transfer sign</th><th>transfer r</th>
+<th>found median</th></tr>{sites}</table>"""

@@ -147,17 +147,23 @@ def run_demo(
     seed: int = 0,
     night_params: dict[str, Any] | None = None,
     show_progress: bool = True,
+    brain_family: str = "orthogonal",
 ) -> Path:
-    """Run the loop and write the report; returns the report folder."""
+    """Run the loop and write the report; returns the report folder.
+
+    ``brain_family`` names the simulated population (:data:`models.simulator.FAMILIES`); the
+    report's yardstick judges the loop against that family's white-box truth.
+    """
     from demo.report import write_report
     from demo.server import BackgroundServer
     from demo.truth import evaluate_day
     from demo.virtual_rig import VirtualRig
-    from models.simulator import VirtualBrain
+    from models.simulator import make_brain
     from server.db import migrate
 
     if days < 1:
         raise ValueError("days must be >= 1")
+    brain = make_brain(brain_family, n_sites=n_sites, image_size=64, seed=seed)  # refuses unknown families
     settings.ensure_dirs()
     migrate.upgrade(settings.resolved_database_url)
     out = Path(out) if out else settings.data_dir / "demo-report"
@@ -195,7 +201,6 @@ def run_demo(
             ),
             "day-0 batch",
         )
-        brain = VirtualBrain(n_sites=n_sites, image_size=64, seed=seed)
         rig = VirtualRig(
             base_url=server.url,
             rig_token=tokens["rig"],

@@ -45,8 +45,11 @@ def evaluate_day(viewer: httpx.Client, rig: Any, run: Any, site_ids: list[str], 
     rates = {s: r for s, r in zip(shas, brain.rates(np.stack([pix[s] for s in shas])), strict=True)}
     sigma = np.std(np.stack([rates[s] for s in clean]), axis=0, ddof=1)  # (n_sites,)
     guided = [s for s in shas if lineage[s]["kind"] == "perturbed"]
+    from demo.yardstick import evaluate_yardstick
+
+    yardstick = evaluate_yardstick(viewer, brain, lineage, pix, site_ids, day)
     if not guided:
-        return {"day": day, "epsilons": [], "pairs": 0}
+        return {"day": day, "epsilons": [], "pairs": 0, "yardstick": yardstick}
     parent_sha = {s: lineage[s]["parent_sha256"] for s in guided}
     epsilons = sorted({float(lineage[s]["epsilon"]) for s in guided})
     col = {sid: i for i, sid in enumerate(site_ids)}
@@ -66,7 +69,10 @@ def evaluate_day(viewer: httpx.Client, rig: Any, run: Any, site_ids: list[str], 
             eff = [abs(rates[s][i] - rates[parent_sha[s]][i]) for s in mine]
             effect[i, e] = np.mean(eff) / sigma[i]
             parents = sorted({parent_sha[s] for s in mine})
-            sens = brain.true_sensitivity(np.stack([pix[p] for p in parents]), eps).max[i]
+            # Only site i at its own parents: for a family whose truth is an attack, cost matters.
+            sens = brain.true_sensitivity_cases(
+                np.stack([pix[p] for p in parents]), np.full(len(parents), i), eps
+            ).max
             true_max[i, e] = float(np.mean(sens)) / sigma[i]
     est = {
         name: np.full_like(effect, np.nan) for name in ("sign_corrected", "plain", "plain_noise_corrected")
@@ -105,4 +111,5 @@ def evaluate_day(viewer: httpx.Client, rig: Any, run: Any, site_ids: list[str], 
         "mean_abs_error": abs_err,
         "mean_true_effect": float(np.nanmean(effect)),
         "spearman_vs_true_sensitivity": rho,
+        "yardstick": yardstick,
     }

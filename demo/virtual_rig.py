@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 from PIL import Image as PILImage
 
-from models.simulator import VirtualBrain, mark_fixation_breaks
+from models.simulator import Brain, mark_fixation_breaks
 from rigclient import RigClient
 from rigclient.models import Manifest, PresentationEvent
 
@@ -92,7 +92,7 @@ class VirtualRig:
         experimenter_token: str,
         rig_id: str,
         subject: str,
-        brain: VirtualBrain,
+        brain: Brain,
         site_ids: list[str],
         cache_dir: Path,
         fixation_break_rate: float = 0.03,

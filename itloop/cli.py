@@ -197,11 +197,20 @@ def demo(
     sites: Annotated[int, typer.Option(help="simulated IT sites")] = 12,
     out: Annotated[Path | None, typer.Option(help="report folder (default <data_dir>/demo-report)")] = None,
     seed: int = 0,
+    brain: Annotated[
+        str,
+        typer.Option(help="family of the simulated population: orthogonal, natural, mix25, mix50, blur, v1"),
+    ] = "orthogonal",
 ) -> None:
     """Run the closed loop on a simulated IT population and a virtual rig, then write a report."""
     from demo.run import run_demo
+    from models.simulator import FAMILIES
 
-    report = run_demo(get_settings(), days=days, n_sites=sites, out=out, seed=seed)
+    if brain not in FAMILIES:
+        raise typer.BadParameter(
+            f"unknown brain family {brain!r}; known: {', '.join(FAMILIES)}", param_hint="--brain"
+        )
+    report = run_demo(get_settings(), days=days, n_sites=sites, out=out, seed=seed, brain_family=brain)
     typer.echo(f"report: {report}")
 
 

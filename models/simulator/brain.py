@@ -200,6 +200,14 @@ class VirtualBrain:
         percentile of the site's clean-image rates, so most images drive it and some suppress.
     """
 
+    #: Name of this family in :data:`models.simulator.families.FAMILIES`.
+    family = "orthogonal"
+    #: Share of the sensitive part's squared norm that lies in natural-image statistics: none,
+    #: the adversarial part is orthogonal to the leading clean-image components by construction.
+    natural_share = 0.0
+    #: Whether :meth:`true_sensitivity` is exact (closed form) rather than a strong attack.
+    exact = True
+
     def __init__(
         self,
         *,
@@ -284,6 +292,9 @@ class VirtualBrain:
         adv -= (adv @ pcs.T) @ pcs
         adv *= (self.sensitivity_ / np.linalg.norm(adv, axis=1))[:, None]
 
+        # Families built on this population (models/simulator/natural.py) replace the sensitive
+        # part here; they draw from their own generator so every other parameter stays the same.
+        smooth, adv = self._compose_weights(smooth, adv, pcs=pcs, xc_centred=xc_centred)
         self.smooth_weights_ = smooth
         self.adversarial_weights_ = adv
         self.weights_ = smooth + adv
@@ -302,6 +313,19 @@ class VirtualBrain:
             calib_rates.max(),
             float((xc_centred @ adv.T).std(axis=0).mean()),
         )
+
+    def _compose_weights(
+        self, smooth: np.ndarray, adversarial: np.ndarray, *, pcs: np.ndarray, xc_centred: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The (tuning, sensitive) parts of the weights; here the orthogonal adversarial part as drawn.
+
+        A hook for the other families of :mod:`models.simulator.families`: ``pcs`` are the
+        leading principal components of clean images (rows, unit norm) and ``xc_centred`` the
+        centred calibration images, so an override can place its sensitive part in (or out of)
+        natural-image statistics and recalibrate the drive. It must not draw from the brain's
+        own generator.
+        """
+        return smooth, adversarial
 
     # ------------------------------------------------------------------ responses
     def _rates_flat(self, x: np.ndarray) -> np.ndarray:
@@ -364,6 +388,37 @@ class VirtualBrain:
         down = r0 - self._rate_of_drive(u.T - gain_down)
         if np.ndim(eps) == 0:
             up, down = up[0], down[0]
+        return Sensitivity(up=up, down=down)
+
+    def true_sensitivity_cases(
+        self, images: np.ndarray, sites: np.ndarray, eps: float | np.ndarray
+    ) -> Sensitivity:
+        """Exact sensitivity of paired cases: site ``sites[k]`` at image ``k`` and radius ``eps[k]``.
+
+        What the demo's truth needs (one site per shipped twin), without the cost of every site
+        at every image.
+
+        Returns
+        -------
+        Sensitivity
+            ``up``/``down`` of shape (n_cases,), spikes/s.
+        """
+        x = _as_float_images(images, self.image_size)
+        sites = np.asarray(sites, dtype=np.int64)
+        eps_arr = np.broadcast_to(np.asarray(eps, dtype=np.float64), sites.shape)
+        if sites.shape != (x.shape[0],) or np.any((sites < 0) | (sites >= self.n_sites)):
+            raise ValueError(f"need one site index in [0, {self.n_sites}) per image")
+        up, down = np.zeros(len(sites)), np.zeros(len(sites))
+        for i in np.unique(sites):
+            for e in np.unique(eps_arr[sites == i]):
+                rows = np.flatnonzero((sites == i) & (eps_arr == e))
+                a, b = self.weights_[i], self.bias_[i]
+                u = x[rows] @ a + b
+                r0 = self.baseline_[i] + self.gain_[i] * softplus(u)
+                gu = max_linear_ball_box(a, x[rows], float(e))
+                gd = max_linear_ball_box(-a, x[rows], float(e))
+                up[rows] = self.baseline_[i] + self.gain_[i] * softplus(u + gu) - r0
+                down[rows] = r0 - self.baseline_[i] - self.gain_[i] * softplus(u - gd)
         return Sensitivity(up=up, down=down)
 
     def true_normalised_sensitivity(

@@ -1,0 +1,243 @@
+"""How far the loop got on a day, judged against the brain's white-box truth.
+
+Per day and epsilon, from the public API (lineage, model versions, sensitivity analyses) and the
+virtual brain itself, as an outside client would:
+
+* **found fraction** of the shipped guided twins (kind ``perturbed``): the brain's true
+  ``|r_i(twin) - r_i(parent)|`` at the twin's target site ``i``, divided by the white-box value
+  ``max(up, down)`` at the same parent, site and epsilon. 1 means the loop found the brain's own
+  worst case. The white-box value is the family's exact maximum, or for the "v1" family the best
+  of a strong attack on the simulator; a twin that beats the attack raises the reference to its
+  own change (counted in ``whitebox_beaten``), so the fraction never exceeds 1.
+* the same for random-direction twins (kind ``random``): the floor;
+* **Spearman** over sites between the sign-corrected estimate (``GET /analysis/sensitivity``,
+  source ``it``) and the site's white-box sensitivity at the parents its twins used;
+* per site, which **surrogate** made its twins (lineage -> ``GET /model-versions/{version}``:
+  candidate) and that version's measured transfer on the site (``transfer_sign``, ``transfer_r``).
+
+Everything is normalised by the same per-site spread, so found fractions do not depend on it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter, defaultdict
+from typing import Any
+
+import httpx
+import numpy as np
+from scipy.stats import spearmanr
+
+from demo.truth import sensitivity_records
+
+__all__ = ["evaluate_yardstick", "found_fractions"]
+
+
+def found_fractions(
+    brain: Any, parents: np.ndarray, twins: np.ndarray, sites: np.ndarray, eps: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Found fraction of each twin at its target site.
+
+    Parameters
+    ----------
+    brain : models.simulator.Brain
+    parents, twins : ndarray of shape (n, 3, H, W)
+        Clean parents and their twins, uint8 or float in [0, 1].
+    sites : ndarray of shape (n,), int
+        Target site (column) of each twin.
+    eps : ndarray of shape (n,)
+        The radius each twin was made for.
+
+    Returns
+    -------
+    dict of ndarray of shape (n,)
+        ``change`` (true ``|r(twin) - r(parent)|``, spikes/s), ``attack`` (the family's
+        white-box value), ``whitebox`` (``max(attack, change)``), ``fraction``
+        (``change / whitebox``; 0 where the white-box value is 0) and ``beaten`` (bool).
+    """
+    sites = np.asarray(sites, dtype=np.int64)
+    rows = np.arange(len(sites))
+    r0 = brain.rates(parents)[rows, sites]
+    r1 = brain.rates(twins)[rows, sites]
+    change = np.abs(r1 - r0)
+    attack = brain.true_sensitivity_cases(parents, sites, np.asarray(eps, dtype=np.float64)).max
+    # A feasible twin is a lower bound on the maximum too; a tiny tolerance absorbs rounding.
+    beaten = change > attack * (1 + 1e-9) + 1e-12
+    whitebox = np.maximum(attack, change)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(whitebox > 0, change / whitebox, 0.0)
+    return {"change": change, "attack": attack, "whitebox": whitebox, "fraction": fraction, "beaten": beaten}
+
+
+def _stats(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"median": None, "mean": None, "n": 0}
+    a = np.asarray(values, dtype=float)
+    return {"median": float(np.median(a)), "mean": float(np.mean(a)), "n": int(a.size)}
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return None
+    return float(spearmanr(x[ok], y[ok]).statistic)
+
+
+def _surrogates(viewer: httpx.Client, versions: dict[str, str | None]) -> dict[str, dict[str, Any]]:
+    """Per site: the model version that made its guided twins, its candidate and its measured transfer."""
+    details: dict[str, dict[str, Any] | None] = {}
+    out = {}
+    for sid, version in versions.items():
+        if version is None:
+            out[sid] = {"model_version": None, "candidate": None, "transfer_sign": None, "transfer_r": None}
+            continue
+        if version not in details:
+            r = viewer.get(f"/model-versions/{version}")
+            details[version] = r.json() if r.status_code == 200 else None
+        mv = details[version] or {}
+        metric = next((m for m in mv.get("site_metrics", []) if m.get("site_id") == sid), {})
+        out[sid] = {
+            "model_version": version,
+            "candidate": mv.get("candidate"),
+            "transfer_sign": metric.get("transfer_sign"),
+            "transfer_r": metric.get("transfer_r"),
+        }
+    return out
+
+
+def evaluate_yardstick(
+    viewer: httpx.Client,
+    brain: Any,
+    lineage: dict[str, dict[str, Any]],
+    pixels: dict[str, np.ndarray],
+    site_ids: list[str],
+    day: int,
+) -> dict[str, Any]:
+    """The day's yardstick (see the module doc) from the day's images and their lineage.
+
+    Parameters
+    ----------
+    viewer : httpx.Client
+        A viewer's client on ``/api/v1``.
+    brain : models.simulator.Brain
+    lineage : dict
+        ``GET /images/{sha}/lineage`` of every image shown that day, by hash.
+    pixels : dict
+        The shown images' pixels, (3, H, W) uint8, by hash.
+    site_ids : list of str
+        Site ids in the brain's column order.
+    day : int
+    """
+    col = {sid: i for i, sid in enumerate(site_ids)}
+    clean = [s for s, lin in lineage.items() if lin["kind"] not in ("perturbed", "targeted", "random")]
+    sigma = brain.rates(np.stack([pixels[s] for s in clean])).std(axis=0, ddof=1) if len(clean) > 1 else None
+    out: dict[str, Any] = {
+        "day": day,
+        "family": getattr(brain, "family", None),
+        "natural_share": getattr(brain, "natural_share", None),
+        "whitebox": "exact" if getattr(brain, "exact", True) else "attack",
+    }
+    twins = {
+        kind: sorted(
+            s
+            for s, lin in lineage.items()
+            if lin["kind"] == kind
+            and lin.get("site_id") in col
+            and lin.get("epsilon") is not None
+            and lin.get("parent_sha256") in pixels
+        )
+        for kind in ("perturbed", "random")
+    }
+    if not twins["perturbed"]:
+        return {**out, "epsilons": [], "by_epsilon": [], "sites": []}
+    # One white-box call for every (parent, site, epsilon) of the day: for an attack-based family
+    # the brain caches the answers, and one batch per site is far cheaper than several.
+    every = twins["perturbed"] + twins["random"]
+    brain.true_sensitivity_cases(
+        np.stack([pixels[lineage[s]["parent_sha256"]] for s in every]),
+        np.array([col[lineage[s]["site_id"]] for s in every]),
+        np.array([float(lineage[s]["epsilon"]) for s in every]),
+    )
+    res: dict[str, dict[str, np.ndarray]] = {}
+    for kind, shas in twins.items():
+        if not shas:
+            continue
+        res[kind] = found_fractions(
+            brain,
+            np.stack([pixels[lineage[s]["parent_sha256"]] for s in shas]),
+            np.stack([pixels[s] for s in shas]),
+            np.array([col[lineage[s]["site_id"]] for s in shas]),
+            np.array([float(lineage[s]["epsilon"]) for s in shas]),
+        )
+    epsilons = sorted({float(lineage[s]["epsilon"]) for s in twins["perturbed"]})
+    est = {
+        (rec["site_id"], float(rec["epsilon"])): rec["value"]
+        for rec in sensitivity_records(viewer, day=day, estimator="sign_corrected", source="it")
+        if rec.get("site_id") in col and rec.get("epsilon") is not None and rec.get("value") is not None
+    }
+    g = res["perturbed"]
+    by_eps = []
+    site_wb: dict[str, list[float]] = defaultdict(list)
+    for e in epsilons:
+        row: dict[str, Any] = {"epsilon": e}
+        for kind, label in (("perturbed", "found"), ("random", "random")):
+            shas = twins[kind]
+            pick = [k for k, s in enumerate(shas) if float(lineage[s]["epsilon"]) == e]
+            stats = _stats([float(res[kind]["fraction"][k]) for k in pick]) if kind in res else _stats([])
+            row.update(
+                {f"{label}_median": stats["median"], f"{label}_mean": stats["mean"], f"n_{label}": stats["n"]}
+            )
+        fm, rm = row["found_mean"], row["random_mean"]
+        row["shipped_over_random"] = fm / rm if fm is not None and rm else None
+        wb = np.full(len(site_ids), np.nan)
+        sc = np.full(len(site_ids), np.nan)
+        for sid, i in col.items():
+            pick = [
+                k
+                for k, s in enumerate(twins["perturbed"])
+                if lineage[s]["site_id"] == sid and float(lineage[s]["epsilon"]) == e
+            ]
+            if pick and sigma is not None and sigma[i] > 0:
+                # One white-box value per distinct parent (its up and down twins share it).
+                per_parent = {lineage[twins["perturbed"][k]]["parent_sha256"]: g["whitebox"][k] for k in pick}
+                wb[i] = float(np.mean(list(per_parent.values()))) / sigma[i]
+                site_wb[sid].append(wb[i])
+            sc[i] = est.get((sid, e), np.nan)
+        row["spearman"] = _spearman(sc, wb)
+        row["whitebox_per_site"] = [None if not np.isfinite(v) else float(v) for v in wb]
+        row["sign_corrected_per_site"] = [None if not np.isfinite(v) else float(v) for v in sc]
+        by_eps.append(row)
+
+    made_by: dict[str, Counter] = defaultdict(Counter)
+    site_found: dict[str, list[float]] = defaultdict(list)
+    for k, s in enumerate(twins["perturbed"]):
+        made_by[lineage[s]["site_id"]][lineage[s].get("model_version")] += 1
+        site_found[lineage[s]["site_id"]].append(float(g["fraction"][k]))
+    surrogate = _surrogates(viewer, {sid: made_by[sid].most_common(1)[0][0] for sid in made_by})
+    sites = [
+        {"site_id": sid, **surrogate[sid], "found_median": float(np.median(site_found[sid]))}
+        for sid in site_ids
+        if sid in surrogate
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        overall = {
+            "found_median": float(np.median(g["fraction"])),
+            "found_mean": float(np.mean(g["fraction"])),
+            "random_median": float(np.median(res["random"]["fraction"])) if "random" in res else None,
+            "random_mean": float(np.mean(res["random"]["fraction"])) if "random" in res else None,
+        }
+    rm = overall["random_mean"]
+    overall["shipped_over_random"] = overall["found_mean"] / rm if rm else None
+    rhos = [r["spearman"] for r in by_eps if r["spearman"] is not None]
+    overall["spearman_mean"] = float(np.mean(rhos)) if rhos else None
+    return {
+        **out,
+        **overall,
+        "epsilons": epsilons,
+        "twins": len(twins["perturbed"]),
+        "random_twins": len(twins["random"]),
+        "whitebox_beaten": int(sum(int(np.sum(r["beaten"])) for r in res.values())),
+        "by_epsilon": by_eps,
+        "sites": sites,
+    }

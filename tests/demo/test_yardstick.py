@@ -1,0 +1,162 @@
+"""The demo's yardstick metrics on hand-made twins, without a demo run.
+
+The white-box twin of an exact family has found fraction 1, an unchanged image 0, a random
+direction far less; the per-day report reads estimates and surrogates from the API (served here
+by a small in-process stand-in for the two read-only endpoints it calls).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from demo.yardstick import evaluate_yardstick, found_fractions
+from models.simulator import make_brain, make_clean_images
+
+
+@pytest.fixture(scope="module")
+def brain() -> Any:
+    return make_brain("natural", n_sites=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def clean() -> np.ndarray:
+    return make_clean_images(6, seed=11)[0].astype(np.float64) / 255
+
+
+def _optimal(brain: Any, x: np.ndarray, site: int, eps: float, direction: str = "up") -> np.ndarray:
+    return np.clip(x + brain.optimal_perturbation(x[None], eps, site, direction)[0], 0.0, 1.0)
+
+
+def _random(x: np.ndarray, eps: float, seed: int) -> np.ndarray:
+    d = np.random.default_rng(seed).standard_normal(x.shape)
+    return np.clip(x + d * eps / np.linalg.norm(d), 0.0, 1.0)
+
+
+def test_found_fraction_of_the_whitebox_twin_is_one_and_of_no_change_zero(
+    brain: Any, clean: np.ndarray
+) -> None:
+    eps = 2.0
+    parents = np.stack([clean[0], clean[1], clean[2], clean[3]])
+    twins = np.stack(
+        [
+            _optimal(brain, clean[0], 0, eps, "up"),
+            clean[1],  # nothing changed
+            _random(clean[2], eps, 0),
+            _optimal(brain, clean[3], 2, eps, "down"),
+        ]
+    )
+    res = found_fractions(brain, parents, twins, np.array([0, 1, 2, 2]), np.full(4, eps))
+    np.testing.assert_allclose(res["fraction"][0], 1.0, rtol=1e-9)
+    assert res["fraction"][1] == 0.0 and res["change"][1] == 0.0
+    assert 0.0 < res["fraction"][2] < 0.2  # a random direction of the same norm: the floor
+    assert 0.3 < res["fraction"][3] <= 1.0  # the down optimum, judged against max(up, down)
+    assert not res["beaten"].any()  # the exact optimum is never beaten (beyond rounding)
+    np.testing.assert_allclose(res["whitebox"], res["attack"], rtol=1e-12)
+
+
+def test_a_twin_that_beats_the_attack_raises_the_reference(clean: np.ndarray) -> None:
+    """On an attack-based family the reference is never below a twin the brain was shown."""
+    v1 = make_brain("v1", n_sites=2, seed=0)
+
+    class Weak:
+        """The v1 brain with a white-box reference that found nothing."""
+
+        def rates(self, images: np.ndarray) -> np.ndarray:
+            return v1.rates(images)
+
+        def true_sensitivity_cases(self, images, sites, eps):  # noqa: ANN001, ANN201
+            s = v1.true_sensitivity_cases(images, sites, eps)
+            return type(s)(up=s.up * 0.0, down=s.down * 0.0)
+
+    twin = _random(clean[0], 4.0, 1)
+    res = found_fractions(Weak(), clean[:1], twin[None], np.array([1]), np.array([4.0]))
+    assert res["beaten"][0] and res["fraction"][0] == pytest.approx(1.0)
+    assert res["whitebox"][0] == res["change"][0] > 0
+
+
+def _viewer(estimates: dict[tuple[str, float], float]) -> httpx.Client:
+    """Serves GET /analysis/sensitivity and GET /model-versions/{v} as the server shapes them."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/analysis/sensitivity"):
+            items = [
+                {"site_id": sid, "epsilon": e, "value": v, "source": "it", "estimator": "sign_corrected"}
+                for (sid, e), v in estimates.items()
+            ]
+            offset = int(request.url.params.get("offset", 0))
+            return httpx.Response(200, json={"items": items[offset:], "total": len(items)})
+        if path.endswith("/model-versions/mv-small"):
+            metrics = [
+                {"site_id": f"s{i}", "transfer_sign": 0.5 + 0.1 * i, "transfer_r": None} for i in range(4)
+            ]
+            return httpx.Response(
+                200, json={"version": "mv-small", "candidate": "small_cnn", "site_metrics": metrics}
+            )
+        return httpx.Response(404, json={"detail": "not found"})
+
+    return httpx.Client(base_url="http://lab/api/v1", transport=httpx.MockTransport(handler))
+
+
+def test_day_report_per_epsilon_spearman_and_surrogates(brain: Any, clean: np.ndarray) -> None:
+    eps = 1.0
+    site_ids = [f"s{i}" for i in range(4)]
+    pixels: dict[str, np.ndarray] = {f"c{k}": clean[k] for k in range(6)}
+    lineage: dict[str, dict[str, Any]] = {f"c{k}": {"kind": "clean"} for k in range(6)}
+    for i, sid in enumerate(site_ids):  # site i: the white-box twin on parent c<i>
+        pixels[f"g{i}"] = _optimal(brain, clean[i], i, eps)
+        pixels[f"r{i}"] = _random(clean[i], eps, i)
+        for kind, sha in (("perturbed", f"g{i}"), ("random", f"r{i}")):
+            lineage[sha] = {
+                "kind": kind,
+                "site_id": sid,
+                "epsilon": eps,
+                "parent_sha256": f"c{i}",
+                "model_version": "mv-small",
+            }
+    sigma = brain.rates(clean).std(axis=0, ddof=1)
+    truth = brain.true_sensitivity_cases(clean[:4], np.arange(4), eps).max / sigma
+    with _viewer({(sid, eps): float(truth[i]) for i, sid in enumerate(site_ids)}) as viewer:
+        day = evaluate_yardstick(viewer, brain, lineage, pixels, site_ids, day=2)
+    assert day["family"] == "natural" and day["whitebox"] == "exact" and day["natural_share"] == 1.0
+    (row,) = day["by_epsilon"]
+    assert row["found_median"] == pytest.approx(1.0) and row["n_found"] == 4 and row["n_random"] == 4
+    assert row["random_mean"] < 0.2 and row["shipped_over_random"] > 5
+    assert row["spearman"] == pytest.approx(1.0)  # estimates equal to the white-box values
+    np.testing.assert_allclose(row["whitebox_per_site"], truth, rtol=1e-9)
+    assert [s["candidate"] for s in day["sites"]] == ["small_cnn"] * 4
+    assert [s["transfer_sign"] for s in day["sites"]] == pytest.approx([0.5, 0.6, 0.7, 0.8])
+    json.dumps(day)  # summary.json material: plain JSON
+
+
+def test_a_day_without_guided_twins_reports_nothing_to_judge(brain: Any, clean: np.ndarray) -> None:
+    pixels = {f"c{k}": clean[k] for k in range(3)}
+    lineage = {f"c{k}": {"kind": "clean"} for k in range(3)}
+    with _viewer({}) as viewer:
+        day = evaluate_yardstick(viewer, brain, lineage, pixels, ["s0"], day=0)
+    assert day["by_epsilon"] == [] and day["sites"] == []
+
+
+def test_demo_command_refuses_an_unknown_brain_family(tmp_path: Any) -> None:
+    """``itloop demo --brain retina`` stops before anything is created, naming the known families."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ITLOOP_")}
+    env["ITLOOP_DATA_DIR"] = str(tmp_path / "data")
+    r = subprocess.run(
+        [sys.executable, "-m", "itloop.cli", "demo", "--brain", "retina", "--days", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "retina" in r.stderr and "natural" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "data" / "itloop.db").exists()
