@@ -39,6 +39,9 @@ BUILTIN: dict[str, dict[str, Any]] = {
     # Across-day search (models.search): each site's gradient estimated from the measured changes
     # of every twin on record; a linear model in full-resolution pixels, fitted on pairs only.
     SEARCH: {"backbone": "pixels", "layer": "pool", "pool": "flatten", "fit": "pairs"},
+    # Learns from the lab's own responses, twins included (models.trainable): the V1-like front
+    # end with a trained core and per-site readouts, warm-started from the previous night.
+    "vone_trained": {"backbone": "vone_trained", "layer": "sites", "pool": "flatten", "fit": "trained"},
     # A finer linear pixel model than pixels16: learns smooth linear receptive fields.
     "pixels32": {"backbone": "pixels", "layer": "pool", "pool": "flatten", "kwargs": {"size": 32}},
 }
@@ -52,7 +55,9 @@ class Candidate:
     pool: str = "avg"
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
-    fit: str = "ridge"  # "ridge": readout on backbone features; "pairs": models.search on twin pairs
+    # "ridge": readout on frozen backbone features; "pairs": models.search on twin pairs;
+    # "trained": the core is trained on the responses too (models.trainable)
+    fit: str = "ridge"
 
     def checkpoint_path(self, data_dir: Path) -> Path | None:
         if self.checkpoint is None:

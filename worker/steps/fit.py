@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -196,11 +197,15 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         return _refit_search(ctx, cfg, cand, version, ts, parents, window)
 
     device = ctx.device()
-    ckpt = cand.checkpoint_path(ctx.settings.data_dir)
-    ckpt_sha = checkpoint_sha256(ckpt) if ckpt is not None else None
-    backbone = build_backbone(cand.backbone, ckpt, **cand.kwargs).to(device)
-    cache_root = Path(ctx.settings.data_dir) / "cache" / "features"
-    X = features(ctx.store, cache_root, cand, backbone, ckpt_sha, ts.images, device)
+    held_out = None
+    if cand.fit == "trained":
+        cand, backbone, ckpt_sha, X, held_out = _train_core(ctx, cand, ts, parents)
+    else:
+        ckpt = cand.checkpoint_path(ctx.settings.data_dir)
+        ckpt_sha = checkpoint_sha256(ckpt) if ckpt is not None else None
+        backbone = build_backbone(cand.backbone, ckpt, **cand.kwargs).to(device)
+        cache_root = Path(ctx.settings.data_dir) / "cache" / "features"
+        X = features(ctx.store, cache_root, cand, backbone, ckpt_sha, ts.images, device)
     ctx.progress(0.5, f"features {X.shape}; fitting readouts")
     ctx.check_cancelled()
 
@@ -211,6 +216,8 @@ def refit(ctx: JobContext) -> dict[str, Any]:
     # Every twin on record (any day, any target site) is a held-out test of this candidate: its
     # family-grouped prediction never saw the pair's parent or twin.
     pairs = sorted((row_of[p], row_of[c]) for c, p in parents.items() if p is not None and p in row_of)
+    if held_out is not None:  # a trained core saw the other families: only these are held out
+        pairs = [(p, c) for p, c in pairs if held_out[c]]
     transfer: dict[str, Any] = {}
     pair_arrays: dict[str, np.ndarray] = {}
     site_tr = None
@@ -267,6 +274,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
                 "pool": cand.pool,
                 "checkpoint": cand.checkpoint,
                 "kwargs": cand.kwargs,
+                "fit": cand.fit,
             },
         },
     )
@@ -293,6 +301,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
                 "sessions": ts.sessions,
                 "n_images": len(ts.images),
                 "window_ms": list(window),
+                **({"weights_key": cand.checkpoint} if cand.fit == "trained" else {}),
             },
             metrics=metrics,
             score=report.score,
@@ -308,6 +317,74 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         "transfer_score": report.transfer_score,
         "candidate": cand.name,
     }
+
+
+def _train_core(ctx: JobContext, cand: Any, ts: Any, parents: dict[int, int | None]) -> tuple[Any, ...]:
+    """Train the data-driven candidate's core (warm from its last version); returns what refit needs.
+
+    The trained weights are a checkpoint of their own, stored with the model version, so the
+    version can be rebuilt anywhere. Returns ``(candidate, backbone, checkpoint sha256, features,
+    held-out mask)`` where the features are the trained sites' outputs for every image.
+    """
+    import hashlib
+    import io
+
+    import torch
+
+    from models.backbones import build_backbone
+    from models.trainable import train_core
+
+    device = ctx.device()
+    x = pixels(ctx.store, ts.images)
+    size, n_sites = int(x.shape[-1]), len(ts.site_ids)
+    kwargs = {**cand.kwargs, "n_sites": n_sites, "image_size": size}
+    backbone = build_backbone(cand.backbone, None, **kwargs).to(device)
+    with torch.no_grad():
+        front = torch.cat(
+            [
+                backbone.net.front(backbone.normalize(x[i : i + 64].to(device))).cpu()
+                for i in range(0, len(x), 64)
+            ]
+        )
+    init = _previous_weights(ctx, cand.name)
+    families = np.array([parents[im.id] or im.id for im in ts.images])
+    report = train_core(backbone.net.cpu(), front, ts.mean, families, init_state=init, seed=0)
+    backbone = backbone.to(device).eval()
+    buf = io.BytesIO()
+    torch.save(backbone.net.state_dict(), buf)
+    blob = buf.getvalue()
+    sha = hashlib.sha256(blob).hexdigest()
+    key = f"models/weights/{cand.name}-{sha[:16]}.pt"
+    ctx.store.put(key, blob)
+    ctx.progress(0.5, f"core trained: {report.epochs} epochs, held-out median r {report.val_r:.3f}")
+    with torch.no_grad():
+        out = torch.cat(
+            [backbone.net.from_front(front[i : i + 256].to(device)).cpu() for i in range(0, len(front), 256)]
+        )
+    trained = replace(cand, checkpoint=key, kwargs=kwargs)
+    return trained, backbone, sha, out.numpy().astype(np.float64), report.held_out
+
+
+def _previous_weights(ctx: JobContext, candidate: str) -> dict[str, Any] | None:
+    """The newest stored weights of this candidate (warm start), or None."""
+    import io
+
+    import torch
+
+    with ctx.session() as session:
+        records = session.scalars(
+            select(ModelVersion.trained_on)
+            .where(ModelVersion.candidate == candidate)
+            .order_by(ModelVersion.id.desc())
+        ).all()
+    key = next((r["weights_key"] for r in records if r and r.get("weights_key")), None)
+    if not key:
+        return None
+    try:
+        return torch.load(io.BytesIO(ctx.store.get(key)), weights_only=True)
+    except Exception:  # noqa: BLE001 - a missing or unreadable file means a cold start, said in the log
+        log.warning("could not load %s for a warm start; training from scratch", key, exc_info=True)
+        return None
 
 
 def _refit_search(
@@ -436,37 +513,67 @@ def load_encoder(ctx: JobContext, version: str) -> Any:
         return EnsembleEncoder([e for e, _ in loaded]).to(ctx.device()).eval(), loaded[0][1]
     art = load_artifact(ctx, version)
     ckpt = None
-    if art.checkpoint_sha256 is not None:
-        ckpt = resolve(dict(art.training["candidate"])).checkpoint_path(ctx.settings.data_dir)
+    spec = dict(art.training.get("candidate") or {})
+    if art.checkpoint_sha256 is not None and spec.get("fit") == "trained":
+        ckpt = _local_weights(ctx, spec["checkpoint"], art.checkpoint_sha256)
+    elif art.checkpoint_sha256 is not None:
+        ckpt = resolve(spec).checkpoint_path(ctx.settings.data_dir)
     return art.to_encoder(ckpt).to(ctx.device()).eval(), art
 
 
-def _evidence(name: str, art: Any, site_ids: list[str], pred_change: Any = None) -> Any:
-    """A source's per-site evidence in ``site_ids`` order (its stored pairs, or ``pred_change``)."""
+def _local_weights(ctx: JobContext, key: str, sha256: str) -> Path:
+    """A trained version's weights as a local file (fetched from the store once per machine)."""
+    path = Path(ctx.settings.data_dir) / "cache" / "weights" / f"{sha256}.pt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(ctx.store.get(key))
+        tmp.replace(path)
+    return path
+
+
+def _evidence(name: str, art: Any, site_ids: list[str], changes: tuple[Any, Any] | None = None) -> Any:
+    """A source's per-site evidence in ``site_ids`` order: its stored pairs, or ``changes``.
+
+    ``changes`` is ``(predicted, observed)`` over pairs, for a source with no artifact of its own
+    (the ensemble), which has no clean-image predictivity either.
+    """
     from models.selection import SourceEvidence
 
     cols = [art.site_ids.index(s) for s in site_ids]
-    pred = art.metrics.get("pair_pred_change") if pred_change is None else pred_change
-    obs = art.metrics.get("pair_obs_change")
+    if changes is None:
+        pred, obs = art.metrics.get("pair_pred_change"), art.metrics.get("pair_obs_change")
+    else:
+        pred, obs = changes
     if pred is None or obs is None or len(obs) == 0:
         empty = np.zeros((0, len(site_ids)))
         tr = site_transfer(empty, empty)
     else:
         tr = site_transfer(np.asarray(pred)[:, cols], np.asarray(obs)[:, cols])
     r_ceiled = np.asarray(art.metrics.get("r_ceiled", np.full(len(art.site_ids), np.nan)))[cols]
-    if pred_change is not None:  # an ensemble has no clean-image predictivity of its own
+    if changes is not None:
         r_ceiled = np.full(len(site_ids), np.nan)
     return SourceEvidence(name=name, transfer=tr, predictivity=r_ceiled)
 
 
-def _ensemble_changes(arts: dict[str, Any]) -> np.ndarray | None:
-    """Mean predicted change of all members over their (shared) pairs, or None if they differ."""
-    keys = [(a.metrics.get("pair_parent_id"), a.metrics.get("pair_child_id")) for a in arts.values()]
-    if any(p is None or c is None or len(p) == 0 for p, c in keys):
+def _ensemble_changes(arts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean predicted change of all members, and the observed change, over the pairs all of them hold out."""
+    rows: list[dict[tuple[int, int], int]] = []
+    for a in arts.values():
+        p, c = a.metrics.get("pair_parent_id"), a.metrics.get("pair_child_id")
+        if p is None or c is None or len(p) == 0:
+            return None
+        rows.append({(int(x), int(y)): k for k, (x, y) in enumerate(zip(p, c, strict=True))})
+    common = sorted(set.intersection(*(set(r) for r in rows)))
+    if not common:
         return None
-    if any(not (np.array_equal(p, keys[0][0]) and np.array_equal(c, keys[0][1])) for p, c in keys):
-        return None
-    return np.mean([np.asarray(a.metrics["pair_pred_change"]) for a in arts.values()], axis=0)
+    preds = [
+        np.asarray(a.metrics["pair_pred_change"])[[r[k] for k in common]]
+        for a, r in zip(arts.values(), rows, strict=True)
+    ]
+    first = next(iter(arts.values()))
+    obs = np.asarray(first.metrics["pair_obs_change"])[[rows[0][k] for k in common]]
+    return np.mean(preds, axis=0), obs
 
 
 def _record_ensemble(
@@ -562,9 +669,9 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
     site_ids = list(arts[members[0]].site_ids)
     evidence = [_evidence(v, a, site_ids) for v, a in arts.items()]
     ens_arts = {v: arts[v] for v in members}
-    ens_change = _ensemble_changes(ens_arts) if cfg.ensemble and len(members) > 1 else None
-    if ens_change is not None:
-        evidence.append(_evidence(ENSEMBLE, arts[members[0]], site_ids, ens_change))
+    ens_changes = _ensemble_changes(ens_arts) if cfg.ensemble and len(members) > 1 else None
+    if ens_changes is not None:
+        evidence.append(_evidence(ENSEMBLE, arts[members[0]], site_ids, ens_changes))
     choices = choose_per_site(evidence, min_pairs=cfg.min_transfer_pairs)
     counts: dict[str, int] = {}
     for c in choices:
