@@ -152,8 +152,13 @@ def _let_go(worker: Any) -> None:
         thread.join(timeout=1)
         with contextlib.suppress(Exception):
             worker.pubsub.close()
+    # Between two RQ workers, a stop request ends the process cleanly (its liveness row removed).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def _run_polling(settings: Settings, runner: InProcessRunner, names: list[str], *, burst: bool) -> int:

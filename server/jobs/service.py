@@ -510,6 +510,7 @@ def night_progress(jobs: Sequence[Job]) -> float:
 
 def beat_worker(session: Session, name: str, kind: str, queues: Sequence[str]) -> None:
     """Record that worker ``name`` is alive now (one row per worker process, upserted)."""
+    write_lock(session)
     now = utcnow()
     row = session.get(WorkerBeat, name[:200])
     if row is None:
