@@ -116,3 +116,53 @@ def test_the_database_itself_refuses_a_second_active_night(fresh_db_url: str) ->
     with session_scope(fresh_db_url) as session:
         session.add(Night(session_pk=rec_pk, state=JobState.cancelled))
         assert session.scalar(select(func.count()).select_from(Night)) == 4
+
+
+def test_upgrading_a_database_with_duplicate_active_nights_keeps_the_oldest(
+    backend: str, tmp_path: Path
+) -> None:
+    """Revision 0002 on data made before it: the oldest active night of a session stays, the
+    others fail (their unfinished jobs cancelled, a running one asked to stop), so the index fits."""
+    from server.db import migrate
+    from server.db.engine import get_engine
+    from tests.conftest import new_database
+
+    url, cleanup = new_database(backend, tmp_path, f"dup_{uuid.uuid4().hex[:8]}")
+    try:
+        migrate.downgrade(url, "0001")
+        with session_scope(url) as session:
+            subject = Subject(name="monkey-dup")
+            session.add(subject)
+            session.flush()
+            rec = RecordingSession(session_id="dup", subject_id=subject.id, day=1)
+            session.add(rec)
+            session.flush()
+            nights = [
+                Night(session_pk=rec.id, state=s) for s in ("running", "queued", "succeeded", "running")
+            ]
+            session.add_all(nights)
+            session.flush()
+            ids = [n.id for n in nights]
+            session.add_all(
+                [
+                    Job(kind="night.refit", night_id=ids[1], state="queued"),
+                    Job(kind="night.refit", night_id=ids[3], state="running"),
+                    Job(kind="night.refit", night_id=ids[0], state="queued"),
+                ]
+            )
+        get_engine(url).dispose()
+        migrate.upgrade(url)
+        with session_scope(url) as session:
+            states = {n.id: (n.state, n.error) for n in session.scalars(select(Night))}
+            assert states[ids[0]] == ("running", None)
+            assert states[ids[2]] == ("succeeded", None)
+            for loser in (ids[1], ids[3]):
+                assert states[loser][0] == JobState.failed and "already active" in states[loser][1]
+            jobs = {j.night_id: j for j in session.scalars(select(Job))}
+            assert (jobs[ids[1]].state, jobs[ids[1]].cancel_requested) == (JobState.cancelled, True)
+            assert (jobs[ids[3]].state, jobs[ids[3]].cancel_requested) == (JobState.running, True)
+            assert (jobs[ids[0]].state, jobs[ids[0]].cancel_requested) == (JobState.queued, False)
+        migrate.check(url)
+        get_engine(url).dispose()
+    finally:
+        cleanup()
