@@ -335,6 +335,8 @@ def test_killing_the_embedded_server_mid_night_and_restarting_it_completes_the_n
         state, error, _ = night_state(lab, night)
         assert state == JobState.succeeded, f"{error}\n{log.read_text()[-4000:]}"
         assert all(j.state == JobState.succeeded for j in night_jobs(lab, night))
+        workers = httpx.get(f"{server.url}/api/v1/health", timeout=10).json()["workers"]
+        assert workers["alive"] >= 1 and "inprocess" in workers["by_kind"], workers  # the server itself
         assert_published_once_and_whole(lab, night)
     finally:
         server.kill()
