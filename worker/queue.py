@@ -131,7 +131,10 @@ class RQRunner:
         if not settings.redis_url:
             raise ValueError("RQRunner needs ITLOOP_REDIS_URL")
         self.settings = settings
-        self.redis = Redis.from_url(settings.redis_url)
+        # A bounded connect: with Redis unreachable (not just refusing), an enqueue after a commit
+        # or a reaper pass fails in seconds instead of blocking for the OS's TCP timeout. No read
+        # timeout: RQ's dequeue blocks on this connection on purpose.
+        self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_keepalive=True)
 
     def queue(self, name: str):  # noqa: ANN201 - rq.Queue, imported lazily
         from rq import Queue
