@@ -144,11 +144,11 @@ def serve(
     settings = get_settings()
     settings.ensure_dirs()
     if not settings.redis_url and workers == 1:
-        # Embedded mode runs jobs in this process: pick up what a previous run left queued.
-        from worker.queue import get_runner
-        from worker.runner import reap_once
+        # Embedded mode runs jobs in this process: recover what a previous run left (at once,
+        # then every ITLOOP_REAP_EVERY_S), and say in the database that this process is alive.
+        from worker.liveness import start_embedded_housekeeping
 
-        reap_once(settings, get_runner(settings))
+        start_embedded_housekeeping(settings)
     typer.echo(
         f"itloop API on http://{host}:{port}/api/v1/docs (database: "
         f"{settings.resolved_database_url.split('@')[-1]})"

@@ -1,25 +1,37 @@
-"""Liveness and dependency reachability, the one endpoint that needs no token."""
+"""Liveness and dependency reachability, the one endpoint that needs no token.
+
+It says states, never reasons: no exception text, host names or URLs, because anyone can
+read it. The server log has the details of a failure.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from server.db.engine import get_engine
+from server.db.engine import get_engine, session_scope
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
+
+
+def _backend(url: str) -> str:
+    return url.split(":", 1)[0].split("+", 1)[0]
 
 
 def _check_database(url: str) -> dict[str, Any]:
     try:
         with get_engine(url).connect() as conn:
             conn.execute(text("SELECT 1"))
-        return {"ok": True, "backend": url.split(":", 1)[0].split("+", 1)[0]}
+        return {"ok": True, "backend": _backend(url)}
     except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, never a crash
-        return {"ok": False, "error": type(exc).__name__ + ": " + str(exc).splitlines()[0][:200]}
+        log.warning("health: database unreachable: %s", exc)
+        return {"ok": False, "backend": _backend(url), "state": "unreachable"}
 
 
 def _check_queue(redis_url: str | None) -> dict[str, Any]:
@@ -29,17 +41,55 @@ def _check_queue(redis_url: str | None) -> dict[str, Any]:
         import redis
 
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
-        client.ping()
+        try:
+            client.ping()
+        finally:
+            client.close()
         return {"ok": True, "backend": "redis"}
     except Exception as exc:  # noqa: BLE001
-        return {"ok": False, "backend": "redis", "error": type(exc).__name__ + ": " + str(exc)[:200]}
+        log.warning("health: Redis unreachable: %s", exc)
+        return {"ok": False, "backend": "redis", "state": "unreachable"}
 
 
-@router.get("/health", summary="Database and queue reachability (no token needed)")
+def _check_workers(url: str) -> dict[str, Any]:
+    """Worker processes that recorded a liveness beat (in the database) recently, by queue.
+
+    From the database, so it holds while Redis is down: exactly when one wants to know
+    whether the workers survived.
+    """
+    from server.jobs import service
+    from worker.config import get_worker_config
+
+    window_s = get_worker_config().stale_after_s
+    try:
+        with session_scope(url) as session:
+            alive = service.alive_workers(session, window_s)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("health: could not read worker liveness: %s", exc)
+        return {"alive": None, "seen_within_s": window_s}
+    per_queue: Counter[str] = Counter(q for w in alive for q in w.queues.split(",") if q)
+    return {
+        "alive": len(alive),
+        "by_kind": dict(sorted(Counter(w.kind for w in alive).items())),
+        "by_queue": dict(sorted(per_queue.items())),
+        "seen_within_s": window_s,
+    }
+
+
+@router.get(
+    "/health",
+    summary="Database and queue reachability, and live workers (no token needed)",
+    description="`status` is `ok` (200) when the database and the queue backend answer, else "
+    "`unhealthy` (503). `workers` counts worker processes (and an embedded server) that recorded "
+    "a liveness beat within `seen_within_s`; it is read from the database, so it still answers "
+    "while Redis is down, and it does not change `status`.",
+)
 def health(request: Request) -> JSONResponse:
     settings = request.app.state.settings
-    db = _check_database(settings.resolved_database_url)
+    url = settings.resolved_database_url
+    db = _check_database(url)
     queue = _check_queue(settings.redis_url)
+    workers = _check_workers(url) if db["ok"] else {"alive": None}
     ok = db["ok"] and queue["ok"]
-    body = {"status": "ok" if ok else "unhealthy", "database": db, "queue": queue}
+    body = {"status": "ok" if ok else "unhealthy", "database": db, "queue": queue, "workers": workers}
     return JSONResponse(body, status_code=200 if ok else 503)

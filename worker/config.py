@@ -23,9 +23,25 @@ class WorkerConfig(BaseSettings):
     stale_after_s: float = Field(
         default=60.0, gt=0, description="a running job without a heartbeat for this long is presumed dead"
     )
-    reap_every_s: float = Field(default=30.0, gt=0, description="how often a worker runs the reaper")
+    reap_every_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how often a worker, and `itloop serve` on the embedded default, runs the reaper",
+    )
     requeue_grace_s: float = Field(
         default=5.0, ge=0, description="queued jobs older than this and absent from Redis are re-enqueued"
+    )
+    liveness_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often a worker process (and an embedded server) records in the database that it "
+        "is alive; /health counts those seen within ITLOOP_STALE_AFTER_S",
+    )
+    redis_retry_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="RQ workers: longest wait between reconnection attempts while Redis is unreachable "
+        "(the wait starts at 1 s and doubles)",
     )
     poll_s: float = Field(default=1.0, gt=0, description="DB-polling worker: sleep when nothing is queued")
     progress_every_s: float = Field(default=1.0, ge=0, description="throttle for progress writes")

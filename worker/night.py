@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.db.engine import session_scope
@@ -72,13 +73,7 @@ def start_night(
     missing = missing_steps()
     if missing:
         raise Unavailable(f"the night's steps are not installed: no job function for {', '.join(missing)}")
-    active = session.scalar(
-        select(Night).where(
-            Night.session_pk == rec.id, Night.state.in_((JobState.queued, JobState.running, JobState.waiting))
-        )
-    )
-    if active is not None:
-        raise Conflict(f"night {active.id} for session {session_id!r} is already {active.state}")
+    _refuse_if_active(session, rec.id, session_id)
     service.bind(session, settings)
     params = dict(params or {})
     note = _check_params(params, settings)
@@ -92,10 +87,34 @@ def start_night(
         note=note,
         deadline_at=datetime.fromisoformat(deadline) if deadline else None,
     )
-    session.add(night)
-    session.flush()
+    try:
+        # A savepoint: if the insert loses to a concurrent start, the request's transaction
+        # stays usable to say which night won.
+        with session.begin_nested():
+            session.add(night)
+            session.flush()
+    except IntegrityError:
+        _refuse_if_active(session, rec.id, session_id)
+        raise Conflict(f"another night for session {session_id!r} is already active") from None
     plan_night(session, night, settings)
     return night
+
+
+def _refuse_if_active(session: Session, session_pk: int, session_id: str) -> None:
+    """409 when the session already has an active night.
+
+    A courtesy check for a clear message; the guarantee is the partial unique index
+    ``uq_nights_active_session``, which makes the losing one of two concurrent starts fail
+    its insert (PostgreSQL waits for the winner to commit, SQLite serialises writers).
+    """
+    active = session.scalar(
+        select(Night).where(
+            Night.session_pk == session_pk,
+            Night.state.in_((JobState.queued, JobState.running, JobState.waiting)),
+        )
+    )
+    if active is not None:
+        raise Conflict(f"night {active.id} for session {session_id!r} is already {active.state}")
 
 
 def _next_rig_time(settings: Settings) -> str | None:

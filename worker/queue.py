@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -48,6 +49,7 @@ class InProcessRunner:
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._held: Counter[int] = Counter()  # ids submitted to the pool and not yet done
 
     def enqueue(self, tickets: Sequence[Ticket]) -> None:
         if not self.background or not tickets:
@@ -56,6 +58,7 @@ class InProcessRunner:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="itloop-job")
             for t in tickets:
+                self._held[t.job_id] += 1
                 self._pool.submit(self._run_logged, t.job_id)
 
     def _run_logged(self, job_id: int) -> None:
@@ -65,9 +68,23 @@ class InProcessRunner:
             run_job(job_id, self.settings)
         except Exception:  # noqa: BLE001 - a thread must not die silently
             log.exception("in-process job %s crashed the runner", job_id)
+        finally:
+            with self._pool_lock:
+                self._held[job_id] -= 1
+                if self._held[job_id] <= 0:
+                    del self._held[job_id]
 
     def present_job_ids(self, queues: Sequence[str] = ()) -> set[int] | None:
-        return None
+        """Ids waiting in (or running on) the background pool; None without one.
+
+        A pool dies with its process: after a restart it holds nothing, so the reaper
+        re-enqueues every queued job. Without a background pool (CLI, DB-polling worker) the
+        database is the queue, and there is nothing to re-enqueue.
+        """
+        if not self.background:
+            return None
+        with self._pool_lock:
+            return set(self._held)
 
     def run_next(self, queues: Sequence[str] | None = None) -> int | None:
         """Claim and run the oldest queued job; its id, or None when nothing could be claimed."""
@@ -114,7 +131,10 @@ class RQRunner:
         if not settings.redis_url:
             raise ValueError("RQRunner needs ITLOOP_REDIS_URL")
         self.settings = settings
-        self.redis = Redis.from_url(settings.redis_url)
+        # A bounded connect: with Redis unreachable (not just refusing), an enqueue after a commit
+        # or a reaper pass fails in seconds instead of blocking for the OS's TCP timeout. No read
+        # timeout: RQ's dequeue blocks on this connection on purpose.
+        self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_keepalive=True)
 
     def queue(self, name: str):  # noqa: ANN201 - rq.Queue, imported lazily
         from rq import Queue

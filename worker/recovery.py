@@ -1,13 +1,15 @@
 """The reaper: puts work lost to killed workers or a flushed Redis back on its feet.
 
-Workers call :func:`reap` when they start and every ``ITLOOP_REAP_EVERY_S``:
+Workers call :func:`reap` when they start and every ``ITLOOP_REAP_EVERY_S``, and so does
+``itloop serve`` on the embedded default (its jobs run in its own thread pool):
 
 (a) a running job whose heartbeat is older than ``stale_after_s`` (its worker was
     killed, or its machine died) goes back to ``queued`` with the attempt counted,
     or to ``failed`` when it has used all its attempts;
 (b) queued jobs that the queue backend does not hold (Redis was flushed or lost
-    its data) are enqueued again. A duplicate is harmless: running a job starts
-    with a compare-and-set claim on its row, so only one worker ever runs it;
+    its data; the in-process pool died with its server) are enqueued again. A
+    duplicate is harmless: running a job starts with a compare-and-set claim on
+    its row, so only one worker ever runs it;
 (c) waiting jobs whose dependencies already settled are released (or failed).
 """
 
@@ -53,7 +55,7 @@ def reap(
     report.requeued, report.failed = service.reap_stale(session, stale_after_s)
     report.released = service.settle_waiting(session)
     queued = service.queued_tickets(session, older_than_s=requeue_grace_s)
-    present = runner.present_job_ids(sorted({t.queue for t in queued})) if queued else None
+    present = _present(runner, sorted({t.queue for t in queued})) if queued else None
     if present is not None:
         fresh = set(report.requeued) | set(report.released)
         missing = [t for t in queued if t.job_id not in present and t.job_id not in fresh]
@@ -64,3 +66,16 @@ def reap(
     if report:
         log.warning("reaper: %s", report)
     return report
+
+
+def _present(runner: InProcessRunner | RQRunner, queues: list[str]) -> set[int] | None:
+    """What the backend holds; None (re-enqueue nothing) when it cannot be asked (Redis down).
+
+    Not knowing must not stop the rest of the pass: stale jobs still go back to queued and
+    settled dependents are still released, in the database; they reach Redis when it returns.
+    """
+    try:
+        return runner.present_job_ids(queues)
+    except Exception as exc:  # noqa: BLE001 - redis.ConnectionError and friends
+        log.warning("reaper: queue backend unreachable (%s); re-enqueueing later", type(exc).__name__)
+        return None

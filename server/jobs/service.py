@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import event, func, literal, or_, select, update
+from sqlalchemy import delete, event, func, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from server.db.base import utcnow
 from server.errors import Conflict, InvalidInput, NotFound
-from server.jobs.tables import Job, JobState, Night
+from server.jobs.tables import Job, JobState, Night, WorkerBeat
 
 if TYPE_CHECKING:
     from itloop.settings import Settings
@@ -503,3 +503,30 @@ def night_progress(jobs: Sequence[Job]) -> float:
     if not jobs:
         return 0.0
     return sum(1.0 if j.state in TERMINAL_STATES else float(j.progress or 0.0) for j in jobs) / len(jobs)
+
+
+# --- worker liveness ---------------------------------------------------------------------
+
+
+def beat_worker(session: Session, name: str, kind: str, queues: Sequence[str]) -> None:
+    """Record that worker ``name`` is alive now (one row per worker process, upserted)."""
+    write_lock(session)
+    now = utcnow()
+    row = session.get(WorkerBeat, name[:200])
+    if row is None:
+        session.add(WorkerBeat(name=name[:200], kind=kind, queues=",".join(queues)[:400], seen_at=now))
+    else:
+        row.seen_at = now
+    # Rows of workers gone for a day only clutter the table: the reaper of jobs does not need them.
+    session.execute(delete(WorkerBeat).where(WorkerBeat.seen_at < now - timedelta(days=1)))
+
+
+def forget_worker(session: Session, name: str) -> None:
+    """A worker that stops cleanly says so: it is no longer counted as alive."""
+    session.execute(delete(WorkerBeat).where(WorkerBeat.name == name[:200]))
+
+
+def alive_workers(session: Session, within_s: float) -> list[WorkerBeat]:
+    """Workers whose last beat is at most ``within_s`` old."""
+    cutoff = utcnow() - timedelta(seconds=within_s)
+    return list(session.scalars(select(WorkerBeat).where(WorkerBeat.seen_at >= cutoff)))

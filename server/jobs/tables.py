@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, String
+from sqlalchemy import Float, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db.base import Base, JSONType, utcnow
@@ -21,8 +21,23 @@ class JobState(StrEnum):
     waiting = "waiting"
 
 
+# The states in which a night still holds its session: at most one such night per session,
+# enforced by a partial unique index (both SQLite and PostgreSQL have them), so two
+# concurrent starts cannot both win whatever the isolation level.
+ACTIVE_NIGHT_WHERE = "state IN ('queued', 'running', 'waiting')"
+
+
 class Night(Base):
     __tablename__ = "nights"
+    __table_args__ = (
+        Index(
+            "uq_nights_active_session",
+            "session_pk",
+            unique=True,
+            sqlite_where=text(ACTIVE_NIGHT_WHERE),
+            postgresql_where=text(ACTIVE_NIGHT_WHERE),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     session_pk: Mapped[int] = mapped_column(
@@ -65,3 +80,19 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WorkerBeat(Base):
+    """A worker process's liveness, written by the process itself every few seconds.
+
+    In the database, not in Redis, so that ``/health`` can still say which workers are
+    alive while Redis is down (the case where it matters most).
+    """
+
+    __tablename__ = "worker_beats"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # rq, polling or inprocess
+    queues: Mapped[str] = mapped_column(String(400), default="")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
