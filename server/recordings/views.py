@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from server.body_limit import accepts_upload
 from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
 from server.errors import InvalidInput, InvalidUpload
 from server.images.tables import Image
@@ -140,6 +141,7 @@ async def _receive_files(request: Request, folder: Path) -> dict[str, Path]:
     "again answers the same counts with `repeated: true`; different data for a session that has some "
     "is 409 unless `?replace=true`, which replaces it atomically.",
 )
+@accepts_upload
 async def upload_spikes(
     session_id: str,
     request: Request,
