@@ -17,6 +17,7 @@ from server.body_limit import BodyLimitMiddleware
 from server.errors import install_error_handlers
 from server.images.known import KnownImages
 from server.openapi import install_openapi
+from server.uploads import sweep_stale_uploads
 
 _gc_frozen = False
 
@@ -28,6 +29,8 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     # tens-of-milliseconds stalls in the rig API's tail). Once per process: a process that
     # builds many apps (tests, the demo) must not pin each one's objects.
     global _gc_frozen
+    # Upload folders of server processes killed mid-upload (kill -9, out of memory) would stay forever.
+    sweep_stale_uploads()
     if not _gc_frozen:
         _gc_frozen = True
         gc.collect()

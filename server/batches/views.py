@@ -34,6 +34,7 @@ from server.images.views import etag_matches, get_app_store
 router = APIRouter(tags=["rig"])
 
 NDJSON = "application/x-ndjson"
+TOO_DEEP = "JSON nested too deeply; send a list of flat presentation event objects"
 _event = TypeAdapter(PresentationEvent)
 STATES = (BatchState.building, BatchState.published, BatchState.failed, BatchState.withdrawn)
 STATE_PATTERN = "^(" + "|".join(STATES) + ")$"
@@ -147,11 +148,16 @@ async def read_events(request: Request) -> list[dict[str, Any]]:
                     raw.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise InvalidInput(f"line {n + 1}: not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise InvalidInput(f"line {n + 1}: {TOO_DEEP}") from None
     else:
         try:
             parsed = json.loads(body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"body is not valid JSON ({exc}); send a JSON list or NDJSON") from None
+        except RecursionError:
+            # json.loads recurses once per nesting level: a body of 100,000 '[' ends here.
+            raise InvalidInput(f"body: {TOO_DEEP}") from None
         if not isinstance(parsed, list):
             raise InvalidInput("body must be a JSON list of presentation events (or NDJSON)")
         raw = parsed
