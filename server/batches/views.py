@@ -136,10 +136,16 @@ def get_bundle(
 async def read_events(request: Request) -> list[dict[str, Any]]:
     """Parse a JSON list or NDJSON body into validated events; any bad item names its index.
 
-    The body is bounded as it arrives (``server.body_limit``: 413 past ``max_upload_bytes``).
+    The body is bounded as it arrives (``server.body_limit``: 413 past ``max_json_bytes``) and
+    parsed in the thread pool, so a large post does not stall the event loop (the rig's GETs).
     """
     body = await request.body()
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return await run_in_threadpool(parse_events, body, content_type)
+
+
+def parse_events(body: bytes, content_type: str) -> list[dict[str, Any]]:
+    """The events of a JSON list or NDJSON body, validated; blocking (see :func:`read_events`)."""
     raw: list[Any] = []
     if content_type in (NDJSON, "application/jsonl", "application/ndjson"):
         for n, line in enumerate(body.decode("utf-8", errors="replace").splitlines()):
