@@ -6,6 +6,12 @@ manifest GETs wait behind it. Here the event loop only receives the body's chunk
 (in 1 MiB batches) and splitting the multipart parts into one file per field happen in the thread
 pool, with ``python-multipart``'s streaming parser, so no part is ever held in memory whole.
 
+The CPU-heavy part (splitting the parts, then parsing, validating and storing the files) runs in
+a small pool of its own, :func:`run_bulk`, not in the shared thread pool that the rig's image and
+manifest GETs hop through: a burst of uploads can never take the threads those reads wait for. At
+most ``BULK_THREADS`` uploads are parsed at once per server process; more wait their turn, which
+also bounds the memory that parsing takes.
+
 Every upload gets its own temporary folder named after the server process
 (``itloop-upload-<pid>-*``), removed when the request ends however it ends (success, error, a
 client that went away, cancellation). A process killed mid-upload (``kill -9``, out of memory)
@@ -15,15 +21,19 @@ of processes that are gone.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import anyio
 from python_multipart.exceptions import FormParserError
@@ -40,6 +50,30 @@ WRITE_BATCH_BYTES = 1 << 20
 READ_CHUNK_BYTES = 1 << 20
 MAX_FIELD_BYTES = 64 * 1024  # non-file form fields are ignored, but bounded while they stream past
 ORPHAN_AGE_S = 24 * 3600  # folders that name no process (older layouts) are removed after a day
+BULK_THREADS = 2
+
+T = TypeVar("T")
+_bulk: ThreadPoolExecutor | None = None
+_bulk_lock = threading.Lock()
+
+
+def _bulk_executor() -> ThreadPoolExecutor:
+    global _bulk
+    with _bulk_lock:
+        if _bulk is None:
+            _bulk = ThreadPoolExecutor(BULK_THREADS, thread_name_prefix="itloop-bulk")
+        return _bulk
+
+
+async def run_bulk(fn: Callable[..., T], *args: object) -> T:
+    """Run blocking, CPU-heavy ``fn(*args)`` in the bulk pool and wait for it.
+
+    Shielded like Starlette's ``run_in_threadpool``: a request cancelled meanwhile (client gone)
+    still waits for the work to end, so nothing it uses (its database session) is closed under it.
+    """
+    loop = asyncio.get_running_loop()
+    with anyio.CancelScope(shield=True):
+        return await loop.run_in_executor(_bulk_executor(), functools.partial(fn, *args))
 
 
 def _alive(pid: int) -> bool:
@@ -222,7 +256,7 @@ async def receive_files(request: Request, folder: Path, fields: tuple[str, ...])
     body = folder / ".body"
     await receive_body(request, body)
     try:
-        return await run_in_threadpool(split_multipart, body, request.headers["content-type"], folder, fields)
+        return await run_bulk(split_multipart, body, request.headers["content-type"], folder, fields)
     finally:
         await run_in_threadpool(body.unlink, True)
 

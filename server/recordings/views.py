@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Response as HTTPResponse
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
 from server.body_limit import accepts_upload
@@ -26,7 +25,7 @@ from server.recordings.schemas import (
     UploadResult,
 )
 from server.recordings.tables import Presentation, Response
-from server.uploads import receive_files, scrub_paths, upload_folder
+from server.uploads import receive_files, run_bulk, scrub_paths, upload_folder
 
 router = APIRouter(prefix="/sessions", tags=["recordings"])
 
@@ -107,12 +106,12 @@ async def upload_spikes(
     window_end_ms: float | None = None,
 ) -> UploadResult:
     window = _window(settings, window_start_ms, window_end_ms)
-    # Body written and split off the event loop, parsed and stored in a worker thread; the
-    # folder goes away however the request ends (server.uploads).
+    # Body written and split off the event loop, parsed and stored in the bulk thread pool;
+    # the folder goes away however the request ends (server.uploads).
     async with upload_folder() as folder:
         try:
             files = await receive_files(request, folder, UPLOAD_FIELDS)
-            result = await run_in_threadpool(
+            result = await run_bulk(
                 lambda: service.ingest_files(
                     session=session, session_id=session_id, files=files, window_ms=window, replace=replace
                 )
