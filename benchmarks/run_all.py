@@ -122,6 +122,12 @@ def _api(r: dict) -> list[Row]:
         rows.append(_row(b, f"{kind} GET p99 ms @ {rate}", s["p99_ms"], "<", r.get("goal_p99_ms", 25.0)))
     rows.append(_row(b, "errors (non-200)", float(r["errors"]), "<=", 0.0))
     rows.append(_row(b, "server CPU ms / request", r["server_cpu_ms_per_request"]))
+    par = r.get("with_uploads")
+    if par is not None:
+        for kind in ("manifest", "image"):
+            figure = f"{kind} GET p99 ms @ {rate}, spike uploads in parallel"
+            rows.append(_row(b, figure, par[kind]["p99_ms"], "<", r.get("goal_p99_ms", 25.0)))
+        rows.append(_row(b, "uploads done during the loaded window", float(par["uploads_done"])))
     return rows
 
 

@@ -48,7 +48,14 @@ class Settings(BaseSettings):
         description="how long an API process trusts a checked token before asking the database "
         "again (the longest a revocation from another process takes to apply); 0 checks every request",
     )
-    max_upload_bytes: int = 512 * 1024 * 1024
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        description="largest request body of a file-upload route (spike files, image sets)",
+    )
+    max_json_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        description="largest request body of every other route (JSON and NDJSON bodies)",
+    )
     response_window_ms: tuple[float, float] = (70.0, 170.0)
     queue_name: str = "itloop"
     gpu_queue_name: str = "itloop-gpu"

@@ -12,10 +12,12 @@ from itloop.logging import configure_logging
 from itloop.settings import Settings, get_settings
 from server.api import include_api
 from server.auth.cache import AuthCache
+from server.auth.gate import AuthGateMiddleware, lookup_in_database
 from server.body_limit import BodyLimitMiddleware
 from server.errors import install_error_handlers
 from server.images.known import KnownImages
 from server.openapi import install_openapi
+from server.uploads import sweep_stale_uploads
 
 _gc_frozen = False
 
@@ -27,6 +29,8 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     # tens-of-milliseconds stalls in the rig API's tail). Once per process: a process that
     # builds many apps (tests, the demo) must not pin each one's objects.
     global _gc_frozen
+    # Upload folders of server processes killed mid-upload (kill -9, out of memory) would stay forever.
+    sweep_stale_uploads()
     if not _gc_frozen:
         _gc_frozen = True
         gc.collect()
@@ -51,10 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
+    # How the auth gate (tokens checked before bodies are read) finds a token's principal.
+    app.state.principal_lookup = lookup_in_database(settings.resolved_database_url)
     app.state.known_images = KnownImages()
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(AuthGateMiddleware)  # added last, runs first: no token, no body read
     include_api(app)
     try:
         from server.dashboard.views import mount_dashboard

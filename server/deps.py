@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from itloop.settings import Settings, get_settings
 from server.auth import service as auth_service
 from server.auth.cache import AuthCache, Principal
+from server.auth.gate import PRINCIPAL_KEY
 from server.auth.tables import Role
 from server.db.engine import new_session
 from server.errors import Forbidden, Unauthorized
@@ -69,6 +70,10 @@ async def get_current_user(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    # A request with a body was authenticated before its body was read (server.auth.gate).
+    gated: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_KEY)
+    if gated is not None:
+        return gated
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
     token_hash = auth_service.hash_token(credentials.credentials)

@@ -73,8 +73,12 @@ class BodyTooLarge(StarletteHTTPException):
     which passes HTTP exceptions on but turns any other exception into a bare 400.
     """
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(status_code=413, detail=f"upload exceeds the limit of {limit} bytes")
+    def __init__(self, limit: int, setting: str = "max_upload_bytes") -> None:
+        super().__init__(
+            status_code=413,
+            detail=f"request body exceeds the limit of {limit} bytes for this route ({setting})",
+            headers={"Connection": "close"},
+        )
 
 
 class ValidationIssue(BaseModel):

@@ -26,7 +26,8 @@ DESCRIPTIONS = {
     "401": "no bearer token, or an unknown, revoked or disabled one",
     "403": "the token's role may not do this",
     "404": "nothing by that name or id",
-    "413": "the request body is larger than the server's upload limit (`max_upload_bytes`)",
+    "413": "the request body is larger than the route's limit (`max_upload_bytes` for file uploads, "
+    "`max_json_bytes` for every other body)",
     "422": "the request is not valid; request validation lists each problem in `errors`",
 }
 FASTAPI_DEFAULT_DESCRIPTIONS = {"Validation Error"}

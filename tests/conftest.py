@@ -161,6 +161,13 @@ def client(settings: Settings, db_session: Session) -> Iterator[object]:
             raise
 
     app.dependency_overrides[get_db] = _db
+    # The auth gate (server.auth.gate) looks tokens up before a body is read, outside any route:
+    # point it at the test's transaction too, where the test's tokens live.
+    from server.auth.service import principal_for_hash
+
+    app.state.principal_lookup = lambda token_hash: principal_for_hash(
+        session=db_session, token_hash=token_hash
+    )
     # No session-complete hooks (the worker's night trigger, once worker.night is imported by
     # any earlier test): a night started here would run in the in-process runner's threads on
     # their own connections, which cannot see this rolled-back transaction, and would go on

@@ -9,6 +9,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.recordings.ingest.validate import MAX_EVENT_ID_CHARS, MAX_PLAUSIBLE_S, PRINTABLE
+
 
 class ManifestImage(BaseModel):
     sha256: str
@@ -40,14 +42,28 @@ class Manifest(BaseModel):
 
 
 class PresentationEvent(BaseModel):
-    """One stimulus presentation as the rig saw it; ``event_id`` makes posting idempotent."""
+    """One stimulus presentation as the rig saw it; ``event_id`` makes posting idempotent.
+
+    Onsets obey the rules spike uploads obey (``server.recordings.ingest.validate``): finite,
+    >= 0 and at most ``MAX_PLAUSIBLE_S`` seconds on the session clock.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
-    event_id: str = Field(min_length=1, max_length=120, description='e.g. f"{batch_id}:{seq}"')
+    event_id: str = Field(
+        min_length=1,
+        max_length=MAX_EVENT_ID_CHARS,
+        pattern=PRINTABLE,
+        description='e.g. f"{batch_id}:{seq}"; no control characters',
+    )
     seq: int | None = Field(default=None, description="the manifest sequence entry shown")
     image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    onset_s: float = Field(allow_inf_nan=False, description="onset on the session clock, seconds")
+    onset_s: float = Field(
+        allow_inf_nan=False,
+        ge=0,
+        le=MAX_PLAUSIBLE_S,
+        description=f"onset on the session clock, seconds (0 to {MAX_PLAUSIBLE_S:g})",
+    )
     fixation_ok: bool = True
 
 

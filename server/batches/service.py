@@ -32,6 +32,7 @@ from server.recordings.tables import RigEvent
 ROLES = ("clean", "reference", "perturbed", "targeted", "random")
 VISIBLE = (BatchState.published,)
 EVENT_CHUNK = 500
+EVENT_FIELDS = ("seq", "image_sha256", "onset_s", "fixation_ok")  # an event's content besides its id
 MANIFEST_CACHE_SIZE = 32
 _manifest_cache: OrderedDict[tuple[int, str, datetime | None, str], tuple[bytes, str]] = OrderedDict()
 _manifest_lock = threading.Lock()
@@ -385,9 +386,11 @@ def record_presentations(
 ) -> dict[str, int]:
     """Store the rig's presentation events, idempotent by ``event_id``.
 
-    Every item is validated first; one bad item stores nothing. Repeated events
-    (already stored, or twice in this request) are counted and ignored.
-    Returns ``{"received", "new", "repeated"}``.
+    Every item is validated first; one bad item stores nothing. Repeated events (already
+    stored, or twice in this request) with the same content are counted and ignored; an
+    ``event_id`` repeated with different content (image, seq, onset or fixation) is a 409 and
+    stores nothing: an event id names one presentation, and silently keeping either version
+    would lose the other. Returns ``{"received", "new", "repeated"}``.
     """
     batch = get_published(session=session, batch_id=batch_id)
     problems = check_events(batch=batch, events=events)
@@ -410,16 +413,63 @@ def record_presentations(
         }
         for ev in events
     ]
+    sent: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        content = _event_content(row)
+        first = sent.setdefault(row["event_id"], content)
+        if first != content:
+            raise Conflict(_differs(row["event_id"], first, content, "earlier in this request"))
+    inserted: set[str] = set()
     for start in range(0, len(rows), EVENT_CHUNK):
         chunk = rows[start : start + EVENT_CHUNK]
         stmt = (
             insert_fn(RigEvent)
             .values(chunk)
             .on_conflict_do_nothing(index_elements=["batch_pk", "event_id"])
-            .returning(RigEvent.id)
+            .returning(RigEvent.event_id)
         )
-        new += len(session.execute(stmt).all())
+        inserted.update(session.scalars(stmt).all())
+    new = len(inserted)
+    _check_repeats(session=session, batch=batch, sent=sent, inserted=inserted)
     return {"received": len(rows), "new": new, "repeated": len(rows) - new}
+
+
+def _event_content(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What an event says, the part that must match when its ``event_id`` comes again."""
+    seq = row.get("seq")
+    return (
+        None if seq is None else int(seq),
+        row["image_sha256"],
+        float(row["onset_s"]),
+        bool(row.get("fixation_ok", True)),
+    )
+
+
+def _differs(event_id: str, stored: tuple[Any, ...], sent: tuple[Any, ...], where: str) -> str:
+    pairs = zip(EVENT_FIELDS, stored, sent, strict=True)
+    diffs = ", ".join(f"{f} {a!r} vs {b!r}" for f, a, b in pairs if a != b)
+    return (
+        f"event_id {event_id[:120]!r} was already sent {where} with different content ({diffs}); an "
+        "event_id names one presentation, so nothing of this request was stored"
+    )
+
+
+def _check_repeats(
+    *, session: Session, batch: Batch, sent: dict[str, tuple[Any, ...]], inserted: set[str]
+) -> None:
+    """Conflict if an event id that was already stored comes with different content."""
+    repeats = [e for e in sent if e not in inserted]
+    for start in range(0, len(repeats), EVENT_CHUNK):
+        chunk = repeats[start : start + EVENT_CHUNK]
+        stored = session.execute(
+            select(
+                RigEvent.event_id, RigEvent.seq, RigEvent.image_sha256, RigEvent.onset_s, RigEvent.fixation_ok
+            ).where(RigEvent.batch_pk == batch.id, RigEvent.event_id.in_(chunk))
+        )
+        for event_id, *content in stored:
+            have = _event_content(dict(zip(EVENT_FIELDS, content, strict=True)))
+            if have != sent[event_id]:
+                raise Conflict(_differs(event_id, have, sent[event_id], "to this batch"))
 
 
 def count_events(*, session: Session, batch: Batch) -> int:

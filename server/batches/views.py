@@ -34,6 +34,7 @@ from server.images.views import etag_matches, get_app_store
 router = APIRouter(tags=["rig"])
 
 NDJSON = "application/x-ndjson"
+TOO_DEEP = "JSON nested too deeply; send a list of flat presentation event objects"
 _event = TypeAdapter(PresentationEvent)
 STATES = (BatchState.building, BatchState.published, BatchState.failed, BatchState.withdrawn)
 STATE_PATTERN = "^(" + "|".join(STATES) + ")$"
@@ -135,10 +136,16 @@ def get_bundle(
 async def read_events(request: Request) -> list[dict[str, Any]]:
     """Parse a JSON list or NDJSON body into validated events; any bad item names its index.
 
-    The body is bounded as it arrives (``server.body_limit``: 413 past ``max_upload_bytes``).
+    The body is bounded as it arrives (``server.body_limit``: 413 past ``max_json_bytes``) and
+    parsed in the thread pool, so a large post does not stall the event loop (the rig's GETs).
     """
     body = await request.body()
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return await run_in_threadpool(parse_events, body, content_type)
+
+
+def parse_events(body: bytes, content_type: str) -> list[dict[str, Any]]:
+    """The events of a JSON list or NDJSON body, validated; blocking (see :func:`read_events`)."""
     raw: list[Any] = []
     if content_type in (NDJSON, "application/jsonl", "application/ndjson"):
         for n, line in enumerate(body.decode("utf-8", errors="replace").splitlines()):
@@ -147,11 +154,16 @@ async def read_events(request: Request) -> list[dict[str, Any]]:
                     raw.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise InvalidInput(f"line {n + 1}: not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise InvalidInput(f"line {n + 1}: {TOO_DEEP}") from None
     else:
         try:
             parsed = json.loads(body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"body is not valid JSON ({exc}); send a JSON list or NDJSON") from None
+        except RecursionError:
+            # json.loads recurses once per nesting level: a body of 100,000 '[' ends here.
+            raise InvalidInput(f"body: {TOO_DEEP}") from None
         if not isinstance(parsed, list):
             raise InvalidInput("body must be a JSON list of presentation events (or NDJSON)")
         raw = parsed

@@ -17,7 +17,11 @@ from server.errors import InvalidUpload
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMPRESS_LEVEL = 6
-MAX_PIXELS = 8192 * 8192
+# Checked from the PNG header before any pixel is decoded (a PNG bomb is a few hundred kB of
+# compressed zeros declaring gigapixels). Decoding costs up to ~16 bytes per pixel (RGBA, the RGB
+# copy, the channel-first copy, the canonical re-encode), so 16.8 Mpx stays under 256 MB; stimuli
+# are far smaller (the models see 224x224).
+MAX_PIXELS = 4096 * 4096
 ACCEPTED_MODES = {"RGB": "RGB", "RGBA": "RGBA", "L": "greyscale", "LA": "greyscale with alpha"}
 
 
@@ -65,7 +69,10 @@ def decode_png(data: bytes) -> np.ndarray:
             if img.format != "PNG":
                 raise InvalidUpload(f"not a PNG file (Pillow reads it as {img.format})")
             if img.width * img.height > MAX_PIXELS:
-                raise InvalidUpload(f"image too large: {img.width}x{img.height} pixels")
+                raise InvalidUpload(
+                    f"image too large: {img.width}x{img.height} pixels, at most {MAX_PIXELS:,} "
+                    "pixels (e.g. 4096x4096) are accepted"
+                )
             mode = img.mode
             if mode not in ACCEPTED_MODES:
                 raise InvalidUpload(

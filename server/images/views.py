@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from itloop.storage import ObjectStore, get_store, image_key
+from server.body_limit import accepts_upload
 from server.deps import BatchReader, ExperimenterUser, SessionDep, SettingsDep, ViewerUser
 from server.errors import NotFound
 from server.images import service
@@ -105,6 +106,7 @@ def get_lineage(sha256: str, session: SessionDep, _: ViewerUser) -> ImageLineage
     status_code=201,
     summary="Upload a clean image set (multipart PNG files)",
 )
+@accepts_upload
 async def create_image_set(
     session: SessionDep,
     settings: SettingsDep,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from itloop.settings import get_settings
@@ -333,6 +334,10 @@ def ingest(
     image_ids = _resolve_images(session=session, hashes=data.image_sha256)
     result: dict[str, Any] = {"session_id": recording.session_id, "window_ms": window, "replaced": False}
 
+    # One upload per session at a time: concurrent uploads wait here for the first to commit, then
+    # see what it stored (same data: repeated; other data: 409). Row lock on PostgreSQL; SQLite's
+    # write transactions are serial already (BEGIN IMMEDIATE), where FOR UPDATE is left out.
+    session.refresh(recording, with_for_update=True)
     if recording.upload_sha256 == data.digest:
         stored = counts(session=session, session_pk=recording.id, window_ms=window)
         if stored["responses"] == 0 and stored["presentations"] and stored["sites"]:
@@ -346,7 +351,40 @@ def ingest(
             )
         _delete_data(session=session, session_pk=recording.id)
         result["replaced"] = True
+    try:
+        return _store(
+            session=session,
+            recording=recording,
+            upload=upload,
+            data=data,
+            site_pks=site_pks,
+            image_ids=image_ids,
+            window=window,
+            fmt=fmt,
+            result=result,
+        )
+    except IntegrityError as exc:
+        # The row lock above serialises uploads; this is the backstop for any other writer.
+        log.warning("upload to session %s collided with stored data: %s", recording.session_id, exc.orig)
+        raise Conflict(
+            f"session {recording.session_id!r}: this upload collided with data stored at the same time; "
+            "nothing of it was stored. Look at the session and upload again if needed"
+        ) from None
 
+
+def _store(
+    *,
+    session: Session,
+    recording: RecordingSession,
+    upload: ParsedUpload,
+    data: CleanUpload,
+    site_pks: list[int],
+    image_ids: list[int],
+    window: tuple[float, float],
+    fmt: str,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """Write a validated upload's rows (the caller has locked the session and removed old data)."""
     n_pres = len(data.event_ids)
     insert_columns(
         session,
@@ -420,9 +458,13 @@ def ingest_files(
     window_ms: tuple[float, float] | None = None,
     replace: bool = False,
 ) -> dict[str, Any]:
-    """Parse the uploaded files (NWB or CSV/Parquet) and :func:`ingest` them."""
-    recording = get_session(session=session, session_id=session_id)
+    """Parse the uploaded files (NWB or CSV/Parquet) and :func:`ingest` them.
+
+    The files are parsed before the database is touched: the transaction (and on SQLite the
+    write lock) is not held while a large file is read.
+    """
     upload = parse_files(files)
+    recording = get_session(session=session, session_id=session_id)
     if "file" in files:
         fmt = "nwb"
     else:

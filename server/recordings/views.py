@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Response as HTTPResponse
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
+from server.body_limit import accepts_upload
 from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
-from server.errors import InvalidInput, InvalidUpload
+from server.errors import InvalidInput, ItloopError
 from server.images.tables import Image
 from server.lab.tables import Site
 from server.recordings import export, service
@@ -31,6 +25,7 @@ from server.recordings.schemas import (
     UploadResult,
 )
 from server.recordings.tables import Presentation, Response
+from server.uploads import receive_files, run_bulk, scrub_paths, upload_folder
 
 router = APIRouter(prefix="/sessions", tags=["recordings"])
 
@@ -90,47 +85,6 @@ def complete_session(session_id: str, session: SessionDep, _: ExperimenterUser) 
     return SessionRead(**service.describe(session=session, rec=rec))
 
 
-async def _receive_files(request: Request, folder: Path) -> dict[str, Path]:
-    """Stream the body to disk, then split the multipart parts.
-
-    The size bound (413 past ``max_upload_bytes``, declared or streamed) is the app's
-    ``server.body_limit.BodyLimitMiddleware``, applied to the body as it arrives here.
-    """
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidUpload("expected a multipart/form-data upload")
-    body = folder / "body"
-    with open(body, "wb") as fh:
-        async for chunk in request.stream():
-            fh.write(chunk)
-
-    async def replay() -> AsyncIterator[bytes]:
-        with open(body, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                yield chunk
-
-    try:
-        form = await MultiPartParser(request.headers, replay(), max_files=4, max_fields=16).parse()
-    except MultiPartException as exc:
-        raise InvalidUpload(f"malformed multipart body: {exc.message}") from exc
-    files: dict[str, Path] = {}
-    try:
-        for name, value in form.multi_items():
-            if not isinstance(value, UploadFile):
-                continue
-            if name not in UPLOAD_FIELDS:
-                raise InvalidUpload(
-                    f"unexpected multipart field {name!r}; expected {', '.join(UPLOAD_FIELDS)}"
-                )
-            target = folder / name
-            with open(target, "wb") as out:
-                await run_in_threadpool(shutil.copyfileobj, value.file, out, 1 << 20)
-            files[name] = target
-    finally:
-        await form.close()
-        body.unlink(missing_ok=True)
-    return files
-
-
 @router.post(
     "/{session_id}/spikes",
     response_model=UploadResult,
@@ -140,6 +94,7 @@ async def _receive_files(request: Request, folder: Path) -> dict[str, Path]:
     "again answers the same counts with `repeated: true`; different data for a session that has some "
     "is 409 unless `?replace=true`, which replaces it atomically.",
 )
+@accepts_upload
 async def upload_spikes(
     session_id: str,
     request: Request,
@@ -151,13 +106,19 @@ async def upload_spikes(
     window_end_ms: float | None = None,
 ) -> UploadResult:
     window = _window(settings, window_start_ms, window_end_ms)
-    with tempfile.TemporaryDirectory(prefix="itloop-upload-") as tmp:
-        files = await _receive_files(request, Path(tmp))
-        result = await run_in_threadpool(
-            lambda: service.ingest_files(
-                session=session, session_id=session_id, files=files, window_ms=window, replace=replace
+    # Body written and split off the event loop, parsed and stored in the bulk thread pool;
+    # the folder goes away however the request ends (server.uploads).
+    async with upload_folder() as folder:
+        try:
+            files = await receive_files(request, folder, UPLOAD_FIELDS)
+            result = await run_bulk(
+                lambda: service.ingest_files(
+                    session=session, session_id=session_id, files=files, window_ms=window, replace=replace
+                )
             )
-        )
+        except ItloopError as exc:
+            exc.detail = scrub_paths(exc.detail, folder)
+            raise
     return UploadResult(**result)
 
 

@@ -162,7 +162,7 @@ def test_image_set_upload_is_bounded_before_it_is_parsed(
 def test_bodies_within_the_limit_pass_and_every_body_is_bounded(
     client, auth, db_session: Session, settings: Settings
 ):  # type: ignore[no-untyped-def]
-    limit = settings.max_upload_bytes = 20_000
+    limit = settings.max_upload_bytes = settings.max_json_bytes = 20_000
     name = f"small-{uuid.uuid4().hex[:6]}"
     body, content_type = _multipart(name, [("files", ("a.png", _png(300, 16), "image/png"))])
     assert len(body) < limit

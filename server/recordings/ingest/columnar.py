@@ -2,7 +2,14 @@
 
 CSV is read by pyarrow (fast path, millions of rows per second). When pyarrow rejects a
 file, the file is re-read with the csv module only to find the first bad row and column,
-so the client is told exactly where the problem is.
+so the client is told exactly where the problem is. A CSV file must end with a line break
+(every CSV writer ends its last row with one): a file cut off mid-row would otherwise parse as
+valid rows with a shortened last number. A UTF-8 byte-order mark is skipped.
+
+Parquet is compressed, so its size on disk says little about what it expands to: before anything
+is decoded, the row count and decompressed sizes its footer declares are held against a budget
+(``server.recordings.ingest.limits``), only the needed columns are read, and text columns are read
+dictionary-encoded and their longest value checked before one value is expanded per row.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +26,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from server.errors import InvalidUpload
-from server.recordings.ingest.validate import ParsedUpload
+from server.recordings.ingest.limits import check_decoded_size
+from server.recordings.ingest.validate import MAX_EVENT_ID_CHARS, ParsedUpload
 
 SPIKE_COLUMNS = {"site_id": pa.string(), "time_s": pa.float64()}
 PRESENTATION_COLUMNS = {
@@ -30,6 +39,11 @@ PRESENTATION_COLUMNS = {
 OPTIONAL = {"fixation_ok"}
 _TRUE = {"1", "true", "t", "yes", "y"}
 _FALSE = {"0", "false", "f", "no", "n"}
+MAX_HEADER_BYTES = 4096  # a header names at most four columns
+MAX_FIELD_CHARS = 1 << 16  # longer than any valid field; the csv module's own limit is 128 KiB
+# Bytes per row once decoded: numbers 8, booleans 1; text that becomes one Python string per row
+# (event ids, image hashes) about 80; site ids stay dictionary-encoded (an 8-byte index per row).
+DECODED_ROW_BYTES = {"site_id": 8, "time_s": 8, "event_id": 80, "image_sha256": 80, "onset_s": 8}
 
 
 def is_parquet(path: Path) -> bool:
@@ -39,42 +53,88 @@ def is_parquet(path: Path) -> bool:
 
 def _locate_csv_error(path: Path, label: str, types: dict[str, pa.DataType]) -> str:
     """Walk the CSV row by row and describe the first malformed row (1-based, header = row 1)."""
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
         reader = csv.reader(fh)
-        header = [h.strip() for h in next(reader, [])]
-        for n, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                return f"{label}: row {n} has {len(row)} fields, the header has {len(header)}"
-            for name, value in zip(header, row, strict=True):
-                kind = types.get(name)
-                v = value.strip()
-                if kind == pa.float64():
-                    try:
-                        float(v)
-                    except ValueError:
-                        return f"{label}: row {n}, column {name!r}: {value!r} is not a number"
-                elif kind == pa.bool_() and v.lower() not in _TRUE | _FALSE:
-                    return f"{label}: row {n}, column {name!r}: {value!r} is not true/false"
-                elif kind == pa.string() and not v:
-                    return f"{label}: row {n}, column {name!r} is empty"
+        try:
+            return _first_bad_row(reader, label, types)
+        except csv.Error as exc:  # a field longer than the csv module's limit, a stray quote
+            return f"{label}: row {reader.line_num}: {exc}"
+
+
+def _first_bad_row(reader: Any, label: str, types: dict[str, pa.DataType]) -> str:
+    """The first malformed row of ``reader`` described, or a general message."""
+    header = [h.strip() for h in next(reader, [])]
+    for n, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            return f"{label}: row {n} has {len(row)} fields, the header has {len(header)}"
+        for name, value in zip(header, row, strict=True):
+            kind = types.get(name)
+            v = value.strip()
+            if kind == pa.float64():
+                try:
+                    float(v)
+                except ValueError:
+                    return f"{label}: row {n}, column {name!r}: {_shown(value, 60)} is not a number"
+            elif kind == pa.bool_() and v.lower() not in _TRUE | _FALSE:
+                return f"{label}: row {n}, column {name!r}: {_shown(value, 60)} is not true/false"
+            elif kind == pa.string() and not v:
+                return f"{label}: row {n}, column {name!r} is empty"
+            elif len(value) > MAX_FIELD_CHARS:
+                return f"{label}: row {n}, column {name!r} has {len(value)} characters"
     return f"{label}: the CSV file could not be parsed"
 
 
-def _read_csv(path: Path, label: str, types: dict[str, pa.DataType]) -> pa.Table:
+def _shown(text: str, limit: int = 120) -> str:
+    return repr(text[:limit] + ("…" if len(text) > limit else ""))
+
+
+def _check_csv_ends(path: Path, label: str) -> None:
+    """A CSV file ends with a line break; one that does not was cut off mid-row."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        if size == 0:
+            raise InvalidUpload(f"{label}: the file is empty")
+        fh.seek(size - 1)
+        last = fh.read(1)
+    if last not in (b"\n", b"\r"):
+        raise InvalidUpload(
+            f"{label}: the file does not end with a line break, so its last row looks cut off; "
+            "was the file truncated (an interrupted copy or upload)? Send the complete file"
+        )
+
+
+def _read_header(path: Path, label: str, types: dict[str, pa.DataType]) -> list[str]:
+    """The header's column names (BOM skipped), read within ``MAX_HEADER_BYTES``."""
     try:
         with open(path, "rb") as fh:
-            head = fh.readline().decode("utf-8", errors="replace")
+            raw = fh.readline(MAX_HEADER_BYTES + 1)
     except OSError as exc:
-        raise InvalidUpload(f"{label}: cannot read the file ({exc})") from exc
-    header = [h.strip() for h in next(csv.reader([head]), [])]
+        raise InvalidUpload(f"{label}: cannot read the file") from exc
+    if len(raw) > MAX_HEADER_BYTES:
+        raise InvalidUpload(
+            f"{label}: the first line is longer than {MAX_HEADER_BYTES} bytes; expected a header "
+            f"naming the columns {', '.join(types)}"
+        )
+    head = raw.decode("utf-8-sig", errors="replace")
+    try:
+        header = [h.strip() for h in next(csv.reader([head]), [])]
+    except csv.Error as exc:
+        raise InvalidUpload(f"{label}: the header line is not valid CSV ({exc})") from None
     missing = [c for c in types if c not in header and c not in OPTIONAL]
     if missing:
         raise InvalidUpload(
-            f"{label}: missing column(s) {', '.join(missing)}; the header is {head.strip()!r}, "
+            f"{label}: missing column(s) {', '.join(missing)}; the header is {_shown(head.strip())}, "
             f"expected {', '.join(types)}"
         )
+    return header
+
+
+def _read_csv(path: Path, label: str, types: dict[str, pa.DataType]) -> pa.Table:
+    header = _read_header(path, label, types)
+    _check_csv_ends(path, label)
     convert = pacsv.ConvertOptions(
         column_types={k: v for k, v in types.items() if k in header},
         include_columns=[c for c in types if c in header],
@@ -86,7 +146,7 @@ def _read_csv(path: Path, label: str, types: dict[str, pa.DataType]) -> pa.Table
         return pacsv.read_csv(
             path, convert_options=convert, read_options=pacsv.ReadOptions(block_size=16 << 20)
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
         raise InvalidUpload(_locate_csv_error(path, label, types)) from exc
 
 
@@ -108,19 +168,53 @@ def _compatible(source: pa.DataType, target: pa.DataType) -> bool:
     return True
 
 
+def _parquet_error(label: str, exc: Exception) -> InvalidUpload:
+    # Arrow's messages may name the server's temporary file; keep only its first line.
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return InvalidUpload(f"{label}: the Parquet file could not be read ({reason})")
+
+
+def _open_parquet(path: Path, label: str, types: dict[str, pa.DataType]) -> pa.Table:
+    """The needed columns of a Parquet file, after its declared sizes passed the budget."""
+    try:
+        meta = pq.ParquetFile(path)
+        names = meta.schema_arrow.names
+        missing = [c for c in types if c not in names and c not in OPTIONAL]
+        if missing:
+            shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+            raise InvalidUpload(f"{label}: missing column(s) {', '.join(missing)}; found {shown}")
+        wanted = [c for c in types if c in names]
+        indices = [names.index(c) for c in wanted]
+        rows = meta.metadata.num_rows
+        stored = sum(
+            meta.metadata.row_group(g).column(i).total_uncompressed_size
+            for g in range(meta.metadata.num_row_groups)
+            for i in indices
+        )
+        decoded = max(stored, rows * sum(DECODED_ROW_BYTES.get(c, 8) for c in wanted))
+        check_decoded_size(label, decoded, path.stat().st_size, f"{rows} rows")
+        text = [c for c in wanted if pa.types.is_string(meta.schema_arrow.field(c).type)]
+        table = pq.read_table(path, columns=wanted, read_dictionary=text)
+    except InvalidUpload:
+        raise
+    except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
+        raise _parquet_error(label, exc) from exc
+    for name in text:
+        for chunk in table[name].chunks:
+            longest = pc.max(pc.utf8_length(chunk.dictionary)).as_py() if len(chunk.dictionary) else 0
+            if longest and longest > MAX_EVENT_ID_CHARS:
+                raise InvalidUpload(
+                    f"{label}: column {name!r} holds a value of {longest} characters; at most "
+                    f"{MAX_EVENT_ID_CHARS} are allowed"
+                )
+    return table
+
+
 def _read_table(path: Path, label: str, types: dict[str, pa.DataType]) -> pa.Table:
     if not is_parquet(path):
         table = _read_csv(path, label, types)
     else:
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise InvalidUpload(f"{label}: the Parquet file could not be read ({exc})") from exc
-        missing = [c for c in types if c not in table.column_names and c not in OPTIONAL]
-        if missing:
-            raise InvalidUpload(
-                f"{label}: missing column(s) {', '.join(missing)}; found {', '.join(table.column_names)}"
-            )
+        table = _open_parquet(path, label, types)
         cols = {}
         for name, kind in types.items():
             if name not in table.column_names:
@@ -159,13 +253,16 @@ def read_columnar(spikes: Path, presentations: Path) -> ParsedUpload:
     bad = ~np.isfinite(times)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise InvalidUpload(f"spikes: {_row_label(spikes, i)}, column 'time_s': {times[i]!r} is not finite")
+        raise InvalidUpload(
+            f"spikes: {_row_label(spikes, i)}, column 'time_s': {float(times[i])!r} is not finite"
+        )
     onset = pt["onset_s"].to_numpy().astype(np.float64, copy=False)
     bad = ~np.isfinite(onset)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise InvalidUpload(
-            f"presentations: {_row_label(presentations, i)}, column 'onset_s': {onset[i]!r} is not finite"
+            f"presentations: {_row_label(presentations, i)}, column 'onset_s': "
+            f"{float(onset[i])!r} is not finite"
         )
     n = len(onset)
     fix = (

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Table, insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 Column = np.ndarray | Sequence[Any]
@@ -132,25 +133,43 @@ def insert_columns(session: Session, table: Table, columns: Mapping[str, Column]
         return 0
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        raw = conn.connection.dbapi_connection
-        cols = ", ".join(f'"{k}"' for k in names)
-        binary = copy_binary(table, columns) or _copy_bytea_rows(table, columns)
-        if binary is not None:
-            with raw.cursor() as cur:  # type: ignore[union-attr]
-                with cur.copy(f'COPY "{table.name}" ({cols}) FROM STDIN (FORMAT BINARY)') as cp:
-                    view, step = memoryview(binary), 8 << 20
-                    for i in range(0, len(view), step):
-                        cp.write(view[i : i + step])
-            return n
-        payload = copy_text([columns[k] for k in names])
-        with raw.cursor() as cur:  # type: ignore[union-attr]
-            with cur.copy(f'COPY "{table.name}" ({cols}) FROM STDIN') as cp:
-                # Large payloads in slices keep peak memory near one slice, not the whole encoding.
-                step = 8 << 20
-                for i in range(0, len(payload), step):
-                    cp.write(payload[i : i + step])
-        return n
+        try:
+            return _copy_postgresql(conn, table, columns, names, n)
+        except DBAPIError:
+            raise
+        except Exception as exc:
+            dbapi = conn.dialect.loaded_dbapi
+            if not isinstance(exc, dbapi.Error):
+                raise
+            # The driver's own error (COPY bypasses SQLAlchemy): wrap it as SQLAlchemy would
+            # (UniqueViolation -> IntegrityError, a value too long -> DataError), so the API's
+            # error mapping answers a 409 or 422, not a bare 500.
+            raise DBAPIError.instance(
+                f'COPY "{table.name}"', None, exc, dbapi.Error, dialect=conn.dialect
+            ) from exc
     lists = [c.tolist() if isinstance(c, np.ndarray) else list(c) for c in columns.values()]
     rows = [dict(zip(names, r, strict=True)) for r in zip(*lists, strict=True)]
     conn.execute(insert(table), rows)
+    return n
+
+
+def _copy_postgresql(conn: Any, table: Table, columns: Mapping[str, Column], names: list[str], n: int) -> int:
+    """COPY the rows in (binary when every column allows it, text otherwise)."""
+    raw = conn.connection.dbapi_connection
+    cols = ", ".join(f'"{k}"' for k in names)
+    binary = copy_binary(table, columns) or _copy_bytea_rows(table, columns)
+    if binary is not None:
+        with raw.cursor() as cur:  # type: ignore[union-attr]
+            with cur.copy(f'COPY "{table.name}" ({cols}) FROM STDIN (FORMAT BINARY)') as cp:
+                view, step = memoryview(binary), 8 << 20
+                for i in range(0, len(view), step):
+                    cp.write(view[i : i + step])
+        return n
+    payload = copy_text([columns[k] for k in names])
+    with raw.cursor() as cur:  # type: ignore[union-attr]
+        with cur.copy(f'COPY "{table.name}" ({cols}) FROM STDIN') as cp:
+            # Large payloads in slices keep peak memory near one slice, not the whole encoding.
+            step = 8 << 20
+            for i in range(0, len(payload), step):
+                cp.write(payload[i : i + step])
     return n

@@ -5,6 +5,12 @@ share a site: their trains are merged); a ``TimeIntervals`` table named ``presen
 with ``start_time``, ``stop_time``, ``image_sha256`` and optional ``event_id`` (default:
 the row index as a string) and ``fixation_ok``. The table is looked for in
 ``nwbfile.intervals``, then ``nwbfile.stimulus``, then every processing module.
+
+Before pynwb opens the file, :func:`check_hdf5` walks its structure (metadata only, no data):
+the datasets' declared sizes together must fit the decoded-size budget
+(``server.recordings.ingest.limits``), and links or storage that point outside the file (external
+links, external raw storage, virtual datasets) are refused, so an upload can neither expand into
+gigabytes from a few compressed kilobytes nor make the server read other files.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from typing import Any
 import numpy as np
 
 from server.errors import InvalidUpload
+from server.recordings.ingest.limits import check_decoded_size
 from server.recordings.ingest.validate import ParsedUpload
 
 log = logging.getLogger(__name__)
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_OBJECTS = 100_000  # groups, datasets and links: an NWB file of one session has hundreds
 
 
 def is_hdf5(path: Path) -> bool:
@@ -110,12 +118,58 @@ def _parse(nwb: Any, name: str) -> ParsedUpload:
     )
 
 
+def check_hdf5(path: Path, name: str = "file") -> None:
+    """Refuse (422) an HDF5 file that declares too much data or points outside itself.
+
+    Reads only the file's structure: link and dataset headers, never a dataset's values.
+    """
+    import h5py
+
+    declared = 0
+    seen = 0
+    problem: str | None = None
+
+    def visit(link_name: str, link: Any) -> bool | None:
+        nonlocal declared, seen, problem
+        seen += 1
+        if seen > MAX_OBJECTS:
+            problem = f"the file holds more than {MAX_OBJECTS} objects"
+            return True
+        if isinstance(link, h5py.ExternalLink):
+            problem = f"{link_name!r} is an external link to another file; links outside the file are refused"
+            return True
+        if not isinstance(link, h5py.HardLink):
+            return None  # soft links name objects inside the file, visited on their own
+        obj = h5.get(link_name)
+        if isinstance(obj, h5py.Dataset):
+            if obj.is_virtual or obj.external:
+                problem = f"dataset {link_name!r} keeps its data outside the file; that is refused"
+                return True
+            declared += int(np.prod(obj.shape, dtype=np.float64) * max(obj.dtype.itemsize, 1))
+        return None
+
+    try:
+        with h5py.File(path, "r") as h5:
+            h5.visititems_links(visit)
+    except Exception as exc:  # noqa: BLE001 - h5py raises many types for damaged files
+        log.info("rejected HDF5 upload at the structure check: %s", exc)
+        first = str(exc).splitlines()[0][:300].replace(str(path), name) if str(exc) else ""
+        raise InvalidUpload(
+            f"{name}: the NWB file could not be read ({type(exc).__name__}: {first}); is it complete "
+            "(not truncated) and a valid NWB 2 file?"
+        ) from exc
+    if problem is not None:
+        raise InvalidUpload(f"{name}: {problem}")
+    check_decoded_size(name, declared, path.stat().st_size, "datasets of this total size")
+
+
 def read_nwb(path: Path, name: str = "file") -> ParsedUpload:
     """Parse an NWB upload; any read failure (truncated, corrupted, not NWB) is a 422 naming the cause."""
     from pynwb import NWBHDF5IO
 
     if not is_hdf5(path):
         raise InvalidUpload(f"{name}: not an NWB (HDF5) file: the HDF5 signature is missing at byte 0")
+    check_hdf5(path, name)
     try:
         with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
             nwb = io.read()
@@ -124,7 +178,8 @@ def read_nwb(path: Path, name: str = "file") -> ParsedUpload:
         raise
     except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many types for damaged files
         log.info("rejected NWB upload: %s", exc)
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        # h5py names the file in its messages: the server's temporary path is none of the client's business
+        first = str(exc).splitlines()[0][:300].replace(str(path), name) if str(exc) else ""
         raise InvalidUpload(
             f"{name}: the NWB file could not be read ({type(exc).__name__}: {first}); "
             "is it complete (not truncated) and a valid NWB 2 file?"

@@ -8,6 +8,8 @@ Rules (all-or-nothing: one failure rejects the whole upload with a 422 that says
 - **span**: every spike lies within ``SPAN_MARGIN_S`` (60 s) of the presentations, i.e. in
   ``[first onset - 60 s, last onset + 60 s]``: spikes far outside belong to another clock or file;
 - an event id seen twice must carry identical data (identical repeats are collapsed);
+- event ids and site ids are 1 to ``MAX_EVENT_ID_CHARS`` (120) characters without control
+  characters (a NUL byte, a tab, a line break): what both databases can store and compare alike;
 - every site id is a registered site of the session's subject, every image hash a registered image
   (checked against the database in :mod:`server.recordings.service`).
 """
@@ -15,6 +17,7 @@ Rules (all-or-nothing: one failure rejects the whole upload with a 422 that says
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +25,9 @@ import numpy as np
 from server.errors import InvalidUpload
 
 MAX_PLAUSIBLE_S = 1e5
+MAX_EVENT_ID_CHARS = 120  # the width of presentations.event_id, rig_events.event_id and sites.site_id
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (NUL, tab, line breaks, escape)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_MEDIAN_ISI_S = 50.0
 SPAN_MARGIN_S = 60.0
 
@@ -142,7 +148,7 @@ def dedupe_presentations(upload: ParsedUpload) -> ParsedUpload:
             raise InvalidUpload(
                 f"{upload.source}: event_id {eid!r} appears at rows {j + 1} and {i + 1} with different "
                 f"data (image {upload.image_sha256[j][:12]}…/{upload.image_sha256[i][:12]}…, onset "
-                f"{upload.onset_s[j]!r}/{upload.onset_s[i]!r}); event ids must be unique"
+                f"{float(upload.onset_s[j])!r}/{float(upload.onset_s[i])!r}); event ids must be unique"
             )
     idx = np.asarray(keep)
     upload.event_ids = [ids[i] for i in keep]
@@ -153,13 +159,40 @@ def dedupe_presentations(upload: ParsedUpload) -> ParsedUpload:
     return upload
 
 
+def _shown(text: str) -> str:
+    """A client's string for an error message: at most 60 characters, control characters escaped."""
+    return repr(text[:60] + ("…" if len(text) > 60 else ""))
+
+
+def check_names(upload: ParsedUpload) -> None:
+    """Event and site ids fit the database columns and hold no control characters.
+
+    Checked here, before any write, so that both backends refuse the same ids: PostgreSQL would
+    refuse a NUL byte or a 121st character mid-COPY, SQLite would store either silently.
+    """
+    for kind, names in (("event_id", upload.event_ids), ("site_id", upload.site_labels)):
+        for i, name in enumerate(names):
+            if len(name) > MAX_EVENT_ID_CHARS:
+                raise InvalidUpload(
+                    f"{upload.source}: {kind} {_shown(name)} ({'row' if kind == 'event_id' else 'site'} "
+                    f"{i + 1}) has {len(name)} characters; at most {MAX_EVENT_ID_CHARS} are allowed"
+                )
+            if _CONTROL.search(name):
+                raise InvalidUpload(
+                    f"{upload.source}: {kind} {_shown(name)} ({'row' if kind == 'event_id' else 'site'} "
+                    f"{i + 1}) contains a control character (NUL, tab or line break); ids must be "
+                    "printable text"
+                )
+
+
 def check_hashes(upload: ParsedUpload) -> None:
-    for i, h in enumerate(upload.image_sha256):
-        if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
-            raise InvalidUpload(
-                f"{upload.source}: presentation row {i + 1} (event {upload.event_ids[i]!r}) has "
-                f"image_sha256={h!r}; expected 64 lowercase hex digits"
-            )
+    bad = {h for h in set(upload.image_sha256) if len(h) != 64 or h.strip("0123456789abcdef")}
+    if bad:
+        i = next(i for i, h in enumerate(upload.image_sha256) if h in bad)
+        raise InvalidUpload(
+            f"{upload.source}: presentation row {i + 1} (event {_shown(upload.event_ids[i])}) has "
+            f"image_sha256={_shown(upload.image_sha256[i])}; expected 64 lowercase hex digits"
+        )
 
 
 def clean(upload: ParsedUpload) -> CleanUpload:
@@ -168,6 +201,7 @@ def clean(upload: ParsedUpload) -> CleanUpload:
     The digest covers what the database stores (sites, spike times, event ids, images,
     onsets, fixation), not file bytes, so the same data in NWB or CSV is the same upload.
     """
+    check_names(upload)
     upload = dedupe_presentations(upload)
     check_hashes(upload)
     check_times(upload)
