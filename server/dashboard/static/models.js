@@ -88,11 +88,23 @@
       "transfer-plot",
       [
         { type: "bar", name: "sign agreement", x: sites, y: rows.map((r) => r.transfer_sign), marker: { color: "#2ca02c" } },
-        { type: "bar", name: "transfer r (size)", x: sites, y: rows.map((r) => r.transfer_r), marker: { color: "#9467bd" } },
+        {
+          type: "bar",
+          name: "transfer r, 95% CI (chance 0)",
+          x: sites,
+          y: rows.map((r) => r.transfer_r),
+          error_y: {
+            type: "data",
+            symmetric: false,
+            array: rows.map((r) => (r.transfer_r_high == null || r.transfer_r == null ? null : r.transfer_r_high - r.transfer_r)),
+            arrayminus: rows.map((r) => (r.transfer_r_low == null || r.transfer_r == null ? null : r.transfer_r - r.transfer_r_low)),
+          },
+          marker: { color: "#9467bd" },
+        },
       ],
       {
         barmode: "group",
-        yaxis: { title: { text: "on yesterday's perturbed pairs" } },
+        yaxis: { title: { text: "on every twin shown so far (held out)" } },
         shapes: [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: 0.5, y1: 0.5, line: { dash: "dot", color: "#888" } }],
       }
     );
@@ -107,6 +119,10 @@
               ["noise ceiling", "noise_ceiling"],
               ["transfer sign", "transfer_sign"],
               ["transfer r", "transfer_r"],
+              ["r 95% CI", (r) => (r.transfer_r_low == null ? "" : IT.fmt(r.transfer_r_low) + " to " + IT.fmt(r.transfer_r_high))],
+              ["slope", "transfer_slope"],
+              ["pairs", "transfer_n"],
+              ["made the site's twins", (r) => (r.chosen_for_site ? "yes: " + (r.choice_reason || "") : "")],
               ["ridge α", "alpha"],
               ["drift", "drift"],
               ["gated", (r) => (r.gated ? "gated: " + (r.gate_reason || "") : "no")],
