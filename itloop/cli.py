@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from itloop.logging import configure_logging
-from itloop.settings import get_settings
+from itloop.settings import describe_settings_error, get_settings
 
 app = typer.Typer(
     help="itloop: closed-loop lab server for adversarial sensitivity of IT sites.",
@@ -36,9 +37,19 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _warn(message: str) -> None:
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
-    configure_logging("DEBUG" if verbose else get_settings().log_level)
+    # Every command reads the settings first, so a refused configuration (weak production secrets,
+    # SQLite in production, a malformed variable) ends here with its reasons, not a traceback.
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        _fail(describe_settings_error(exc), code=2)
+    configure_logging("DEBUG" if verbose else settings.log_level)
 
 
 @db_app.command("upgrade")
@@ -56,7 +67,12 @@ def db_upgrade(revision: str = "head") -> None:
         _fail(f"migration failed on {settings.resolved_database_url.split('@')[-1]}: {exc}")
     if settings.bootstrap_admin_token:
         with session_scope() as session:
-            ensure_admin(session=session, token=settings.bootstrap_admin_token)
+            admin = ensure_admin(session=session, token=settings.bootstrap_admin_token)
+        if admin is None:
+            _warn(
+                "ITLOOP_BOOTSTRAP_ADMIN_TOKEN was revoked (or its user disabled); it stays refused. "
+                "Remove it from the environment, or set a new one to seed a new admin token."
+            )
     typer.echo(f"database at {revision}")
 
 

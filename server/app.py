@@ -12,10 +12,12 @@ from itloop.logging import configure_logging
 from itloop.settings import Settings, get_settings
 from server.api import include_api
 from server.auth.cache import AuthCache
+from server.auth.guard import FailedAuthLimiter, LastUsed
 from server.body_limit import BodyLimitMiddleware
 from server.errors import install_error_handlers
 from server.images.known import KnownImages
 from server.openapi import install_openapi
+from server.security import install_security
 
 _gc_frozen = False
 
@@ -45,16 +47,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "adversarial sensitivity of IT sites. Every endpoint but /api/v1/health needs "
         "`Authorization: Bearer <token>`.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served by server.security from local assets, not a CDN
         redoc_url=None,
         lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
+    app.state.auth_failures = FailedAuthLimiter(settings.auth_failures_per_minute)
+    app.state.last_used = LastUsed()
     app.state.known_images = KnownImages()
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
+    install_security(app)  # added last: outermost, so its headers reach every response
     include_api(app)
     try:
         from server.dashboard.views import mount_dashboard
