@@ -20,7 +20,9 @@ from server.images.tables import ImageSet
 
 router = APIRouter(tags=["images"])
 
-IMMUTABLE = "public, max-age=31536000, immutable"
+# private: the bytes are only served to a valid token, so a shared cache (a proxy) must not keep
+# them for others; the client's own cache may keep them for ever (content-addressed).
+IMMUTABLE = "private, max-age=31536000, immutable"
 STREAM_ABOVE_BYTES = 4 * 1024 * 1024
 
 
