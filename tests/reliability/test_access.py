@@ -50,6 +50,7 @@ ACCESS: dict[tuple[str, str], frozenset[str] | None] = {
     ("POST", f"{V1}/image-sets"): EXPERIMENTER,
     ("GET", f"{V1}/image-sets"): VIEWER,
     ("GET", f"{V1}/image-sets/{{name}}"): VIEWER,
+    ("POST", f"{V1}/image-sets/{{name}}/withdraw"): EXPERIMENTER,
     ("GET", f"{V1}/rigs/{{rig_id}}/batches/next"): RIG,
     ("POST", f"{V1}/rigs/{{rig_id}}/batches/initial"): EXPERIMENTER,
     ("GET", f"{V1}/batches"): VIEWER,
