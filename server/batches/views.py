@@ -56,7 +56,7 @@ def _json_with_etag(request: Request, body: bytes, etag: str, cache: str) -> Res
 
 @router.get(
     "/rigs/{rig_id}/batches/next",
-    summary="The newest published batch this rig has not completed (204 when none)",
+    summary="The rig's newest published batch, until the rig completes it (204 then, or when none)",
     response_model=Manifest,
     responses={204: {"description": "no batch to show"}},
 )
