@@ -29,12 +29,14 @@ from sqlalchemy.orm import Session
 
 from server.auth.tables import ApiToken
 from server.db.base import utcnow
+from server.db.engine import SQLITE_BUSY_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
 LAST_USED_EVERY_S = 60.0
 MAX_TRACKED = 10_000
+SQLITE_TOUCH_WAIT_MS = 200
 
 
 class FailedAuthLimiter:
@@ -112,20 +114,30 @@ class LastUsed:
 def touch(session: Session, token_hash: str, every_s: float = LAST_USED_EVERY_S) -> None:
     """Set the token's ``last_used_at`` to now (unless another process just did) and commit.
 
-    Runs before anything else in the request's session, so the commit carries nothing else.
+    Runs before anything else in the request's session, so the commit carries nothing else. On
+    SQLite it waits at most ``SQLITE_TOUCH_WAIT_MS`` for the write lock (a long upload may hold
+    it): a skipped write is retried a minute later, a request stalled behind an upload is not.
     """
     now = utcnow()
     stale = now - timedelta(seconds=every_s)
+    raw = None
     try:
-        session.execute(
-            update(ApiToken)
-            .where(
-                ApiToken.token_hash == token_hash,
-                or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < stale),
+        if session.get_bind().dialect.name == "sqlite":
+            raw = session.connection().connection.driver_connection
+            raw.execute(f"PRAGMA busy_timeout={SQLITE_TOUCH_WAIT_MS}")
+        try:
+            session.execute(
+                update(ApiToken)
+                .where(
+                    ApiToken.token_hash == token_hash,
+                    or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < stale),
+                )
+                .values(last_used_at=now)
+                .execution_options(synchronize_session=False)
             )
-            .values(last_used_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        finally:
+            if raw is not None:
+                raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # back to the engine's default
         session.commit()
     except SQLAlchemyError as exc:
         session.rollback()

@@ -189,3 +189,28 @@ def test_last_used_at_is_written_at_most_once_a_minute(fresh_db_url: str, tmp_pa
     with again:
         assert again.get(f"{V1}/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert last_used() == first
+
+
+def test_last_used_write_never_stalls_a_request_behind_a_writer(
+    backend: str, fresh_db_url: str, tmp_path: Path
+) -> None:
+    """SQLite: while another connection holds the write lock (a long upload), a request whose
+    token is due a ``last_used_at`` write skips it within a fraction of a second."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL writers do not lock the table; a row lock is only held by a touch")
+    import sqlite3
+
+    client, token = _committed_app(fresh_db_url, tmp_path)
+    writer = sqlite3.connect(fresh_db_url.removeprefix("sqlite:///"), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with client:
+            t0 = time.monotonic()
+            r = client.get(f"{V1}/me", headers={"Authorization": f"Bearer {token}"})
+            elapsed = time.monotonic() - t0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert r.status_code == 200 and elapsed < 5, elapsed
+    with session_scope(fresh_db_url) as db:
+        assert db.scalar(select(ApiToken.last_used_at).where(ApiToken.prefix == token[:8])) is None
