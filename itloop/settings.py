@@ -29,7 +29,7 @@ def secret_weakness(value: str) -> str | None:
     print(secrets.token_urlsafe(32))"``: 43).
     """
     if len(value) < MIN_SECRET_CHARS:
-        return f"is {len(value)} characters long; use at least {MIN_SECRET_CHARS} random characters"
+        return f"has {len(value)} characters; use at least {MIN_SECRET_CHARS} random characters"
     if len(set(value)) < MIN_SECRET_DISTINCT:
         return f"has only {len(set(value))} distinct characters; use a random value"
     return None

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from itloop.logging import configure_logging
-from itloop.settings import Settings, get_settings
+from itloop.settings import Settings, describe_settings_error, get_settings
 from server.api import include_api
 from server.auth.cache import AuthCache
 from server.auth.guard import FailedAuthLimiter, LastUsed
@@ -38,7 +39,12 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an app bound to ``settings`` (tests pass their own; processes use the environment)."""
-    settings = settings or get_settings()
+    if settings is None:
+        try:
+            settings = get_settings()
+        except ValidationError as exc:
+            # `uvicorn server.app:create_app --factory` started without the CLI: same clear refusal.
+            raise SystemExit(f"error: {describe_settings_error(exc)}") from None
     configure_logging(settings.log_level)
     app = FastAPI(
         title="itloop",

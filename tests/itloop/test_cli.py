@@ -90,10 +90,10 @@ def test_revoked_bootstrap_token_stays_revoked_and_upgrade_succeeds(
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        ({"ITLOOP_TOKEN_PEPPER": "weakpepper7"}, "ITLOOP_TOKEN_PEPPER is 11 characters long"),
+        ({"ITLOOP_TOKEN_PEPPER": "weakpepper7"}, "ITLOOP_TOKEN_PEPPER has 11 characters"),
         ({"ITLOOP_TOKEN_PEPPER": "ab" * 20}, "ITLOOP_TOKEN_PEPPER has only 2 distinct characters"),
         ({"ITLOOP_TOKEN_PEPPER": None}, "ITLOOP_TOKEN_PEPPER is the development value"),
-        ({"ITLOOP_BOOTSTRAP_ADMIN_TOKEN": "itl_admin123"}, "ITLOOP_BOOTSTRAP_ADMIN_TOKEN is 12 characters"),
+        ({"ITLOOP_BOOTSTRAP_ADMIN_TOKEN": "itl_admin123"}, "ITLOOP_BOOTSTRAP_ADMIN_TOKEN has 12 characters"),
         ({"ITLOOP_DATABASE_URL": None}, "the database is SQLite"),
         ({"ITLOOP_REDIS_URL": None}, "ITLOOP_REDIS_URL is unset"),
     ],
@@ -129,3 +129,19 @@ def test_production_refuses_unsafe_settings_with_a_clear_message(
     for command in commands:
         r = _itloop(command, env)
         assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr
+
+
+def test_production_refusal_is_clear_outside_the_cli_too(cli_env: dict[str, str]) -> None:
+    """The compose prestart script and a bare `uvicorn --factory` refuse as clearly as the CLI."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**cli_env, "ITLOOP_ENV": "production", "ITLOOP_TOKEN_PEPPER": "short-pepper"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(root)
+    for cmd in (
+        ["bash", str(root / "scripts" / "prestart.sh")],
+        [sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory", "--port", "1"],
+    ):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=root)
+        assert r.returncode != 0, cmd
+        assert "ITLOOP_ENV=production refuses to start" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "short-pepper" not in r.stderr
