@@ -342,3 +342,43 @@ def test_withdrawn_set_leaves_the_pool_and_frees_the_size(  # type: ignore[no-un
     )
     assert r.status_code == 201, r.text
     assert service.established_size(session=db_session) == (12, 12)
+
+
+def test_concurrent_first_sets_of_two_sizes_establish_one(fresh_db_url: str, tmp_path: Path) -> None:
+    """Uploads racing to be the lab's first set cannot establish two sizes (a lock, not check-then-act)."""
+    import threading
+
+    import httpx
+
+    from demo.server import BackgroundServer
+    from server.auth import service as auth_service
+    from server.db.engine import session_scope
+    from tests.conftest import make_settings
+
+    with session_scope(fresh_db_url) as db:
+        user = auth_service.create_user(session=db, name="racer", role="experimenter")
+        token = auth_service.create_token(session=db, user=user)
+    rng = np.random.default_rng(3)
+    sizes = [(16, 16), (12, 12)] * 3
+    bodies = [_sized_files(rng, [size] * 4) for size in sizes]
+    barrier = threading.Barrier(len(sizes))
+    results: list[tuple[tuple[int, int], int]] = []
+
+    def upload(i: int, base: str) -> None:
+        with httpx.Client(base_url=base + API, headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+            barrier.wait()
+            r = c.post("/image-sets", data={"name": f"race-{i}"}, files=bodies[i])
+            results.append((sizes[i], r.status_code))
+
+    with BackgroundServer(make_settings(fresh_db_url, tmp_path)) as server:
+        threads = [threading.Thread(target=upload, args=(i, server.url)) for i in range(len(sizes))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    accepted = {size for size, code in results if code == 201}
+    assert len(results) == len(sizes) and {code for _, code in results} == {201, 422}, results
+    assert len(accepted) == 1, results  # one size won; every upload of the other got its 422
+    with session_scope(fresh_db_url) as db:
+        stored = set(db.execute(select(Image.width, Image.height)).all())
+    assert stored == accepted
