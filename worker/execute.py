@@ -26,7 +26,6 @@ from worker.registry import SUCCESS_HOOKS, get_spec, load_job_modules
 
 log = logging.getLogger(__name__)
 
-
 def execute_job(job_id: int) -> str | None:
     """RQ entry point: run job ``job_id`` with this process's settings; returns its final state."""
     import itloop.settings as settings_module
