@@ -49,7 +49,11 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def _tokens(settings: Settings) -> dict[str, str]:
-    """One user per role for the demo (new tokens on every run; users are reused)."""
+    """One user per role for the demo (new tokens on every run; users are reused).
+
+    The "rig" token here acts for no rig (its user is named after none); the virtual rig gets
+    its own rig's token from :func:`rig_token`.
+    """
     from sqlalchemy import select
 
     from server.auth import service
@@ -65,6 +69,24 @@ def _tokens(settings: Settings) -> dict[str, str]:
             )
             out[role] = service.create_token(session=session, user=user, name="demo")
     return out
+
+
+def rig_token(settings: Settings, rig_id: str) -> str:
+    """A new token of the rig's own account (a user named ``rig_id``, role rig; made if missing).
+
+    A rig token acts only for the rig its user is named after (``server.batches.service``).
+    """
+    from sqlalchemy import select
+
+    from server.auth import service
+    from server.auth.tables import User
+    from server.db.engine import session_scope
+
+    with session_scope(settings.resolved_database_url) as session:
+        user = session.scalar(select(User).where(User.name == rig_id)) or service.create_user(
+            session=session, name=rig_id, role="rig"
+        )
+        return service.create_token(session=session, user=user, name="demo")
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -203,7 +225,7 @@ def run_demo(
         )
         rig = VirtualRig(
             base_url=server.url,
-            rig_token=tokens["rig"],
+            rig_token=rig_token(settings, lab["rig_id"]),
             experimenter_token=tokens["experimenter"],
             rig_id=lab["rig_id"],
             subject=lab["subject"],

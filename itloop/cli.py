@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from itloop.logging import configure_logging
-from itloop.settings import get_settings
+from itloop.settings import describe_settings_error, get_settings
 
 app = typer.Typer(
     help="itloop: closed-loop lab server for adversarial sensitivity of IT sites.",
@@ -36,9 +37,19 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _warn(message: str) -> None:
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
-    configure_logging("DEBUG" if verbose else get_settings().log_level)
+    # Every command reads the settings first, so a refused configuration (weak production secrets,
+    # SQLite in production, a malformed variable) ends here with its reasons, not a traceback.
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        _fail(describe_settings_error(exc), code=2)
+    configure_logging("DEBUG" if verbose else settings.log_level)
 
 
 @db_app.command("upgrade")
@@ -56,7 +67,12 @@ def db_upgrade(revision: str = "head") -> None:
         _fail(f"migration failed on {settings.resolved_database_url.split('@')[-1]}: {exc}")
     if settings.bootstrap_admin_token:
         with session_scope() as session:
-            ensure_admin(session=session, token=settings.bootstrap_admin_token)
+            admin = ensure_admin(session=session, token=settings.bootstrap_admin_token)
+        if admin is None:
+            _warn(
+                "ITLOOP_BOOTSTRAP_ADMIN_TOKEN was revoked (or its user disabled); it stays refused. "
+                "Remove it from the environment, or set a new one to seed a new admin token."
+            )
     typer.echo(f"database at {revision}")
 
 
@@ -189,6 +205,53 @@ def night(
     except ItloopError as exc:
         _fail(exc.detail)
     raise typer.Exit(code)
+
+
+@app.command()
+def backup(
+    dest: Annotated[Path, typer.Argument(help="a new (or empty) folder to write the backup into")],
+) -> None:
+    """Back up the database and the object store, consistently, even while the server runs.
+
+    SQLite: SQLite's online backup API (never a copy of the file); PostgreSQL: pg_dump (needs the
+    PostgreSQL client tools). Then every object of the store. See docs/backup.md.
+    """
+    from itloop.backup import BackupError
+    from itloop.backup import backup as run_backup
+
+    try:
+        summary = run_backup(get_settings(), dest)
+    except BackupError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"backed up {summary.database} (schema {summary.revision}): {summary.rows} rows in "
+        f"{summary.tables} tables, {summary.objects} objects ({summary.object_bytes} bytes) -> {dest}"
+    )
+
+
+@app.command()
+def restore(
+    src: Annotated[Path, typer.Argument(help="a folder written by `itloop backup`")],
+    force: Annotated[bool, typer.Option("--force", help="replace a target that already holds data")] = False,
+) -> None:
+    """Restore a backup into the configured database and store (stop the server and workers first).
+
+    Refuses a target that holds data unless --force. Upgrades the schema afterwards and checks
+    the restored row counts against the backup's.
+    """
+    from itloop.backup import BackupError
+    from itloop.backup import restore as run_restore
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    try:
+        summary = run_restore(settings, src, force=force)
+    except BackupError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"restored {summary.database}: {summary.rows} rows in {summary.tables} tables (counts match the "
+        f"backup), {summary.objects} objects ({summary.object_bytes} bytes); schema now {summary.revision}"
+    )
 
 
 @app.command()

@@ -12,10 +12,59 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_TOKEN_PEPPER = "itloop-development-pepper"
+MIN_SECRET_CHARS = 32
+MIN_SECRET_DISTINCT = 10
+
+
+def secret_weakness(value: str) -> str | None:
+    """Why ``value`` is too weak to be a production secret, or None.
+
+    A length and variety floor, not an entropy estimate: it refuses what people type by hand
+    (``x``, ``changeme``, ``aaaa...``) and passes what the docs tell them to generate
+    (``openssl rand -hex 32``: 64 characters; ``python -c "import secrets;
+    print(secrets.token_urlsafe(32))"``: 43).
+    """
+    if len(value) < MIN_SECRET_CHARS:
+        return f"has {len(value)} characters; use at least {MIN_SECRET_CHARS} random characters"
+    if len(set(value)) < MIN_SECRET_DISTINCT:
+        return f"has only {len(set(value))} distinct characters; use a random value"
+    return None
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """Everything that makes ``settings`` unfit for ``ITLOOP_ENV=production``, in words (no values)."""
+    problems = []
+    if settings.token_pepper == DEV_TOKEN_PEPPER:
+        problems.append("ITLOOP_TOKEN_PEPPER is the development value; set a secret (openssl rand -hex 32)")
+    elif (why := secret_weakness(settings.token_pepper)) is not None:
+        problems.append(f"ITLOOP_TOKEN_PEPPER {why} (openssl rand -hex 32)")
+    if settings.bootstrap_admin_token and (why := secret_weakness(settings.bootstrap_admin_token)):
+        problems.append(f"ITLOOP_BOOTSTRAP_ADMIN_TOKEN {why}")
+    if settings.is_sqlite:
+        problems.append(
+            "the database is SQLite (the embedded default); set ITLOOP_DATABASE_URL to PostgreSQL "
+            "(postgresql+psycopg://user:password@host/itloop)"
+        )
+    if not settings.redis_url:
+        problems.append(
+            "ITLOOP_REDIS_URL is unset, which runs jobs in-process; set it (redis://host:6379/0) "
+            "and run `itloop worker` processes"
+        )
+    return problems
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """A settings error as lines a person can act on: no traceback and no values (they may be secrets)."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        lines.append(f"ITLOOP_{loc.upper()}: {msg}" if loc else msg)
+    return "invalid settings: " + "\n".join(lines)
 
 
 class Settings(BaseSettings):
@@ -48,6 +97,12 @@ class Settings(BaseSettings):
         description="how long an API process trusts a checked token before asking the database "
         "again (the longest a revocation from another process takes to apply); 0 checks every request",
     )
+    auth_failures_per_minute: int = Field(
+        default=20,
+        ge=1,
+        description="failed token checks one client address may make per minute (per API process) "
+        "before it is answered 429 until the minute has passed",
+    )
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024,
         description="largest request body of a file-upload route (spike files, image sets)",
@@ -70,9 +125,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @model_validator(mode="after")
-    def _refuse_default_secrets(self) -> Settings:
-        if self.env == "production" and self.token_pepper == DEV_TOKEN_PEPPER:
-            raise ValueError("ITLOOP_TOKEN_PEPPER must be set to a secret value when ITLOOP_ENV=production")
+    def _refuse_unsafe_production(self) -> Settings:
+        problems = production_problems(self) if self.env == "production" else []
+        if problems:
+            raise ValueError("ITLOOP_ENV=production refuses to start:\n  - " + "\n  - ".join(problems))
         return self
 
     @property

@@ -3,10 +3,14 @@
 set -euo pipefail
 python - <<'PY'
 import sys, time
+from pydantic import ValidationError
 from sqlalchemy import create_engine, text
-from itloop.settings import get_settings
+from itloop.settings import describe_settings_error, get_settings
 
-url = get_settings().resolved_database_url
+try:
+    url = get_settings().resolved_database_url
+except ValidationError as exc:  # e.g. ITLOOP_ENV=production with a weak secret: say why, no traceback
+    sys.exit(f"error: {describe_settings_error(exc)}")
 for attempt in range(60):
     try:
         with create_engine(url).connect() as conn:

@@ -7,17 +7,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from itloop.logging import configure_logging
-from itloop.settings import Settings, get_settings
+from itloop.settings import Settings, describe_settings_error, get_settings
 from server.api import include_api
 from server.auth.cache import AuthCache
 from server.auth.gate import AuthGateMiddleware, lookup_in_database
+from server.auth.guard import FailedAuthLimiter, LastUsed
 from server.body_limit import BodyLimitMiddleware
 from server.errors import install_error_handlers
 from server.images.known import KnownImages
 from server.openapi import install_openapi
 from server.uploads import sweep_stale_uploads
+from server.security import install_security
 
 _gc_frozen = False
 
@@ -40,7 +43,12 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an app bound to ``settings`` (tests pass their own; processes use the environment)."""
-    settings = settings or get_settings()
+    if settings is None:
+        try:
+            settings = get_settings()
+        except ValidationError as exc:
+            # `uvicorn server.app:create_app --factory` started without the CLI: same clear refusal.
+            raise SystemExit(f"error: {describe_settings_error(exc)}") from None
     configure_logging(settings.log_level)
     app = FastAPI(
         title="itloop",
@@ -49,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "adversarial sensitivity of IT sites. Every endpoint but /api/v1/health needs "
         "`Authorization: Bearer <token>`.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served by server.security from local assets, not a CDN
         redoc_url=None,
         lifespan=_lifespan,
     )
@@ -57,11 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     # How the auth gate (tokens checked before bodies are read) finds a token's principal.
     app.state.principal_lookup = lookup_in_database(settings.resolved_database_url)
+    app.state.auth_failures = FailedAuthLimiter(settings.auth_failures_per_minute)
+    app.state.last_used = LastUsed()
     app.state.known_images = KnownImages()
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
-    app.add_middleware(AuthGateMiddleware)  # added last, runs first: no token, no body read
+    app.add_middleware(AuthGateMiddleware)  # runs before the body limit: no token, no body read
+    install_security(app)  # added last: outermost, so its headers reach every response (401s too)
     include_api(app)
     try:
         from server.dashboard.views import mount_dashboard

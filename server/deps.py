@@ -14,9 +14,10 @@ from itloop.settings import Settings, get_settings
 from server.auth import service as auth_service
 from server.auth.cache import AuthCache, Principal
 from server.auth.gate import PRINCIPAL_KEY
+from server.auth.guard import FailedAuthLimiter, LastUsed, touch
 from server.auth.tables import Role
 from server.db.engine import new_session
-from server.errors import Forbidden, Unauthorized
+from server.errors import Forbidden, TooManyRequests, Unauthorized
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -65,6 +66,11 @@ def get_auth_cache(request: Request) -> AuthCache:
     return request.app.state.auth_cache  # type: ignore[no-any-return]
 
 
+def client_address(request: Request) -> str:
+    """The client's address as uvicorn reports it (behind a proxy: see FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client else "unknown"
+
+
 async def get_current_user(
     request: Request,
     session: SessionDep,
@@ -73,17 +79,43 @@ async def get_current_user(
     # A request with a body was authenticated before its body was read (server.auth.gate).
     gated: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_KEY)
     if gated is not None:
+        if credentials is not None and credentials.credentials:
+            token_hash = auth_service.hash_token(credentials.credentials)
+            if request.app.state.last_used.due(token_hash):
+                await run_in_threadpool(touch, session, token_hash)
         return gated
     if credentials is None or not credentials.credentials:
+        if "token" in request.query_params:
+            raise Unauthorized(
+                "tokens in the URL are not accepted (URLs end up in logs and browser history); "
+                "send 'Authorization: Bearer <token>'"
+            )
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
     token_hash = auth_service.hash_token(credentials.credentials)
+    state = request.app.state
     cache = get_auth_cache(request)
     principal = cache.get(token_hash)
     if principal is None:
-        principal = await run_in_threadpool(
-            auth_service.principal_for_hash, session=session, token_hash=token_hash
-        )
+        limiter: FailedAuthLimiter = state.auth_failures
+        client = client_address(request)
+        retry = limiter.retry_after(client)
+        if retry is not None:
+            raise TooManyRequests(
+                f"too many failed authentications from {client}; try again in {retry} s", retry_after=retry
+            )
+        last_used: LastUsed = state.last_used
+        if last_used.due(token_hash):
+            await run_in_threadpool(touch, session, token_hash)
+        try:
+            principal = await run_in_threadpool(
+                auth_service.principal_for_hash, session=session, token_hash=token_hash
+            )
+        except Unauthorized:
+            limiter.record_failure(client, f"{request.method} {request.url.path}")
+            raise
         cache.put(token_hash, principal)
+    elif state.last_used.due(token_hash):
+        await run_in_threadpool(touch, session, token_hash)
     return principal
 
 

@@ -62,6 +62,16 @@ class PayloadTooLarge(ItloopError):
     status_code = 413
 
 
+class TooManyRequests(ItloopError):
+    """The client must wait ``retry_after`` seconds (sent as ``Retry-After``)."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class Unavailable(ItloopError):
     status_code = 503
 
@@ -119,6 +129,8 @@ def _format_validation(errors: list[dict[str, Any]]) -> str:
 def error_response(exc: ItloopError) -> JSONResponse:
     """The response for an ``ItloopError`` (also sent by middleware that answers before routing)."""
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(_body(exc.detail, **exc.extra), status_code=exc.status_code, headers=headers)
 
 

@@ -3,9 +3,10 @@
 FastAPI documents a 422 ``HTTPValidationError`` (``detail`` a list) on every route that takes
 input, but ``server/errors.py`` answers every error with ``ErrorBody`` (``detail`` a string, plus
 ``errors`` for validation). ``document_errors`` rewrites the generated document once: each 422
-refers to ``ErrorBody``, operations that need a token also list 401 and 403, operations with a path
-parameter list 404, operations whose body is bounded list 413 (``server.body_limit``), and
-FastAPI's ``HTTPValidationError`` and ``ValidationError`` schemas are dropped.
+refers to ``ErrorBody``, operations that need a token also list 401, 403 and 429 (the failed-login
+limit of ``server.auth.guard``), operations with a path parameter list 404, operations whose body
+is bounded list 413 (``server.body_limit``), and FastAPI's ``HTTPValidationError`` and
+``ValidationError`` schemas are dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ DESCRIPTIONS = {
     "413": "the request body is larger than the route's limit (`max_upload_bytes` for file uploads, "
     "`max_json_bytes` for every other body)",
     "422": "the request is not valid; request validation lists each problem in `errors`",
+    "429": "too many failed token checks from this client address; retry after `Retry-After` seconds",
 }
 FASTAPI_DEFAULT_DESCRIPTIONS = {"Validation Error"}
 
@@ -37,8 +39,9 @@ def _error_codes(method: str, operation: dict[str, Any]) -> set[str]:
     """The error statuses an operation can answer with, judging by what it takes."""
     codes = {"422"} if "422" in operation.get("responses", {}) else set()
     if operation.get("security"):
-        # Every route behind a token; a role check may also refuse (403) on most of them.
-        codes |= {"401", "403"}
+        # Every route behind a token; a role check may also refuse (403) on most of them, and a
+        # client past the failed-login limit is refused (429, server.auth.guard).
+        codes |= {"401", "403", "429"}
     if any(p.get("in") == "path" for p in operation.get("parameters", [])):
         codes.add("404")
     if method.upper() not in UNREAD_BODY_METHODS:

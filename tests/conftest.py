@@ -113,7 +113,9 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
         database_url=database_url,
         data_dir=data_dir,
         store_url=(data_dir / "store").resolve().as_uri(),
-        **{"rig_time": "", **overrides},  # no wall-clock deadline unless a test asks for one  # type: ignore[arg-type]
+        # no wall-clock deadline unless a test asks for one; no failed-login limit (tests send
+        # many bogus tokens on purpose) unless a test asks for one
+        **{"rig_time": "", "auth_failures_per_minute": 1_000_000, **overrides},  # type: ignore[arg-type]
     )
 
 
@@ -207,6 +209,27 @@ def bearer(token: str) -> dict[str, str]:
 def auth(tokens: dict[str, str]) -> Callable[[str], dict[str, str]]:
     """``auth("rig")`` gives the headers of that role's token."""
     return lambda role: bearer(tokens[role])
+
+
+@pytest.fixture
+def rig_auth(db_session: Session) -> Callable[[str], dict[str, str]]:
+    """``rig_auth(rig_id)`` gives the headers of a token of that rig's own account.
+
+    A rig token acts only for the rig named like its user (``server.batches.service.authorize_rig``),
+    so each rig gets a user named after its ``rig_id``, made on first use in the test transaction.
+    """
+    from server.auth import service
+
+    made: dict[str, str] = {}
+
+    def _headers(rig_id: str) -> dict[str, str]:
+        if rig_id not in made:
+            user = service.create_user(session=db_session, name=rig_id, role="rig")
+            made[rig_id] = service.create_token(session=db_session, user=user)
+            db_session.commit()
+        return bearer(made[rig_id])
+
+    return _headers
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.auth import service as auth_service
 from server.auth.cache import AuthCache, Principal
 from server.db.engine import new_session
-from server.errors import ItloopError, Unauthorized, Unavailable, error_response
+from server.errors import ItloopError, TooManyRequests, Unauthorized, Unavailable, error_response
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,29 @@ class AuthGateMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope["app"].state
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        limiter = getattr(state, "auth_failures", None)  # server.auth.guard: failed checks per client
+        retry = limiter.retry_after(client) if limiter is not None else None
+        if retry is not None:
+            await self._refuse(
+                TooManyRequests(
+                    f"too many failed authentications from {client}; try again in {retry} s",
+                    retry_after=retry,
+                ),
+                scope,
+                receive,
+                send,
+            )
+            return
         try:
             principal = await authenticate(
                 bearer_token(scope["headers"]), state.auth_cache, state.principal_lookup
             )
+        except Unauthorized as exc:
+            if limiter is not None:
+                limiter.record_failure(client, f"{scope['method']} {scope['path']}")
+            await self._refuse(exc, scope, receive, send)
+            return
         except ItloopError as exc:
             await self._refuse(exc, scope, receive, send)
             return

@@ -90,12 +90,21 @@ def revoke_token(*, session: Session, token: str | None = None, prefix: str | No
     return len(rows)
 
 
-def ensure_admin(*, session: Session, token: str, name: str = "admin") -> User:
-    """Idempotently make sure an admin holding ``token`` exists (prestart seeding)."""
+def ensure_admin(*, session: Session, token: str, name: str = "admin") -> User | None:
+    """Idempotently make sure an admin holding ``token`` exists (prestart seeding).
+
+    Returns None, changing nothing, when the token is already known but no longer works (it
+    was revoked, or its user disabled): a revocation is a decision a person made, so a deploy
+    that still carries the old ``ITLOOP_BOOTSTRAP_ADMIN_TOKEN`` must neither undo it nor fail
+    on the stored hash (the caller warns instead).
+    """
+    token_hash = hash_token(token)
     try:
-        return authenticate(session=session, token=token)
+        return session.get_one(User, principal_for_hash(session=session, token_hash=token_hash).id)
     except Unauthorized:
         pass
+    if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == token_hash)) is not None:
+        return None
     user = session.scalar(select(User).where(User.name == name)) or create_user(
         session=session, name=name, role=Role.admin
     )

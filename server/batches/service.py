@@ -20,9 +20,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
 from itloop.storage import ObjectStore, get_store, image_key
+from server.auth.cache import Principal
+from server.auth.tables import Role
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
 from server.db.base import as_utc, utcnow
-from server.errors import Conflict, InvalidInput, NotFound
+from server.errors import Conflict, Forbidden, InvalidInput, NotFound
 from server.images.tables import Image
 from server.lab.service import get_rig
 from server.lab.tables import Rig
@@ -303,21 +305,54 @@ def published_manifest_json(
     return manifest_json(batch=session.get_one(Batch, pk), public_base_url=public_base_url)
 
 
-def next_for_rig(*, session: Session, rig_id: str) -> Batch | None:
-    """The newest published batch of the rig that it has not completed, or None."""
+def authorize_rig(*, actor: Principal, rig_id: str, what: str = "") -> None:
+    """A rig token acts only for its own rig: the rig whose ``rig_id`` is the token user's name.
+
+    One rig account per rig (``itloop users create <rig_id> --role rig``), so a token taken
+    from one stimulus PC cannot report presentations for, complete, or pull the batches of
+    another. People's tokens (experimenter, admin) are not rig-bound; the route's role check
+    decides what they may do.
+    """
+    if actor.role == Role.rig and actor.name != rig_id:
+        raise Forbidden(
+            f"this token belongs to rig account {actor.name!r} and acts only for rig {actor.name!r}, "
+            f"not rig {rig_id!r}{what}; give each rig a user named after its rig_id"
+        )
+
+
+def rig_of(*, session: Session, batch: Batch) -> str:
+    """The ``rig_id`` a batch was made for."""
+    return session.scalar(select(Rig.rig_id).where(Rig.id == batch.rig_pk)) or ""
+
+
+def next_for_rig(*, session: Session, rig_id: str, actor: Principal | None = None) -> Batch | None:
+    """The rig's newest published batch, or None when there is none or the rig completed it.
+
+    Only the newest counts: once a newer batch is published, older ones are superseded, so a
+    rig that completed today's batch is not sent back to an unfinished older one. ``actor``
+    (the caller) must be allowed to act for the rig (:func:`authorize_rig`).
+    """
     rig = get_rig(session=session, rig_id=rig_id)
-    return session.scalar(
+    if actor is not None:
+        authorize_rig(actor=actor, rig_id=rig_id)
+    newest = session.scalar(
         select(Batch)
-        .where(Batch.rig_pk == rig.id, Batch.state.in_(VISIBLE), Batch.completed_at.is_(None))
+        .where(Batch.rig_pk == rig.id, Batch.state.in_(VISIBLE))
         .order_by(Batch.published_at.desc(), Batch.id.desc())
         .limit(1)
         .options(defer(Batch.manifest))
     )
+    return newest if newest is not None and newest.completed_at is None else None
 
 
-def complete(*, session: Session, batch_id: str) -> Batch:
-    """Mark a published batch completed by its rig; repeating it keeps the first time."""
+def complete(*, session: Session, batch_id: str, actor: Principal | None = None) -> Batch:
+    """Mark a published batch completed by its rig; repeating it keeps the first time.
+
+    ``actor`` (the caller) must be allowed to act for the batch's rig (:func:`authorize_rig`).
+    """
     batch = get_published(session=session, batch_id=batch_id, with_manifest=False)
+    if actor is not None:
+        authorize_rig(actor=actor, rig_id=rig_of(session=session, batch=batch), what=f" (batch {batch_id!r})")
     if batch.completed_at is None:
         batch.completed_at = utcnow()
         session.flush()
@@ -382,7 +417,11 @@ def check_events(*, batch: Batch, events: Sequence[dict[str, Any]]) -> list[str]
 
 
 def record_presentations(
-    *, session: Session, batch_id: str, events: Sequence[dict[str, Any]]
+    *,
+    session: Session,
+    batch_id: str,
+    events: Sequence[dict[str, Any]],
+    actor: Principal | None = None,
 ) -> dict[str, int]:
     """Store the rig's presentation events, idempotent by ``event_id``.
 
@@ -390,9 +429,12 @@ def record_presentations(
     stored, or twice in this request) with the same content are counted and ignored; an
     ``event_id`` repeated with different content (image, seq, onset or fixation) is a 409 and
     stores nothing: an event id names one presentation, and silently keeping either version
-    would lose the other. Returns ``{"received", "new", "repeated"}``.
+    would lose the other. Returns ``{"received", "new", "repeated"}``. ``actor`` (the caller)
+    must be allowed to act for the batch's rig (:func:`authorize_rig`).
     """
     batch = get_published(session=session, batch_id=batch_id)
+    if actor is not None:
+        authorize_rig(actor=actor, rig_id=rig_of(session=session, batch=batch), what=f" (batch {batch_id!r})")
     problems = check_events(batch=batch, events=events)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""

@@ -1,8 +1,10 @@
 """The rig face of the API (DESIGN.md section 5): next batch, manifest, bundle, events, completion.
 
-Any rig token may read any published batch and post for it (rigs are trusted lab
-machines; tokens are per rig so a leak is revoked per rig). People with viewer or
-experimenter roles may read manifests, images and bundles too.
+A rig token acts only for its own rig (the rig whose ``rig_id`` is its user's name): it may
+pull that rig's ``next`` batch, post presentations for and complete that rig's batches, and
+gets 403 for any other rig's. Manifests, bundles and images stay readable by any rig token
+(images are content-addressed and shared between rigs). People with viewer or experimenter
+roles may read manifests, images and bundles too.
 """
 
 from __future__ import annotations
@@ -55,14 +57,14 @@ def _json_with_etag(request: Request, body: bytes, etag: str, cache: str) -> Res
 
 @router.get(
     "/rigs/{rig_id}/batches/next",
-    summary="The newest published batch this rig has not completed (204 when none)",
+    summary="The rig's newest published batch, until the rig completes it (204 then, or when none)",
     response_model=Manifest,
     responses={204: {"description": "no batch to show"}},
 )
 def next_batch(
-    rig_id: str, request: Request, session: SessionDep, settings: SettingsDep, _: RigUser
+    rig_id: str, request: Request, session: SessionDep, settings: SettingsDep, user: RigUser
 ) -> Response:
-    batch = service.next_for_rig(session=session, rig_id=rig_id)
+    batch = service.next_for_rig(session=session, rig_id=rig_id, actor=user)
     if batch is None:
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
     return _manifest_response(request, batch, "no-store")
@@ -203,11 +205,11 @@ _events_body = {
 )
 def post_presentations(
     batch_id: str,
-    _: RigUser,
+    user: RigUser,
     events: Annotated[list[dict[str, Any]], Depends(read_events)],
     session: SessionDep,
 ) -> PresentationResult:
-    counts = service.record_presentations(session=session, batch_id=batch_id, events=events)
+    counts = service.record_presentations(session=session, batch_id=batch_id, events=events, actor=user)
     # Commit before answering: a rig that got the counts must never need to re-post.
     session.commit()
     return PresentationResult(**counts)
@@ -216,8 +218,8 @@ def post_presentations(
 @router.post(
     "/batches/{batch_id}/complete", response_model=CompleteResult, summary="The rig finished the batch"
 )
-def complete_batch(batch_id: str, session: SessionDep, _: RigUser) -> CompleteResult:
-    batch = service.complete(session=session, batch_id=batch_id)
+def complete_batch(batch_id: str, session: SessionDep, user: RigUser) -> CompleteResult:
+    batch = service.complete(session=session, batch_id=batch_id, actor=user)
     assert batch.completed_at is not None
     out = CompleteResult(
         batch_id=batch.batch_id,

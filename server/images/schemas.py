@@ -56,6 +56,14 @@ class ImageSetRead(ImageSetBase):
     id: int
     n_images: int
     created_at: datetime
+    withdrawn_at: datetime | None = Field(
+        default=None, description="when the set was withdrawn: nights no longer draw from it"
+    )
+    withdrawn_reason: str = ""
+
+
+class ImageSetWithdraw(BaseModel):
+    reason: str = Field(default="", max_length=2000, description="why, for the record")
 
 
 class ImageSetDetail(ImageSetRead):

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from itloop.storage import ObjectStore, image_key, sha256_hex
+from server.db.base import utcnow
 from server.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from server.images.png import decode_png, encode_png
 from server.images.tables import Image, ImageSet, ImageSetMember
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 KINDS = ("clean", "reference", "perturbed", "targeted", "random")
 DIRECTIONS = ("up", "down", "random", "targeted")
+IMAGE_SET_LOCK = 0x17A6E5E7  # pg_advisory_xact_lock key of image-set creation
 
 
 def check_sha256(sha256: str) -> str:
@@ -208,11 +210,16 @@ def create_image_set(
     if categories is not None and len(categories) != len(files):
         raise InvalidInput(f"categories: {len(categories)} entries for {len(files)} files")
     canonical = []
+    sizes: list[tuple[int, int]] = []
     for i, (filename, data) in enumerate(files):
         try:
-            canonical.append(encode_png(decode_png(data)))
+            pixels = decode_png(data)
         except InvalidUpload as exc:
             raise InvalidUpload(f"file {i} ({filename!r}): {exc.detail}") from None
+        canonical.append(encode_png(pixels))
+        sizes.append((int(pixels.shape[2]), int(pixels.shape[1])))
+    _lock_image_sets(session)
+    check_size(session=session, files=[f for f, _ in files], sizes=sizes)
     kind = "reference" if is_reference else "clean"
     image_set = ImageSet(name=name, description=description, is_reference=is_reference)
     session.add(image_set)
@@ -228,6 +235,72 @@ def create_image_set(
         seen.add(image.id)
         session.add(ImageSetMember(image_set_id=image_set.id, image_id=image.id, position=position))
     session.flush()
+    return image_set
+
+
+def _lock_image_sets(session: Session) -> None:
+    """Serialise image-set creation, so two first uploads cannot establish two sizes at once.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite: the request's write transaction
+    (BEGIN IMMEDIATE) already serialises writers.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": IMAGE_SET_LOCK})
+
+
+def established_size(*, session: Session) -> tuple[int, int] | None:
+    """The lab's image size (width, height): that of the oldest image set not withdrawn, or None.
+
+    Every night stacks clean, reference and perturbed images into one tensor, so the lab has
+    one stimulus size; the first set fixes it until every set of that size is withdrawn.
+    """
+    row = session.execute(
+        select(Image.width, Image.height)
+        .join(ImageSetMember, ImageSetMember.image_id == Image.id)
+        .join(ImageSet, ImageSet.id == ImageSetMember.image_set_id)
+        .where(ImageSet.withdrawn_at.is_(None))
+        .order_by(ImageSet.id, ImageSetMember.position)
+        .limit(1)
+    ).first()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def check_size(*, session: Session, files: Sequence[str], sizes: Sequence[tuple[int, int]]) -> None:
+    """Refuse (422) an upload whose images differ in size from each other or from the lab's.
+
+    Refused, not resized: a resampled stimulus is a different stimulus (blur, aliasing), and
+    which resampling is right for an experiment is the experimenter's call, made before upload.
+    """
+    expected = established_size(session=session)
+    what = "the lab's image size (of the image sets already registered)"
+    if expected is None:
+        expected, what = sizes[0], f"the size of file 0 ({files[0]!r})"
+    wrong = [i for i, size in enumerate(sizes) if size != expected]
+    if wrong:
+        i = wrong[0]
+        w, h = sizes[i]
+        more = f" (and {len(wrong) - 1} more files)" if len(wrong) > 1 else ""
+        raise InvalidUpload(
+            f"file {i} ({files[i]!r}) is {w}x{h} pixels{more}; expected {expected[0]}x{expected[1]}, "
+            f"{what}. Resize the images to {expected[0]}x{expected[1]} before uploading, or withdraw "
+            "the sets of the old size first (POST /image-sets/{name}/withdraw)",
+            expected_width=expected[0],
+            expected_height=expected[1],
+        )
+
+
+def withdraw_image_set(*, session: Session, name: str, reason: str = "") -> ImageSet:
+    """Withdraw a set: later nights and day-0 batches no longer draw from it (idempotent).
+
+    Nothing is deleted: batches already published keep their images, and responses already
+    recorded to its images stay data. Withdrawing again keeps the first time and reason.
+    """
+    image_set = get_image_set(session=session, name=name)
+    if image_set.withdrawn_at is None:
+        image_set.withdrawn_at = utcnow()
+        image_set.withdrawn_reason = reason
+        session.flush()
+        log.info("image set %r withdrawn: %s", name, reason or "(no reason given)")
     return image_set
 
 
@@ -274,7 +347,10 @@ def list_image_sets(
 
 
 def reference_set(*, session: Session) -> ImageSet | None:
-    """The newest set flagged as the daily reference set, if any."""
+    """The newest set flagged as the daily reference set and not withdrawn, if any."""
     return session.scalar(
-        select(ImageSet).where(ImageSet.is_reference.is_(True)).order_by(ImageSet.id.desc()).limit(1)
+        select(ImageSet)
+        .where(ImageSet.is_reference.is_(True), ImageSet.withdrawn_at.is_(None))
+        .order_by(ImageSet.id.desc())
+        .limit(1)
     )

@@ -44,6 +44,13 @@ class Image(Base):
 
 
 class ImageSet(Base):
+    """A named, immutable set of clean (or reference) images.
+
+    A withdrawn set (``withdrawn_at`` set) stays for the record (its images may have been shown
+    already) but no later night or day-0 batch draws from it, and it no longer fixes the lab's
+    image size.
+    """
+
     __tablename__ = "image_sets"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -51,6 +58,8 @@ class ImageSet(Base):
     description: Mapped[str] = mapped_column(default="")
     is_reference: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(default=None)
+    withdrawn_reason: Mapped[str] = mapped_column(default="", server_default="")
 
 
 class ImageSetMember(Base):

@@ -1,4 +1,9 @@
-"""Image routes: the rig's immutable PNG fetch, lineage, and clean image-set upload."""
+"""Image routes: the rig's immutable PNG fetch, lineage, clean image-set upload and withdrawal.
+
+Image-set uploads follow the lab's size policy (``service.check_size``): every image of the
+lab has one pixel size, fixed by the oldest set not withdrawn; anything else is a 422 naming
+the expected size.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +21,21 @@ from server.deps import BatchReader, ExperimenterUser, SessionDep, SettingsDep, 
 from server.errors import NotFound
 from server.images import service
 from server.images.known import KnownImages
-from server.images.schemas import ImageLineage, ImageRead, ImageSetDetail, ImageSetPage, ImageSetRead
+from server.images.schemas import (
+    ImageLineage,
+    ImageRead,
+    ImageSetDetail,
+    ImageSetPage,
+    ImageSetRead,
+    ImageSetWithdraw,
+)
 from server.images.tables import ImageSet
 
 router = APIRouter(tags=["images"])
 
-IMMUTABLE = "public, max-age=31536000, immutable"
+# private: the bytes are only served to a valid token, so a shared cache (a proxy) must not keep
+# them for others; the client's own cache may keep them for ever (content-addressed).
+IMMUTABLE = "private, max-age=31536000, immutable"
 STREAM_ABOVE_BYTES = 4 * 1024 * 1024
 
 
@@ -153,6 +167,8 @@ def _detail(session: Session, image_set: ImageSet) -> ImageSetDetail:
         is_reference=image_set.is_reference,
         n_images=len(members),
         created_at=image_set.created_at,
+        withdrawn_at=image_set.withdrawn_at,
+        withdrawn_reason=image_set.withdrawn_reason,
         images=[ImageRead.model_validate(m) for m in members],
     )
 
@@ -176,6 +192,8 @@ def list_image_sets(
             is_reference=s.is_reference,
             n_images=n,
             created_at=s.created_at,
+            withdrawn_at=s.withdrawn_at,
+            withdrawn_reason=s.withdrawn_reason,
         )
         for s, n in rows
     ]
@@ -185,3 +203,17 @@ def list_image_sets(
 @router.get("/image-sets/{name}", response_model=ImageSetDetail, summary="One image set with its images")
 def get_image_set(name: str, session: SessionDep, _: ViewerUser) -> ImageSetDetail:
     return _detail(session, service.get_image_set(session=session, name=name))
+
+
+@router.post(
+    "/image-sets/{name}/withdraw",
+    response_model=ImageSetDetail,
+    summary="Withdraw an image set: later nights and day-0 batches no longer use it (experimenter)",
+)
+def withdraw_image_set(
+    name: str, session: SessionDep, _: ExperimenterUser, body: ImageSetWithdraw | None = None
+) -> ImageSetDetail:
+    image_set = service.withdraw_image_set(session=session, name=name, reason=body.reason if body else "")
+    out = _detail(session, image_set)
+    session.commit()
+    return out

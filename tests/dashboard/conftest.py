@@ -108,8 +108,15 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def browser_context(browser: object, live_server: LiveServer) -> Iterator[object]:
-    """One context per module so the 4.8 MB Plotly bundle is fetched and compiled once."""
-    context = browser.new_context(base_url=live_server.base_url, viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+    """One context per module so the 4.8 MB Plotly bundle is fetched and compiled once.
+
+    ``bypass_csp``: Playwright's ``wait_for_function`` evaluates its predicate with ``eval``,
+    which the pages' Content-Security-Policy forbids; ``strict_page`` runs without the bypass
+    to prove the pages themselves work under that policy (``test_pages_work_under_the_csp``).
+    """
+    context = browser.new_context(  # type: ignore[attr-defined]
+        base_url=live_server.base_url, viewport={"width": 1400, "height": 1000}, bypass_csp=True
+    )
     context.set_default_timeout(15_000)
     try:
         yield context
@@ -127,6 +134,29 @@ def page(browser_context: object) -> Iterator[object]:
         yield pg
     finally:
         pg.close()
+
+
+@pytest.fixture
+def strict_page(browser: object, live_server: LiveServer) -> Iterator[object]:
+    """A tab in a context that enforces the Content-Security-Policy; records violations and errors."""
+    context = browser.new_context(base_url=live_server.base_url, viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+    context.set_default_timeout(20_000)
+    pg = context.new_page()
+    pg.uncaught = []
+    pg.violations = []
+    pg.on("pageerror", lambda exc: pg.uncaught.append(str(exc)))
+    pg.on(
+        "console",
+        lambda msg: (
+            pg.violations.append(msg.text)
+            if "Content Security Policy" in msg.text or "Refused to" in msg.text
+            else None
+        ),
+    )
+    try:
+        yield pg
+    finally:
+        context.close()
 
 
 def shot(page: object, name: str, backend: str) -> None:

@@ -61,7 +61,11 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 @pytest.fixture(scope="module")
 def demo_page(browser: Any, demo_server: tuple[str, str]) -> Iterator[Any]:
-    context = browser.new_context(base_url=demo_server[0], viewport={"width": 1400, "height": 1000})
+    # bypass_csp: Playwright's wait_for_function uses eval, which the pages' CSP forbids (the pages
+    # themselves are checked under the enforced policy in test_dashboard.py::test_pages_work_under_the_csp)
+    context = browser.new_context(
+        base_url=demo_server[0], viewport={"width": 1400, "height": 1000}, bypass_csp=True
+    )
     context.set_default_timeout(20_000)
     page = context.new_page()
     page.uncaught = []

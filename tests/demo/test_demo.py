@@ -157,7 +157,7 @@ def test_demo_recovers_the_true_sensitivity(demo_run: DemoRun) -> None:
 
 def test_virtual_rig_uploads_are_validated_like_any_clients(demo_run: DemoRun, tmp_path: Path) -> None:
     """The rig's own NWB writer and upload path, with one presentation naming an unknown image: 422."""
-    from demo.run import _tokens
+    from demo.run import _tokens, rig_token
     from demo.server import BackgroundServer
     from demo.virtual_rig import write_nwb
 
@@ -174,7 +174,8 @@ def test_virtual_rig_uploads_are_validated_like_any_clients(demo_run: DemoRun, t
         ]
         assert len(site_ids) == SITES
         manifest = http.get(
-            f"/rigs/{rig_id}/batches/next", headers={"Authorization": f"Bearer {tokens['rig']}"}
+            f"/rigs/{rig_id}/batches/next",
+            headers={"Authorization": f"Bearer {rig_token(demo_run.settings, rig_id)}"},
         )
         assert manifest.status_code == 200, manifest.text
         seq = sorted(manifest.json()["sequence"], key=lambda s: s["seq"])[:40]

@@ -50,6 +50,7 @@ ACCESS: dict[tuple[str, str], frozenset[str] | None] = {
     ("POST", f"{V1}/image-sets"): EXPERIMENTER,
     ("GET", f"{V1}/image-sets"): VIEWER,
     ("GET", f"{V1}/image-sets/{{name}}"): VIEWER,
+    ("POST", f"{V1}/image-sets/{{name}}/withdraw"): EXPERIMENTER,
     ("GET", f"{V1}/rigs/{{rig_id}}/batches/next"): RIG,
     ("POST", f"{V1}/rigs/{{rig_id}}/batches/initial"): EXPERIMENTER,
     ("GET", f"{V1}/batches"): VIEWER,
@@ -80,7 +81,7 @@ ACCESS: dict[tuple[str, str], frozenset[str] | None] = {
     # and static assets, which carry no data (the pages fetch it from the API with a token).
     ("GET", f"{V1}/openapi.json"): PUBLIC,
     ("GET", f"{V1}/docs"): PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", f"{V1}/docs/assets/{{name}}"): PUBLIC,
     ("GET", "/dashboard"): PUBLIC,
     ("GET", "/dashboard/"): PUBLIC,
     ("GET", "/dashboard/login"): PUBLIC,
@@ -136,6 +137,8 @@ def enumerate_routes(app: FastAPI) -> dict[tuple[str, str], dict[str, str]]:
 def _url(template: str, params: dict[str, str]) -> str:
     if template == "/dashboard/static/{path}":
         return "/dashboard/static/dashboard.css"
+    if template == f"{V1}/docs/assets/{{name}}":
+        return f"{V1}/docs/assets/swagger-ui-bundle.js"
     return PARAM.sub(lambda m: params[m.group(1)], template)
 
 

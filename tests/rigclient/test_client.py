@@ -41,7 +41,9 @@ def live(fresh_db_url: str, tmp_path: Path) -> Iterator[Live]:
         rig_id = make_rig(session)
         tokens = {}
         for role in ("rig", "viewer"):
-            user = auth_service.create_user(session=session, name=f"{role}-user", role=role)
+            # a rig token acts only for the rig its user is named after
+            name = rig_id if role == "rig" else f"{role}-user"
+            user = auth_service.create_user(session=session, name=name, role=role)
             tokens[role] = auth_service.create_token(session=session, user=user)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

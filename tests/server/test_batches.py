@@ -142,7 +142,7 @@ def test_publish_refuses_missing_objects(db_session: Session, store: ObjectStore
     assert batch.state == BatchState.building and batch.manifest is None
 
 
-def test_next_is_newest_uncompleted(db_session: Session, store: ObjectStore) -> None:
+def test_next_is_the_newest_published_batch_until_completed(db_session: Session, store: ObjectStore) -> None:
     rig, other = make_rig(db_session), make_rig(db_session)
     old = make_batch(db_session, store, rig_id=rig)
     new = make_batch(db_session, store, rig_id=rig)
@@ -150,7 +150,8 @@ def test_next_is_newest_uncompleted(db_session: Session, store: ObjectStore) -> 
     make_batch(db_session, store, rig_id=rig, publish=False)
     assert service.next_for_rig(session=db_session, rig_id=rig) is new
     service.complete(session=db_session, batch_id=new.batch_id)
-    assert service.next_for_rig(session=db_session, rig_id=rig) is old
+    # The older batch was never completed, but a newer one supersedes it: nothing to show.
+    assert service.next_for_rig(session=db_session, rig_id=rig) is None
     first = service.complete(session=db_session, batch_id=old.batch_id).completed_at
     assert service.complete(session=db_session, batch_id=old.batch_id).completed_at == first  # idempotent
     assert service.next_for_rig(session=db_session, rig_id=rig) is None

@@ -186,7 +186,12 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_production_refuses_default_pepper() -> None:
     with pytest.raises(ValueError, match="TOKEN_PEPPER"):
         Settings(env="production")
-    Settings(env="production", token_pepper="a-real-secret")
+    Settings(
+        env="production",
+        token_pepper="3f9c1a7e5b2d8f4c6a0e9b1d7c3f5a2e8b4d6c0f1a3e5b7d9c2f4a6e8b0d1c3f",
+        database_url="postgresql+psycopg://itloop@db/itloop",
+        redis_url="redis://redis:6379/0",
+    )  # the rest of what production refuses: tests/reliability/test_production.py
 
 
 def test_health_ok(client) -> None:  # type: ignore[no-untyped-def]

@@ -242,3 +242,143 @@ def test_lineage(client, auth, db_session: Session, store: ObjectStore, rng: np.
     assert root["parent_sha256"] is None and root["kind"] == "clean"
     assert client.get(f"{API}/images/{'2' * 64}/lineage", headers=auth("viewer")).status_code == 404
     assert client.get(f"{API}/images/xyz/lineage", headers=auth("viewer")).status_code == 422
+
+
+def _sized_files(
+    rng: np.random.Generator, sizes: list[tuple[int, int]]
+) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """One PNG per (width, height), named ``img<i>.png``."""
+    return [
+        (
+            "files",
+            (
+                f"img{i}.png",
+                _pil_png(PILImage.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))),
+                "image/png",
+            ),
+        )
+        for i, (w, h) in enumerate(sizes)
+    ]
+
+
+def _counts(db_session: Session) -> tuple[int, int]:
+    from server.images.tables import ImageSet
+
+    return (
+        db_session.scalar(select(func.count()).select_from(ImageSet)) or 0,
+        db_session.scalar(select(func.count()).select_from(Image)) or 0,
+    )
+
+
+def test_image_sets_keep_one_size(client, auth, rng: np.random.Generator, db_session: Session) -> None:  # type: ignore[no-untyped-def]
+    """The first set fixes the lab's size; a set of another size is a 422 that names it, storing nothing."""
+    headers = auth("experimenter")
+    # One upload whose files differ: refused, naming the odd file and the size it should have.
+    mixed = client.post(
+        f"{API}/image-sets",
+        data={"name": f"mixed-{uuid.uuid4().hex[:6]}"},
+        files=_sized_files(rng, [(16, 16), (16, 16), (12, 16)]),
+        headers=headers,
+    )
+    assert mixed.status_code == 422
+    assert "file 2 ('img2.png') is 12x16" in mixed.json()["detail"] and "16x16" in mixed.json()["detail"]
+    first = f"first-{uuid.uuid4().hex[:6]}"
+    r = client.post(
+        f"{API}/image-sets", data={"name": first}, files=_sized_files(rng, [(16, 16)] * 3), headers=headers
+    )
+    assert r.status_code == 201, r.text
+    before = _counts(db_session)
+    for is_reference in (False, True):
+        odd = client.post(
+            f"{API}/image-sets",
+            data={"name": f"odd-{uuid.uuid4().hex[:6]}", "is_reference": str(is_reference).lower()},
+            files=_sized_files(rng, [(12, 12), (12, 12)]),
+            headers=headers,
+        )
+        assert odd.status_code == 422, odd.text
+        body = odd.json()
+        assert "is 12x12 pixels (and 1 more files); expected 16x16" in body["detail"]
+        assert (body["expected_width"], body["expected_height"]) == (16, 16)
+    assert _counts(db_session) == before  # nothing half-written
+    same = client.post(
+        f"{API}/image-sets",
+        data={"name": f"same-{uuid.uuid4().hex[:6]}", "is_reference": "true"},
+        files=_sized_files(rng, [(16, 16)] * 2),
+        headers=headers,
+    )
+    assert same.status_code == 201, same.text
+
+
+def test_withdrawn_set_leaves_the_pool_and_frees_the_size(  # type: ignore[no-untyped-def]
+    client, auth, rng: np.random.Generator, db_session: Session
+) -> None:
+    from worker.steps.data import clean_pool
+
+    old, new = f"old-{uuid.uuid4().hex[:6]}", f"new-{uuid.uuid4().hex[:6]}"
+    headers = auth("experimenter")
+    r = client.post(
+        f"{API}/image-sets", data={"name": old}, files=_sized_files(rng, [(16, 16)] * 2), headers=headers
+    )
+    old_shas = {im["sha256"] for im in r.json()["images"]}
+    assert {im.sha256 for im in clean_pool(db_session)[0]} >= old_shas
+
+    url = f"{API}/image-sets/{old}/withdraw"
+    assert client.post(url, json={"reason": "wrong size"}).status_code == 401
+    assert client.post(url, json={"reason": "wrong size"}, headers=auth("viewer")).status_code == 403
+    assert client.post(f"{API}/image-sets/nope/withdraw", headers=headers).status_code == 404
+    r = client.post(url, json={"reason": "wrong size"}, headers=headers)
+    assert r.status_code == 200, r.text
+    withdrawn_at = r.json()["withdrawn_at"]
+    assert withdrawn_at and r.json()["withdrawn_reason"] == "wrong size"
+    again = client.post(url, json={"reason": "other"}, headers=auth("admin")).json()
+    assert (again["withdrawn_at"], again["withdrawn_reason"]) == (withdrawn_at, "wrong size")  # idempotent
+    listed = client.get(f"{API}/image-sets/{old}", headers=auth("viewer")).json()
+    assert listed["withdrawn_at"] == withdrawn_at and len(listed["images"]) == 2  # kept for the record
+
+    # Later nights no longer draw from it, and another size may now be established.
+    assert not {im.sha256 for im in clean_pool(db_session)[0]} & old_shas
+    r = client.post(
+        f"{API}/image-sets", data={"name": new}, files=_sized_files(rng, [(12, 12)] * 2), headers=headers
+    )
+    assert r.status_code == 201, r.text
+    assert service.established_size(session=db_session) == (12, 12)
+
+
+def test_concurrent_first_sets_of_two_sizes_establish_one(fresh_db_url: str, tmp_path: Path) -> None:
+    """Uploads racing to be the lab's first set cannot establish two sizes (a lock, not check-then-act)."""
+    import threading
+
+    import httpx
+
+    from demo.server import BackgroundServer
+    from server.auth import service as auth_service
+    from server.db.engine import session_scope
+    from tests.conftest import make_settings
+
+    with session_scope(fresh_db_url) as db:
+        user = auth_service.create_user(session=db, name="racer", role="experimenter")
+        token = auth_service.create_token(session=db, user=user)
+    rng = np.random.default_rng(3)
+    sizes = [(16, 16), (12, 12)] * 3
+    bodies = [_sized_files(rng, [size] * 4) for size in sizes]
+    barrier = threading.Barrier(len(sizes))
+    results: list[tuple[tuple[int, int], int]] = []
+
+    def upload(i: int, base: str) -> None:
+        with httpx.Client(base_url=base + API, headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+            barrier.wait()
+            r = c.post("/image-sets", data={"name": f"race-{i}"}, files=bodies[i])
+            results.append((sizes[i], r.status_code))
+
+    with BackgroundServer(make_settings(fresh_db_url, tmp_path)) as server:
+        threads = [threading.Thread(target=upload, args=(i, server.url)) for i in range(len(sizes))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    accepted = {size for size, code in results if code == 201}
+    assert len(results) == len(sizes) and {code for _, code in results} == {201, 422}, results
+    assert len(accepted) == 1, results  # one size won; every upload of the other got its 422
+    with session_scope(fresh_db_url) as db:
+        stored = set(db.execute(select(Image.width, Image.height)).all())
+    assert stored == accepted

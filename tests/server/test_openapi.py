@@ -64,14 +64,14 @@ def test_auth_not_found_and_too_large_errors_are_documented(client) -> None:  # 
     for method, path, op in _operations(spec):
         codes = set(op["responses"])
         if path == f"{API}/health":
-            assert not codes & {"401", "403", "422"}
+            assert not codes & {"401", "403", "422", "429"}
             continue
-        assert {"401", "403"} <= codes, (method, path)
+        assert {"401", "403", "429"} <= codes, (method, path)
         if "{" in path:
             assert "404" in codes, (method, path)
         # Bodies are bounded (server.body_limit) on every method that may carry one.
         assert ("413" in codes) == (method != "GET"), (method, path)
-        for code in codes & {"401", "403", "404", "413", "422"}:
+        for code in codes & {"401", "403", "404", "413", "422", "429"}:
             assert op["responses"][code]["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}
     # A description a route gave itself is kept.
     image = spec["paths"][f"{API}/images/{{sha256}}"]["get"]["responses"]

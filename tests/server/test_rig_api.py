@@ -52,31 +52,31 @@ def _stored(db_session: Session, batch_id: str) -> int:
     return db_session.scalar(query) or 0
 
 
-def test_next_is_204_when_none_and_needs_rig_role(client, auth, db_session: Session) -> None:  # type: ignore[no-untyped-def]
+def test_next_is_204_when_none_and_needs_rig_role(client, auth, rig_auth, db_session: Session) -> None:  # type: ignore[no-untyped-def]
     rig = make_rig(db_session)
     db_session.commit()
     url = f"{API}/rigs/{rig}/batches/next"
     assert client.get(url).status_code == 401
     assert client.get(url, headers=auth("viewer")).status_code == 403
-    r = client.get(url, headers=auth("rig"))
+    r = client.get(url, headers=rig_auth(rig))
     assert r.status_code == 204 and r.content == b""
     assert client.get(url, headers=auth("admin")).status_code == 204
-    assert client.get(f"{API}/rigs/nope/batches/next", headers=auth("rig")).status_code == 404
+    assert client.get(f"{API}/rigs/nope/batches/next", headers=rig_auth("nope")).status_code == 404
 
 
-def test_building_batch_is_invisible(client, auth, db_session: Session, store: ObjectStore) -> None:  # type: ignore[no-untyped-def]
+def test_building_batch_is_invisible(client, auth, rig_auth, db_session: Session, store: ObjectStore) -> None:  # type: ignore[no-untyped-def]
     rig = make_rig(db_session)
     batch = make_batch(db_session, store, rig_id=rig, publish=False)
     db_session.commit()
-    assert client.get(f"{API}/rigs/{rig}/batches/next", headers=auth("rig")).status_code == 204
+    assert client.get(f"{API}/rigs/{rig}/batches/next", headers=rig_auth(rig)).status_code == 204
     r = client.get(f"{API}/batches/{batch.batch_id}", headers=auth("rig"))
     assert r.status_code == 404 and "not published" in r.json()["detail"]
     assert client.get(f"{API}/batches/{batch.batch_id}/bundle", headers=auth("rig")).status_code == 404
 
 
-def test_manifest_contract(client, auth, published: dict, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def test_manifest_contract(client, auth, rig_auth, published: dict, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     rig, bid = published["rig_id"], published["batch_id"]
-    r = client.get(f"{API}/rigs/{rig}/batches/next", headers=auth("rig"))
+    r = client.get(f"{API}/rigs/{rig}/batches/next", headers=rig_auth(rig))
     assert r.status_code == 200
     body = r.json()
     assert MANIFEST_FIELDS <= set(body)
@@ -102,23 +102,27 @@ def test_manifest_contract(client, auth, published: dict, settings: Settings) ->
     )
 
 
-def test_next_skips_completed(client, auth, db_session: Session, store: ObjectStore) -> None:  # type: ignore[no-untyped-def]
+def test_next_is_the_newest_batch_only(
+    client, auth, rig_auth, db_session: Session, store: ObjectStore
+) -> None:  # type: ignore[no-untyped-def]
     rig = make_rig(db_session)
     old = make_batch(db_session, store, rig_id=rig).batch_id
     new = make_batch(db_session, store, rig_id=rig).batch_id
     db_session.commit()
+    own = rig_auth(rig)
     nxt = f"{API}/rigs/{rig}/batches/next"
-    assert client.get(nxt, headers=auth("rig")).json()["batch_id"] == new
+    assert client.get(nxt, headers=own).json()["batch_id"] == new
     assert client.post(f"{API}/batches/{new}/complete", headers=auth("viewer")).status_code == 403
     assert client.post(f"{API}/batches/{new}/complete").status_code == 401
-    r = client.post(f"{API}/batches/{new}/complete", headers=auth("rig"))
+    r = client.post(f"{API}/batches/{new}/complete", headers=own)
     assert r.status_code == 200 and r.json()["batch_id"] == new and r.json()["events"] == 0
-    assert client.get(nxt, headers=auth("rig")).json()["batch_id"] == old
-    assert client.post(f"{API}/batches/{old}/complete", headers=auth("rig")).status_code == 200
-    assert client.get(nxt, headers=auth("rig")).status_code == 204
-    # A completed batch is still readable (the record) and completing again is harmless.
-    assert client.get(f"{API}/batches/{old}", headers=auth("rig")).status_code == 200
-    assert client.post(f"{API}/batches/{old}/complete", headers=auth("rig")).status_code == 200
+    # The newest batch is done: the older, never completed one is superseded, not sent back.
+    assert client.get(nxt, headers=own).status_code == 204
+    # A superseded batch can still be completed and read (the record); completing again is harmless.
+    assert client.post(f"{API}/batches/{old}/complete", headers=own).status_code == 200
+    assert client.get(nxt, headers=own).status_code == 204
+    assert client.get(f"{API}/batches/{old}", headers=own).status_code == 200
+    assert client.post(f"{API}/batches/{old}/complete", headers=own).status_code == 200
 
 
 def test_images_etag_and_hash(client, auth, published: dict) -> None:  # type: ignore[no-untyped-def]
@@ -130,7 +134,7 @@ def test_images_etag_and_hash(client, auth, published: dict) -> None:  # type: i
     assert hashlib.sha256(r.content).hexdigest() == sha
     assert len(r.content) == published["images"][0]["bytes"]
     assert r.headers["etag"] == f'"{sha}"'
-    assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert r.headers["cache-control"] == "private, max-age=31536000, immutable"
     r304 = client.get(url, headers={**auth("rig"), "If-None-Match": f'"{sha}"'})
     assert r304.status_code == 304 and r304.content == b"" and r304.headers["etag"] == f'"{sha}"'
     other = client.get(url, headers={**auth("viewer"), "If-None-Match": '"' + "0" * 64 + '"'})
@@ -141,16 +145,17 @@ def test_images_etag_and_hash(client, auth, published: dict) -> None:  # type: i
     assert bad.status_code == 422 and "SHA-256" in bad.json()["detail"]
 
 
-def test_presentations_idempotent(client, auth, published: dict, db_session: Session) -> None:  # type: ignore[no-untyped-def]
+def test_presentations_idempotent(client, auth, rig_auth, published: dict, db_session: Session) -> None:  # type: ignore[no-untyped-def]
     bid = published["batch_id"]
     url = f"{API}/batches/{bid}/presentations"
     events = _events(published, 5)
     assert client.post(url, json=events).status_code == 401
     assert client.post(url, json=events, headers=auth("viewer")).status_code == 403
-    r = client.post(url, json=events, headers=auth("rig"))
+    rig = rig_auth(published["rig_id"])
+    r = client.post(url, json=events, headers=rig)
     assert r.status_code == 200, r.text
     assert r.json() == {"received": 5, "new": 5, "repeated": 0}
-    r = client.post(url, json=events, headers=auth("rig"))
+    r = client.post(url, json=events, headers=rig)
     assert r.json() == {"received": 5, "new": 0, "repeated": 5}
     assert _stored(db_session, bid) == 5
     rows = db_session.scalars(
@@ -160,13 +165,13 @@ def test_presentations_idempotent(client, auth, published: dict, db_session: Ses
     assert [e.event_id for e in rows] == [f"{bid}:{s}" for s in range(5)]
 
 
-def test_presentations_ndjson(client, auth, published: dict, db_session: Session) -> None:  # type: ignore[no-untyped-def]
+def test_presentations_ndjson(client, rig_auth, published: dict, db_session: Session) -> None:  # type: ignore[no-untyped-def]
     bid = published["batch_id"]
     url = f"{API}/batches/{bid}/presentations"
     events = _events(published)
     body = "\n".join(json.dumps(e) for e in events[2:]) + "\n\n"
-    headers = {**auth("rig"), "Content-Type": "application/x-ndjson"}
-    assert client.post(url, json=events[:4], headers=auth("rig")).json()["new"] == 4
+    headers = {**rig_auth(published["rig_id"]), "Content-Type": "application/x-ndjson"}
+    assert client.post(url, json=events[:4], headers=rig_auth(published["rig_id"])).json()["new"] == 4
     r = client.post(url, content=body, headers=headers)
     assert r.status_code == 200, r.text
     assert r.json() == {"received": len(events) - 2, "new": len(events) - 4, "repeated": 2}
@@ -187,12 +192,12 @@ def test_presentations_ndjson(client, auth, published: dict, db_session: Session
     ],
 )
 def test_bad_item_is_422_and_nothing_stored(  # type: ignore[no-untyped-def]
-    client, auth, published: dict, db_session: Session, patch: dict, message: str
+    client, rig_auth, published: dict, db_session: Session, patch: dict, message: str
 ) -> None:
     bid = published["batch_id"]
     events = _events(published, 4)
     events[2] = {**events[2], **patch}
-    r = client.post(f"{API}/batches/{bid}/presentations", json=events, headers=auth("rig"))
+    r = client.post(f"{API}/batches/{bid}/presentations", json=events, headers=rig_auth(published["rig_id"]))
     assert r.status_code == 422
     assert "item 2" in r.json()["detail"] and message in r.json()["detail"]
     assert _stored(db_session, bid) == 0
@@ -201,6 +206,7 @@ def test_bad_item_is_422_and_nothing_stored(  # type: ignore[no-untyped-def]
 def test_presentations_for_unpublished_or_malformed(
     client, auth, db_session: Session, store: ObjectStore
 ) -> None:  # type: ignore[no-untyped-def]
+    # (an unpublished batch is 404 before the rig check; a malformed body 422 before either)
     batch = make_batch(db_session, store, rig_id=make_rig(db_session), publish=False)
     db_session.commit()
     url = f"{API}/batches/{batch.batch_id}/presentations"
@@ -246,3 +252,34 @@ def test_list_batches_roles_and_filters(client, auth, db_session: Session, store
     r = client.get(f"{API}/batches", params={"rig": rig, "limit": 1}, headers=auth("experimenter"))
     assert r.json()["total"] == 2 and len(r.json()["items"]) == 1
     assert client.get(f"{API}/batches", params={"state": "bogus"}, headers=auth("viewer")).status_code == 422
+
+
+def test_rig_token_acts_only_for_its_own_rig(  # type: ignore[no-untyped-def]
+    client, auth, rig_auth, db_session: Session, store: ObjectStore
+) -> None:
+    mine, theirs = make_rig(db_session), make_rig(db_session)
+    their_batch = make_batch(db_session, store, rig_id=theirs)
+    db_session.commit()
+    assert their_batch.manifest is not None
+    bid = their_batch.batch_id
+    own = rig_auth(mine)
+    events = _events(their_batch.manifest, 3)
+
+    r = client.get(f"{API}/rigs/{theirs}/batches/next", headers=own)
+    assert r.status_code == 403 and theirs in r.json()["detail"]
+    r = client.post(f"{API}/batches/{bid}/presentations", json=events, headers=own)
+    assert r.status_code == 403 and bid in r.json()["detail"]
+    assert client.post(f"{API}/batches/{bid}/complete", headers=own).status_code == 403
+    # A rig account that is named after no rig acts for none.
+    assert client.post(f"{API}/batches/{bid}/complete", headers=auth("rig")).status_code == 403
+    # Nothing was stored, the batch is not completed, and its own rig still gets it.
+    assert _stored(db_session, bid) == 0
+    db_session.refresh(their_batch)
+    assert their_batch.completed_at is None
+    assert client.get(f"{API}/rigs/{theirs}/batches/next", headers=rig_auth(theirs)).json()["batch_id"] == bid
+    # Reading a manifest is not rig-bound (images are shared and content-addressed).
+    assert client.get(f"{API}/batches/{bid}", headers=own).status_code == 200
+    # Its own rig and an admin may act.
+    r = client.post(f"{API}/batches/{bid}/presentations", json=events, headers=rig_auth(theirs))
+    assert r.status_code == 200 and r.json()["new"] == 3
+    assert client.post(f"{API}/batches/{bid}/complete", headers=auth("admin")).status_code == 200

@@ -200,14 +200,24 @@ def content_signature(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
     return shas, seq
 
 
-def api_tokens(settings: Settings) -> dict[str, str]:
-    """One committed user and token per role on the lab's database."""
+def api_tokens(settings: Settings, rig_id: str | None = None) -> dict[str, str]:
+    """One committed user and token per role on the lab's database.
+
+    With ``rig_id``, the rig token is that rig's own (a user named ``rig_id``, made if missing):
+    a rig token acts only for the rig its user is named after.
+    """
+    from sqlalchemy import select
+
     from server.auth import service as auth
+    from server.auth.tables import User
 
     out = {}
     with session_scope(settings.resolved_database_url) as session:
         for role in ("admin", "experimenter", "viewer", "rig"):
-            user = auth.create_user(session=session, name=f"{role}-{uuid.uuid4().hex[:6]}", role=role)
+            name = rig_id if role == "rig" and rig_id else f"{role}-{uuid.uuid4().hex[:6]}"
+            user = session.scalar(select(User).where(User.name == name)) or auth.create_user(
+                session=session, name=name, role=role
+            )
             out[role] = auth.create_token(session=session, user=user)
     return out
 

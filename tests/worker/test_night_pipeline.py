@@ -129,7 +129,7 @@ def two_nights(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             n0 = run_night(the_lab)
             show_day(the_lab)
             n1 = run_night(the_lab, {"pair_separation_s": 2.0})
-            tokens = api_tokens(the_lab.settings)
+            tokens = api_tokens(the_lab.settings, rig_id=the_lab.rig_id)
             with TestClient(create_app(the_lab.settings)) as api:
                 yield TwoNights(the_lab, [n0, n1], api, tokens)
         finally:
@@ -302,7 +302,7 @@ def test_failed_night_keeps_yesterdays_batch(lab: Lab, failure: str) -> None:
     with overridden(overrides):
         night_id = run_night(lab, params)
 
-    tokens = api_tokens(lab.settings)
+    tokens = api_tokens(lab.settings, rig_id=lab.rig_id)
     with TestClient(create_app(lab.settings)) as api:
         night = api.get(f"/api/v1/nights/{night_id}", headers=bearer(tokens["viewer"])).json()
         nxt = api.get(f"/api/v1/rigs/{lab.rig_id}/batches/next", headers=bearer(tokens["rig"]))

@@ -56,11 +56,15 @@ def site_pks(session: Session, site_ids: list[str]) -> dict[str, int]:
 
 
 def clean_pool(session: Session) -> tuple[list[Image], list[Image]]:
-    """(clean images of non-reference sets, reference-set images), each in set order."""
+    """(clean images of non-reference sets, reference-set images), each in set order.
+
+    Withdrawn sets are left out (``POST /image-sets/{name}/withdraw``).
+    """
     rows = session.execute(
         select(Image, ImageSet.is_reference)
         .join(ImageSetMember, ImageSetMember.image_id == Image.id)
         .join(ImageSet, ImageSet.id == ImageSetMember.image_set_id)
+        .where(ImageSet.withdrawn_at.is_(None))
         .order_by(ImageSet.id, ImageSetMember.position, Image.id)
     ).all()
     clean: dict[int, Image] = {}

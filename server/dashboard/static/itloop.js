@@ -6,7 +6,9 @@
  */
 (function () {
   "use strict";
-  const CFG = window.ITLOOP || { api: "/api/v1", prefix: "/dashboard" };
+  // From data- attributes on <html> (base.html): no inline script, so the CSP can forbid them.
+  const DATA = document.documentElement.dataset;
+  const CFG = { api: DATA.api || "/api/v1", prefix: DATA.prefix || "/dashboard", page: DATA.page || "/" };
   const TOKEN_KEY = "itloop.token";
 
   class ApiError extends Error {
