@@ -19,8 +19,8 @@ from server.body_limit import BodyLimitMiddleware
 from server.errors import install_error_handlers
 from server.images.known import KnownImages
 from server.openapi import install_openapi
-from server.uploads import sweep_stale_uploads
 from server.security import install_security
+from server.uploads import sweep_stale_uploads
 
 _gc_frozen = False
 
