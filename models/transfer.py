@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SiteTransfer", "implausible_predictions", "site_transfer"]
+__all__ = ["SiteTransfer", "implausible_predictions", "realized_effect", "site_transfer"]
 
 _Z95 = 1.959963984540054
 
@@ -129,3 +129,53 @@ def implausible_predictions(predicted: np.ndarray, low: np.ndarray, high: np.nda
     span = np.maximum(np.asarray(high) - np.asarray(low), 1e-9)
     pred = np.asarray(predicted)
     return (pred > np.asarray(high) + span) | (pred < np.asarray(low) - span)
+
+
+def realized_effect(
+    predicted: np.ndarray, observed: np.ndarray, l2: np.ndarray, *, top: float = 0.25, min_pairs: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How much the probes a source believes in move each site, per unit of L2, sign-corrected.
+
+    Correlation over all pairs asks whether a source predicts changes along *every* direction
+    probed so far, most of which other sources chose for other sites. What the choice needs is
+    narrower: if this source picks the directions it predicts to move the site most, do they? So,
+    per site, take the ``top`` share of pairs with the largest predicted change per unit L2 (at
+    least ``min_pairs``), and average the observed change in the predicted direction per unit
+    L2. A source whose gradient points where the site's does scores high; one that promises
+    large changes along directions the site ignores scores near zero, however well it predicts
+    clean images.
+
+    Parameters
+    ----------
+    predicted, observed : ndarray of shape (n_pairs, n_sites)
+    l2 : ndarray of shape (n_pairs,)
+        Each pair's pixel-space L2 distance (twin minus parent).
+
+    Returns
+    -------
+    effect, stderr : ndarray of shape (n_sites,)
+        Mean sign-corrected observed change per unit L2 over the chosen pairs, and its standard
+        error; NaN with fewer than ``min_pairs`` usable pairs.
+    n : ndarray of shape (n_sites,)
+        Pairs used.
+    """
+    p = np.asarray(predicted, dtype=np.float64)
+    o = np.asarray(observed, dtype=np.float64)
+    dist = np.asarray(l2, dtype=np.float64)[:, None]
+    ok = np.isfinite(p) & np.isfinite(o) & (dist > 0)
+    n_sites = p.shape[1]
+    effect, stderr, used = np.full(n_sites, np.nan), np.full(n_sites, np.nan), np.zeros(n_sites, dtype=int)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gain = np.where(ok, np.abs(p) / dist, -np.inf)
+        signed = np.where(ok, np.sign(p) * o / dist, np.nan)
+    for i in range(n_sites):
+        n_ok = int(ok[:, i].sum())
+        k = min(n_ok, max(min_pairs, int(np.ceil(top * n_ok))))
+        if k < min_pairs:
+            continue
+        best = np.argsort(-gain[:, i])[:k]
+        vals = signed[best, i]
+        effect[i] = float(vals.mean())
+        stderr[i] = float(vals.std(ddof=1) / np.sqrt(k)) if k > 1 else np.nan
+        used[i] = k
+    return effect, stderr, used

@@ -146,3 +146,35 @@ def test_plan_shards_gives_the_search_its_share_of_each_site() -> None:
     # Without a search, one shard kind per source.
     plain = plan_shards(["a", "b"], {"a": "m1", "b": "m1"}, None, cfg, [1])
     assert [(s["model_version"], s["slots"]) for s in plain] == [("m1", [0, 3])]
+
+
+def test_realized_effect_scores_the_probes_a_source_believes_in() -> None:
+    from models.transfer import realized_effect
+
+    rng = np.random.default_rng(3)
+    n_pix, n_pairs = 200, 400
+    g = rng.normal(size=n_pix)
+    deltas = rng.normal(size=(n_pairs, n_pix))
+    deltas[:40] = g / np.linalg.norm(g) * rng.choice([-1.0, 1.0], size=(40, 1))  # some probes along g
+    observed = (deltas @ g + rng.normal(size=n_pairs))[:, None]
+    l2 = np.linalg.norm(deltas, axis=1)
+    aligned = (deltas @ g)[:, None]  # a source whose gradient is g
+    # A source that promises huge changes along a direction the site ignores.
+    other = rng.normal(size=n_pix)
+    misled = (deltas @ other * 50)[:, None]
+    good, good_se, n = realized_effect(aligned, observed, l2, top=0.1)
+    bad, _, _ = realized_effect(misled, observed, l2, top=0.1)
+    assert n[0] == 40
+    assert good[0] > 0.8 * np.linalg.norm(g) and good_se[0] < 0.2 * good[0]
+    assert abs(bad[0]) < 0.3 * good[0]
+    # Selection follows it even where the misled source correlates as well over all pairs.
+    ev = [
+        SourceEvidence(
+            "misled",
+            site_transfer(misled, observed),
+            np.array([0.9]),
+            *realized_effect(misled, observed, l2)[:2],
+        ),
+        SourceEvidence("aligned", site_transfer(aligned, observed), np.array([0.1]), good, good_se),
+    ]
+    assert choose_per_site(ev)[0].source == "aligned"

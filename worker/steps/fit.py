@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from models.transfer import SiteTransfer, site_transfer
+from models.transfer import SiteTransfer, realized_effect, site_transfer
 from server.errors import Conflict
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
@@ -127,6 +127,13 @@ def _metric_rows(
     return rows
 
 
+def _pair_l2(images: list[Any], children: Any) -> np.ndarray:
+    """Each pair's L2 distance as recorded in the twin's lineage (NaN where unknown)."""
+    return np.array(
+        [np.nan if images[c].achieved_l2 is None else float(images[c].achieved_l2) for c in children]
+    )
+
+
 def transfer_fields(tr: SiteTransfer, i: int) -> dict[str, Any]:
     """One site's transfer evidence as site-metric fields."""
     return {
@@ -230,6 +237,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
             "pair_child_id": np.array([ts.images[i].id for i in cc]),
             "pair_pred_change": pred_change,
             "pair_obs_change": obs_change,
+            "pair_l2": _pair_l2(ts.images, cc),
         }
         if len(pairs) >= 3:
             transfer = {"transfer_pred": (pred[pc], pred[cc]), "transfer_obs": (ts.mean[pc], ts.mean[cc])}
@@ -441,6 +449,7 @@ def _refit_search(
             "pair_child_id": np.array([ts.images[i].id for i in cc]),
             "pair_pred_change": model.loo_pred_,
             "pair_obs_change": observed,
+            "pair_l2": np.linalg.norm(flat[cc] - flat[pc], axis=1),
         },
         training={
             "sessions": ts.sessions,
@@ -532,7 +541,9 @@ def _local_weights(ctx: JobContext, key: str, sha256: str) -> Path:
     return path
 
 
-def _evidence(name: str, art: Any, site_ids: list[str], changes: tuple[Any, Any] | None = None) -> Any:
+def _evidence(
+    name: str, art: Any, site_ids: list[str], changes: tuple[Any, Any] | None = None, l2: Any = None
+) -> Any:
     """A source's per-site evidence in ``site_ids`` order: its stored pairs, or ``changes``.
 
     ``changes`` is ``(predicted, observed)`` over pairs, for a source with no artifact of its own
@@ -545,18 +556,24 @@ def _evidence(name: str, art: Any, site_ids: list[str], changes: tuple[Any, Any]
         pred, obs = art.metrics.get("pair_pred_change"), art.metrics.get("pair_obs_change")
     else:
         pred, obs = changes
+    l2 = art.metrics.get("pair_l2") if l2 is None else l2
+    effect = effect_se = None
     if pred is None or obs is None or len(obs) == 0:
         empty = np.zeros((0, len(site_ids)))
         tr = site_transfer(empty, empty)
     else:
         tr = site_transfer(np.asarray(pred)[:, cols], np.asarray(obs)[:, cols])
+        if l2 is not None and len(l2) == len(obs):
+            effect, effect_se, _ = realized_effect(
+                np.asarray(pred)[:, cols], np.asarray(obs)[:, cols], np.asarray(l2)
+            )
     r_ceiled = np.asarray(art.metrics.get("r_ceiled", np.full(len(art.site_ids), np.nan)))[cols]
     if changes is not None:
         r_ceiled = np.full(len(site_ids), np.nan)
-    return SourceEvidence(name=name, transfer=tr, predictivity=r_ceiled)
+    return SourceEvidence(name=name, transfer=tr, predictivity=r_ceiled, effect=effect, effect_se=effect_se)
 
 
-def _ensemble_changes(arts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+def _ensemble_changes(arts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """Mean predicted change of all members, and the observed change, over the pairs all of them hold out."""
     rows: list[dict[tuple[int, int], int]] = []
     for a in arts.values():
@@ -573,7 +590,9 @@ def _ensemble_changes(arts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | N
     ]
     first = next(iter(arts.values()))
     obs = np.asarray(first.metrics["pair_obs_change"])[[rows[0][k] for k in common]]
-    return np.mean(preds, axis=0), obs
+    l2 = first.metrics.get("pair_l2")
+    l2 = None if l2 is None else np.asarray(l2)[[rows[0][k] for k in common]]
+    return np.mean(preds, axis=0), obs, l2
 
 
 def _record_ensemble(
@@ -671,7 +690,7 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
     ens_arts = {v: arts[v] for v in members}
     ens_changes = _ensemble_changes(ens_arts) if cfg.ensemble and len(members) > 1 else None
     if ens_changes is not None:
-        evidence.append(_evidence(ENSEMBLE, arts[members[0]], site_ids, ens_changes))
+        evidence.append(_evidence(ENSEMBLE, arts[members[0]], site_ids, ens_changes[:2], ens_changes[2]))
     choices = choose_per_site(evidence, min_pairs=cfg.min_transfer_pairs)
     counts: dict[str, int] = {}
     for c in choices:
