@@ -23,6 +23,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from redis import Redis
+from sqlalchemy import select
 
 from itloop.settings import Settings
 from itloop.storage import image_key
@@ -470,3 +471,33 @@ def test_redis_flushed_mid_night_the_reaper_recovers_and_the_night_completes(
     assert f"reenqueued={refits}" in worker.output()
     batch = batch_of_night(lab, night_id)
     assert batch is not None and manifest_of(lab, batch.batch_id)["images"]
+
+
+def test_trained_surrogate_warm_starts_and_the_search_makes_its_share(lab: Lab) -> None:
+    """Two nights with the data-driven candidate: night 2 starts from night 1's weights, the
+    across-day search is fitted once twins exist, and a share of each site's twins is made along
+    its direction (lineage says so); per-site choices carry their evidence."""
+    params = {"candidates": ["tiny_cnn", "vone_trained"], "clean_per_site": 2, "search_share": 0.5}
+    show_day(lab)
+    first = run_night(lab, params)
+    show_day(lab)
+    second = run_night(lab, params)
+    assert night_row(lab, first).state == JobState.succeeded, night_row(lab, first).error
+    assert night_row(lab, second).state == JobState.succeeded, night_row(lab, second).error
+    with session_scope(lab.url) as session:
+        from server.images.tables import Image
+        from server.modeling.tables import ModelVersion, SiteMetric
+
+        versions = {mv.version: mv for mv in session.scalars(select(ModelVersion))}
+        trained = [versions[f"night{n}-vone_trained"] for n in (first, second)]
+        assert all(mv.trained_on.get("weights_key") for mv in trained)
+        assert trained[0].trained_on["weights_key"] != trained[1].trained_on["weights_key"]
+        assert [mv.trained_on["warm_started"] for mv in trained] == [False, True]
+        assert f"night{first}-search" not in versions  # no twins before night 1's batch was shown
+        search = versions[f"night{second}-search"]
+        assert search.trained_on["n_pairs"] >= 8
+        twins = session.scalars(select(Image).where(Image.kind == "perturbed")).all()
+        by_search = [im for im in twins if im.model_version_id == search.id]
+        assert by_search and all(im.provenance.get("source") == "search" for im in by_search)
+        chosen = session.scalars(select(SiteMetric).where(SiteMetric.chosen_for_site.is_(True))).all()
+        assert chosen and all(m.choice_reason for m in chosen)

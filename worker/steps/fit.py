@@ -205,8 +205,9 @@ def refit(ctx: JobContext) -> dict[str, Any]:
 
     device = ctx.device()
     held_out = None
+    warm: dict[str, Any] = {}
     if cand.fit == "trained":
-        cand, backbone, ckpt_sha, X, held_out = _train_core(ctx, cand, ts, parents)
+        cand, backbone, ckpt_sha, X, held_out, warm = _train_core(ctx, cand, ts, parents)
     else:
         ckpt = cand.checkpoint_path(ctx.settings.data_dir)
         ckpt_sha = checkpoint_sha256(ckpt) if ckpt is not None else None
@@ -309,7 +310,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
                 "sessions": ts.sessions,
                 "n_images": len(ts.images),
                 "window_ms": list(window),
-                **({"weights_key": cand.checkpoint} if cand.fit == "trained" else {}),
+                **({"weights_key": cand.checkpoint, **warm} if cand.fit == "trained" else {}),
             },
             metrics=metrics,
             score=report.score,
@@ -370,7 +371,8 @@ def _train_core(ctx: JobContext, cand: Any, ts: Any, parents: dict[int, int | No
             [backbone.net.from_front(front[i : i + 256].to(device)).cpu() for i in range(0, len(front), 256)]
         )
     trained = replace(cand, checkpoint=key, kwargs=kwargs)
-    return trained, backbone, sha, out.numpy().astype(np.float64), report.held_out
+    record = {"warm_started": report.warm_started, "epochs": report.epochs, "held_out_r": report.val_r}
+    return trained, backbone, sha, out.numpy().astype(np.float64), report.held_out, record
 
 
 def _previous_weights(ctx: JobContext, candidate: str) -> dict[str, Any] | None:
