@@ -501,3 +501,20 @@ def test_trained_surrogate_warm_starts_and_the_search_makes_its_share(lab: Lab) 
         assert by_search and all(im.provenance.get("source") == "search" for im in by_search)
         chosen = session.scalars(select(SiteMetric).where(SiteMetric.chosen_for_site.is_(True))).all()
         assert chosen and all(m.choice_reason for m in chosen)
+
+
+def test_a_surrogate_that_fails_to_train_is_replaced_and_the_note_says_so(lab: Lab) -> None:
+    broken = {
+        "name": "broken_trained",
+        "backbone": "vone_trained",
+        "layer": "sites",
+        "pool": "flatten",
+        "fit": "trained",
+        "kwargs": {"channels": -1},  # cannot be built: training fails inside its refit
+    }
+    show_day(lab)
+    night_id = run_night(lab, {"candidates": ["tiny_cnn", broken]})
+    night = night_row(lab, night_id)
+    assert night.state == JobState.succeeded, night.error
+    assert "broken_trained: training failed" in night.note, night.note
+    assert batch_of_night(lab, night_id) is not None

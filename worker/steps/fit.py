@@ -207,7 +207,12 @@ def refit(ctx: JobContext) -> dict[str, Any]:
     held_out = None
     warm: dict[str, Any] = {}
     if cand.fit == "trained":
-        cand, backbone, ckpt_sha, X, held_out, warm = _train_core(ctx, cand, ts, parents)
+        try:
+            cand, backbone, ckpt_sha, X, held_out, warm = _train_core(ctx, cand, ts, parents)
+        except Exception as exc:  # noqa: BLE001 - the night goes on with the other candidates
+            log.warning("training %s failed; the night uses the other candidates", cand.name, exc_info=True)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            return {"model_version": None, "candidate": cand.name, "skipped": f"training failed ({reason})"}
     else:
         ckpt = cand.checkpoint_path(ctx.settings.data_dir)
         ckpt_sha = checkpoint_sha256(ckpt) if ckpt is not None else None
@@ -679,9 +684,11 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
     from server.modeling.tables import SiteMetric
 
     cfg = night_config(ctx)
-    results = [r for r in ctx.results_of(REFIT) if r.get("model_version")]
+    everything = ctx.results_of(REFIT)
+    results = [r for r in everything if r.get("model_version")]
     if not results:
         raise Conflict("no candidate model was fitted")
+    skipped = [f"{r.get('candidate')}: {r['skipped']}" for r in everything if r.get("skipped")]
     arts = {r["model_version"]: load_artifact(ctx, r["model_version"]) for r in results}
     search = next((r["model_version"] for r in results if r.get("candidate") == SEARCH), None)
     members = [v for v in arts if v != search]  # surrogates proper: they predict clean responses
@@ -716,6 +723,9 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
         )
         night_row = _night(session, ctx.params["night_id"])
         night_row.model_version_id = mv.id
+        if skipped:  # e.g. a surrogate that failed to train: the others stood in, and the note says so
+            note = "; ".join(skipped)
+            night_row.note = f"{night_row.note}; {note}" if night_row.note else note
         # The per-site choice and its evidence, on the chosen version's site metric rows.
         ids = {v: modeling.get(session=session, version=v).id for v in version_of.values()}
         site_pk = site_pks_of(session, site_ids)
