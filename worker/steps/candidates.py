@@ -13,6 +13,7 @@ from typing import Any
 from server.errors import InvalidInput
 
 SEARCH = "search"
+ENSEMBLE = "ensemble"  # the mean of the night's candidates: a source, not a refitted candidate
 
 BUILTIN: dict[str, dict[str, Any]] = {
     "resnet50": {"backbone": "resnet50", "layer": "layer4", "pool": "avg", "checkpoint": "resnet50.pt"},

@@ -1,0 +1,248 @@
+"""Night stage 3: choose each site's source of twins by measured transfer, and plan the shards.
+
+Sources are the night's candidates, their ensemble and the across-day search (models.selection);
+the choice and its evidence are written on the site metrics of the chosen version.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from models.transfer import realized_effect, site_transfer
+from server.errors import Conflict
+from server.modeling import service as modeling
+from server.modeling.tables import ModelVersion
+from worker.context import JobContext
+from worker.night import REFIT, SELECT
+from worker.registry import job
+from worker.steps.candidates import ENSEMBLE, SEARCH
+from worker.steps.config import NightConfig
+from worker.steps.data import clean_pool
+from worker.steps.data import site_pks as site_pks_of
+from worker.steps.fit import load_artifact, nanmedian_or_none, night_config, transfer_fields
+
+
+def _evidence(
+    name: str, art: Any, site_ids: list[str], changes: tuple[Any, Any] | None = None, l2: Any = None
+) -> Any:
+    """A source's per-site evidence in ``site_ids`` order: its stored pairs, or ``changes``.
+
+    ``changes`` is ``(predicted, observed)`` over pairs, for a source with no artifact of its own
+    (the ensemble), which has no clean-image predictivity either.
+    """
+    from models.selection import SourceEvidence
+
+    cols = [art.site_ids.index(s) for s in site_ids]
+    if changes is None:
+        pred, obs = art.metrics.get("pair_pred_change"), art.metrics.get("pair_obs_change")
+    else:
+        pred, obs = changes
+    l2 = art.metrics.get("pair_l2") if l2 is None else l2
+    effect = effect_se = None
+    if pred is None or obs is None or len(obs) == 0:
+        empty = np.zeros((0, len(site_ids)))
+        tr = site_transfer(empty, empty)
+    else:
+        tr = site_transfer(np.asarray(pred)[:, cols], np.asarray(obs)[:, cols])
+        if l2 is not None and len(l2) == len(obs):
+            effect, effect_se, _ = realized_effect(
+                np.asarray(pred)[:, cols], np.asarray(obs)[:, cols], np.asarray(l2)
+            )
+    r_ceiled = np.asarray(art.metrics.get("r_ceiled", np.full(len(art.site_ids), np.nan)))[cols]
+    if changes is not None:
+        r_ceiled = np.full(len(site_ids), np.nan)
+    return SourceEvidence(name=name, transfer=tr, predictivity=r_ceiled, effect=effect, effect_se=effect_se)
+
+
+def _ensemble_changes(arts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """Mean predicted change of all members, and the observed change, over the pairs all of them hold out."""
+    rows: list[dict[tuple[int, int], int]] = []
+    for a in arts.values():
+        p, c = a.metrics.get("pair_parent_id"), a.metrics.get("pair_child_id")
+        if p is None or c is None or len(p) == 0:
+            return None
+        rows.append({(int(x), int(y)): k for k, (x, y) in enumerate(zip(p, c, strict=True))})
+    common = sorted(set.intersection(*(set(r) for r in rows)))
+    if not common:
+        return None
+    preds = [
+        np.asarray(a.metrics["pair_pred_change"])[[r[k] for k in common]]
+        for a, r in zip(arts.values(), rows, strict=True)
+    ]
+    first = next(iter(arts.values()))
+    obs = np.asarray(first.metrics["pair_obs_change"])[[rows[0][k] for k in common]]
+    l2 = first.metrics.get("pair_l2")
+    l2 = None if l2 is None else np.asarray(l2)[[rows[0][k] for k in common]]
+    return np.mean(preds, axis=0), obs, l2
+
+
+def _record_ensemble(
+    ctx: JobContext, session: Any, members: list[str], evidence: Any, site_ids: list[str]
+) -> Any:
+    """The ensemble as a model version of its own, so lineage and analysis can name it."""
+    version = f"night{ctx.params['night_id']}-{ENSEMBLE}"
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if existing is not None:
+        return existing
+    key = f"models/{version}.json"
+    ctx.store.put(key, json.dumps({"members": members}).encode())
+    tr = evidence.transfer
+    return modeling.record_model_version(
+        session=session,
+        version=version,
+        candidate=ENSEMBLE,
+        backbone=ENSEMBLE,
+        checkpoint_sha256=None,
+        layer="",
+        pool="",
+        artifact_key=key,
+        trained_on={"night": ctx.params["night_id"], "members": members},
+        metrics={"members": members, "median_transfer_r": nanmedian_or_none(tr.r)},
+        score=None,
+        site_metrics=[{"site_id": sid, **transfer_fields(tr, i)} for i, sid in enumerate(site_ids)],
+    )
+
+
+def plan_shards(
+    eligible: list[str],
+    source_of: dict[str, str],
+    search: str | None,
+    cfg: NightConfig,
+    clean_ids: list[int],
+    search_ready: set[str] | frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """Synthesis shards: one model version each, a few sites, and which image slots they make.
+
+    Each site's ``clean_per_site`` parent images are slots ``0..k-1``. With a fitted search, the
+    first ``round(search_share * k)`` slots (at least one when ``k >= 2``) of every site that has
+    enough pairs are made along the search's direction, the rest (and the site's targeted and
+    random twins) by the site's chosen source; a site whose chosen source is the search gets all
+    its slots from it.
+    """
+    k = cfg.clean_per_site
+    n_search = round(cfg.search_share * k) if search else 0
+    if search and cfg.search_share > 0 and k >= 2:
+        n_search = min(max(n_search, 1), k)
+    jobs: dict[tuple[str, int, int, bool], list[str]] = {}
+    for sid in eligible:
+        source = source_of[sid]
+        if search and source != search and n_search and sid in search_ready:
+            jobs.setdefault((search, 0, n_search, n_search == k), []).append(sid)
+            if n_search < k:
+                jobs.setdefault((source, n_search, k, True), []).append(sid)
+        else:
+            jobs.setdefault((source, 0, k, True), []).append(sid)
+    shards = []
+    for (version, lo, hi, extras), sites in sorted(jobs.items()):
+        for i in range(0, len(sites), cfg.sites_per_shard):
+            shards.append(
+                {
+                    "model_version": version,
+                    "sites": sites[i : i + cfg.sites_per_shard],
+                    "clean_image_ids": clean_ids,
+                    "slots": [lo, hi],
+                    "extras": extras,
+                }
+            )
+    return shards
+
+
+@job(SELECT, timeout_s=1800)
+def select_model(ctx: JobContext) -> dict[str, Any]:
+    """Choose each site's source by measured transfer (predictivity before twins) and plan the shards."""
+    from models.selection import choose_per_site
+    from server.modeling.tables import SiteMetric
+
+    cfg = night_config(ctx)
+    everything = ctx.results_of(REFIT)
+    results = [r for r in everything if r.get("model_version")]
+    if not results:
+        raise Conflict("no candidate model was fitted")
+    skipped = [f"{r.get('candidate')}: {r['skipped']}" for r in everything if r.get("skipped")]
+    arts = {r["model_version"]: load_artifact(ctx, r["model_version"]) for r in results}
+    search = next((r["model_version"] for r in results if r.get("candidate") == SEARCH), None)
+    members = [v for v in arts if v != search]  # surrogates proper: they predict clean responses
+    if not members:
+        raise Conflict("no candidate surrogate was fitted (the search alone cannot start a night)")
+    site_ids = list(arts[members[0]].site_ids)
+    evidence = [_evidence(v, a, site_ids) for v, a in arts.items()]
+    ens_arts = {v: arts[v] for v in members}
+    ens_changes = _ensemble_changes(ens_arts) if cfg.ensemble and len(members) > 1 else None
+    if ens_changes is not None:
+        evidence.append(_evidence(ENSEMBLE, arts[members[0]], site_ids, ens_changes[:2], ens_changes[2]))
+    choices = choose_per_site(evidence, min_pairs=cfg.min_transfer_pairs)
+    counts: dict[str, int] = {}
+    for c in choices:
+        counts[c.source] = counts.get(c.source, 0) + 1
+    with ctx.session() as session:
+        version_of = {v: v for v in arts}
+        if any(c.source == ENSEMBLE for c in choices):
+            ens = _record_ensemble(ctx, session, members, evidence[-1], site_ids)
+            version_of[ENSEMBLE] = ens.version
+        top = max(counts, key=lambda k: (counts[k], k not in (ENSEMBLE, search)))
+        summary = ", ".join(f"{version_of[k]} for {n} site(s)" for k, n in sorted(counts.items()))
+        mv = modeling.get(session=session, version=version_of[top])
+        by_transfer = sum(c.by == "transfer" for c in choices)
+        modeling.choose(
+            session=session,
+            model_version=mv,
+            reason=(
+                f"chosen per site: {summary}; {by_transfer} site(s) by measured transfer on earlier "
+                f"twins, {len(choices) - by_transfer} by ceiled predictivity (no twins yet)"
+            ),
+        )
+        night_row = _night(session, ctx.params["night_id"])
+        night_row.model_version_id = mv.id
+        if skipped:  # e.g. a surrogate that failed to train: the others stood in, and the note says so
+            note = "; ".join(skipped)
+            night_row.note = f"{night_row.note}; {note}" if night_row.note else note
+        # The per-site choice and its evidence, on the chosen version's site metric rows.
+        ids = {v: modeling.get(session=session, version=v).id for v in version_of.values()}
+        site_pk = site_pks_of(session, site_ids)
+        for sid, choice in zip(site_ids, choices, strict=True):
+            row = session.scalar(
+                select(SiteMetric).where(
+                    SiteMetric.model_version_id == ids[version_of[choice.source]],
+                    SiteMetric.site_pk == site_pk[sid],
+                )
+            )
+            if row is not None:
+                row.chosen_for_site = True
+                row.choice_reason = f"{choice.by}: {choice.reason}"
+        gate_rows = modeling.site_metrics(
+            session=session, mv=modeling.get(session=session, version=members[0])
+        )
+        clean, _ = clean_pool(session)
+        clean_ids = [im.id for im in clean]
+    gated = {m["site_id"]: m.get("gate_reason") or "gated" for m in gate_rows if m.get("gated")}
+    eligible = [sid for sid in site_ids if sid not in gated]
+    if not clean_ids:
+        raise Conflict("no clean image set is registered; nothing to perturb")
+    source_of = {sid: version_of[c.source] for sid, c in zip(site_ids, choices, strict=True)}
+    search_ev = next((e for e in evidence if e.name == search), None)
+    ready = {
+        sid
+        for i, sid in enumerate(site_ids)
+        if search_ev and search_ev.transfer.n[i] >= cfg.min_transfer_pairs
+    }
+    shards = plan_shards(eligible, source_of, search, cfg, clean_ids, search_ready=ready)
+    return {
+        "model_version": mv.version,
+        "model_version_id": mv.id,
+        "shards": shards,
+        "gated": gated,
+        "eligible": eligible,
+        "site_sources": {
+            sid: {"source": source_of[sid], "by": c.by} for sid, c in zip(site_ids, choices, strict=True)
+        },
+    }
+
+
+def _night(session: Any, night_id: int) -> Any:
+    from server.jobs.tables import Night
+
+    return session.get(Night, night_id)
