@@ -1,11 +1,13 @@
 """Which surrogate makes each site's twins: measured transfer first, predictivity only before twins.
 
 Sources are the night's fitted candidates, their ensemble (the mean of their predictions,
-attacked as one model) and the across-day search. For a site with enough twins on record, the
-source whose most promising probes (the pairs it predicts to move the site most) did move the
-site most wins, because that is the one whose gradient points where the site's does; the
-transfer correlation over all pairs ranks sources with no such measure. Until twins exist
-nothing but clean-image predictivity is known, and it decides.
+attacked as one model) and the across-day search. What a choice is for is measurable directly:
+a source's own twins for a site, shown and recorded, either moved the site in the intended
+direction or not. A source whose own twins clearly did is kept; otherwise an untried source is
+tried (exploration), so a poor first choice is never kept for lack of evidence. Predictions along
+probes other sources chose (the transfer correlation) are reported, but they rank a source by
+directions its own attack does not take. Until twins exist nothing but clean-image predictivity
+is known, and it decides.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ class SourceEvidence:
         Over the pairs shown so far (arrays of shape (n_sites,)).
     predictivity : ndarray of shape (n_sites,)
         Noise-ceiled predictivity on clean images; NaN where unknown.
-    effect, effect_se : ndarray of shape (n_sites,), optional
-        Sign-corrected observed change per unit L2 of the pairs this source predicts to move the
-        site most, and its standard error.
+    effect, effect_se, n_own : ndarray of shape (n_sites,), optional
+        Sign-corrected observed change per unit L2 of this source's own twins for each site, its
+        standard error and how many twins (models.transfer.own_twin_effect).
     """
 
     name: str
@@ -40,13 +42,14 @@ class SourceEvidence:
     predictivity: np.ndarray
     effect: np.ndarray | None = None
     effect_se: np.ndarray | None = None
+    n_own: np.ndarray | None = None
 
-    def score(self, i: int) -> float:
-        """What ranks sources at site ``i``: the realized effect of the probes the source believes
-        in (models.transfer.realized_effect) where known, else the transfer correlation."""
-        if self.effect is not None and np.isfinite(self.effect[i]):
-            return float(self.effect[i])
-        return float(self.transfer.r[i]) if np.isfinite(self.transfer.r[i]) else -np.inf
+    def tried(self, i: int, min_own: int) -> bool:
+        """Whether enough of this source's own twins for site ``i`` have been recorded."""
+        return self.n_own is not None and self.effect is not None and self.n_own[i] >= min_own
+
+    def se(self, i: int) -> float:
+        return float(self.effect_se[i]) if self.effect_se is not None else float("nan")
 
 
 @dataclass(frozen=True)
@@ -60,53 +63,83 @@ def _fmt(x: float) -> str:
     return "nan" if not np.isfinite(x) else f"{x:.3f}"
 
 
-def choose_per_site(sources: list[SourceEvidence], *, min_pairs: int = 8) -> list[SiteChoice]:
+def choose_per_site(
+    sources: list[SourceEvidence], *, min_pairs: int = 8, min_own: int = 4, keep_at_se: float = 1.0
+) -> list[SiteChoice]:
     """The source for each site, with a reason that quotes the evidence.
+
+    Per site, in order:
+
+    1. No source has ``min_pairs`` twin pairs on record: the best noise-ceiled predictivity.
+    2. A source whose *own* twins for the site (at least ``min_own``) moved it in the intended
+       direction by more than ``keep_at_se`` standard errors is kept (the best such effect).
+    3. Otherwise, a source not yet tried at the site is tried (exploration): candidates by
+       predictivity first, then the rest by transfer correlation; the reason says so.
+    4. Everything has been tried and nothing clearly works: the best measured effect.
 
     Parameters
     ----------
     sources : list of SourceEvidence
-        All of the same length of site arrays; order breaks exact ties.
-    min_pairs : int, default 8
-        Twin pairs a source needs at a site before its transfer counts.
-
-    Returns
-    -------
-    list of SiteChoice, one per site
+        All with site arrays of one length; ``effect``/``effect_se``/``n_own`` describe each
+        source's own twins (models.transfer.own_twin_effect).
     """
     if not sources:
         raise ValueError("no sources to choose from")
     n_sites = len(sources[0].predictivity)
     choices = []
     for i in range(n_sites):
-        measured = [s for s in sources if s.transfer.n[i] >= min_pairs and np.isfinite(s.transfer.r[i])]
-        if measured:
-            ranked = sorted(measured, key=lambda s: -s.score(i))
-            best = ranked[0]
-            t = best.transfer
-            reason = ""
-            if best.effect is not None and np.isfinite(best.effect[i]):
-                se = best.effect_se[i] if best.effect_se is not None else np.nan
-                reason = (
-                    f"its most promising probes moved the site {_fmt(best.effect[i])} +- {_fmt(se)} "
-                    "per unit L2 (chance 0); "
-                )
-            reason += (
-                f"transfer r {_fmt(t.r[i])} [{_fmt(t.r_low[i])}, {_fmt(t.r_high[i])}] over {int(t.n[i])} "
-                f"pairs (chance 0), slope {_fmt(t.slope[i])}, sign agreement {_fmt(t.sign_agreement[i])} "
-                "(chance 0.5)"
-            )
-            if len(ranked) > 1:
-                reason += "; next: " + ", ".join(f"{s.name} {_fmt(s.score(i))}" for s in ranked[1:3])
-            choices.append(SiteChoice(best.name, "transfer", reason))
+        if not any(s.transfer.n[i] >= min_pairs for s in sources):
+            choices.append(_by_predictivity(sources, i, min_pairs))
             continue
-        pred = np.array([s.predictivity[i] for s in sources], dtype=np.float64)
-        k = int(np.argmax(np.where(np.isfinite(pred), pred, -np.inf)))
-        choices.append(
-            SiteChoice(
-                sources[k].name,
-                "predictivity",
-                f"fewer than {min_pairs} twin pairs on record: best ceiled predictivity {_fmt(pred[k])}",
+        tried = [s for s in sources if s.tried(i, min_own)]
+        best = max(tried, key=lambda s: float(s.effect[i])) if tried else None  # type: ignore[index]
+        if best is not None and best.effect[i] > keep_at_se * best.se(i):
+            choices.append(SiteChoice(best.name, "own twins", _own_reason(best, i, tried)))
+            continue
+        untried = [s for s in sources if not s.tried(i, min_own)]
+        if untried:
+            pick = max(untried, key=lambda s: (np.nan_to_num(s.predictivity[i], nan=-2.0), _r(s, i)))
+            why = (
+                "exploring: its own twins have not been measured at this site yet; "
+                + (
+                    f"best so far {best.name} moved it {_fmt(best.effect[i])} +- {_fmt(best.se(i))} "  # type: ignore[index]
+                    "per unit L2, not clearly above 0"
+                    if best is not None
+                    else "no source's own twins measured here yet"
+                )
+                + f"; transfer r over all pairs {_fmt(_r(pick, i))}"
             )
+            choices.append(SiteChoice(pick.name, "exploration", why))
+            continue
+        assert best is not None
+        choices.append(
+            SiteChoice(best.name, "own twins", _own_reason(best, i, tried) + " (nothing clearly works)")
         )
     return choices
+
+
+def _r(s: SourceEvidence, i: int) -> float:
+    return float(s.transfer.r[i]) if np.isfinite(s.transfer.r[i]) else -2.0
+
+
+def _own_reason(best: SourceEvidence, i: int, tried: list[SourceEvidence]) -> str:
+    t = best.transfer
+    reason = (
+        f"its own {int(best.n_own[i])} twins moved the site {_fmt(best.effect[i])} +- {_fmt(best.se(i))} "  # type: ignore[index]
+        f"per unit L2 in the intended direction (chance 0); transfer r over all pairs {_fmt(t.r[i])} "
+        f"[{_fmt(t.r_low[i])}, {_fmt(t.r_high[i])}] (chance 0)"
+    )
+    others = [s for s in tried if s is not best]
+    if others:
+        reason += "; others: " + ", ".join(f"{s.name} {_fmt(s.effect[i])}" for s in others[:2])  # type: ignore[index]
+    return reason
+
+
+def _by_predictivity(sources: list[SourceEvidence], i: int, min_pairs: int) -> SiteChoice:
+    pred = np.array([s.predictivity[i] for s in sources], dtype=np.float64)
+    k = int(np.argmax(np.where(np.isfinite(pred), pred, -np.inf)))
+    return SiteChoice(
+        sources[k].name,
+        "predictivity",
+        f"fewer than {min_pairs} twin pairs on record: best ceiled predictivity {_fmt(pred[k])}",
+    )

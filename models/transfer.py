@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SiteTransfer", "implausible_predictions", "realized_effect", "site_transfer"]
+__all__ = ["SiteTransfer", "implausible_predictions", "own_twin_effect", "site_transfer"]
 
 _Z95 = 1.959963984540054
 
@@ -131,51 +131,47 @@ def implausible_predictions(predicted: np.ndarray, low: np.ndarray, high: np.nda
     return (pred > np.asarray(high) + span) | (pred < np.asarray(low) - span)
 
 
-def realized_effect(
-    predicted: np.ndarray, observed: np.ndarray, l2: np.ndarray, *, top: float = 0.25, min_pairs: int = 4
+def own_twin_effect(
+    observed: np.ndarray, l2: np.ndarray, direction: np.ndarray, target: np.ndarray, own: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """How much the probes a source believes in move each site, per unit of L2, sign-corrected.
+    """How much one source's own twins moved the sites they were made for, per unit L2.
 
-    Correlation over all pairs asks whether a source predicts changes along *every* direction
-    probed so far, most of which other sources chose for other sites. What the choice needs is
-    narrower: if this source picks the directions it predicts to move the site most, do they? So,
-    per site, take the ``top`` share of pairs with the largest predicted change per unit L2 (at
-    least ``min_pairs``), and average the observed change in the predicted direction per unit
-    L2. A source whose gradient points where the site's does scores high; one that promises
-    large changes along directions the site ignores scores near zero, however well it predicts
-    clean images.
+    This is the direct measurement of what the choice of a source is for: its twins for a site,
+    shown and recorded, and the observed change in the direction they were made to push
+    (up +1, down -1), divided by their L2 distance (so epsilons pool). Evaluating a source on
+    probes other sources chose measures its predictions along *their* directions, not the
+    direction its own attack takes, and on the virtual brains that picked sources whose twins
+    did not move the site.
 
     Parameters
     ----------
-    predicted, observed : ndarray of shape (n_pairs, n_sites)
+    observed : ndarray of shape (n_pairs, n_sites)
+        Observed change (twin minus parent) of every site for every pair.
     l2 : ndarray of shape (n_pairs,)
-        Each pair's pixel-space L2 distance (twin minus parent).
+    direction : ndarray of shape (n_pairs,)
+        +1 or -1 for twins made to push up or down; 0 for others (never counted).
+    target : ndarray of shape (n_pairs,)
+        Column of the site each twin was made for (-1: none).
+    own : ndarray of bool, shape (n_pairs,)
+        Twins this source made.
 
     Returns
     -------
     effect, stderr : ndarray of shape (n_sites,)
-        Mean sign-corrected observed change per unit L2 over the chosen pairs, and its standard
-        error; NaN with fewer than ``min_pairs`` usable pairs.
+        Mean sign-corrected change per unit L2 of the source's own twins for each site, and its
+        standard error (NaN below 2 twins).
     n : ndarray of shape (n_sites,)
-        Pairs used.
     """
-    p = np.asarray(predicted, dtype=np.float64)
     o = np.asarray(observed, dtype=np.float64)
-    dist = np.asarray(l2, dtype=np.float64)[:, None]
-    ok = np.isfinite(p) & np.isfinite(o) & (dist > 0)
-    n_sites = p.shape[1]
-    effect, stderr, used = np.full(n_sites, np.nan), np.full(n_sites, np.nan), np.zeros(n_sites, dtype=int)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gain = np.where(ok, np.abs(p) / dist, -np.inf)
-        signed = np.where(ok, np.sign(p) * o / dist, np.nan)
+    n_sites = o.shape[1]
+    dist, sign = np.asarray(l2, dtype=np.float64), np.asarray(direction, dtype=np.float64)
+    tgt, mine = np.asarray(target), np.asarray(own, dtype=bool)
+    effect, stderr, n = np.full(n_sites, np.nan), np.full(n_sites, np.nan), np.zeros(n_sites, dtype=int)
     for i in range(n_sites):
-        n_ok = int(ok[:, i].sum())
-        k = min(n_ok, max(min_pairs, int(np.ceil(top * n_ok))))
-        if k < min_pairs:
+        rows = mine & (tgt == i) & (sign != 0) & (dist > 0) & np.isfinite(o[:, i]) & np.isfinite(dist)
+        k = int(rows.sum())
+        if k < 2:
             continue
-        best = np.argsort(-gain[:, i])[:k]
-        vals = signed[best, i]
-        effect[i] = float(vals.mean())
-        stderr[i] = float(vals.std(ddof=1) / np.sqrt(k)) if k > 1 else np.nan
-        used[i] = k
-    return effect, stderr, used
+        vals = sign[rows] * o[rows, i] / dist[rows]
+        effect[i], stderr[i], n[i] = vals.mean(), vals.std(ddof=1) / np.sqrt(k), k
+    return effect, stderr, n

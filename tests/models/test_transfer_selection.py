@@ -37,33 +37,63 @@ def test_site_transfer_ignores_unrecorded_pairs_and_needs_four() -> None:
     assert t.r[0] == pytest.approx(1.0) and np.isnan(t.r[1])
 
 
-def _evidence(name: str, r: list[float], n: int, pred: list[float]) -> SourceEvidence:
+def _evidence(
+    name: str, r: list[float], n: int, pred: list[float], own: list[float] | None = None, own_se: float = 0.1
+) -> SourceEvidence:
     k = len(r)
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
-    # Build pairs whose correlation with the truth is about r at each site.
     truth = rng.normal(size=(max(n, 1), k))
-    noise = rng.normal(size=truth.shape)
-    p = np.array(r) * truth + np.sqrt(1 - np.array(r) ** 2) * noise
+    p = np.array(r) * truth + np.sqrt(1 - np.array(r) ** 2) * rng.normal(size=truth.shape)
     tr = site_transfer(p[:n], truth[:n])
-    return SourceEvidence(name=name, transfer=tr, predictivity=np.array(pred))
+    if own is None:
+        return SourceEvidence(name=name, transfer=tr, predictivity=np.array(pred))
+    return SourceEvidence(
+        name=name,
+        transfer=tr,
+        predictivity=np.array(pred),
+        effect=np.array(own),
+        effect_se=np.full(k, own_se),
+        n_own=np.where(np.isfinite(own), 18, 0),
+    )
 
 
-def test_choice_follows_transfer_once_twins_exist_and_predictivity_before() -> None:
-    # "predictive" predicts clean images best but its twins do not move the sites.
+def test_choice_is_predictivity_before_twins_then_own_twins_then_exploration() -> None:
+    # "predictive" predicts clean images best; "transfers" makes twins that move the sites.
     before = [
         _evidence("predictive", [0.0, 0.0], 0, [0.9, 0.9]),
         _evidence("transfers", [0.9, 0.9], 0, [0.5, 0.5]),
     ]
     assert [c.source for c in choose_per_site(before)] == ["predictive", "predictive"]
     assert all(c.by == "predictivity" for c in choose_per_site(before))
+    # Night 2: only "predictive" has own twins. Site 0: they moved it (kept); site 1: they did not,
+    # so the untried source is tried, even though its transfer r over all pairs is low.
     after = [
-        _evidence("predictive", [0.0, 0.95], 400, [0.9, 0.9]),
-        _evidence("transfers", [0.9, 0.0], 400, [0.5, 0.5]),
+        _evidence("predictive", [0.5, 0.5], 300, [0.9, 0.9], own=[2.0, 0.02]),
+        _evidence("transfers", [0.05, 0.05], 300, [0.5, 0.5], own=[np.nan, np.nan]),
     ]
     choices = choose_per_site(after)
-    assert [c.source for c in choices] == ["transfers", "predictive"]  # per site
-    assert all(c.by == "transfer" for c in choices)
-    assert "chance 0" in choices[0].reason and "pairs" in choices[0].reason
+    assert [c.source for c in choices] == ["predictive", "transfers"]
+    assert [c.by for c in choices] == ["own twins", "exploration"]
+    assert "moved the site 2.000" in choices[0].reason and "exploring" in choices[1].reason
+    # Night 3: both tried at site 1: the one whose own twins moved it wins.
+    later = [
+        _evidence("predictive", [0.5, 0.5], 300, [0.9, 0.9], own=[2.0, 0.02]),
+        _evidence("transfers", [0.05, 0.05], 300, [0.5, 0.5], own=[np.nan, 1.5]),
+    ]
+    assert [c.source for c in choose_per_site(later)] == ["predictive", "transfers"]
+
+
+def test_own_twin_effect_counts_only_a_sources_twins_for_each_site() -> None:
+    from models.transfer import own_twin_effect
+
+    observed = np.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 3.0], [0.0, 3.0], [9.0, 9.0]])
+    l2 = np.array([1.0, 1.0, 2.0, 2.0, 1.0])
+    direction = np.array([1.0, -1.0, 1.0, 1.0, 0.0])  # the last is a random twin: never counted
+    target = np.array([0, 0, 1, 1, 0])
+    mine = np.array([True, True, True, False, True])
+    effect, se, n = own_twin_effect(observed, l2, direction, target, mine)
+    assert effect[0] == 2.0 and n[0] == 2 and se[0] == 0.0
+    assert np.isnan(effect[1]) and n[1] == 0  # one own twin is not enough for a standard error
 
 
 def test_pair_difference_ridge_recovers_a_gradient_inside_the_probed_subspace() -> None:
@@ -146,35 +176,3 @@ def test_plan_shards_gives_the_search_its_share_of_each_site() -> None:
     # Without a search, one shard kind per source.
     plain = plan_shards(["a", "b"], {"a": "m1", "b": "m1"}, None, cfg, [1])
     assert [(s["model_version"], s["slots"]) for s in plain] == [("m1", [0, 3])]
-
-
-def test_realized_effect_scores_the_probes_a_source_believes_in() -> None:
-    from models.transfer import realized_effect
-
-    rng = np.random.default_rng(3)
-    n_pix, n_pairs = 200, 400
-    g = rng.normal(size=n_pix)
-    deltas = rng.normal(size=(n_pairs, n_pix))
-    deltas[:40] = g / np.linalg.norm(g) * rng.choice([-1.0, 1.0], size=(40, 1))  # some probes along g
-    observed = (deltas @ g + rng.normal(size=n_pairs))[:, None]
-    l2 = np.linalg.norm(deltas, axis=1)
-    aligned = (deltas @ g)[:, None]  # a source whose gradient is g
-    # A source that promises huge changes along a direction the site ignores.
-    other = rng.normal(size=n_pix)
-    misled = (deltas @ other * 50)[:, None]
-    good, good_se, n = realized_effect(aligned, observed, l2, top=0.1)
-    bad, _, _ = realized_effect(misled, observed, l2, top=0.1)
-    assert n[0] == 40
-    assert good[0] > 0.8 * np.linalg.norm(g) and good_se[0] < 0.2 * good[0]
-    assert abs(bad[0]) < 0.3 * good[0]
-    # Selection follows it even where the misled source correlates as well over all pairs.
-    ev = [
-        SourceEvidence(
-            "misled",
-            site_transfer(misled, observed),
-            np.array([0.9]),
-            *realized_effect(misled, observed, l2)[:2],
-        ),
-        SourceEvidence("aligned", site_transfer(aligned, observed), np.array([0.1]), good, good_se),
-    ]
-    assert choose_per_site(ev)[0].source == "aligned"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from models.transfer import realized_effect, site_transfer
+from models.transfer import own_twin_effect, site_transfer
 from server.errors import Conflict
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
@@ -27,11 +27,16 @@ from worker.steps.fit import load_artifact, nanmedian_or_none, night_config, tra
 
 
 def _evidence(
-    name: str, art: Any, site_ids: list[str], changes: tuple[Any, Any] | None = None, l2: Any = None
+    name: str,
+    art: Any,
+    site_ids: list[str],
+    own: tuple[np.ndarray, np.ndarray, np.ndarray],
+    changes: tuple[Any, Any] | None = None,
 ) -> Any:
-    """A source's per-site evidence in ``site_ids`` order: its stored pairs, or ``changes``.
+    """A source's per-site evidence in ``site_ids`` order.
 
-    ``changes`` is ``(predicted, observed)`` over pairs, for a source with no artifact of its own
+    ``own`` is the measured effect of the source's own twins (effect, stderr, n per site);
+    ``changes`` is ``(predicted, observed)`` over pairs for a source with no artifact of its own
     (the ensemble), which has no clean-image predictivity either.
     """
     from models.selection import SourceEvidence
@@ -41,24 +46,50 @@ def _evidence(
         pred, obs = art.metrics.get("pair_pred_change"), art.metrics.get("pair_obs_change")
     else:
         pred, obs = changes
-    l2 = art.metrics.get("pair_l2") if l2 is None else l2
-    effect = effect_se = None
     if pred is None or obs is None or len(obs) == 0:
         empty = np.zeros((0, len(site_ids)))
         tr = site_transfer(empty, empty)
     else:
         tr = site_transfer(np.asarray(pred)[:, cols], np.asarray(obs)[:, cols])
-        if l2 is not None and len(l2) == len(obs):
-            effect, effect_se, _ = realized_effect(
-                np.asarray(pred)[:, cols], np.asarray(obs)[:, cols], np.asarray(l2)
-            )
     r_ceiled = np.asarray(art.metrics.get("r_ceiled", np.full(len(art.site_ids), np.nan)))[cols]
     if changes is not None:
         r_ceiled = np.full(len(site_ids), np.nan)
-    return SourceEvidence(name=name, transfer=tr, predictivity=r_ceiled, effect=effect, effect_se=effect_se)
+    effect, se, n_own = own
+    return SourceEvidence(
+        name=name, transfer=tr, predictivity=r_ceiled, effect=effect, effect_se=se, n_own=n_own
+    )
 
 
-def _ensemble_changes(arts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+def _own_twins(session: Any, ref: Any, site_ids: list[str]) -> Any:
+    """For every twin pair on record: which candidate made it, for which site, pushing which way.
+
+    Returns ``(observed (n_pairs, n_sites), l2, direction, target column, candidate names)`` from
+    the reference artifact's pairs and the twins' lineage.
+    """
+    from server.images.tables import Image
+    from server.lab.tables import Site
+
+    child = [int(c) for c in ref.metrics.get("pair_child_id", [])]
+    cols = [ref.site_ids.index(s) for s in site_ids]
+    obs = np.asarray(ref.metrics.get("pair_obs_change", np.zeros((0, len(ref.site_ids)))))[:, cols]
+    info: dict[int, tuple[Any, ...]] = {}
+    for start in range(0, len(child), 5000):
+        rows = session.execute(
+            select(Image.id, Image.direction, Image.achieved_l2, Site.site_id, ModelVersion.candidate)
+            .outerjoin(Site, Site.id == Image.site_pk)
+            .outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
+            .where(Image.id.in_(child[start : start + 5000]))
+        ).all()
+        info.update({r[0]: r[1:] for r in rows})
+    col_of = {sid: i for i, sid in enumerate(site_ids)}
+    direction = np.array([{"up": 1.0, "down": -1.0}.get(info.get(c, (None,))[0], 0.0) for c in child])
+    l2 = np.array([np.nan if info.get(c, (None, None))[1] is None else float(info[c][1]) for c in child])
+    target = np.array([col_of.get(info.get(c, (None, None, None))[2], -1) for c in child])
+    made_by = np.array([info.get(c, (None, None, None, ""))[3] or "" for c in child], dtype=object)
+    return obs, l2, direction, target, made_by
+
+
+def _ensemble_changes(arts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """Mean predicted change of all members, and the observed change, over the pairs all of them hold out."""
     rows: list[dict[tuple[int, int], int]] = []
     for a in arts.values():
@@ -75,9 +106,7 @@ def _ensemble_changes(arts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.
     ]
     first = next(iter(arts.values()))
     obs = np.asarray(first.metrics["pair_obs_change"])[[rows[0][k] for k in common]]
-    l2 = first.metrics.get("pair_l2")
-    l2 = None if l2 is None else np.asarray(l2)[[rows[0][k] for k in common]]
-    return np.mean(preds, axis=0), obs, l2
+    return np.mean(preds, axis=0), obs
 
 
 def _record_ensemble(
@@ -169,11 +198,19 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
     if not members:
         raise Conflict("no candidate surrogate was fitted (the search alone cannot start a night)")
     site_ids = list(arts[members[0]].site_ids)
-    evidence = [_evidence(v, a, site_ids) for v, a in arts.items()]
+    candidate_of = {r["model_version"]: r.get("candidate", "") for r in results}
+    ref = max((arts[v] for v in members), key=lambda a: len(a.metrics.get("pair_child_id", [])))
+    with ctx.session() as session:
+        obs, l2, direction, target, made_by = _own_twins(session, ref, site_ids)
+
+    def own(candidate: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return own_twin_effect(obs, l2, direction, target, made_by == candidate)
+
+    evidence = [_evidence(v, a, site_ids, own(candidate_of[v])) for v, a in arts.items()]
     ens_arts = {v: arts[v] for v in members}
     ens_changes = _ensemble_changes(ens_arts) if cfg.ensemble and len(members) > 1 else None
     if ens_changes is not None:
-        evidence.append(_evidence(ENSEMBLE, arts[members[0]], site_ids, ens_changes[:2], ens_changes[2]))
+        evidence.append(_evidence(ENSEMBLE, arts[members[0]], site_ids, own(ENSEMBLE), ens_changes[:2]))
     choices = choose_per_site(evidence, min_pairs=cfg.min_transfer_pairs)
     counts: dict[str, int] = {}
     for c in choices:
@@ -186,13 +223,13 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
         top = max(counts, key=lambda k: (counts[k], k not in (ENSEMBLE, search)))
         summary = ", ".join(f"{version_of[k]} for {n} site(s)" for k, n in sorted(counts.items()))
         mv = modeling.get(session=session, version=version_of[top])
-        by_transfer = sum(c.by == "transfer" for c in choices)
+        by_evidence = sum(c.by != "predictivity" for c in choices)
         modeling.choose(
             session=session,
             model_version=mv,
             reason=(
-                f"chosen per site: {summary}; {by_transfer} site(s) by measured transfer on earlier "
-                f"twins, {len(choices) - by_transfer} by ceiled predictivity (no twins yet)"
+                f"chosen per site: {summary}; {by_evidence} site(s) by their own recorded twins or "
+                f"exploration, {len(choices) - by_evidence} by ceiled predictivity (no twins yet)"
             ),
         )
         night_row = _night(session, ctx.params["night_id"])
