@@ -140,11 +140,19 @@ class V1Brain:
     ----------
     n_sites : int, default=32
     image_size : int, default=64
-    n_subunits : int, default=4
+    n_subunits : int, default=12
         Complex-cell subunits pooled per site, jittered around the site's preferences.
     seed : int, default=0
     n_categories, n_calibration : int, default=4, 256
         The shared calibration images of :class:`~models.simulator.brain.VirtualBrain`.
+    cycles : (low, high), default=(1.0, 4.0)
+        Range of preferred spatial frequencies, cycles per image (log-uniform).
+    envelope : float, default=0.6
+        Gaussian envelope s.d. in wavelengths.
+    jitter : float, default=1.5
+        Spread of the subunits' positions around the site's centre, in envelope s.d.
+    c50 : (low, high), default=(2.0, 8.0)
+        Semi-saturation constant, in units of the site's median clean-image energy.
     attack : AttackConfig, optional
         Strength of the white-box attack (:class:`models.simulator.whitebox.AttackConfig`).
 
