@@ -117,12 +117,16 @@ def run_one(family: str, seed: int, *, days: int = DAYS, sites: int = N_SITES) -
         )
         wall_s = time.perf_counter() - t0
         if proc.returncode != 0:
+            # Drop the progress bar's redraws so the error itself (or the signal) is what is kept.
+            lines = proc.stderr.replace("\r", "\n").splitlines()
+            lines = [ln for ln in lines if ln.strip() and "/day" not in ln]
             return {
                 "family": family,
                 "seed": seed,
                 "ok": False,
                 "wall_s": wall_s,
-                "error": proc.stderr[-1500:],
+                "returncode": proc.returncode,
+                "error": "\n".join(lines)[-1500:],
             }
         summary = json.loads((report / "summary.json").read_text())
     finally:
