@@ -113,7 +113,7 @@ def choose_per_site(
             continue
         assert best is not None
         choices.append(
-            SiteChoice(best.name, "own twins", _own_reason(best, i, tried) + " (nothing clearly works)")
+            SiteChoice(best.name, "best measured", _own_reason(best, i, tried) + " (nothing clearly works)")
         )
     return choices
 

@@ -261,10 +261,12 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
         raise Conflict("no clean image set is registered; nothing to perturb")
     source_of = {sid: version_of[c.source] for sid, c in zip(site_ids, choices, strict=True)}
     search_ev = next((e for e in evidence if e.name == search), None)
+    # Adaptive allocation: the search's share of a site's twins is spent only where the chosen
+    # source's own twins have not clearly moved the site; where they have, every slot exploits it.
     ready = {
         sid
-        for i, sid in enumerate(site_ids)
-        if search_ev and search_ev.transfer.n[i] >= cfg.min_transfer_pairs
+        for i, (sid, choice) in enumerate(zip(site_ids, choices, strict=True))
+        if search_ev and search_ev.transfer.n[i] >= cfg.min_transfer_pairs and choice.by != "own twins"
     }
     shards = plan_shards(eligible, source_of, search, cfg, clean_ids, search_ready=ready)
     return {

@@ -44,7 +44,8 @@ class NightConfig(BaseModel):
         ge=0.0,
         le=1.0,
         description=(
-            "share of each site's guided twins made along the direction measured twins point to "
+            "share of a site's guided twins made along the direction measured twins point to, on "
+            "sites whose chosen source's own twins have not clearly moved them "
             "(across-day search) instead of by a surrogate, once twins are on record"
         ),
     )
