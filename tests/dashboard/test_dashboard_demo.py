@@ -89,7 +89,10 @@ def test_every_page_renders_demo_data(demo_page: Any) -> None:
     for needed in ("IT sign-corrected", "IT plain", "IT random-pair baseline"):
         assert needed in names, names
     models = [n for n in names if n.startswith("model ")]
-    assert len(models) == len(SMALL_NIGHT["candidates"]), names  # each candidate attacked on IT's images
+    # Each candidate, and the across-day search once twins exist, attacked on IT's images.
+    assert sorted(n.rsplit("-", 1)[-1] for n in models) == sorted([*SMALL_NIGHT["candidates"], "search"]), (
+        names
+    )
     shot(page, "demo-sensitivity", "sqlite")
 
     for path in ("/dashboard/models", "/dashboard/images", "/dashboard/days"):

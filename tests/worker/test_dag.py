@@ -110,7 +110,8 @@ def test_night_dag_runs_every_stage_in_order(job_settings: Settings, tmp_path: P
                 session,
                 job_settings,
                 session_id="day1",
-                params={"candidates": ["m1", "m2"], "marker": str(marker)},
+                params={"candidates": ["m1", "m2"], "marker": str(marker), "search_share": 0},
+                validate=False,  # stub steps with stub params
             )
             night_id = night.id
         runner(job_settings).run_until_idle()
@@ -142,7 +143,11 @@ def test_a_failing_stage_fails_the_night_and_says_why(job_settings: Settings) ->
     ):
         with session_scope(job_settings.resolved_database_url) as session:
             night_id = night_mod.start_night(
-                session, job_settings, session_id="day2", params={"candidates": ["m1"]}
+                session,
+                job_settings,
+                session_id="day2",
+                params={"candidates": ["m1"], "search_share": 0},
+                validate=False,  # stub steps with stub candidates
             ).id
         runner(job_settings).run_until_idle()
         with session_scope(job_settings.resolved_database_url) as session:
@@ -153,7 +158,9 @@ def test_a_failing_stage_fails_the_night_and_says_why(job_settings: Settings) ->
             assert states[night_mod.RESPONSES] == JobState.succeeded
             assert states[night_mod.PUBLISH] != JobState.succeeded
             # A second night for the same session may start once the first is over.
-            again = night_mod.start_night(session, job_settings, session_id="day2")
+            again = night_mod.start_night(
+                session, job_settings, session_id="day2", params={"candidates": ["m1"]}, validate=False
+            )
             assert again.id != night_id
 
 
