@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SiteTransfer", "implausible_predictions", "own_twin_effect", "site_transfer"]
+__all__ = [
+    "SiteTransfer",
+    "implausible_predictions",
+    "own_twin_effect",
+    "shrink_to_population",
+    "site_transfer",
+]
 
 _Z95 = 1.959963984540054
 
@@ -175,3 +181,35 @@ def own_twin_effect(
         vals = sign[rows] * o[rows, i] / dist[rows]
         effect[i], stderr[i], n[i] = vals.mean(), vals.std(ddof=1) / np.sqrt(k), k
     return effect, stderr, n
+
+
+def shrink_to_population(effect: np.ndarray, stderr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-site effects pulled toward the source's population mean (empirical Bayes, normal-normal).
+
+    One day of a site's own twins is a noisy measurement: a source that moves most sites by a
+    clear margin can look null at a single site by chance, and switching that site to an untried
+    source costs a day of twins. The sites share a source, so its population mean and the
+    between-site spread (method of moments) form the prior, and each site's estimate is the
+    precision-weighted combination: a site departs from the population only as far as its own
+    data can show.
+
+    Parameters
+    ----------
+    effect, stderr : ndarray of shape (n_sites,)
+        NaN where the source has no own twins at a site.
+
+    Returns
+    -------
+    mean, sd : ndarray of shape (n_sites,)
+        Posterior mean and standard deviation per site; NaN where ``effect`` is NaN.
+    """
+    e, se = np.asarray(effect, dtype=np.float64), np.asarray(stderr, dtype=np.float64)
+    ok = np.isfinite(e) & np.isfinite(se) & (se > 0)
+    if ok.sum() < 3:
+        return e.copy(), se.copy()
+    w = 1.0 / se[ok] ** 2
+    mu = float(np.sum(w * e[ok]) / np.sum(w))
+    tau2 = max(float(np.var(e[ok], ddof=1) - np.mean(se[ok] ** 2)), 1e-12)
+    post_var = 1.0 / (1.0 / se**2 + 1.0 / tau2)
+    mean = np.where(ok, post_var * (e / se**2 + mu / tau2), np.nan)
+    return mean, np.where(ok, np.sqrt(post_var), np.nan)

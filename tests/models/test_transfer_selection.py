@@ -176,3 +176,20 @@ def test_plan_shards_gives_the_search_its_share_of_each_site() -> None:
     # Without a search, one shard kind per source.
     plain = plan_shards(["a", "b"], {"a": "m1", "b": "m1"}, None, cfg, [1])
     assert [(s["model_version"], s["slots"]) for s in plain] == [("m1", [0, 3])]
+
+
+def test_shrinkage_keeps_a_source_that_works_on_most_sites() -> None:
+    from models.transfer import shrink_to_population
+
+    rng = np.random.default_rng(5)
+    true = np.full(12, 2.4)  # the source moves every site by the same amount
+    se = np.full(12, 1.2)  # one day of own twins per site: half the sites look null by chance
+    measured = true + se * rng.normal(size=12)
+    assert np.sum(measured <= se) >= 2  # without pooling, these sites would be abandoned
+    mean, sd = shrink_to_population(measured, se)
+    assert np.all(mean > sd)  # with pooling, none is
+    assert np.all(sd < se)
+    # A source that works on half the sites and not the other half keeps the difference.
+    split = np.r_[np.full(6, 4.0), np.zeros(6)] + 0.3 * rng.normal(size=12)
+    mean, sd = shrink_to_population(split, np.full(12, 0.3))
+    assert np.all(mean[:6] > 3.0) and np.all(np.abs(mean[6:]) < 1.0)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from models.transfer import own_twin_effect, site_transfer
+from models.transfer import own_twin_effect, shrink_to_population, site_transfer
 from server.errors import Conflict
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
@@ -204,7 +204,9 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
         obs, l2, direction, target, made_by = _own_twins(session, ref, site_ids)
 
     def own(candidate: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return own_twin_effect(obs, l2, direction, target, made_by == candidate)
+        effect, se, n = own_twin_effect(obs, l2, direction, target, made_by == candidate)
+        mean, sd = shrink_to_population(effect, se)  # one day per site is noisy: borrow the sites'
+        return mean, sd, n
 
     evidence = [_evidence(v, a, site_ids, own(candidate_of[v])) for v, a in arts.items()]
     ens_arts = {v: arts[v] for v in members}
