@@ -470,15 +470,22 @@ def test_truncated_csv_is_refused_even_with_replace_and_a_bom_is_fine(
     assert r.status_code == 200 and r.json()["replaced"] is True, r.text
 
 
-def test_presentation_events_hostile_values(client, auth, db_session: Session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def test_presentation_events_hostile_values(
+    client, rig_auth, db_session: Session, settings: Settings
+) -> None:  # type: ignore[no-untyped-def]
     from itloop.storage import get_store
     from tests.server.test_batches import make_batch, make_rig
 
-    batch = make_batch(db_session, get_store(settings.resolved_store_url), rig_id=make_rig(db_session))
+    rig_id = make_rig(db_session)
+    batch = make_batch(db_session, get_store(settings.resolved_store_url), rig_id=rig_id)
     db_session.commit()
     published = batch.manifest
     assert published is not None
     bid = published["batch_id"]
+
+    def auth(_role: str) -> dict[str, str]:
+        return rig_auth(rig_id)  # a rig token acts only for its own rig
+
     url = f"{API}/batches/{bid}/presentations"
     seq = published["sequence"]
     event = {"event_id": f"{bid}:0", "seq": 0, "image_sha256": seq[0]["image_sha256"], "onset_s": 1.25}
