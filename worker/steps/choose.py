@@ -82,10 +82,12 @@ def _own_twins(session: Any, ref: Any, site_ids: list[str]) -> Any:
         ).all()
         info.update({r[0]: r[1:] for r in rows})
     col_of = {sid: i for i, sid in enumerate(site_ids)}
-    direction = np.array([{"up": 1.0, "down": -1.0}.get(info.get(c, (None,))[0], 0.0) for c in child])
-    l2 = np.array([np.nan if info.get(c, (None, None))[1] is None else float(info[c][1]) for c in child])
-    target = np.array([col_of.get(info.get(c, (None, None, None))[2], -1) for c in child])
-    made_by = np.array([info.get(c, (None, None, None, ""))[3] or "" for c in child], dtype=object)
+    unknown = (None, None, None, None)  # a pair whose twin has no lineage row counts for nobody
+    rows_of = [info.get(c, unknown) for c in child]
+    direction = np.array([{"up": 1.0, "down": -1.0}.get(r[0], 0.0) for r in rows_of])
+    l2 = np.array([np.nan if r[1] is None else float(r[1]) for r in rows_of])
+    target = np.array([col_of.get(r[2], -1) for r in rows_of])
+    made_by = np.array([r[3] or "" for r in rows_of], dtype=object)
     return obs, l2, direction, target, made_by
 
 
