@@ -131,6 +131,8 @@ def test_a_forking_worker_killed_mid_synthesis_changes_nothing(
             os.kill(horse, signal.SIGKILL)  # the whole worker dies: its work horse...
         except (FileNotFoundError, ProcessLookupError):
             continue  # that shard just finished: take the next one
+        if next(j for j in night_jobs(lab, night) if j.id == shard.id).state == JobState.succeeded:
+            continue  # the kill hit a finished horse not yet reaped (a zombie): take the next shard
         victim = next(w for w in workers if w.proc.pid == parent)
         victim.kill()  # ... and the worker itself
     survivor = next(w for w in workers if w is not victim)
@@ -269,6 +271,7 @@ class Serve:
             ITLOOP_LOG_LEVEL="INFO",
             ITLOOP_HEARTBEAT_S="0.5",
             ITLOOP_STALE_AFTER_S="4",
+            ITLOOP_LIVENESS_S="0.5",  # beats well inside the 4 s window (the default 5 s is not)
             ITLOOP_REAP_EVERY_S="1",
             ITLOOP_REQUEUE_GRACE_S="0",
             OMP_NUM_THREADS="1",
