@@ -378,12 +378,20 @@ def night_params(params: list[str], params_file: Path | None) -> dict[str, Any]:
             EXIT_USAGE,
         )
     try:
-        NightConfig.from_params(merged, get_settings().night_defaults)
+        cfg = NightConfig.from_params(merged, get_settings().night_defaults)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5]
         )
         _fail(f"night parameters: {problems}", EXIT_USAGE)
+    from server.errors import InvalidInput
+    from worker.steps.candidates import resolve
+
+    for spec in cfg.candidates or []:
+        try:
+            resolve(spec)
+        except InvalidInput as exc:
+            _fail(exc.detail, EXIT_USAGE)
     return merged
 
 
