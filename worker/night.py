@@ -295,7 +295,7 @@ def run_night_cli(
 
     terminal = (JobState.succeeded, JobState.failed, JobState.cancelled)
     with tqdm(
-        total=100, desc=f"night {night_id}", unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}"
+        total=100, desc=f"night {night_id}", unit="%", bar_format="{l_bar}{bar}| {elapsed}{postfix}"
     ) as bar:
         while True:
             state, fraction, doing, error = _snapshot(settings, night_id)

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "setting-up-a-lab.md"
 BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -70,6 +72,7 @@ def test_terminal_rendering_finds_a_glued_line() -> None:
     assert not glued(terminal_lines(fine))
 
 
+@pytest.mark.slow
 def test_setting_up_a_lab_runs_as_documented(tmp_path: Path) -> None:
     script = "set -euo pipefail\n" + "\n".join(bash_blocks(DOC.read_text()))
     assert "itloop night" in script and "curl" in script and "/nights" in script
@@ -88,7 +91,8 @@ def test_setting_up_a_lab_runs_as_documented(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr + r.stdout
     health = json.loads((tmp_path / "health.json").read_text())
     assert health["status"] == "ok" and health["schema"] == "current"
-    assert "night" in r.stdout and ": succeeded" in r.stdout
+    assert re.search(r"^night \d+: succeeded$", r.stdout, re.MULTILINE), r.stdout[-2000:]
+    assert re.search(r"INFO worker.night: night \d+ succeeded$", r.stdout, re.MULTILINE)
     assert re.search(r"^422$", r.stdout, re.MULTILINE), r.stdout[-2000:]  # the misspelt estimator
     day1 = json.loads((tmp_path / "day1.json").read_text())
     assert (
@@ -97,6 +101,7 @@ def test_setting_up_a_lab_runs_as_documented(tmp_path: Path) -> None:
     )
     night_cli = (tmp_path / "night-cli.log").read_text()
     assert "%|" in night_cli, night_cli[-2000:]  # the progress bar was drawn
+    assert re.search(r"INFO worker.execute: job \d+ .* started", night_cli)  # -v: logs during the bar
     lines = terminal_lines(night_cli)
     assert not glued(lines), "\n".join(glued(lines))
     assert "Traceback" not in night_cli
