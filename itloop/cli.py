@@ -288,6 +288,13 @@ def serve(
         log.warning("migrated the embedded database (%s) to the current schema", _where(settings))
     elif state != "current":
         _fail(f"{schema_advice(state)} (database: {_where(settings)})", EXIT_SCHEMA)
+    # Every table mapped, on this thread, before the housekeeping threads query: a mapper configured
+    # from another thread while this one is still importing a tables module fails for good.
+    from sqlalchemy.orm import configure_mappers
+
+    import server.db.all_tables  # noqa: F401
+
+    configure_mappers()
     if not settings.redis_url and workers == 1:
         # Embedded mode runs jobs in this process: recover what a previous run left (at once,
         # then every ITLOOP_REAP_EVERY_S), and say in the database that this process is alive.
