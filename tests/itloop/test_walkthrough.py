@@ -74,7 +74,10 @@ def test_terminal_rendering_finds_a_glued_line() -> None:
 
 @pytest.mark.slow
 def test_setting_up_a_lab_runs_as_documented(tmp_path: Path) -> None:
-    script = "set -euo pipefail\n" + "\n".join(bash_blocks(DOC.read_text()))
+    # The trap is the harness's, not the doc's: a failing step must not leave the server running.
+    script = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + "\n".join(
+        bash_blocks(DOC.read_text())
+    )
     assert "itloop -v night" in script and "curl" in script and "/nights" in script
     env = {k: v for k, v in os.environ.items() if not k.startswith("ITLOOP_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
