@@ -321,8 +321,7 @@ def _add_lineage(nwb: Any, lineage: dict[int, dict[str, Any]], index_of: dict[in
             predicted_change=x["predicted_change"],
             achieved_l2=x["achieved_l2"],
         )
-    module = nwb.create_processing_module(name="stimuli", description="lineage of the stimulus images")
-    module.add(table)
+    nwb.add_stimulus(table)
 
 
 def build_nwb(*, session: Session, recording: RecordingSession, store: ObjectStore | None = None) -> bytes:
@@ -343,6 +342,9 @@ def build_nwb(*, session: Session, recording: RecordingSession, store: ObjectSto
         identifier=str(uuid.uuid4()),
         session_id=recording.session_id,
         session_start_time=_start_time(recording),
+        experiment_description=_file(recording).get("experiment_description")
+        or "Closed-loop measurement of the adversarial sensitivity of macaque IT sites (itloop): clean "
+        "images and their L2-bounded perturbations (twins) shown in RSVP while recording",
         experimenter=list(recording.experimenter or []) or None,
         institution=recording.institution or None,
         lab=recording.lab or None,

@@ -56,7 +56,10 @@ def subject_meta(nwb: Any, name: str) -> dict[str, str]:
 
 
 def electrode_rows(nwb: Any) -> list[dict[str, Any]]:
-    """One dict per row of the electrodes table: group, location, x/y/z, label, site_id (when given)."""
+    """One dict per row of the electrodes table: group, location, x/y/z, label, site_id (when given).
+
+    ``label`` is the ``channel_name`` (NeuroConv, SpikeInterface) or ``label`` column, "" when neither.
+    """
     table = nwb.electrodes
     if table is None or len(table) == 0:
         return []
@@ -69,7 +72,7 @@ def electrode_rows(nwb: Any) -> list[dict[str, Any]]:
 
     groups = [g.name for g in table["group"].data[:]] if "group" in cols else column("group_name")
     label_col = next((c for c in ("channel_name", "label") if c in cols), None)
-    labels = column(label_col) if label_col else [str(i) for i in ids]
+    labels = column(label_col) if label_col else [""] * n
     rows = []
     for k in range(n):
         row: dict[str, Any] = {
@@ -110,6 +113,7 @@ def file_meta(nwb: Any, name: str) -> dict[str, Any]:
     return {
         "session_start_time": start.isoformat() if isinstance(start, datetime) else None,
         "description": _text(nwb.session_description),
+        "experiment_description": _text(nwb.experiment_description),
         "experimenter": _texts(nwb.experimenter),
         "institution": _text(nwb.institution),
         "lab": _text(nwb.lab),

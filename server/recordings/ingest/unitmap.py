@@ -9,7 +9,7 @@ unit's site is, in this order (docs/nwb-and-brainscore.md):
 3. the ``site_id`` column of the unit's (first) electrode;
 4. the registered site of the session's subject whose array is named like the electrode's group
    and whose ``electrode`` equals the electrode's label (``channel_name``, else ``label``, else the
-   electrode's id); when several sites share that electrode, the one whose ``unit`` equals the
+   electrode's id as text); when several sites share that electrode, the one whose ``unit`` equals the
    unit's name.
 
 A unit that no rule maps is an error naming the unit and its electrode: nothing is stored.
@@ -39,7 +39,7 @@ class UnitRef:
         if self.electrode is None:
             return f"{who}, no electrode"
         e = self.electrode
-        return f"{who}, electrode {e['label']!r} of group {e['group']!r}"
+        return f"{who}, electrode {e['label'] or e['id']!r} of group {e['group']!r}"
 
 
 @dataclass
@@ -73,7 +73,8 @@ def map_units(
         if e is not None and e.get("site_id"):
             out.append(str(e["site_id"]))
             continue
-        candidates = by_electrode.get((e["group"], e["label"]), []) if e is not None else []
+        label = (e["label"] or str(e["id"])) if e is not None else ""
+        candidates = by_electrode.get((e["group"], label), []) if e is not None else []
         if len(candidates) > 1:
             named = [s for s in candidates if s.unit == u.name]
             if len(named) == 1:
