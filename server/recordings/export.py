@@ -84,8 +84,8 @@ def build_assembly(
 
     def lineage_coord(key: str) -> tuple[str, np.ndarray]:
         values = [x[key] for x in lin]
-        if key == "seed":
-            return ("presentation", np.asarray(values, dtype=np.int64))
+        if key == "seed":  # text: netCDF3 has no 64-bit integers and engine seeds are 63-bit
+            return ("presentation", np.asarray(["" if v < 0 else str(v) for v in values], dtype=str))
         if key in ("epsilon", "predicted_change", "achieved_l2"):
             return ("presentation", np.asarray(values, dtype=np.float64))
         return ("presentation", np.asarray(values, dtype=str))
