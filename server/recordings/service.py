@@ -386,6 +386,11 @@ def _keep_file_metadata(rec: RecordingSession, meta: dict[str, Any] | None) -> N
     """The file's session fields win where it has them; the rest is kept for the NWB export."""
     acquisition = {k: v for k, v in (rec.acquisition or {}).items() if k != "file"}
     if meta is not None:
+        for key, width in (("institution", 200), ("lab", 200), ("session_start_time", 40)):
+            if len(meta.get(key) or "") > width:
+                raise InvalidUpload(
+                    f"the NWB file's {key} has {len(meta[key])} characters; at most {width} fit"
+                )
         for key in ("session_start_time", *NWB_FIELDS):
             if meta.get(key):
                 setattr(rec, key, meta[key])
