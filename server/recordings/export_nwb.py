@@ -242,7 +242,8 @@ def _add_images(
 
     if store is None:
         return {}
-    images, index_of = [], {}
+    images: list[Any] = []
+    index_of: dict[int, int] = {}
     for image_id in sorted({int(p[1]) for p in pres}):
         sha = lineage[image_id]["image_sha256"]
         try:
