@@ -102,7 +102,7 @@ def test_setting_up_a_lab_runs_as_documented(tmp_path: Path) -> None:
         day1["model_version"]
         and day1["batch_id"] != json.loads((tmp_path / "day0.json").read_text())["batch_id"]
     )
-    night_cli = (tmp_path / "night-cli.log").read_text()
+    night_cli = (tmp_path / "night-cli.log").read_bytes().decode()  # keeps carriage returns
     assert "%|" in night_cli, night_cli[-2000:]  # the progress bar was drawn
     assert re.search(r"INFO worker.execute: job \d+ .* started", night_cli)  # -v: logs during the bar
     lines = terminal_lines(night_cli)
