@@ -345,3 +345,14 @@ def test_models_lists_checkpoints_and_imports_only_files_that_load(
     assert f"present, sha256 {digest}" in line
     # Another file in its place needs --force; the same file again is a no-op.
     assert _itloop(["models", "import", str(good), "--name", "resnet50_l2_eps3"], cli_env).returncode == 0
+
+
+def test_an_unreachable_database_is_exit_4(cli_env: dict[str, str]) -> None:
+    env = {**cli_env, "ITLOOP_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2"}
+    for args in (["users", "create", "ana"], ["db", "upgrade"], ["serve", "--port", "1"]):
+        r = _itloop(args, env)
+        assert r.returncode == 4 and "cannot reach the database at 127.0.0.1:1/none" in r.stderr, (
+            args,
+            r.stderr,
+        )
+        _no_traceback(r)
