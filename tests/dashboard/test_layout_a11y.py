@@ -90,6 +90,15 @@ def test_every_page_fits_and_passes_axe(
 
     page.goto("/dashboard/login")
     page.wait_for_selector("#login-form")
+    # The checker can fail: an unlabelled select and grey-on-white text are found, then removed.
+    page.evaluate(
+        """() => { const d = document.createElement('div'); d.id = 'axe-canary';
+            d.innerHTML = '<select><option>1</option></select><p style="color:#bbb">faint</p>';
+            document.querySelector('main').appendChild(d); }"""
+    )
+    canary = {f["id"] for f in axe_findings(page, axe_js)}
+    assert {"select-name", "color-contrast"} <= canary, canary
+    page.evaluate("document.getElementById('axe-canary').remove()")
     findings["/dashboard/login"] = axe_findings(page, axe_js)
     size = overflow(page)
     if size["scroll"] > size["client"]:

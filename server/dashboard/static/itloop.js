@@ -268,13 +268,21 @@
       showError(new Error("the plotting library did not load (" + CFG.prefix + "/vendor/plotly.min.js)"), div.parentNode);
       return null;
     }
+    // At phone width the legend goes under the plot, one entry a line, and the figure grows to
+    // hold it instead of squeezing the plot area.
+    const narrow = (div.clientWidth || window.innerWidth) < 640;
+    const named = traces.filter((t) => t.showlegend !== false && t.name).length;
+    const legendPx = 19 * named;
     const base = {
-      margin: { l: 60, r: 20, t: 36, b: 50 },
-      legend: { orientation: "h", y: -0.2 },
+      margin: narrow ? { l: 50, r: 10, t: 36, b: 70 + legendPx } : { l: 60, r: 20, t: 36, b: 50 },
+      legend: narrow
+        ? { orientation: "v", x: 0, xanchor: "left", yref: "container", y: 0.005, yanchor: "bottom", font: { size: 11 } }
+        : { orientation: "h", y: -0.2 },
       hovermode: "closest",
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "#fbfbfd",
     };
+    if (narrow) base.height = 300 + 70 + legendPx;
     return window.Plotly.react(div, traces, Object.assign(base, layout || {}), { displaylogo: false, responsive: true });
   }
 
