@@ -269,8 +269,6 @@ def explain_error_changes(budgets: list[dict[str, Any]]) -> list[str]:
                 f"the twins moved sites more (mean true effect {a['mean_true']:.3f} -> {b['mean_true']:.3f}"
                 " s.d.), and the error is in the same units"
             )
-        if np.isfinite(b["rel_error"]) and np.isfinite(a["rel_error"]) and b["rel_error"] <= a["rel_error"]:
-            why.append(f"relative to the effect it fell ({a['rel_error']:.2f} -> {b['rel_error']:.2f})")
         if b["noise_mae"] > a["noise_mae"]:
             why.append(
                 f"trial noise alone accounts for more ({a['noise_mae']:.3f} -> {b['noise_mae']:.3f}; "
@@ -280,14 +278,24 @@ def explain_error_changes(budgets: list[dict[str, Any]]) -> list[str]:
         if b["bias"] < a["bias"] and b["bias"] < 0:
             why.append(
                 f"the estimate fell further below the truth (bias {a['bias']:+.3f} -> {b['bias']:+.3f}): "
-                "more of the shown pairs moved the site against the predicted direction, which the "
-                "sign-corrected estimator counts negative"
+                "it is a lower bound, short by the pairs the model got backwards (counted negative) and "
+                "by the trial noise inside sigma, and both shortfalls grow with the effect"
             )
         if not why:
-            why.append("none of the parts above grew: with a few sites this is sampling variation")
+            why.append("none of its parts grew: with a few sites this is sampling variation")
+        better = (
+            np.isfinite(b["rel_error"]) and np.isfinite(a["rel_error"]) and b["rel_error"] <= a["rel_error"]
+        )
+        note = (
+            f"; relative to the effect the error fell ({a['rel_error']:.2f} -> {b['rel_error']:.2f}), "
+            "so the estimate did not get worse"
+            if better
+            else ""
+        )
         out.append(
             f"Day {a['day']} to day {b['day']}: error {a['mae']:.3f} -> {b['mae']:.3f} because "
             + "; ".join(why)
+            + note
             + "."
         )
     return out
