@@ -118,7 +118,12 @@ def test_every_page_renders_demo_data(demo_page: Any) -> None:
     ), names
     for t in models:
         assert "night" not in t["name"] and t["x"] == sorted(set(t["x"])), t["name"]
-    assert any(len(t["x"]) > 1 for t in models), [t["x"] for t in models]  # lines, not lone dots
+    # Predictivity by night: each candidate's versions of nights 1 and 2 make one line.
+    pred = {t["name"]: t for t in page.evaluate("document.querySelector('#days-pred-plot').data")}
+    for cand in SMALL_NIGHT["candidates"]:
+        assert pred[cand]["x"] == [1, 2], (cand, pred[cand]["x"])
+        assert pred[cand]["meta"]["versions"] == [f"night1-{cand}", f"night2-{cand}"]
+    assert not [n for n in pred if n.startswith("night")], list(pred)
 
     for path in ("/dashboard/models", "/dashboard/images", "/dashboard/days"):
         page.goto(path)
