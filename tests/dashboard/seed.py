@@ -51,6 +51,9 @@ IT_ESTIMATORS = (
     "model_free_plain",
     "model_free_sign_corrected",
 )
+# IT pooled over every day so far (source "it_to_date"); the pages draw only the first two.
+TO_DATE_ESTIMATORS = ("sign_corrected", "plain_noise_corrected", "plain")
+TO_DATE_SHOWN = 2
 # Unbiased estimators can read below zero: at the smallest epsilon on day 1 the population's
 # sign-corrected and noise-corrected figures are negative, and a page must still draw them.
 NEGATIVE = {("sign_corrected", 1): (-0.02, -0.07, 0.03), ("plain_noise_corrected", 1): (-0.015, -0.06, 0.04)}
@@ -119,6 +122,7 @@ def _result(
     rel: float,
     mv: ModelVersion | None = None,
     interval: tuple[float, float] | None = None,
+    source: str = "it",
 ) -> None:
     """One analysis row with a symmetric relative interval (``rel`` of the value each side)."""
     lo, hi = interval or _ci(value, rel)
@@ -126,7 +130,7 @@ def _result(
         AnalysisResult(
             **where,
             model_version_id=mv.id if mv else None,
-            source=f"model:{mv.version}" if mv else "it",
+            source=f"model:{mv.version}" if mv else source,
             epsilon=eps,
             estimator=estimator,
             value=value,
@@ -402,6 +406,10 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
                 _result(session, where, "noise_floor", eps, 0.08, 0.15)
                 _result(session, where, "model_free_plain", eps, 0.3 * it + 0.08, 0.25)
                 _result(session, where, "model_free_sign_corrected", eps, 0.3 * it, 0.4)
+                if day > 1:  # pooled over every day so far: stored from the second day with twins on
+                    pooled = 0.06 * gain * (1 + 0.1 * (day - 1)) * eps**0.8
+                    for est in TO_DATE_ESTIMATORS:
+                        _result(session, where, est, eps, pooled, 0.15, source="it_to_date")
                 for version in (v for v in VERSIONS if NIGHT_OF[v] <= day):
                     value = 0.06 * gain * MODEL_GAIN[version] * eps**0.8
                     _result(session, where, "model", eps, value, 0.1, mv=versions[version])
@@ -427,7 +435,7 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
 
 # What the pages should draw from this seed (used by the tests).
 EXPECT = {
-    # population, last day, both estimators: IT plain, sign_corrected, noise_floor, model-free x2,
-    # random_pair, and one curve per model version.
-    "sensitivity_traces_both": len(IT_ESTIMATORS) + len(VERSIONS),
+    # population, last day, both estimators: IT plain, sign_corrected, noise_floor, noise-corrected,
+    # model-free x2, random_pair, IT to date (sign-corrected, noise-corrected), one curve per version.
+    "sensitivity_traces_both": len(IT_ESTIMATORS) + TO_DATE_SHOWN + len(VERSIONS),
 }

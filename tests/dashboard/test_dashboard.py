@@ -87,8 +87,10 @@ def test_overview_morning_headline(page: Page, live_server: LiveServer) -> None:
     assert page.input_value("#headline-eps") == "3"  # the middle of the seeded 1, 3, 10
     rows = page.locator("#headline-sensitivity-table tbody tr").all_inner_texts()
     # IT, then one row per candidate (resnet50 from its newest night, not both of its versions).
-    assert len(rows) == 1 + len(set(CANDIDATE_OF.values())), rows
+    assert len(rows) == 2 + len(set(CANDIDATE_OF.values())), rows
     assert rows[0].startswith("IT (sign-corrected")
+    assert rows[1].startswith("IT to date (every day pooled)")
+    rows = [rows[0], *rows[2:]]
     assert "model resnet50\t" in rows[1] and VERSIONS[2] in rows[1] and VERSIONS[0] not in rows[1]
     assert "model resnet50_l2_eps3 (chosen)" in rows[2]
     gain = 0.06 * 1.2 * 3.0**0.8  # the seed's IT population value on day 2 at eps 3
@@ -139,6 +141,8 @@ def test_sensitivity_page_plots_it_models_and_baselines(page: Page, live_server:
     assert len(names) == EXPECT["sensitivity_traces_both"], names
     for needed in (
         "IT sign-corrected",
+        "IT to date sign-corrected",
+        "IT to date noise-corrected (signed RMS)",
         "IT plain",
         "IT random-pair baseline",
         "IT model-free baseline (sign-corrected)",
@@ -310,6 +314,8 @@ def test_day_over_day_page(page: Page, live_server: LiveServer) -> None:
     assert sorted(n for n in names if n.startswith("model ")) == [f"model {c}" for c in candidates]
     sign = trace(page, "#days-sens-plot", "IT sign-corrected")["x"]
     assert sign == list(seeded.days)
+    assert trace(page, "#days-sens-plot", "IT to date sign-corrected")["x"] == [2]
+    assert "IT to date plain" not in names
     resnet = trace(page, "#days-sens-plot", "model resnet50")
     assert resnet["x"] == list(seeded.days)
     assert resnet["meta"]["versions"] == [VERSIONS[0], VERSIONS[2]]  # day 2 uses night 2's refit

@@ -69,6 +69,7 @@ def axe_js() -> str:
 @pytest.fixture
 def sized_page(browser_context: Any) -> Iterator[Any]:
     pg = browser_context.new_page()
+    pg.set_default_timeout(30_000)  # twelve page loads on a shared CI machine
     pg.uncaught = []
     pg.on("pageerror", lambda exc: pg.uncaught.append(str(exc)))
     try:

@@ -28,6 +28,7 @@
 
   function name(source, estimator) {
     if (source === "it") return LABEL[estimator] || "IT " + estimator;
+    if (source === "it_to_date") return (LABEL[estimator] || "IT " + estimator).replace(/^IT /, "IT to date ");
     return "model " + candidateOf(source) + (estimator === "model" ? "" : " " + estimator);
   }
 
@@ -71,14 +72,18 @@
     for (const r of rows) {
       if (!SHOWN.includes(r.estimator)) continue;
       const source = r.source || "it";
-      const key = (source === "it" ? "it" : "cand:" + candidateOf(source)) + "|" + r.estimator;
+      // IT pooled to date: only its sign-corrected line (it tightens day by day).
+      if (source === "it_to_date" && r.estimator !== "sign_corrected") continue;
+      const group = source === "it" || source === "it_to_date" ? source : "cand:" + candidateOf(source);
+      const key = group + "|" + r.estimator;
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(r);
     }
     const keys = [...groups.keys()].sort((a, b) => {
       const [sa, ea] = a.split("|");
       const [sb, eb] = b.split("|");
-      return (sa === "it" ? "0" : "1" + sa).localeCompare(sb === "it" ? "0" : "1" + sb) || SHOWN.indexOf(ea) - SHOWN.indexOf(eb);
+      const rank = (x) => (x === "it" ? "0" : x === "it_to_date" ? "0~" : "1" + x);
+      return rank(sa).localeCompare(rank(sb)) || SHOWN.indexOf(ea) - SHOWN.indexOf(eb);
     });
     const drawn = [];
     const traces = keys.map((key) => {
@@ -93,7 +98,10 @@
       const pts = [...byDay.values()].sort((a, b) => Number(a.day) - Number(b.day));
       drawn.push(...pts);
       let color, symbol;
-      if (group === "it") {
+      if (group === "it_to_date") {
+        color = IT.FIXED.it;
+        symbol = "x";
+      } else if (group === "it") {
         color = COLOR[estimator] || IT.FIXED.it;
         symbol = estimator.startsWith("model_free") ? "triangle-down" : estimator === "random_pair" ? "diamond-open" : "circle";
       } else {
@@ -104,10 +112,10 @@
       const trace = {
         type: "scatter",
         mode: "lines+markers",
-        name: group === "it" ? name("it", estimator) : "model " + group.slice(5),
+        name: group === "it" || group === "it_to_date" ? name(group, estimator) : "model " + group.slice(5),
         x: pts.map((r) => r.day),
         y: pts.map((r) => r.value),
-        text: pts.map((r) => (r.source === "it" ? "IT" : r.source) + (r.undefined_reason ? " (undefined: " + r.undefined_reason + ")" : "")),
+        text: pts.map((r) => (r.source === "it" ? "IT" : r.source === "it_to_date" ? "IT, every day so far pooled" : r.source) + (r.undefined_reason ? " (undefined: " + r.undefined_reason + ")" : "")),
         hovertemplate: "%{fullData.name}<br>day %{x}: %{y:.3f}<br>%{text}<extra></extra>",
         error_y: {
           type: "data",
@@ -115,7 +123,7 @@
           array: pts.map((r) => (r.ci_high !== null && r.value !== null ? r.ci_high - r.value : null)),
           arrayminus: pts.map((r) => (r.ci_low !== null && r.value !== null ? r.value - r.ci_low : null)),
         },
-        line: { color: color, dash: { plain: "dash", random_pair: "longdash", plain_noise_corrected: "dot" }[estimator] || "solid" },
+        line: { color: color, dash: group === "it_to_date" ? "dashdot" : { plain: "dash", random_pair: "longdash", plain_noise_corrected: "dot" }[estimator] || "solid" },
         marker: { color: color, symbol: symbol },
         meta: { group: group, estimator: estimator, versions: pts.map((r) => r.model_version || null) },
       };

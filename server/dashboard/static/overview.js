@@ -222,6 +222,9 @@
       if (!old || (IT.nightOf(v) || 0) > (IT.nightOf(old.v) || 0)) byCand.set(v.candidate, { v: v, p: at(c) });
     }
     const rows = [{ who: "IT (sign-corrected, lower bound)", color: IT.FIXED.it, p: itPoint, it: true }];
+    // The same estimator over every day so far (source it_to_date), when the analysis stored it.
+    const toDate = today.find((c) => c.source === "it_to_date" && c.estimator === "sign_corrected");
+    if (toDate && at(toDate)) rows.push({ who: "IT to date (every day pooled)", color: IT.FIXED.it, p: at(toDate), it: true });
     for (const cand of [...byCand.keys()].sort()) {
       const got = byCand.get(cand);
       rows.push({ who: "model " + cand, version: got.v.version, chosen: got.v.chosen, color: IT.candidateStyle(lineup.names, cand).color, p: got.p });

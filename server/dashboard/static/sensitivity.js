@@ -20,6 +20,10 @@
   };
   const ORDER = ["sign_corrected", "plain", "plain_noise_corrected", "noise_floor", "model_free_sign_corrected", "model_free_plain", "random_pair", "model"];
 
+  // IT figures pooled over every day so far (worker/steps/analyze_to_date.py): the estimators a
+  // site is ranked by; the day's own baselines stay under "it".
+  const TO_DATE = "it_to_date";
+  const TO_DATE_SHOWN = new Set(["sign_corrected", "plain_noise_corrected"]);
   const state = { records: [], day: null, lineup: { names: [], byVersion: new Map() } };
 
   function keep(estimator, choice) {
@@ -30,6 +34,7 @@
 
   function traceName(source, estimator) {
     if (source === "it") return "IT " + (LABEL[estimator] !== undefined ? LABEL[estimator] : estimator);
+    if (source === TO_DATE) return "IT to date " + (LABEL[estimator] !== undefined ? LABEL[estimator] : estimator);
     const name = source.startsWith("model:") ? "model " + source.slice(6) : source;
     return estimator === "model" ? name : name + " " + (LABEL[estimator] || estimator);
   }
@@ -43,6 +48,10 @@
 
   /* One colour per candidate (the same as on every other page); IT black, baselines grey/purple. */
   function style(source, estimator) {
+    if (source === TO_DATE) {
+      // IT's colour (it is IT data), told apart by a dash-dot line and crosses.
+      return { line: { color: IT.FIXED.it, dash: "dashdot", width: 1.5 }, marker: { color: IT.FIXED.it, symbol: "x", size: 8 } };
+    }
     if (source !== "it") {
       const c = IT.candidateStyle(state.lineup.names, candidateOf(source));
       return { line: { color: c.color, width: 2 }, marker: { color: c.color, symbol: c.symbol } };
@@ -68,7 +77,8 @@
 
   function sortKey(k) {
     const [source, estimator] = k.split("|");
-    return (source === "it" ? "0" : "1" + source) + String(ORDER.indexOf(estimator)).padStart(2, "0");
+    const rank = source === "it" ? "0" : source === TO_DATE ? "0~" : "1" + source;
+    return rank + String(ORDER.indexOf(estimator)).padStart(2, "0");
   }
 
   /* Group records by (source, estimator) into one trace each. */
@@ -79,6 +89,7 @@
     const groups = new Map();
     for (const r of records) {
       if (!keep(r.estimator, choice)) continue;
+      if (r.source === TO_DATE && !TO_DATE_SHOWN.has(r.estimator)) continue;
       const key = (r.source || "it") + "|" + r.estimator;
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(r);
@@ -160,6 +171,7 @@
     const keys = new Map();
     for (const r of rows) {
       if (!keep(r.estimator, choice) || r.estimator === "noise_floor" || r.estimator.startsWith("model_free")) continue;
+      if (r.source === TO_DATE && !TO_DATE_SHOWN.has(r.estimator)) continue;
       const key = (r.source || "it") + "|" + r.estimator;
       if (!keys.has(key)) keys.set(key, new Map());
       keys.get(key).set(r.site_id, r);
