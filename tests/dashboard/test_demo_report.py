@@ -57,7 +57,7 @@ def test_a_rise_from_larger_effects_is_explained_as_such() -> None:
     why = explain_error_changes([day1 | {"day": 1}, day2 | {"day": 2}])
     assert len(why) == 1 and why[0].startswith("Day 1 to day 2: error 0.030 -> 0.075")
     assert "moved sites more" in why[0] and "relative to the effect the error fell" in why[0]
-    assert "trial noise" not in why[0]  # the intervals did not widen
+    assert "trial noise alone" not in why[0]  # the intervals did not widen
     # A day whose error fell needs no explanation.
     assert explain_error_changes([day2 | {"day": 1}, day1 | {"day": 2}]) == []
     assert np.isfinite(day1["rel_error"]) and day2["rel_error"] < day1["rel_error"]
