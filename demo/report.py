@@ -281,6 +281,11 @@ def explain_error_changes(budgets: list[dict[str, Any]]) -> list[str]:
                 "it is a lower bound, short by the pairs the model got backwards (counted negative) and "
                 "by the trial noise inside sigma, and both shortfalls grow with the effect"
             )
+        if np.isfinite(b["noise_mae"]) and b["mae"] <= 1.2 * b["noise_mae"]:
+            why.append(
+                f"the error is about what trial noise alone predicts ({b['noise_mae']:.3f}), so a change "
+                "of this size is within noise"
+            )
         if not why:
             why.append("none of its parts grew: with a few sites this is sampling variation")
         better = (

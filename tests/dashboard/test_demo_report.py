@@ -61,3 +61,13 @@ def test_a_rise_from_larger_effects_is_explained_as_such() -> None:
     # A day whose error fell needs no explanation.
     assert explain_error_changes([day2 | {"day": 1}, day1 | {"day": 2}]) == []
     assert np.isfinite(day1["rel_error"]) and day2["rel_error"] < day1["rel_error"]
+
+
+def test_a_noise_limited_rise_is_called_noise() -> None:
+    sites = ["a", "b"]
+    # Same effects, same (wide) intervals; the estimates scatter a little more on day 2.
+    eff = [[0.2, 0.4], [0.2, 0.4]]
+    day1 = error_budget(_truth([[0.1, 0.5], [0.3, 0.3]], eff), sites, _records(sites, 0.8, 4))
+    day2 = error_budget(_truth([[0.05, 0.55], [0.35, 0.25]], eff), sites, _records(sites, 0.8, 4))
+    (why,) = explain_error_changes([day1 | {"day": 1}, day2 | {"day": 2}])
+    assert "within noise" in why and "moved sites more" not in why, why
