@@ -293,7 +293,8 @@ def align(
     if best_n < min_match_fraction * n:
         raise AlignmentError(
             f"inconsistent sync pulses: only {best_n} of {n} rig events have a pulse within "
-            f"{tolerance_s * 1e3:g} ms of the best clock map (offset {a:.6f} s, drift {(b - 1) * 1e6:.1f} ppm); "
+            f"{tolerance_s * 1e3:g} ms of the best clock map (offset {a:.6f} s, drift "
+            f"{(b - 1) * 1e6:.1f} ppm); "
             f"at least {min_match_fraction:.0%} are needed"
         )
     clock = ClockMap(float(a), float(b))
