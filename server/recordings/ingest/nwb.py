@@ -51,7 +51,12 @@ def _find_presentations(nwb: Any) -> Any:
     return None
 
 
-def _parse(nwb: Any, name: str) -> ParsedUpload:
+def parse_units(nwb: Any, name: str) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """The units table as (site labels, site index per spike, spike times, sites with no spikes).
+
+    Its own function so that uploads whose presentations come from elsewhere (sync pulses and
+    the rig's events, ``server.recordings.alignment``) read units exactly as full uploads do.
+    """
     units = nwb.units
     if units is None:
         raise InvalidUpload(f"{name}: the NWB file has no units table (nwbfile.units)")
@@ -74,6 +79,11 @@ def _parse(nwb: Any, name: str) -> ParsedUpload:
     pos = {s: i for i, s in enumerate(labels)}
     spike_site = np.repeat(np.asarray([pos[s] for s in unit_sites], dtype=np.int64), counts)
     empty = [s for s, c in zip(unit_sites, counts, strict=True) if c == 0]
+    return labels, spike_site, flat, empty
+
+
+def _parse(nwb: Any, name: str) -> ParsedUpload:
+    labels, spike_site, flat, empty = parse_units(nwb, name)
 
     table = _find_presentations(nwb)
     if table is None:
