@@ -37,8 +37,8 @@ def test_geometry_from_the_rig_screen() -> None:
     assert (
         g["screen_px"] == [1920, 1080] and g["refresh_hz"] == 120 and g["frame_ms"] == pytest.approx(8.3333, abs=1e-4)
     )
-    # 224 px of 52.7/1920 cm at 57 cm: 2 atan(3.0745 / 57) = 6.18 degrees
-    assert g["image_deg"] == [pytest.approx(6.178, abs=1e-3)] * 2
+    # 224 px of 52.7/1920 cm = 6.148 cm at 57 cm: 2 atan(3.074 / 57) = 6.174 degrees
+    assert g["image_deg"] == [pytest.approx(6.1743, abs=1e-3)] * 2
     assert g["deg_per_px"] == pytest.approx(0.02759, abs=1e-4)
     assert display.geometry({"deg_per_px": 0.03}, [224, 224])["image_deg"] == [6.72, 6.72]
     unknown = display.geometry({}, None)
