@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from itloop.storage import ObjectStore
+from itloop.settings import Settings
+from itloop.storage import ObjectStore, open_store
 from server.batches import display, service
 from server.lab import service as lab
 from tests.server.test_batches import make_images, uid
@@ -34,9 +35,8 @@ def test_geometry_from_the_rig_screen() -> None:
     g = display.geometry(
         {"size_px": [1920, 1080], "refresh_hz": 120, "distance_cm": 57, "width_cm": 52.7}, [224, 224]
     )
-    assert (
-        g["screen_px"] == [1920, 1080] and g["refresh_hz"] == 120 and g["frame_ms"] == pytest.approx(8.3333, abs=1e-4)
-    )
+    assert g["screen_px"] == [1920, 1080] and g["refresh_hz"] == 120
+    assert g["frame_ms"] == pytest.approx(8.3333, abs=1e-4)
     # 224 px of 52.7/1920 cm = 6.148 cm at 57 cm: 2 atan(3.074 / 57) = 6.174 degrees
     assert g["image_deg"] == [pytest.approx(6.1743, abs=1e-3)] * 2
     assert g["deg_per_px"] == pytest.approx(0.02759, abs=1e-4)
@@ -44,6 +44,11 @@ def test_geometry_from_the_rig_screen() -> None:
     unknown = display.geometry({}, None)
     assert unknown["refresh_hz"] is None and unknown["image_deg"] is None and unknown["calibration"]
     assert display.geometry({"refresh_hz": "fast", "size_px": "big"}, [8, 8])["refresh_hz"] is None
+
+
+@pytest.fixture
+def store(settings: Settings) -> ObjectStore:
+    return open_store(settings.resolved_store_url)
 
 
 def test_published_manifest_states_the_display(db_session: Session, store: ObjectStore) -> None:
