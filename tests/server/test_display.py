@@ -66,6 +66,7 @@ def test_published_manifest_states_the_display(db_session: Session, store: Objec
         rig_id=rig_id,
         batch_id=f"{rig_id}-d1",
         day=1,
+        model_version_id=None,
         images=[(im, "clean") for im in images],
         sequence=[
             {"seq": k, "image_id": images[k % 2].id, "trial": 0, "on_ms": 100, "off_ms": 100}
