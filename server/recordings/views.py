@@ -88,6 +88,7 @@ def complete_session(session_id: str, session: SessionDep, _: ExperimenterUser) 
 @router.post(
     "/{session_id}/spikes",
     response_model=UploadResult,
+    response_model_exclude_none=True,  # alignment / rig_cross_check only where they apply
     summary="Upload spikes and presentations (NWB, or CSV/Parquet pair), or spikes and sync pulses",
     description="Multipart: one NWB file in field `file`, or `spikes` (site_id,time_s) and `presentations` "
     "(event_id,image_sha256,onset_s[,fixation_ok]) as CSV or Parquet. All-or-nothing. The same data "
