@@ -163,6 +163,27 @@ def read_nwb_units_and_sync(
     return spikes, pulses
 
 
+def read_nwb_sync(path: Path, series: str, label: str = "sync") -> tuple[np.ndarray, np.ndarray | None]:
+    """Only the pulses of the NWB object named ``series`` (for ``itloop align``: no units needed)."""
+    from pynwb import NWBHDF5IO
+
+    from server.recordings.ingest.nwb import check_hdf5, is_hdf5
+
+    if not is_hdf5(path):
+        raise InvalidUpload(f"{label}: not an NWB (HDF5) file: the HDF5 signature is missing at byte 0")
+    check_hdf5(path, label)
+    try:
+        with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
+            return _nwb_pulses(io.read(), series, label)
+    except InvalidUpload:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many types for damaged files
+        first = str(exc).splitlines()[0][:300].replace(str(path), label) if str(exc) else ""
+        raise InvalidUpload(
+            f"{label}: the NWB file could not be read ({type(exc).__name__}: {first})"
+        ) from exc
+
+
 def _nwb_pulses(nwb: Any, series: str, label: str) -> tuple[np.ndarray, np.ndarray | None]:
     obj = _find_object(nwb, series)
     if obj is None:
