@@ -196,3 +196,20 @@ def test_frames() -> None:
     assert frames(100, 144) == 14  # 14.4 frames: rounded, with a warning
     with pytest.raises(ValueError):
         frames(100, 0)
+
+
+def test_bundle_brings_the_calibration_pattern(live: Live, tmp_path: Path) -> None:
+    import hashlib
+
+    from rigclient import RigClientError
+
+    with RigClient(live.url, live.token, tmp_path / "cache") as client:
+        manifest = client.get_manifest(live.batch_id)
+        with pytest.raises(RigClientError, match="fetch_bundle"):
+            client.calibration_path(manifest)
+        fetched = client.fetch_bundle(live.batch_id)
+        assert fetched == manifest
+        path = client.calibration_path(manifest)
+        assert path is not None
+        expected = manifest.extra["display"]["calibration"]["sha256"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == expected
