@@ -128,6 +128,7 @@ class EventPoster:
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every added event is acknowledged (or rejected); False on timeout."""
+        self.start()  # nothing would ever post otherwise
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             self._cond.notify()
