@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from server.errors import InvalidUpload
-from server.recordings.alignment import _edges, read_nwb_sync, read_sync_table
+from server.recordings.ingest.sync import _edges, read_nwb_sync, read_sync_table
 
 
 def test_edges_of_a_sampled_trace() -> None:
