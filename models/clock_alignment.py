@@ -205,7 +205,7 @@ def align(
     *,
     planned_on_s: Any | None = None,
     refresh_hz: float | None = None,
-    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    tolerance_s: float | None = None,
     max_drift_ppm: float = DEFAULT_MAX_DRIFT_PPM,
     anchor_s: float = DEFAULT_ANCHOR_S,
     min_match_fraction: float = 0.8,
@@ -219,7 +219,8 @@ def align(
     pulse_off_s : falling edges, one per rising edge (NaN where unknown); gives measured durations.
     planned_on_s : planned image duration per event (seconds; e.g. the manifest's ``on_ms``/1000).
     refresh_hz : the rig screen's refresh rate; needed to flag late and dropped frames.
-    tolerance_s : how far a pulse may lie from its predicted time and still be the event's pulse.
+    tolerance_s : how far a pulse may lie from its predicted time and still be the event's pulse;
+        default 4 ms, or 0.45 frame if less (so that a pulse a frame late is never taken as on time).
     min_match_fraction : the share of events that must find their pulse, else :class:`AlignmentError`.
     """
     r_in = _as_times("rig onsets", rig_onset_s)
@@ -252,6 +253,8 @@ def align(
     frame = 1.0 / refresh_hz if refresh_hz else None
     if frame is not None and not (0 < frame < 1):
         raise AlignmentError(f"refresh rate {refresh_hz!r} Hz is not plausible")
+    if tolerance_s is None:
+        tolerance_s = min(DEFAULT_TOLERANCE_S, 0.45 * frame) if frame is not None else DEFAULT_TOLERANCE_S
 
     r_order = np.argsort(r_in, kind="stable")
     r = r_in[r_order]

@@ -172,3 +172,18 @@ def test_cross_check_finds_the_contradicting_events() -> None:
     bad = np.flatnonzero(np.abs(res) > FRAME * 1e3)
     assert list(bad) == [17, 300]
     assert res[17] == pytest.approx(50, abs=1) and res[300] == pytest.approx(-200, abs=1)
+
+
+def test_fast_screens_still_tell_late_frames_from_on_time() -> None:
+    """At 240 Hz a frame is 4.2 ms: the match tolerance shrinks below half a frame."""
+    rng = np.random.default_rng(9)
+    frame = 1 / 240
+    frames_ = np.cumsum(np.where(np.arange(400) % 8 == 0, rng.integers(100, 300, 400), 48))
+    rig = frames_ * frame
+    late = rng.choice(400, 6, replace=False)
+    pulses = 77.0 + (1 + 20e-6) * (rig + np.isin(np.arange(400), late) * frame) + rng.normal(0, 5e-5, 400)
+    result = align(rig, pulses, refresh_hz=240)
+    assert set(np.flatnonzero(result.late_frames)) == set(late)
+    assert (
+        result.report["residual_max_ms"] < 0.5 and result.report["tolerance_ms"] < 0.45 * frame * 1e3 + 1e-9
+    )
