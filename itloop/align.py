@@ -92,12 +92,17 @@ def read_rig_log(path: Path, *, on_ms: float | None = None, manifest: Path | Non
                 f"{path.name}: event {n}: onset_s {row['onset_s']!r} is not a number"
             ) from None
         ms = math.nan
-        if row.get("on_ms") not in (None, ""):
-            ms = float(row["on_ms"])
-        elif row.get("seq") not in (None, "") and int(row["seq"]) in planned_by_seq:
-            ms = planned_by_seq[int(row["seq"])]
-        elif on_ms is not None:
-            ms = on_ms
+        try:
+            if row.get("on_ms") not in (None, ""):
+                ms = float(row["on_ms"])
+            elif row.get("seq") not in (None, "") and int(row["seq"]) in planned_by_seq:
+                ms = planned_by_seq[int(row["seq"])]
+            elif on_ms is not None:
+                ms = on_ms
+        except (TypeError, ValueError):
+            raise AlignInputError(
+                f"{path.name}: event {n}: seq {row.get('seq')!r} / on_ms {row.get('on_ms')!r} is not a number"
+            ) from None
         planned.append(ms / 1000.0)
     return RigLog(
         event_ids=[str(r["event_id"]) for r in rows],
