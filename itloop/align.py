@@ -69,7 +69,7 @@ def read_rig_log(path: Path, *, on_ms: float | None = None, manifest: Path | Non
     """The rig's events, with each event's planned duration from ``on_ms``, the manifest or the file."""
     try:
         rows = _rows(path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise AlignInputError(f"{path}: cannot read the rig's events ({exc})") from exc
     if not rows:
         raise AlignInputError(f"{path}: no events")
@@ -105,8 +105,8 @@ def read_rig_log(path: Path, *, on_ms: float | None = None, manifest: Path | Non
             ) from None
         planned.append(ms / 1000.0)
     return RigLog(
-        event_ids=[str(r["event_id"]) for r in rows],
-        images=[str(r["image_sha256"]) for r in rows],
+        event_ids=[str(r.get("event_id", "")) for r in rows],
+        images=[str(r.get("image_sha256", "")) for r in rows],
         onset_s=np.asarray(onset),
         on_s=np.asarray(planned),
         fixation_ok=[str(r.get("fixation_ok", True)).strip().lower() not in _FALSE for r in rows],
