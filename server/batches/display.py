@@ -66,9 +66,13 @@ def pattern_ref() -> dict[str, Any]:
 
 
 def _pair(value: Any) -> list[int] | None:
-    if isinstance(value, int | float) and value > 0:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 1:
         return [int(value), int(value)]
-    if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
         return [int(value[0]), int(value[1])]
     return None
 

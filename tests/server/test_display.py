@@ -44,6 +44,8 @@ def test_geometry_from_the_rig_screen() -> None:
     unknown = display.geometry({}, None)
     assert unknown["refresh_hz"] is None and unknown["image_deg"] is None and unknown["calibration"]
     assert display.geometry({"refresh_hz": "fast", "size_px": "big"}, [8, 8])["refresh_hz"] is None
+    odd = display.geometry({"size_px": [0, 0], "width_cm": 50, "distance_cm": 57}, [8, 8])
+    assert odd["screen_px"] is None and odd["image_deg"] is None  # never a division by zero
 
 
 @pytest.fixture
