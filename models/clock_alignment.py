@@ -308,9 +308,9 @@ def align(
     # Late frames: no pulse where predicted, but an unused one whole frames later.
     late = np.zeros(n, dtype=np.int64)
     if frame is not None:
-        for i in np.flatnonzero(match < 0):
-            lo = np.searchsorted(p, pred[i] + 0.5 * frame)
-            hi = np.searchsorted(p, pred[i] + (MAX_LATE_FRAMES + 0.5) * frame, side="right")
+        for i in map(int, np.flatnonzero(match < 0)):
+            lo = int(np.searchsorted(p, pred[i] + 0.5 * frame))
+            hi = int(np.searchsorted(p, pred[i] + (MAX_LATE_FRAMES + 0.5) * frame, side="right"))
             free = [j for j in range(lo, hi) if not used[j]]
             if free:
                 j = free[0]
