@@ -105,8 +105,13 @@ def _unit_refs(nwb: Any, units: Any, n_units: int) -> list[UnitRef]:
     ]
 
 
-def _parse(nwb: Any, name: str, table_name: str = DEFAULT_TABLE) -> ParsedUpload:
-    meta = file_meta(nwb, name)  # refuses a file without a subject before reading any data
+def parse_units(nwb: Any, name: str) -> tuple[list[UnitRef], np.ndarray, np.ndarray, np.ndarray]:
+    """The units table as (unit refs, unit index per spike, spike times, spikes per unit).
+
+    Its own function so that uploads whose presentations come from elsewhere (sync pulses and
+    the rig's events, ``server.recordings.alignment``) read units exactly as full uploads do;
+    units are resolved to sites later, by the service (``ingest/unitmap.py``).
+    """
     units = nwb.units
     if units is None:
         raise InvalidUpload(f"{name}: the NWB file has no units table (nwbfile.units)")
@@ -122,6 +127,12 @@ def _parse(nwb: Any, name: str, table_name: str = DEFAULT_TABLE) -> ParsedUpload
     # One label per unit (resolved to site ids by the service, server.recordings.ingest.unitmap);
     # units of one site are merged when the upload is cleaned.
     spike_site = np.repeat(np.arange(len(ends), dtype=np.int64), counts)
+    return refs, spike_site, flat, counts
+
+
+def _parse(nwb: Any, name: str, table_name: str = DEFAULT_TABLE) -> ParsedUpload:
+    meta = file_meta(nwb, name)  # refuses a file without a subject before reading any data
+    refs, spike_site, flat, counts = parse_units(nwb, name)
 
     table = _find_presentations(nwb, table_name, name)
     cols = set(table.colnames)
