@@ -272,8 +272,8 @@
     IT.fill("headline-night", parts);
   }
 
-  /* What the server knows of the rig and the newest published batch (it records completions and
-   * presentation uploads, not downloads). */
+  /* What the server knows of the rig and the newest published batch: when the rig first pulled
+   * it (GET /rigs/{rig_id}/batches/next), which session records it, when the rig completed it. */
   function drawHeadlineRig(batches, sessions) {
     const published = (batches || []).filter((b) => b.state === "published").sort((a, b) => String(b.published_at).localeCompare(String(a.published_at)));
     if (!batches) {
@@ -295,16 +295,19 @@
     } else if (shownIn.length) {
       status = "Batch " + b.batch_id + " (day " + b.day + ") is being recorded in session " + shownIn.join(", ") + "; the rig has not reported it complete yet.";
       cls = "state-running";
+    } else if (b.pulled_at) {
+      status = "The rig pulled batch " + b.batch_id + " (day " + b.day + ") at " + IT.fmtTime(b.pulled_at) + "; no session records it yet.";
+      cls = "state-running";
     } else {
-      status = "Batch " + b.batch_id + " (day " + b.day + ") waits for the rig: published " + IT.fmtTime(b.published_at) + ", not yet shown or reported.";
+      status = "Batch " + b.batch_id + " (day " + b.day + ") waits for the rig: published " + IT.fmtTime(b.published_at) + ", not pulled yet.";
       cls = "state-queued";
     }
     IT.fill("headline-rig", [
       IT.el("p", { id: "headline-rig-text" }, [
-        IT.el("span", { class: "state " + cls }, [b.completed_at ? "shown" : shownIn.length ? "recording" : "waiting"]),
+        IT.el("span", { class: "state " + cls }, [b.completed_at ? "shown" : shownIn.length ? "recording" : b.pulled_at ? "pulled" : "waiting"]),
         " " + status + (fresh ? "" : " No batch was published today (UTC)."),
       ]),
-      note("The server learns that the rig has a batch when it uploads presentation events or completes it; a download alone leaves no record."),
+      note("Pulled: the batch's rig first fetched it from /rigs/{rig_id}/batches/next (people looking do not count)."),
     ]);
   }
 
