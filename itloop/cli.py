@@ -162,7 +162,7 @@ def serve(
     if not settings.redis_url and workers == 1:
         # Embedded mode runs jobs in this process: recover what a previous run left (at once,
         # then every ITLOOP_REAP_EVERY_S), and say in the database that this process is alive.
-        from worker.liveness import start_embedded_housekeeping
+        from jobs.liveness import start_embedded_housekeeping
 
         start_embedded_housekeeping(settings)
     typer.echo(
@@ -186,7 +186,7 @@ def worker(
     burst: Annotated[bool, typer.Option(help="exit when the queues are empty")] = False,
 ) -> None:
     """Run a job worker: an RQ worker when ITLOOP_REDIS_URL is set, else a database-polling worker."""
-    from worker.runner import run_worker
+    from jobs.runner import run_worker
 
     run_worker(get_settings(), queues=queues or None, burst=burst)
 

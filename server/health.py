@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from server.db.engine import get_engine, session_scope
+from worker.api import live_workers, stale_after_s
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
@@ -57,13 +58,10 @@ def _check_workers(url: str) -> dict[str, Any]:
     From the database, so it holds while Redis is down: exactly when one wants to know
     whether the workers survived.
     """
-    from server.jobs import service
-    from worker.config import get_worker_config
-
-    window_s = get_worker_config().stale_after_s
+    window_s = stale_after_s()
     try:
         with session_scope(url) as session:
-            alive = service.alive_workers(session, window_s)
+            alive = live_workers(session)
     except Exception as exc:  # noqa: BLE001
         log.warning("health: could not read worker liveness: %s", exc)
         return {"alive": None, "seen_within_s": window_s}

@@ -114,8 +114,10 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
         data_dir=data_dir,
         store_url=(data_dir / "store").resolve().as_uri(),
         # no wall-clock deadline unless a test asks for one; no failed-login limit (tests send
-        # many bogus tokens on purpose) unless a test asks for one
-        **{"rig_time": "", "auth_failures_per_minute": 1_000_000, **overrides},  # type: ignore[arg-type]
+        # many bogus tokens on purpose) unless a test asks for one; no night started by completing
+        # a session (it would run in the in-process runner's threads on their own connections,
+        # which cannot see a test's rolled-back transaction) unless a test asks for one
+        **{"rig_time": "", "auth_failures_per_minute": 1_000_000, "auto_night": False, **overrides},  # type: ignore[arg-type]
     )
 
 
@@ -170,19 +172,8 @@ def client(settings: Settings, db_session: Session) -> Iterator[object]:
     app.state.principal_lookup = lambda token_hash: principal_for_hash(
         session=db_session, token_hash=token_hash
     )
-    # No session-complete hooks (the worker's night trigger, once worker.night is imported by
-    # any earlier test): a night started here would run in the in-process runner's threads on
-    # their own connections, which cannot see this rolled-back transaction, and would go on
-    # writing to the shared database into later tests ("database is locked" on SQLite).
-    from server.recordings import hooks
-
-    saved = list(hooks._on_complete)
-    hooks._on_complete.clear()
-    try:
-        with TestClient(app, raise_server_exceptions=False) as c:
-            yield c
-    finally:
-        hooks._on_complete[:] = saved
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
 
 
 ROLES = ("admin", "experimenter", "viewer", "rig")

@@ -129,7 +129,7 @@ def seed_simulated_lab(
     """Subject ``monkey-<name>``, sites ``<name>-A-000...``, rig ``rig-<name>``, a clean and a
     reference set, the published day-0 batch, and the brain (same arguments, same content)."""
     from models.simulator import VirtualBrain
-    from worker.steps.publish import initial_batch
+    from server.batches.initial import initial_batch
 
     subject, rig_id = f"monkey-{name}", f"rig-{name}"
     site_ids = [f"{name}-A-{i:03d}" for i in range(n_sites)]

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from server.batches import service
 from server.batches.bundle import ensure_bundle
+from server.batches.initial import initial_batch
 from server.batches.schemas import (
     BatchPage,
     BatchRead,
@@ -239,22 +240,17 @@ def complete_batch(batch_id: str, session: SessionDep, user: RigUser) -> Complet
 def create_initial_batch(
     rig_id: str, body: InitialBatchCreate, session: SessionDep, settings: SettingsDep, _: ExperimenterUser
 ) -> Response:
-    from worker.steps.publish import initial_batch
-
-    try:
-        batch = initial_batch(
-            session,
-            get_app_store(settings),
-            rig_id=rig_id,
-            batch_id=body.batch_id or f"{rig_id}-day0",
-            repeats=body.repeats,
-            seed=body.seed,
-            on_ms=body.on_ms,
-            off_ms=body.off_ms,
-            images_per_trial=body.images_per_trial,
-        )
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
+    batch = initial_batch(
+        session,
+        get_app_store(settings),
+        rig_id=rig_id,
+        batch_id=body.batch_id or f"{rig_id}-day0",
+        repeats=body.repeats,
+        seed=body.seed,
+        on_ms=body.on_ms,
+        off_ms=body.off_ms,
+        images_per_trial=body.images_per_trial,
+    )
     session.commit()
     body_bytes, etag = service.manifest_json(batch=batch, public_base_url=settings.public_base_url)
     return Response(body_bytes, status_code=201, media_type="application/json", headers={"ETag": etag})

@@ -354,3 +354,22 @@ def reference_set(*, session: Session) -> ImageSet | None:
         .order_by(ImageSet.id.desc())
         .limit(1)
     )
+
+
+def clean_pool(session: Session) -> tuple[list[Image], list[Image]]:
+    """(clean images of non-reference sets, reference-set images), each in set order.
+
+    Withdrawn sets are left out (``POST /image-sets/{name}/withdraw``).
+    """
+    rows = session.execute(
+        select(Image, ImageSet.is_reference)
+        .join(ImageSetMember, ImageSetMember.image_id == Image.id)
+        .join(ImageSet, ImageSet.id == ImageSetMember.image_set_id)
+        .where(ImageSet.withdrawn_at.is_(None))
+        .order_by(ImageSet.id, ImageSetMember.position, Image.id)
+    ).all()
+    clean: dict[int, Image] = {}
+    reference: dict[int, Image] = {}
+    for image, is_ref in rows:
+        (reference if is_ref else clean).setdefault(image.id, image)
+    return list(clean.values()), list(reference.values())

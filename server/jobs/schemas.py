@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from itloop.night_params import NightParams
 from server.jobs.tables import JobState
 
 
@@ -52,8 +53,10 @@ class JobPage(BaseModel):
 
 class NightCreate(BaseModel):
     session_id: str = Field(min_length=1, max_length=120, description="the recording session of the day")
-    params: dict[str, Any] = Field(
-        default_factory=dict, description='options for the steps, e.g. {"candidates": ["resnet50"]}'
+    params: NightParams = Field(
+        default_factory=NightParams,
+        description="the night's parameters; keys not given come from ITLOOP_NIGHT_DEFAULTS, then the "
+        "defaults shown (docs/night-parameters.md)",
     )
 
 

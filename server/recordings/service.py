@@ -24,7 +24,6 @@ from server.db.base import utcnow
 from server.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from server.images.tables import Image
 from server.lab.tables import Array, Rig, Site, Subject
-from server.recordings import hooks
 from server.recordings.ingest.copy import insert_columns
 from server.recordings.ingest.responses import check_window, count_spikes
 from server.recordings.ingest.validate import CleanUpload, ParsedUpload, clean
@@ -169,14 +168,13 @@ def list_sessions(
 
 
 def complete_session(*, session: Session, session_id: str) -> RecordingSession:
-    """Mark complete (idempotent); the first completion runs the registered hooks (the night trigger)."""
+    """Mark complete (idempotent). Whether a night starts is the route's call (``ITLOOP_AUTO_NIGHT``)."""
     rec = get_session(session=session, session_id=session_id)
     if rec.state == SessionState.complete:
         return rec
     rec.state = SessionState.complete
     rec.completed_at = utcnow()
     session.flush()
-    hooks.on_session_complete(session, rec)
     return rec
 
 

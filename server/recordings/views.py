@@ -16,6 +16,7 @@ from server.lab.tables import Site
 from server.recordings import export, service
 from server.recordings.schemas import (
     MAX_LIMIT,
+    AutoNightRead,
     Counts,
     Page,
     ResponsePage,
@@ -26,6 +27,7 @@ from server.recordings.schemas import (
 )
 from server.recordings.tables import Presentation, Response
 from server.uploads import receive_files, run_bulk, scrub_paths, upload_folder
+from worker.api import night_after_session_complete
 
 router = APIRouter(prefix="/sessions", tags=["recordings"])
 
@@ -79,10 +81,26 @@ def get_session(session_id: str, session: SessionDep, _: ViewerUser) -> SessionR
     return read
 
 
-@router.post("/{session_id}/complete", response_model=SessionRead, summary="Mark the session complete")
-def complete_session(session_id: str, session: SessionDep, _: ExperimenterUser) -> SessionRead:
+@router.post(
+    "/{session_id}/complete",
+    response_model=SessionRead,
+    summary="Mark the session complete",
+    description="The first completion starts the session's night with the lab defaults when the lab "
+    "setting `ITLOOP_AUTO_NIGHT` is on (the default); `auto_night` says whether it did, which night, "
+    "or why not. Completing again changes nothing.",
+)
+def complete_session(
+    session_id: str, session: SessionDep, settings: SettingsDep, _: ExperimenterUser
+) -> SessionRead:
+    first = service.get_session(session=session, session_id=session_id).completed_at is None
     rec = service.complete_session(session=session, session_id=session_id)
-    return SessionRead(**service.describe(session=session, rec=rec))
+    out = SessionRead(**service.describe(session=session, rec=rec))
+    if first:
+        # The one explicit place a completion starts a night (ITLOOP_AUTO_NIGHT); a repeated
+        # completion starts nothing and reports nothing.
+        auto = night_after_session_complete(session, settings, session_id=session_id)
+        out.auto_night = AutoNightRead(enabled=auto.enabled, night_id=auto.night_id, note=auto.note)
+    return out
 
 
 @router.post(

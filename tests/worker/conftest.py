@@ -17,12 +17,12 @@ from sqlalchemy import text
 
 import tests.worker.jobs_for_tests  # noqa: F401 - registers the test.* kinds in this process
 from itloop.settings import Settings
+from jobs import state as service
+from jobs.config import get_worker_config
+from jobs.queue import reset_runners
 from server.db.engine import get_engine, session_scope
-from server.jobs import service
 from server.jobs.tables import Job
 from tests.conftest import BACKENDS, _install_settings, make_settings, new_database
-from worker.config import get_worker_config
-from worker.queue import reset_runners
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_ENV = {
@@ -133,7 +133,7 @@ ITLOOP_CLI = str(Path(sys.executable).with_name("itloop"))
 class WorkerProcess:
     """A worker in its own process group, with its output in a log file.
 
-    By default ``python -m worker.rq_entry ARGS``; ``command`` replaces that, e.g. with the
+    By default ``python -m jobs.rq_entry ARGS``; ``command`` replaces that, e.g. with the
     ``itloop worker`` that ``docker-compose.yml`` runs (forking, the default).
     """
 
@@ -142,7 +142,7 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "worker.rq_entry"]), *args],
+            [*(command or [sys.executable, "-m", "jobs.rq_entry"]), *args],
             cwd=ROOT,
             env=env,
             stdout=self._log,

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.context import JobContext
-from worker.registry import job
+from jobs.context import JobContext
+from jobs.registry import job
 
 
 def mark(ctx: JobContext) -> None:

@@ -143,7 +143,7 @@ def start_night(lab: Lab, params: dict[str, Any] | None = None, session_id: str 
 
 def run_night(lab: Lab, params: dict[str, Any] | None = None) -> int:
     """Start and run the last day's night in this process; returns its id (whatever its outcome)."""
-    from worker.queue import InProcessRunner, get_runner
+    from jobs.queue import InProcessRunner, get_runner
 
     runner = get_runner(lab.settings, background=False)
     assert isinstance(runner, InProcessRunner)

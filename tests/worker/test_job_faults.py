@@ -29,6 +29,8 @@ from sqlalchemy import func, select
 
 from demo.server import BackgroundServer, free_port
 from itloop.storage import get_store, image_key, sha256_hex
+from jobs.config import get_worker_config
+from jobs.queue import reset_runners
 from server.auth import service as auth_service
 from server.batches import service as batches
 from server.batches.tables import Batch
@@ -53,8 +55,6 @@ from tests.worker.test_multiworker import (
     seed_lab,
     start_night,
 )
-from worker.config import get_worker_config
-from worker.queue import reset_runners
 
 pytestmark = pytest.mark.slow
 # A stale threshold well above the 0.5 s heartbeat, so only the killed job goes stale.

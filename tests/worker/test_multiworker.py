@@ -21,6 +21,8 @@ import pytest
 
 from itloop.settings import Settings
 from itloop.storage import get_store
+from jobs.config import get_worker_config
+from jobs.queue import reset_runners
 from server.batches import service as batches
 from server.db.engine import get_engine, session_scope
 from server.jobs import service as jobs
@@ -28,8 +30,6 @@ from server.jobs.tables import Job, JobState, Night
 from tests.conftest import BACKENDS, make_settings, new_database
 from tests.factories import record_simulated_day, seed_simulated_lab
 from tests.worker.conftest import ITLOOP_CLI, WORKER_ENV, WorkerProcess, wait_for
-from worker.config import get_worker_config
-from worker.queue import reset_runners
 
 SIZE = 32
 N_SITES = 4

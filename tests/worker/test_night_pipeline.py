@@ -27,6 +27,10 @@ from sqlalchemy import select
 
 from itloop.settings import Settings
 from itloop.storage import image_key
+from jobs.config import get_worker_config
+from jobs.context import JobContext
+from jobs.queue import RQRunner, get_runner, reset_runners
+from jobs.registry import get_spec, overridden
 from server.app import create_app
 from server.batches import service as batches
 from server.db.base import utcnow
@@ -52,11 +56,7 @@ from tests.worker.night_helpers import (
     show_day,
     start_night,
 )
-from worker.config import get_worker_config
-from worker.context import JobContext
 from worker.night import PUBLISH, SYNTHESIZE
-from worker.queue import RQRunner, get_runner, reset_runners
-from worker.registry import get_spec, overridden
 
 PERTURBED = ("perturbed", "targeted", "random")
 

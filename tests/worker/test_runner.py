@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 from itloop.cli import app  # imported before any test replaces itloop.settings.get_settings
 from itloop.settings import Settings
+from jobs import state as service
+from jobs.execute import run_job
+from jobs.queue import InProcessRunner, get_runner
 from server.db.engine import session_scope
-from server.jobs import service
 from server.jobs.tables import JobState
 from tests.worker import jobs_for_tests as tj
 from tests.worker.conftest import load, submit, wait_for
-from worker.execute import run_job
-from worker.queue import InProcessRunner, get_runner
 
 
 def runner(settings: Settings) -> InProcessRunner:

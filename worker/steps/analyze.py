@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from jobs.context import JobContext
+from jobs.registry import job
 from server.analysis import service as analysis
 from server.lab.tables import Site
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
 from server.recordings.queries import responses_by_image
-from worker.context import JobContext
 from worker.night import ANALYZE, SELECT
-from worker.registry import job
 from worker.steps.data import images_by_id, pixels
 from worker.steps.fit import load_encoder, night_config
 from worker.steps.synth import choose_images, site_seed

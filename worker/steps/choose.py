@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from itloop.errors import Conflict
+from itloop.night_params import NightConfig
+from jobs.context import JobContext
+from jobs.registry import job
 from models.transfer import own_twin_effect, shrink_to_population, site_transfer
-from server.errors import Conflict
+from server.images.service import clean_pool
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
-from worker.context import JobContext
 from worker.night import REFIT, SELECT
-from worker.registry import job
 from worker.steps.candidates import ENSEMBLE, SEARCH
-from worker.steps.config import NightConfig
-from worker.steps.data import clean_pool
 from worker.steps.data import site_pks as site_pks_of
 from worker.steps.fit import load_artifact, nanmedian_or_none, night_config, transfer_fields
 

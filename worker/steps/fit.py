@@ -16,17 +16,17 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from itloop.night_params import NightConfig
+from jobs.context import JobContext
+from jobs.registry import job
 from models.transfer import SiteTransfer, site_transfer
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
 from server.recordings.queries import responses_by_image
 from server.recordings.tables import RecordingSession
-from worker.context import JobContext
 from worker.night import REFIT, RESPONSES
-from worker.registry import job
 from worker.steps.candidates import ENSEMBLE, resolve
-from worker.steps.config import NightConfig
 from worker.steps.data import features, training_set
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def transfer_fields(tr: SiteTransfer, i: int) -> dict[str, Any]:
 def _drift(session: Any, rec: RecordingSession, today: Any, window: Any) -> Any:
     """Reference-set drift against the subject's first recorded day (None on that day)."""
     from models.tracking import detect_drift
-    from worker.steps.data import clean_pool as pool
+    from server.images.service import clean_pool as pool
 
     _, reference = pool(session)
     ref_ids = {im.id for im in reference}

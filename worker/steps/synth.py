@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from itloop.night_params import NightConfig
+from jobs.context import JobContext
+from jobs.registry import job
 from server.images import service as image_service
-from worker.context import JobContext
 from worker.night import SYNTHESIZE
-from worker.registry import job
-from worker.steps.config import NightConfig
 from worker.steps.data import images_by_id, pixels, site_pks
 from worker.steps.fit import load_encoder, night_config
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from jobs.context import JobContext
 from server.modeling.tables import ModelVersion
-from worker.context import JobContext
 from worker.steps.data import pixels
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, event, func, literal, or_, select, update
+from sqlalchemy import delete, func, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from itloop.errors import Conflict, InvalidInput, NotFound
+from jobs.registry import JOBS, get_spec
 from server.db.base import utcnow
-from server.errors import Conflict, InvalidInput, NotFound
 from server.jobs.tables import Job, JobState, Night, WorkerBeat
 
 if TYPE_CHECKING:
@@ -63,36 +64,13 @@ def _defer_enqueue(session: Session, job: Job) -> None:
     session.info.setdefault(PENDING_KEY, []).append(ticket(job))
 
 
-def _current_settings(session: Session) -> Settings:
+def current_settings(session: Session) -> Settings:
     settings = session.info.get(SETTINGS_KEY)
     if settings is None:
         import itloop.settings as settings_module  # late: tests replace get_settings
 
         settings = settings_module.get_settings()
     return settings  # type: ignore[no-any-return]
-
-
-@event.listens_for(Session, "after_commit")
-def _enqueue_after_commit(session: Session) -> None:
-    tickets: list[Ticket] = session.info.pop(PENDING_KEY, None) or []
-    if not tickets:
-        return
-    try:
-        runner = session.info.get(RUNNER_KEY)
-        if runner is None:
-            from worker.queue import get_runner
-
-            runner = get_runner(_current_settings(session))
-        runner.enqueue(tickets)
-    except Exception:  # noqa: BLE001 - the rows are committed; the reaper re-enqueues them
-        log.exception(
-            "could not enqueue jobs %s; the reaper will re-enqueue them", [t.job_id for t in tickets]
-        )
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_after_rollback(session: Session) -> None:
-    session.info.pop(PENDING_KEY, None)
 
 
 def write_lock(session: Session) -> None:
@@ -129,15 +107,13 @@ def submit(
     settings: Settings | None = None,
 ) -> Job:
     """Create a job: queued when its dependencies all succeeded, else waiting (or failed if one failed)."""
-    from worker.registry import JOBS, get_spec
-
     write_lock(session)
     spec = get_spec(kind)
     if spec is None:
         raise InvalidInput(
             f"unknown job kind {kind!r}; registered kinds: {', '.join(sorted(JOBS)) or 'none'}"
         )
-    settings = settings or _current_settings(session)
+    settings = settings or current_settings(session)
     if settings is not None:
         session.info.setdefault(SETTINGS_KEY, settings)
     deps = list(dict.fromkeys(int(d) for d in depends_on))
