@@ -124,7 +124,10 @@ def run_job(job_id: int, settings: Settings, *, name: str | None = None) -> str 
     except Exception as exc:  # noqa: BLE001 - any failure of the job is recorded, not raised
         error = _one_line(exc)
         ctx.log(traceback.format_exc())
-        state = JobState.queued if ctx.attempt < max_attempts else JobState.failed
+        # An exception may say that running again cannot help (``retryable = False``, e.g. a
+        # missing checkpoint file): then the job fails now instead of repeating the same error.
+        retry = ctx.attempt < max_attempts and getattr(exc, "retryable", True)
+        state = JobState.queued if retry else JobState.failed
     finally:
         heartbeat.stop()
 

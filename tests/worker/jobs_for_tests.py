@@ -47,6 +47,15 @@ def fail(ctx: JobContext) -> dict[str, Any]:
     return {"attempt": ctx.attempt}
 
 
+@job("test.checkpoint", max_attempts=3)
+def checkpoint(ctx: JobContext) -> dict[str, Any]:
+    """Read a checkpoint file through the real loader (``models.backbones``); missing ones raise."""
+    from models.backbones import checkpoint_sha256
+
+    mark(ctx)
+    return {"sha256": checkpoint_sha256(ctx.params["path"])}
+
+
 @job("test.sleep", max_attempts=3)
 def sleep(ctx: JobContext) -> dict[str, Any]:
     """Sleep cooperatively (checking cancellation and timeout), then leave a mark."""
