@@ -104,9 +104,9 @@ def users_create(
     token: Annotated[bool, typer.Option(help="also issue a token and print it")] = True,
 ) -> None:
     """Create a user (and by default a first token)."""
+    from itloop.errors import ItloopError
     from server.auth import service
     from server.db.engine import session_scope
-    from server.errors import ItloopError
 
     try:
         with session_scope() as session:
@@ -122,9 +122,9 @@ def users_create(
 @tokens_app.command("create")
 def tokens_create(user: str, name: str = "cli") -> None:
     """Issue a new token for an existing user; printed once."""
+    from itloop.errors import ItloopError
     from server.auth import service
     from server.db.engine import session_scope
-    from server.errors import ItloopError
 
     try:
         with session_scope() as session:
@@ -197,7 +197,7 @@ def night(
     wait: Annotated[bool, typer.Option(help="run/wait until the night finishes, with progress")] = True,
 ) -> None:
     """Start the nightly pipeline for a recording session."""
-    from server.errors import ItloopError
+    from itloop.errors import ItloopError
     from worker.night import run_night_cli
 
     try:

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from itloop.errors import Forbidden, TooManyRequests, Unauthorized
 from itloop.settings import Settings, get_settings
 from server.auth import service as auth_service
 from server.auth.cache import AuthCache, Principal
@@ -17,7 +18,6 @@ from server.auth.gate import PRINCIPAL_KEY
 from server.auth.guard import FailedAuthLimiter, LastUsed, touch
 from server.auth.tables import Role
 from server.db.engine import new_session
-from server.errors import Forbidden, TooManyRequests, Unauthorized
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 

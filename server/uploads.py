@@ -41,7 +41,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 
 log = logging.getLogger(__name__)
 

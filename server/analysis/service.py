@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from itloop.errors import InvalidInput
 from server.analysis.tables import AnalysisResult
-from server.errors import InvalidInput
 from server.lab.tables import Site
 from server.modeling.tables import ModelVersion
 from server.recordings.tables import RecordingSession

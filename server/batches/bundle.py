@@ -14,8 +14,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from itloop.errors import NotFound
 from itloop.storage import ObjectStore, image_key
-from server.errors import NotFound
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 

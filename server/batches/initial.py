@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from itloop.errors import InvalidInput
 from itloop.storage import ObjectStore
 from models.schedule import ScheduleConfig, schedule_rsvp
 from server.batches.service import create_batch, publish
 from server.batches.tables import Batch
-from server.errors import InvalidInput
 from server.images.service import clean_pool
 
 

@@ -19,12 +19,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
+from itloop.errors import Conflict, Forbidden, InvalidInput, NotFound
 from itloop.storage import ObjectStore, get_store, image_key
 from server.auth.cache import Principal
 from server.auth.tables import Role
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
 from server.db.base import as_utc, utcnow
-from server.errors import Conflict, Forbidden, InvalidInput, NotFound
 from server.images.tables import Image
 from server.lab.service import get_rig
 from server.lab.tables import Rig

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from itloop.errors import InvalidInput
 from server.batches import service
 from server.batches.bundle import ensure_bundle
 from server.batches.initial import initial_batch
@@ -31,7 +32,6 @@ from server.batches.schemas import (
 )
 from server.batches.tables import Batch, BatchState
 from server.deps import BatchReader, ExperimenterUser, RigUser, SessionDep, SettingsDep, ViewerUser
-from server.errors import InvalidInput
 from server.images.views import etag_matches, get_app_store
 
 router = APIRouter(tags=["rig"])

@@ -18,9 +18,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from itloop.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from itloop.storage import ObjectStore, image_key, sha256_hex
 from server.db.base import utcnow
-from server.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from server.images.png import decode_png, encode_png
 from server.images.tables import Image, ImageSet, ImageSetMember
 

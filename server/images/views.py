@@ -15,10 +15,10 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from itloop.errors import NotFound
 from itloop.storage import ObjectStore, get_store, image_key
 from server.body_limit import accepts_upload
 from server.deps import BatchReader, ExperimenterUser, SessionDep, SettingsDep, ViewerUser
-from server.errors import NotFound
 from server.images import service
 from server.images.known import KnownImages
 from server.images.schemas import (

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
-from server.errors import Conflict, InvalidInput, NotFound
+from itloop.errors import Conflict, InvalidInput, NotFound
 from server.lab.tables import Array, Rig, Site, Subject
 
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
 
+from itloop.errors import InvalidInput
 from server.deps import AdminUser, CurrentUser, ExperimenterUser, SessionDep, ViewerUser
-from server.errors import InvalidInput
 from server.lab import service
 from server.lab.schemas import (
     ArrayCreate,

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from server.errors import Conflict, InvalidInput, NotFound
+from itloop.errors import Conflict, InvalidInput, NotFound
 from server.jobs.tables import Night
 from server.lab.tables import Site
 from server.modeling.tables import ModelVersion, SiteMetric

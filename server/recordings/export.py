@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
-from server.errors import Conflict
+from itloop.errors import Conflict
 from server.images.tables import Image
 from server.lab.tables import Array, Site, Subject
 from server.modeling.tables import ModelVersion

@@ -18,10 +18,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from itloop.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from itloop.settings import get_settings
 from server.batches.tables import Batch
 from server.db.base import utcnow
-from server.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from server.images.tables import Image
 from server.lab.tables import Array, Rig, Site, Subject
 from server.recordings.ingest.copy import insert_columns

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Response as HTTPResponse
 from sqlalchemy import func, select
 
+from itloop.errors import InvalidInput, ItloopError
 from server.body_limit import accepts_upload
 from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
-from server.errors import InvalidInput, ItloopError
 from server.images.tables import Image
 from server.lab.tables import Site
 from server.recordings import export, service

@@ -14,9 +14,9 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from itloop.errors import InvalidUpload, NotFound
 from itloop.settings import Settings
 from itloop.storage import LocalStore, ObjectStore, StoreError, get_store, image_key
-from server.errors import InvalidUpload, NotFound
 from server.images import service
 from server.images.png import decode_png, encode_png
 from server.images.tables import Image

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 from server.recordings.ingest.limits import check_decoded_size
 from server.recordings.ingest.validate import ParsedUpload
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from itloop.errors import InvalidInput
+
 
 def count_spikes(
     trains: Sequence[np.ndarray], onset_s: np.ndarray, window_ms: tuple[float, float]
@@ -35,8 +37,6 @@ def count_spikes(
 
 
 def check_window(window_ms: tuple[float, float]) -> tuple[float, float]:
-    from server.errors import InvalidInput
-
     a, b = float(window_ms[0]), float(window_ms[1])
     if not (np.isfinite(a) and np.isfinite(b)) or b <= a:
         raise InvalidInput(f"window_ms must satisfy start < end, got ({a:g}, {b:g}) ms")

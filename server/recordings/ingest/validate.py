@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 
 MAX_PLAUSIBLE_S = 1e5
 MAX_EVENT_ID_CHARS = 120  # the width of presentations.event_id, rig_events.event_id and sites.site_id
