@@ -268,10 +268,10 @@ def restore(settings: Settings, src: Path, *, force: bool = False) -> Summary:
         objects, object_bytes = objects + 1, object_bytes + len(data)
 
     if kind == "sqlite":
-        target = _sqlite_path(url)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        db_file = _sqlite_path(url)
+        db_file.parent.mkdir(parents=True, exist_ok=True)
         source = sqlite3.connect(src / SQLITE_FILE)
-        dst = sqlite3.connect(target, timeout=60)
+        dst = sqlite3.connect(db_file, timeout=60)
         try:
             with dst:
                 source.backup(dst)  # replaces every page of the target, WAL included

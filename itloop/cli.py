@@ -63,7 +63,7 @@ def db_upgrade(revision: str = "head") -> None:
     settings.ensure_dirs()
     try:
         migrate.upgrade(settings.resolved_database_url, revision)
-    except Exception as exc:  # noqa: BLE001 - a CLI says what failed, no traceback
+    except Exception as exc:  # a CLI says what failed, no traceback
         _fail(f"migration failed on {settings.resolved_database_url.split('@')[-1]}: {exc}")
     if settings.bootstrap_admin_token:
         with session_scope() as session:
@@ -92,7 +92,7 @@ def db_check() -> None:
 
     try:
         migrate.check(get_settings().resolved_database_url)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(str(exc))
     typer.echo("no drift between models and migrations")
 

@@ -219,7 +219,7 @@ class FsspecStore:
         try:
             self.fs.invalidate_cache(bucket)
             found = bool(self.fs.exists(bucket))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise StoreError(f"cannot reach the bucket of {self.url}: {type(exc).__name__}: {exc}") from exc
         if not found:
             raise StoreError(
@@ -249,7 +249,7 @@ class FsspecStore:
                         self.fs.rm_file(tmp)
         except TypeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - backends raise many types
+        except Exception as exc:  # backends raise many types
             raise self._error("write", key, exc) from exc
         finally:
             self.fs.invalidate_cache(path)
@@ -261,7 +261,7 @@ class FsspecStore:
         except (FileNotFoundError, IsADirectoryError):
             self._check_root()
             raise KeyError(key) from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._error("read", key, exc) from exc
 
     def exists(self, key: str) -> bool:
@@ -272,7 +272,7 @@ class FsspecStore:
             found = bool(self.fs.isfile(path))
         except FileNotFoundError:
             found = False
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._error("check", key, exc) from exc
         if not found:
             self._check_root()
@@ -285,7 +285,7 @@ class FsspecStore:
             self.fs.rm_file(path)
         except FileNotFoundError:
             pass
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._error("delete", key, exc) from exc
         finally:
             self.fs.invalidate_cache(path)
@@ -299,7 +299,7 @@ class FsspecStore:
             found = self.fs.find(root)
         except FileNotFoundError:
             found = []
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._error("list", prefix or "/", exc) from exc
         if not found:
             self._check_root()

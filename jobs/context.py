@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class JobCancelled(Exception):  # noqa: N818 - reads as an event, like rq's exceptions
+class JobCancelled(Exception):  # reads as an event, like rq's exceptions
     """Raised inside a job when someone asked to cancel it; the job ends ``cancelled``."""
 
 
-class JobTimeout(Exception):  # noqa: N818
+class JobTimeout(Exception):
     """Raised inside a job that ran past its ``timeout_s``; the job ends ``failed``, not retried."""
 
 

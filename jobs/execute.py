@@ -56,7 +56,7 @@ class _Heartbeat(threading.Thread):
                         session, self.ctx.job_id, self.ctx.attempt, log_tail=self.ctx.take_dirty_log()
                     )
                 self.ctx.note_lease(ours, cancel)
-            except Exception:  # noqa: BLE001 - a missed beat is not fatal; the next one may work
+            except Exception:  # a missed beat is not fatal; the next one may work
                 log.warning("heartbeat of job %s failed", self.ctx.job_id, exc_info=True)
 
     def stop(self) -> None:
@@ -121,7 +121,7 @@ def run_job(job_id: int, settings: Settings, *, name: str | None = None) -> str 
     except (JobTimeout, JobTimeoutException):
         state, error = JobState.failed, f"timed out after {ctx.timeout_s} s"
         ctx.log(error)
-    except Exception as exc:  # noqa: BLE001 - any failure of the job is recorded, not raised
+    except Exception as exc:  # any failure of the job is recorded, not raised
         error = _one_line(exc)
         ctx.log(traceback.format_exc())
         # An exception may say that running again cannot help (``retryable = False``, e.g. a
@@ -134,7 +134,7 @@ def run_job(job_id: int, settings: Settings, *, name: str | None = None) -> str 
     if state == JobState.succeeded:
         try:
             return _record(settings, ctx, state=state, result=result)
-        except Exception as exc:  # noqa: BLE001 - a success hook failed: record the failure instead
+        except Exception as exc:  # a success hook failed: record the failure instead
             error = f"after success: {_one_line(exc)}"
             ctx.log(traceback.format_exc())
             state = JobState.queued if ctx.attempt < max_attempts else JobState.failed

@@ -53,7 +53,7 @@ class Periodic(threading.Thread):
     def _call(self) -> None:
         try:
             self.fn()
-        except Exception:  # noqa: BLE001 - a database hiccup must not end housekeeping for good
+        except Exception:  # a database hiccup must not end housekeeping for good
             log.warning("%s failed; next try in %g s", self.name, self.every_s, exc_info=True)
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -81,7 +81,7 @@ class LivenessBeat(Periodic):
         try:
             with session_scope(self.settings.resolved_database_url) as session:
                 jobstate.forget_worker(session, self.worker)
-        except Exception:  # noqa: BLE001 - the row ages out of /health by itself
+        except Exception:  # the row ages out of /health by itself
             log.debug("could not remove liveness row %s", self.worker, exc_info=True)
 
 

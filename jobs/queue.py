@@ -69,7 +69,7 @@ class InProcessRunner:
     def _run_logged(self, job_id: int) -> None:
         try:
             run_job(job_id, self.settings)
-        except Exception:  # noqa: BLE001 - a thread must not die silently
+        except Exception:  # a thread must not die silently
             log.exception("in-process job %s crashed the runner", job_id)
         finally:
             with self._pool_lock:
@@ -137,7 +137,7 @@ class RQRunner:
         # timeout: RQ's dequeue blocks on this connection on purpose.
         self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_keepalive=True)
 
-    def queue(self, name: str):  # noqa: ANN201 - rq.Queue, imported lazily
+    def queue(self, name: str):  # rq.Queue, imported lazily
         from rq import Queue
 
         return Queue(name, connection=self.redis)
@@ -224,7 +224,7 @@ def _enqueue_after_commit(session: Session) -> None:
     try:
         runner = session.info.get(jobstate.RUNNER_KEY) or get_runner(jobstate.current_settings(session))
         runner.enqueue(tickets)
-    except Exception:  # noqa: BLE001 - the rows are committed; the reaper re-enqueues them
+    except Exception:  # the rows are committed; the reaper re-enqueues them
         log.exception(
             "could not enqueue jobs %s; the reaper will re-enqueue them", [t.job_id for t in tickets]
         )

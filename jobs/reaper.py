@@ -78,7 +78,7 @@ def _present(runner: InProcessRunner | RQRunner, queues: list[str]) -> set[int] 
     """
     try:
         return runner.present_job_ids(queues)
-    except Exception as exc:  # noqa: BLE001 - redis.ConnectionError and friends
+    except Exception as exc:  # redis.ConnectionError and friends
         log.warning("reaper: queue backend unreachable (%s); re-enqueueing later", type(exc).__name__)
         return None
 
@@ -88,5 +88,5 @@ def reap_once(settings: Settings, runner: InProcessRunner | RQRunner) -> None:
     try:
         with session_scope(settings.resolved_database_url) as session:
             reap(session, runner)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("reaper pass failed")

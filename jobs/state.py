@@ -70,7 +70,7 @@ def current_settings(session: Session) -> Settings:
         import itloop.settings as settings_module  # late: tests replace get_settings
 
         settings = settings_module.get_settings()
-    return settings  # type: ignore[no-any-return]
+    return settings
 
 
 def write_lock(session: Session) -> None:

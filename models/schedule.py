@@ -107,14 +107,14 @@ def schedule_rsvp(
     blocks: list[int] = []
     for block in range(config.repeats):
         keys = rng.uniform(0, n, size=n)
-        for clean, perts in twins.items():
-            p = keys[clean]
-            for pert in perts:
+        for clean_i, pert_ids in twins.items():
+            p = keys[clean_i]
+            for pert_i in pert_ids:
                 o = offset * rng.uniform(0.8, 1.2) if not capped else offset * rng.uniform(0.9, 1.0)
                 candidates = [x for x in (p + o, p - o) if 0 <= x < n]
                 if not candidates:  # offset too long for this clean position: go to the far end
                     candidates = [n - 1e-6 if p < n / 2 else 0.0]
-                keys[pert] = candidates[rng.integers(len(candidates))]
+                keys[pert_i] = candidates[rng.integers(len(candidates))]
         # Random tie-breaking, then sort.
         block_order = np.lexsort((rng.random(n), keys))
         if order and block_order[0] == order[-1] and n > 1:  # no back-to-back repeat across blocks

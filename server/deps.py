@@ -49,7 +49,7 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
 
 async def get_app_settings(request: Request) -> Settings:
     # async: no I/O, so no hop to the thread pool on every request
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 # "function" scope: commit before the response is sent, so a client that acts on an answer
@@ -63,7 +63,7 @@ _bearer = HTTPBearer(auto_error=False, description="API token issued by `itloop 
 
 def get_auth_cache(request: Request) -> AuthCache:
     """The app's token cache (made by ``create_app``; one per process)."""
-    return request.app.state.auth_cache  # type: ignore[no-any-return]
+    return request.app.state.auth_cache
 
 
 def client_address(request: Request) -> str:

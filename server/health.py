@@ -30,7 +30,7 @@ def _check_database(url: str) -> dict[str, Any]:
         with get_engine(url).connect() as conn:
             conn.execute(text("SELECT 1"))
         return {"ok": True, "backend": _backend(url)}
-    except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, never a crash
+    except Exception as exc:  # any failure means unhealthy, never a crash
         log.warning("health: database unreachable: %s", exc)
         return {"ok": False, "backend": _backend(url), "state": "unreachable"}
 
@@ -47,7 +47,7 @@ def _check_queue(redis_url: str | None) -> dict[str, Any]:
         finally:
             client.close()
         return {"ok": True, "backend": "redis"}
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("health: Redis unreachable: %s", exc)
         return {"ok": False, "backend": "redis", "state": "unreachable"}
 
@@ -62,7 +62,7 @@ def _check_workers(url: str) -> dict[str, Any]:
     try:
         with session_scope(url) as session:
             alive = live_workers(session)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("health: could not read worker liveness: %s", exc)
         return {"alive": None, "seen_within_s": window_s}
     per_queue: Counter[str] = Counter(q for w in alive for q in w.queues.split(",") if q)

@@ -284,7 +284,7 @@ def run_night_cli(settings: Settings, *, session_id: str, wait: bool = True, pol
         def _drive() -> None:
             try:
                 runner.run_until_idle()
-            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            except BaseException as exc:  # reported by the main thread
                 errors.append(exc)
             finally:
                 done.set()

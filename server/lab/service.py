@@ -64,7 +64,7 @@ def create_array(
     """Create a chronic array on a subject, or return it when identical."""
     owner = get_subject(session=session, name=subject)
     wanted = {"region": region, "hemisphere": hemisphere}
-    return _create_or_match(  # type: ignore[no-any-return]
+    return _create_or_match(
         session, Array, {"subject_id": owner.id, "name": name}, wanted, f"array {name!r} of {subject!r}"
     )
 

@@ -140,7 +140,7 @@ class WorkerProcess:
     def __init__(self, log_path: Path, *args: str, command: list[str] | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()/kill()
+        self._log = open(log_path, "wb")  # closed in wait()/kill(
         self.proc = subprocess.Popen(
             [*(command or [sys.executable, "-m", "jobs.rq_entry"]), *args],
             cwd=ROOT,

@@ -277,7 +277,7 @@ class Serve:
             OMP_NUM_THREADS="1",
             MKL_NUM_THREADS="1",
         )
-        self._log = open(log, "ab")  # noqa: SIM115 - closed in kill()
+        self._log = open(log, "ab")  # closed in kill(
         self.log = log
         self.proc = subprocess.Popen(
             [ITLOOP_CLI, "serve", "--port", str(self.port)],

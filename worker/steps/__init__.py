@@ -24,4 +24,4 @@ objects through ``ctx.store``. ``night.select`` fans out synthesis by returning
 ``{"shards": [{...}, ...]}``: one ``night.synthesize`` job runs per shard.
 """
 
-from worker.steps import analyze, choose, fit, publish, synth  # noqa: E402,F401  (registers the kinds)
+from worker.steps import analyze, choose, fit, publish, synth  # noqa: F401  (registers the kinds)

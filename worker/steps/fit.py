@@ -208,7 +208,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
 
         try:
             cand, backbone, ckpt_sha, X, held_out, warm = train_candidate(ctx, cand, ts, parents)
-        except Exception as exc:  # noqa: BLE001 - the night goes on with the other candidates
+        except Exception as exc:  # the night goes on with the other candidates
             log.warning("training %s failed; the night uses the other candidates", cand.name, exc_info=True)
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             return {"model_version": None, "candidate": cand.name, "skipped": f"training failed ({reason})"}

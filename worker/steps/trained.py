@@ -85,7 +85,7 @@ def previous_weights(ctx: JobContext, candidate: str) -> dict[str, Any] | None:
         return None
     try:
         return torch.load(io.BytesIO(ctx.store.get(key)), weights_only=True)
-    except Exception:  # noqa: BLE001 - a missing or unreadable file means a cold start, said in the log
+    except Exception:  # a missing or unreadable file means a cold start, said in the log
         log.warning("could not load %s for a warm start; training from scratch", key, exc_info=True)
         return None
 

@@ -151,7 +151,7 @@ def check_hdf5(path: Path, name: str = "file") -> None:
     try:
         with h5py.File(path, "r") as h5:
             h5.visititems_links(visit)
-    except Exception as exc:  # noqa: BLE001 - h5py raises many types for damaged files
+    except Exception as exc:  # h5py raises many types for damaged files
         log.info("rejected HDF5 upload at the structure check: %s", exc)
         first = str(exc).splitlines()[0][:300].replace(str(path), name) if str(exc) else ""
         raise InvalidUpload(
@@ -176,7 +176,7 @@ def read_nwb(path: Path, name: str = "file") -> ParsedUpload:
             return _parse(nwb, name)
     except InvalidUpload:
         raise
-    except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many types for damaged files
+    except Exception as exc:  # h5py/hdmf raise many types for damaged files
         log.info("rejected NWB upload: %s", exc)
         # h5py names the file in its messages: the server's temporary path is none of the client's business
         first = str(exc).splitlines()[0][:300].replace(str(path), name) if str(exc) else ""
