@@ -14,6 +14,7 @@ from models.schedule import ScheduleConfig, schedule_rsvp
 from server.batches.service import create_batch, publish
 from server.batches.tables import Batch
 from server.images.service import clean_pool
+from server.images.tables import ImageKind
 
 
 def initial_batch(
@@ -32,9 +33,9 @@ def initial_batch(
     clean, reference = clean_pool(session)
     if not clean and not reference:
         raise InvalidInput("register a clean image set before the first batch")
-    roles = {im.id: "reference" for im in reference}
+    roles: dict[int, str] = {im.id: ImageKind.reference for im in reference}
     for im in clean:
-        roles.setdefault(im.id, "clean")
+        roles.setdefault(im.id, ImageKind.clean)
     by_id = {im.id: im for im in [*clean, *reference]}
     sched = schedule_rsvp(
         [str(i) for i in roles],

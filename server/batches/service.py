@@ -25,13 +25,12 @@ from server.auth.cache import Principal
 from server.auth.tables import Role
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
 from server.db.base import as_utc, utcnow
-from server.images.tables import Image
+from server.images.tables import Image, ImageKind
 from server.lab.service import get_rig
 from server.lab.tables import Rig
 from server.modeling.tables import ModelVersion
 from server.recordings.tables import RigEvent
 
-ROLES = ("clean", "reference", "perturbed", "targeted", "random")
 VISIBLE = (BatchState.published,)
 EVENT_CHUNK = 500
 EVENT_FIELDS = ("seq", "image_sha256", "onset_s", "fixation_ok")  # an event's content besides its id
@@ -65,9 +64,9 @@ def create_batch(
         raise InvalidInput("a batch needs at least one image")
     roles: dict[int, str] = {}
     for image, role in images:
-        if role not in ROLES:
+        if role not in ImageKind.__members__:
             raise InvalidInput(
-                f"image {image.sha256}: unknown role {role!r}; expected one of {', '.join(ROLES)}"
+                f"image {image.sha256}: unknown role {role!r}; expected one of {', '.join(ImageKind)}"
             )
         if image.id is None:
             raise InvalidInput(f"image {image.sha256} is not flushed to the database")

@@ -22,12 +22,11 @@ from itloop.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from itloop.storage import ObjectStore, image_key, sha256_hex
 from server.db.base import utcnow
 from server.images.png import decode_png, encode_png
-from server.images.tables import Image, ImageSet, ImageSetMember
+from server.images.tables import Image, ImageKind, ImageSet, ImageSetMember
 
 log = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-KINDS = ("clean", "reference", "perturbed", "targeted", "random")
 DIRECTIONS = ("up", "down", "random", "targeted")
 IMAGE_SET_LOCK = 0x17A6E5E7  # pg_advisory_xact_lock key of image-set creation
 
@@ -45,7 +44,7 @@ def put_image(
     session: Session,
     store: ObjectStore,
     png: bytes,
-    kind: str = "clean",
+    kind: str = ImageKind.clean,
     category: str | None = None,
     source_name: str | None = None,
     parent_id: int | None = None,
@@ -62,8 +61,8 @@ def put_image(
 
     The first writer's lineage wins: identical bytes produced twice are one image.
     """
-    if kind not in KINDS:
-        raise InvalidInput(f"unknown image kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in ImageKind.__members__:
+        raise InvalidInput(f"unknown image kind {kind!r}; expected one of {', '.join(ImageKind)}")
     sha = sha256_hex(png)
     key = image_key(sha)
     existing = session.scalar(select(Image).where(Image.sha256 == sha))
@@ -220,7 +219,7 @@ def create_image_set(
         sizes.append((int(pixels.shape[2]), int(pixels.shape[1])))
     _lock_image_sets(session)
     check_size(session=session, files=[f for f, _ in files], sizes=sizes)
-    kind = "reference" if is_reference else "clean"
+    kind = ImageKind.reference if is_reference else ImageKind.clean
     image_set = ImageSet(name=name, description=description, is_reference=is_reference)
     session.add(image_set)
     session.flush()

@@ -10,6 +10,7 @@ and re-inserts in the same transaction.
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ __all__ = [
 INGEST_KEY = "_ingest"  # reserved key in RecordingSession.meta for what ingest recorded
 
 
-class SessionState:
+class SessionState(StrEnum):
     open = "open"
     complete = "complete"
 

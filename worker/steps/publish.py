@@ -30,8 +30,6 @@ from worker.steps.fit import night_config, night_result
 
 log = logging.getLogger(__name__)
 
-ROLE_OF_KIND = {"perturbed": "perturbed", "targeted": "targeted", "random": "random"}
-
 
 @job(ASSEMBLE, timeout_s=1800)
 def assemble(ctx: JobContext) -> dict[str, Any]:
@@ -48,7 +46,7 @@ def assemble(ctx: JobContext) -> dict[str, Any]:
         for parent, _child in pairs:
             roles.setdefault(parent, "clean")
         for im in children:
-            roles.setdefault(im.id, ROLE_OF_KIND.get(im.kind, "perturbed"))
+            roles.setdefault(im.id, im.kind)  # a twin's role in the batch is its kind
         if not pairs:  # nothing synthesised: keep the lab recording the clean set
             clean, _ = clean_pool(session)
             for im in clean:
