@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, func, literal, or_, select, update
+from sqlalchemy import delete, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from itloop.errors import Conflict, InvalidInput, NotFound
 from jobs.registry import JOBS, get_spec
 from server.db.base import utcnow
+from server.db.paging import paginate
 from server.jobs.tables import Job, JobState, Night, WorkerBeat
 
 if TYPE_CHECKING:
@@ -191,9 +192,8 @@ def list_jobs(
         query = query.where(Job.state == state)
     if night_id is not None:
         query = query.where(Job.night_id == night_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
-    return list(items), int(total)
+    rows, total = paginate(session, query, order_by=[Job.id.desc()], limit=limit, offset=offset)
+    return [r[0] for r in rows], total
 
 
 def cancel(session: Session, job_id: int) -> Job:
@@ -435,9 +435,8 @@ def get_night(session: Session, night_id: int) -> Night:
 
 def list_nights(session: Session, *, limit: int = 50, offset: int = 0) -> tuple[list[Night], int]:
     """A page of nights, newest first, and their total."""
-    total = session.scalar(select(func.count()).select_from(Night)) or 0
-    items = session.scalars(select(Night).order_by(Night.id.desc()).limit(limit).offset(offset)).all()
-    return list(items), int(total)
+    rows, total = paginate(session, select(Night), order_by=[Night.id.desc()], limit=limit, offset=offset)
+    return [r[0] for r in rows], total
 
 
 def night_jobs(session: Session, night_id: int) -> list[Job]:

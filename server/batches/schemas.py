@@ -9,6 +9,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.paging import Page
 from server.recordings.ingest.validate import MAX_EVENT_ID_CHARS, MAX_PLAUSIBLE_S, PRINTABLE
 
 
@@ -90,11 +91,8 @@ class BatchRead(BatchBase):
     completed_at: datetime | None
 
 
-class BatchPage(BaseModel):
-    items: list[BatchRead]
-    total: int
-    limit: int
-    offset: int
+class BatchPage(Page[BatchRead]):
+    """One page of BatchRead (:class:`server.paging.Page`)."""
 
 
 class CompleteResult(BaseModel):

@@ -25,6 +25,7 @@ from server.auth.cache import Principal
 from server.auth.tables import Role
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
 from server.db.base import as_utc, utcnow
+from server.db.paging import paginate
 from server.images.tables import Image, ImageKind
 from server.lab.service import get_rig
 from server.lab.tables import Rig
@@ -376,7 +377,6 @@ def list_batches(
         query = query.where(Rig.rig_id == rig_id)
     if state is not None:
         query = query.where(Batch.state == state)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     n_images = (
         select(func.count()).select_from(BatchImage).where(BatchImage.batch_pk == Batch.id).scalar_subquery()
     )
@@ -386,12 +386,10 @@ def list_batches(
         .where(SequenceItem.batch_pk == Batch.id)
         .scalar_subquery()
     )
-    rows = session.execute(
-        query.add_columns(n_images, n_seq)
-        .order_by(Batch.created_at.desc(), Batch.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
+    order = [Batch.created_at.desc(), Batch.id.desc()]
+    rows, total = paginate(
+        session, query, order_by=order, limit=limit, offset=offset, columns=[n_images, n_seq]
+    )
     keys = ("batch", "rig_id", "model_version", "n_images", "n_sequence")
     return [dict(zip(keys, row, strict=True)) for row in rows], total
 

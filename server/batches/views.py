@@ -33,6 +33,7 @@ from server.batches.schemas import (
 from server.batches.tables import Batch, BatchState
 from server.deps import BatchReader, ExperimenterUser, RigUser, SessionDep, SettingsDep, ViewerUser
 from server.images.views import etag_matches, get_app_store
+from server.paging import Limit, Offset
 
 router = APIRouter(tags=["rig"])
 
@@ -77,8 +78,8 @@ def list_batches(
     _: ViewerUser,
     rig: str | None = None,
     state: Annotated[str | None, Query(pattern=STATE_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> BatchPage:
     rows, total = service.list_batches(session=session, rig_id=rig, state=state, limit=limit, offset=offset)
     items = [

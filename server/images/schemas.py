@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.paging import Page
+
 
 class ImageBase(BaseModel):
     sha256: str
@@ -70,8 +72,5 @@ class ImageSetDetail(ImageSetRead):
     images: list[ImageRead]
 
 
-class ImageSetPage(BaseModel):
-    items: list[ImageSetRead]
-    total: int
-    limit: int
-    offset: int
+class ImageSetPage(Page[ImageSetRead]):
+    """One page of ImageSetRead (:class:`server.paging.Page`)."""

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from itloop.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from itloop.storage import ObjectStore, image_key, sha256_hex
 from server.db.base import utcnow
+from server.db.paging import paginate
 from server.images.png import decode_png, encode_png
 from server.images.tables import Image, ImageKind, ImageSet, ImageSetMember
 
@@ -328,7 +329,6 @@ def list_image_sets(
     query = select(ImageSet)
     if is_reference is not None:
         query = query.where(ImageSet.is_reference.is_(is_reference))
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     n = (
         select(func.count())
         .select_from(ImageSetMember)
@@ -336,12 +336,8 @@ def list_image_sets(
         .correlate(ImageSet)
         .scalar_subquery()
     )
-    rows = session.execute(
-        query.add_columns(n)
-        .order_by(ImageSet.created_at.desc(), ImageSet.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
+    order = [ImageSet.created_at.desc(), ImageSet.id.desc()]
+    rows, total = paginate(session, query, order_by=order, limit=limit, offset=offset, columns=[n])
     return [(s, int(c)) for s, c in rows], total
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +30,7 @@ from server.images.schemas import (
     ImageSetWithdraw,
 )
 from server.images.tables import ImageSet
+from server.paging import Limit, Offset
 
 router = APIRouter(tags=["images"])
 
@@ -178,8 +179,8 @@ def list_image_sets(
     session: SessionDep,
     _: ViewerUser,
     is_reference: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> ImageSetPage:
     rows, total = service.list_image_sets(
         session=session, is_reference=is_reference, limit=limit, offset=offset

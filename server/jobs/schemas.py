@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from itloop.night_params import NightParams
 from server.jobs.tables import JobState
+from server.paging import Page
 
 
 class JobSummary(BaseModel):
@@ -44,11 +45,8 @@ class JobRead(JobSummary):
     result: dict[str, Any] | None
 
 
-class JobPage(BaseModel):
-    items: list[JobSummary]
-    total: int
-    limit: int
-    offset: int
+class JobPage(Page[JobSummary]):
+    """One page of JobSummary (:class:`server.paging.Page`)."""
 
 
 class NightCreate(BaseModel):
@@ -80,8 +78,5 @@ class NightRead(NightSummary):
     jobs: list[JobSummary]
 
 
-class NightPage(BaseModel):
-    items: list[NightSummary]
-    total: int
-    limit: int
-    offset: int
+class NightPage(Page[NightSummary]):
+    """One page of NightSummary (:class:`server.paging.Page`)."""

@@ -12,13 +12,11 @@ from server.batches.tables import Batch
 from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
 from server.jobs.schemas import JobPage, JobRead, JobSummary, NightCreate, NightPage, NightRead, NightSummary
 from server.jobs.tables import JobState, Night
+from server.paging import Limit, Offset
 from server.recordings.tables import RecordingSession
 from worker import api as jobs_api
 
 router = APIRouter(tags=["jobs"])
-
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 @router.get("/jobs", response_model=JobPage, summary="List jobs, newest first")

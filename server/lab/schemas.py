@@ -7,13 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.paging import Page
+
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
-
-
-class Page(BaseModel):
-    total: int
-    limit: int
-    offset: int
 
 
 class SubjectBase(BaseModel):
@@ -33,8 +29,8 @@ class SubjectRead(SubjectBase):
     created_at: datetime
 
 
-class SubjectPage(Page):
-    items: list[SubjectRead]
+class SubjectPage(Page[SubjectRead]):
+    """One page of SubjectRead (:class:`server.paging.Page`)."""
 
 
 class ArrayBase(BaseModel):
@@ -56,8 +52,8 @@ class ArrayRead(ArrayBase):
     created_at: datetime
 
 
-class ArrayPage(Page):
-    items: list[ArrayRead]
+class ArrayPage(Page[ArrayRead]):
+    """One page of ArrayRead (:class:`server.paging.Page`)."""
 
 
 class SiteBase(BaseModel):
@@ -83,8 +79,8 @@ class SiteRead(SiteBase):
     created_at: datetime
 
 
-class SitePage(Page):
-    items: list[SiteRead]
+class SitePage(Page[SiteRead]):
+    """One page of SiteRead (:class:`server.paging.Page`)."""
 
 
 class SiteRegistration(BaseModel):
@@ -111,5 +107,5 @@ class RigRead(RigBase):
     created_at: datetime
 
 
-class RigPage(Page):
-    items: list[RigRead]
+class RigPage(Page[RigRead]):
+    """One page of RigRead (:class:`server.paging.Page`)."""

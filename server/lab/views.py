@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Response
 
 from itloop.errors import InvalidInput
 from server.deps import AdminUser, CurrentUser, ExperimenterUser, SessionDep, ViewerUser
@@ -25,11 +25,9 @@ from server.lab.schemas import (
     SubjectRead,
 )
 from server.lab.tables import Array, Rig, Site
+from server.paging import Limit, Offset
 
 router = APIRouter(tags=["lab"])
-
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 def _array_read(array: Array, n_sites: int = 0) -> ArrayRead:

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-T = TypeVar("T")
-
-MAX_LIMIT = 1000
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of a list: ``items``, the ``total`` matching the filters, and the window asked for."""
-
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
+from server.paging import Page
 
 
 class SessionBase(BaseModel):

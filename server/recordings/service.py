@@ -23,6 +23,7 @@ from itloop.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from itloop.settings import get_settings
 from server.batches.tables import Batch
 from server.db.base import utcnow
+from server.db.paging import paginate
 from server.images.tables import Image
 from server.lab.tables import Array, Rig, Site, Subject
 from server.recordings.ingest.copy import insert_columns
@@ -159,13 +160,9 @@ def list_sessions(
         query = query.join(Subject, Subject.id == RecordingSession.subject_id).where(Subject.name == subject)
     if state is not None:
         query = query.where(RecordingSession.state == state)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(RecordingSession.created_at.desc(), RecordingSession.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    return list(rows), int(total)
+    order = [RecordingSession.created_at.desc(), RecordingSession.id.desc()]
+    rows, total = paginate(session, query, order_by=order, limit=limit, offset=offset)
+    return [r[0] for r in rows], total
 
 
 def complete_session(*, session: Session, session_id: str) -> RecordingSession:

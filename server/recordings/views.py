@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi import Response as HTTPResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from itloop.errors import InvalidInput, ItloopError
 from server.body_limit import accepts_upload
+from server.db.paging import paginate
 from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
 from server.images.tables import Image
 from server.lab.tables import Site
+from server.paging import Limit, Offset, Page
 from server.recordings import export, service
 from server.recordings.schemas import (
-    MAX_LIMIT,
     AutoNightRead,
     Counts,
-    Page,
     ResponsePage,
     ResponseRow,
     SessionCreate,
@@ -31,8 +31,6 @@ from worker.api import night_after_session_complete
 
 router = APIRouter(prefix="/sessions", tags=["recordings"])
 
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
 UPLOAD_FIELDS = ("file", "spikes", "presentations")
 
 
@@ -175,15 +173,13 @@ def list_responses(
     )
     if site_id is not None:
         query = query.where(Site.site_id == site_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    order = [Presentation.onset_s, Presentation.event_id, Site.site_id]
+    rows, total = paginate(session, query, order_by=order, limit=limit, offset=offset)
     if total == 0 and rec.upload_sha256 is not None and site_id is None:
         raise InvalidInput(
             f"no responses stored for window {window[0]:g}-{window[1]:g} ms; upload with that window "
             "or ask the worker to compute it"
         )
-    rows = session.execute(
-        query.order_by(Presentation.onset_s, Presentation.event_id, Site.site_id).limit(limit).offset(offset)
-    ).all()
     items = [
         ResponseRow(
             event_id=r[0],
