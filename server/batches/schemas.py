@@ -9,6 +9,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from itloop.sha256 import Sha256
 from server.paging import Page
 from server.recordings.ingest.validate import MAX_EVENT_ID_CHARS, MAX_PLAUSIBLE_S, PRINTABLE
 
@@ -58,7 +59,7 @@ class PresentationEvent(BaseModel):
         description='e.g. f"{batch_id}:{seq}"; no control characters',
     )
     seq: int | None = Field(default=None, description="the manifest sequence entry shown")
-    image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    image_sha256: Sha256 = Field()
     onset_s: float = Field(
         allow_inf_nan=False,
         ge=0,

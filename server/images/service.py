@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from itloop.errors import Conflict, InvalidInput, InvalidUpload, NotFound
-from itloop.storage import ObjectStore, image_key, sha256_hex
+from itloop.sha256 import is_sha256, sha256_hex
+from itloop.storage import ObjectStore, image_key
 from server.db.base import utcnow
 from server.db.paging import paginate
 from server.images.png import decode_png, encode_png
@@ -27,7 +27,6 @@ from server.images.tables import Image, ImageKind, ImageSet, ImageSetMember
 
 log = logging.getLogger(__name__)
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DIRECTIONS = ("up", "down", "random", "targeted")
 IMAGE_SET_LOCK = 0x17A6E5E7  # pg_advisory_xact_lock key of image-set creation
 
@@ -35,7 +34,7 @@ IMAGE_SET_LOCK = 0x17A6E5E7  # pg_advisory_xact_lock key of image-set creation
 def check_sha256(sha256: str) -> str:
     """Normalise a hex digest to lower case, or raise InvalidInput naming the problem."""
     value = sha256.strip().lower()
-    if not SHA256_RE.match(value):
+    if not is_sha256(value):
         raise InvalidInput(f"not a SHA-256 hex digest (64 hex characters): {sha256[:80]!r}")
     return value
 

@@ -20,14 +20,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from itloop.errors import Conflict, InvalidInput, InvalidUpload, NotFound
-from itloop.settings import get_settings
 from server.batches.tables import Batch
 from server.db.base import utcnow
 from server.db.paging import paginate
 from server.images.tables import Image
 from server.lab.tables import Array, Rig, Site, Subject
 from server.recordings.ingest.copy import insert_columns
-from server.recordings.ingest.responses import check_window, count_spikes
+from server.recordings.ingest.responses import check_window, count_spikes, resolve_window
 from server.recordings.ingest.validate import CleanUpload, ParsedUpload, clean
 from server.recordings.queries import ResponseTable, load_trains, responses_by_image
 from server.recordings.tables import Presentation, RecordingSession, Response, SpikeTrain
@@ -179,16 +178,11 @@ def complete_session(*, session: Session, session_id: str) -> RecordingSession:
 # --- ingest -----------------------------------------------------------------------------
 
 
-def default_window() -> tuple[float, float]:
-    w = get_settings().response_window_ms
-    return float(w[0]), float(w[1])
-
-
 def counts(
     *, session: Session, session_pk: int, window_ms: tuple[float, float] | None = None
 ) -> dict[str, int]:
     """Stored counts: sites with a train, presentations, spikes, responses in the window."""
-    a, b = window_ms or default_window()
+    a, b = resolve_window(window_ms)
     sites, spikes = session.execute(
         select(func.count(SpikeTrain.id), func.coalesce(func.sum(SpikeTrain.n_spikes), 0)).where(
             SpikeTrain.session_pk == session_pk
@@ -324,7 +318,7 @@ def ingest(
     fmt: str = "",
 ) -> dict[str, Any]:
     """Validate and store one upload; returns counts and whether it was a repeat (see module docstring)."""
-    window = check_window(window_ms or default_window())
+    window = resolve_window(window_ms)
     data: CleanUpload = clean(upload)
     site_pks = _resolve_sites(session=session, rec=recording, site_ids=data.site_ids)
     image_ids = _resolve_images(session=session, hashes=data.image_sha256)

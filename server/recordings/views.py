@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi import Response as HTTPResponse
 from sqlalchemy import select
@@ -16,6 +14,7 @@ from server.images.tables import Image
 from server.lab.tables import Site
 from server.paging import Limit, Offset, Page
 from server.recordings import export, service
+from server.recordings.ingest.responses import resolve_window
 from server.recordings.schemas import (
     AutoNightRead,
     Counts,
@@ -32,11 +31,6 @@ from worker.api import night_after_session_complete
 router = APIRouter(prefix="/sessions", tags=["recordings"])
 
 UPLOAD_FIELDS = ("file", "spikes", "presentations")
-
-
-def _window(settings: Any, start: float | None, end: float | None) -> tuple[float, float]:
-    default = settings.response_window_ms
-    return (float(default[0] if start is None else start), float(default[1] if end is None else end))
 
 
 @router.post(
@@ -121,7 +115,9 @@ async def upload_spikes(
     window_start_ms: float | None = None,
     window_end_ms: float | None = None,
 ) -> UploadResult:
-    window = _window(settings, window_start_ms, window_end_ms)
+    window = resolve_window(
+        start_ms=window_start_ms, end_ms=window_end_ms, default=settings.response_window_ms
+    )
     # Body written and split off the event loop, parsed and stored in the bulk thread pool;
     # the folder goes away however the request ends (server.uploads).
     async with upload_folder() as folder:
@@ -151,7 +147,9 @@ def list_responses(
     offset: Offset = 0,
 ) -> ResponsePage:
     rec = service.get_session(session=session, session_id=session_id)
-    window = _window(settings, window_start_ms, window_end_ms)
+    window = resolve_window(
+        start_ms=window_start_ms, end_ms=window_end_ms, default=settings.response_window_ms
+    )
     query = (
         select(
             Presentation.event_id,
@@ -226,7 +224,9 @@ def export_assembly(
     window_end_ms: float | None = None,
 ) -> HTTPResponse:
     rec = service.get_session(session=session, session_id=session_id)
-    window = _window(settings, window_start_ms, window_end_ms)
+    window = resolve_window(
+        start_ms=window_start_ms, end_ms=window_end_ms, default=settings.response_window_ms
+    )
     data = export.assembly_netcdf(session=session, recording=rec, window_ms=window)
     return HTTPResponse(
         data,

@@ -28,7 +28,8 @@ import pytest
 from sqlalchemy import func, select
 
 from demo.server import BackgroundServer, free_port
-from itloop.storage import get_store, image_key, sha256_hex
+from itloop.sha256 import sha256_hex
+from itloop.storage import get_store, image_key
 from jobs.config import get_worker_config
 from jobs.queue import reset_runners
 from server.auth import service as auth_service

@@ -21,6 +21,7 @@ from server.analysis import service as analysis
 from server.lab.tables import Site
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
+from server.recordings.ingest.responses import resolve_window
 from server.recordings.queries import responses_by_image
 from worker.night import ANALYZE, SELECT
 from worker.steps.data import images_by_id, pixels
@@ -120,7 +121,7 @@ def analyze(ctx: JobContext) -> dict[str, Any]:
     cfg = night_config(ctx)
     with ctx.session() as session:
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
-        window = cfg.window_ms or recordings.default_window()
+        window = resolve_window(cfg.window_ms)
         table = responses_by_image(session=session, session_pk=rec.id, window_ms=window)
         images = images_by_id(session, table.image_ids)
         night_versions = list(

@@ -23,6 +23,7 @@ from models.transfer import SiteTransfer, site_transfer
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
+from server.recordings.ingest.responses import resolve_window
 from server.recordings.queries import responses_by_image
 from server.recordings.tables import RecordingSession
 from worker.night import REFIT, RESPONSES
@@ -57,7 +58,7 @@ def responses(ctx: JobContext) -> dict[str, Any]:
     cfg = night_config(ctx)
     with ctx.session() as session:
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
-        window = cfg.window_ms or recordings.default_window()
+        window = resolve_window(cfg.window_ms)
         if cfg.window_ms is not None:
             recordings.compute_responses(session=session, recording=rec, window_ms=window)
         table = responses_by_image(session=session, session_pk=rec.id, window_ms=window)
@@ -190,7 +191,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
                 "candidate": cand.name,
             }
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
-        window = cfg.window_ms or recordings.default_window()
+        window = resolve_window(cfg.window_ms)
         ts = training_set(session, rec, window, cfg.train_days)
         drift = _drift(session, rec, ts.today, window)
         parents = {im.id: im.parent_id for im in ts.images}
