@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from itloop.sha256 import Sha256
 from server.paging import Page
@@ -15,7 +15,7 @@ from server.recordings.ingest.validate import MAX_EVENT_ID_CHARS, MAX_PLAUSIBLE_
 
 
 class ManifestImage(BaseModel):
-    sha256: str
+    sha256: Sha256
     url: str
     width: int
     height: int
@@ -24,7 +24,7 @@ class ManifestImage(BaseModel):
 
 class ManifestItem(BaseModel):
     seq: int
-    image_sha256: str
+    image_sha256: Sha256
     trial: int
     on_ms: int
     off_ms: int
@@ -41,6 +41,11 @@ class Manifest(BaseModel):
     notes: str = ""
     images: list[ManifestImage]
     sequence: list[ManifestItem]
+
+    @field_serializer("published_at")
+    def _iso(self, value: datetime) -> str:
+        # datetime.isoformat ("+00:00"), as every manifest frozen so far was written
+        return value.isoformat()
 
 
 class PresentationEvent(BaseModel):

@@ -23,6 +23,7 @@ from itloop.errors import Conflict, Forbidden, InvalidInput, NotFound
 from itloop.storage import ObjectStore, get_store, image_key
 from server.auth.cache import Principal
 from server.auth.tables import Role
+from server.batches.schemas import Manifest, ManifestImage, ManifestItem
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
 from server.db.base import as_utc, utcnow
 from server.db.paging import paginate
@@ -31,6 +32,7 @@ from server.lab.service import get_rig
 from server.lab.tables import Rig
 from server.modeling.tables import ModelVersion
 from server.recordings.tables import RigEvent
+from server.urls import image_url
 
 VISIBLE = (BatchState.published,)
 EVENT_CHUNK = 500
@@ -107,7 +109,7 @@ def create_batch(
 
 
 def _build_manifest(*, session: Session, batch: Batch, published_at: datetime) -> dict[str, Any]:
-    """The manifest as frozen at publication (image URLs relative to the server root)."""
+    """The manifest as frozen at publication, built from its model (image URLs relative to the root)."""
     rig_id = session.scalar(select(Rig.rig_id).where(Rig.id == batch.rig_pk))
     version = (
         session.scalar(select(ModelVersion.version).where(ModelVersion.id == batch.model_version_id))
@@ -132,34 +134,27 @@ def _build_manifest(*, session: Session, batch: Batch, published_at: datetime) -
         .where(SequenceItem.batch_pk == batch.id)
         .order_by(SequenceItem.seq)
     ).all()
-    return {
-        "batch_id": batch.batch_id,
-        "rig_id": rig_id,
-        "published_at": published_at.isoformat(),
-        "model_version": version,
-        "day": batch.day,
-        "notes": batch.notes,
-        "images": [
-            {
-                "sha256": r.sha256,
-                "url": f"/api/v1/images/{r.sha256}",
-                "width": r.width,
-                "height": r.height,
-                "bytes": r.n_bytes,
-            }
+    manifest = Manifest(
+        batch_id=batch.batch_id,
+        rig_id=rig_id or "",
+        published_at=published_at,
+        model_version=version,
+        day=batch.day,
+        notes=batch.notes,
+        images=[
+            ManifestImage(
+                sha256=r.sha256, url=image_url(r.sha256), width=r.width, height=r.height, bytes=r.n_bytes
+            )
             for r in image_rows
         ],
-        "sequence": [
-            {
-                "seq": s.seq,
-                "image_sha256": sha_of[s.image_id],
-                "trial": s.trial,
-                "on_ms": s.on_ms,
-                "off_ms": s.off_ms,
-            }
+        sequence=[
+            ManifestItem(
+                seq=s.seq, image_sha256=sha_of[s.image_id], trial=s.trial, on_ms=s.on_ms, off_ms=s.off_ms
+            )
             for s in seq_rows
         ],
-    }
+    )
+    return manifest.model_dump(mode="json")
 
 
 def publish(*, session: Session, batch: Batch, store: ObjectStore | None = None) -> Batch:
