@@ -20,37 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from itloop.settings import Settings, get_settings
 from server.db import migrate
 from server.db.engine import get_engine
+from server.db.provision import create_pg_database, drop_pg_database
 
-PG_ADMIN_URL = os.environ.get(
-    "ITLOOP_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_TEST_URL = os.environ.get("ITLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 BACKENDS = [b.strip() for b in os.environ.get("ITLOOP_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
 RUN_ID = uuid.uuid4().hex[:8]
-
-
-def create_pg_database(name: str) -> str:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_pg_database(name: str) -> None:
-    get_engine.cache_clear()
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def new_database(backend: str, folder: Path, tag: str) -> tuple[str, Callable[[], None]]:

@@ -9,7 +9,8 @@ import made late to dodge a cycle is still a dependency):
 - ``jobs/`` (the job system) depends only on the database layer (``server.db``, the job tables)
   and the shared base (``itloop.settings``, ``itloop.errors``, ``itloop.storage``,
   ``itloop.logging``); it never imports the night (``worker``) or the science (``models``);
-- the job system and the night never pull in the web framework (checked in a fresh process).
+- the job system and the night never pull in the web framework (checked in a fresh process);
+- ``benchmarks/`` never imports ``tests/``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def test_job_package_depends_only_on_the_database_layer() -> None:
         if m.split(".")[0] in PROJECT and not _within(m, JOBS_MAY_IMPORT_FROM_PROJECT)
     ]
     assert not bad, "jobs/ depends only on the database layer:\n" + "\n".join(bad)
+
+
+def test_benchmarks_do_not_import_the_tests() -> None:
+    bad = [f"{f}:{line} imports {m}" for f, line, m in imports("benchmarks") if m.split(".")[0] == "tests"]
+    assert not bad, "benchmarks/ must run without the test suite:\n" + "\n".join(bad)
 
 
 def test_the_worker_side_never_loads_the_web_framework() -> None:

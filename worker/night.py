@@ -74,8 +74,10 @@ def start_night(
 ) -> Night:
     """Create a night for a recording session and submit its DAG (enqueued when ``session`` commits).
 
-    ``validate`` checks the params against the real steps (:class:`~worker.steps.config.NightConfig`
-    and the candidate registry); only tests that replace every step with stubs turn it off.
+    ``validate`` checks the params (:class:`~itloop.night_params.NightParams` and the candidate
+    registry) and swaps missing-checkpoint default candidates for checkpoint-free ones (the
+    night's note says so); only tests that replace every step with stubs turn it off. Routes
+    and session completion call this through :func:`worker.api.start_night`.
     """
     jobstate.write_lock(session)
     rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == session_id))

@@ -12,8 +12,8 @@ from server.db.engine import session_scope
 from server.jobs.tables import JobState
 from server.lab.tables import Subject
 from server.recordings.tables import RecordingSession
+from tests.factories import load, submit, wait_for
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import load, submit, wait_for
 from worker import api as jobs_api
 from worker import night as night_mod
 

@@ -39,7 +39,8 @@ from server.db import migrate
 from server.db.engine import get_engine, session_scope
 from server.jobs.tables import JobState
 from tests.conftest import make_settings
-from tests.worker.conftest import ITLOOP_CLI, ROOT, WorkerProcess, wait_for
+from tests.factories import wait_for
+from tests.worker.conftest import ITLOOP_CLI, ROOT, WorkerProcess
 from tests.worker.test_multiworker import (
     CPU,
     ENV,

@@ -24,8 +24,8 @@ from server.db.base import utcnow
 from server.db.engine import session_scope
 from server.jobs.tables import Job, JobState
 from tests.conftest import make_settings
+from tests.factories import load, submit, wait_for
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import load, submit, wait_for
 
 
 @pytest.fixture

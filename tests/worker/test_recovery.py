@@ -17,8 +17,9 @@ from jobs.reaper import reap
 from server.db.base import utcnow
 from server.db.engine import session_scope
 from server.jobs.tables import Job, JobState
+from tests.factories import load, submit, wait_for
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import WorkerProcess, load, submit, wait_for
+from tests.worker.conftest import WorkerProcess
 
 
 def age_s(moment: datetime | None) -> float:

@@ -11,8 +11,9 @@ from itloop.settings import Settings
 from jobs.queue import RQRunner, get_runner
 from jobs.state import Ticket
 from server.jobs.tables import JobState
+from tests.factories import load, submit
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import WorkerProcess, load, submit
+from tests.worker.conftest import WorkerProcess
 
 
 def rq_runner(settings: Settings) -> RQRunner:

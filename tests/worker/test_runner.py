@@ -17,8 +17,8 @@ from jobs.execute import run_job
 from jobs.queue import InProcessRunner, get_runner
 from server.db.engine import session_scope
 from server.jobs.tables import JobState
+from tests.factories import load, submit, wait_for
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import load, submit, wait_for
 
 
 def runner(settings: Settings) -> InProcessRunner:
