@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ from server.auth.gate import PRINCIPAL_KEY
 from server.auth.guard import FailedAuthLimiter, LastUsed, touch
 from server.auth.tables import Role
 from server.db.engine import new_session
+from server.paging import MAX_LIMIT
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -57,6 +58,9 @@ async def get_app_settings(request: Request) -> Settings:
 # commit becomes an error response instead of a lost write behind a 2xx.
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+# The paging parameters of every list route (server.paging.Page is the answer).
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}")]
+Offset = Annotated[int, Query(ge=0, description="how many matching items to skip")]
 
 _bearer = HTTPBearer(auto_error=False, description="API token issued by `itloop tokens create`")
 

@@ -1,22 +1,20 @@
-"""One page shape and one set of paging parameters for every list route.
+"""One page shape for every list route, and its one maximum page size.
 
-``GET`` list routes take ``limit`` (1 to :data:`MAX_LIMIT`) and ``offset`` and answer a
-:class:`Page` of their item type; the database side is :func:`server.db.paging.paginate`.
+``GET`` list routes take ``limit`` (1 to :data:`MAX_LIMIT`) and ``offset`` (the query
+parameters ``server.deps.Limit`` and ``server.deps.Offset``) and answer a :class:`Page` of their
+item type; the database side is :func:`server.db.paging.paginate`. No web framework here: the
+services and the worker import the schemas that use this.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from fastapi import Query
 from pydantic import BaseModel, Field
 
 T = TypeVar("T")
 
 MAX_LIMIT = 1000
-
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}")]
-Offset = Annotated[int, Query(ge=0, description="how many matching items to skip")]
 
 
 class Page(BaseModel, Generic[T]):

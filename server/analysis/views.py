@@ -6,8 +6,8 @@ from fastapi import APIRouter, Query
 
 from server.analysis import service
 from server.analysis.schemas import Curve, ResultRead, Summary
-from server.deps import SessionDep, ViewerUser
-from server.paging import Limit, Offset, Page
+from server.deps import Limit, Offset, SessionDep, ViewerUser
+from server.paging import Page
 
 router = APIRouter(prefix="/analysis", tags=["analysis"])
 

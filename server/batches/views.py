@@ -31,9 +31,17 @@ from server.batches.schemas import (
     PresentationResult,
 )
 from server.batches.tables import Batch, BatchState
-from server.deps import BatchReader, ExperimenterUser, RigUser, SessionDep, SettingsDep, ViewerUser
+from server.deps import (
+    BatchReader,
+    ExperimenterUser,
+    Limit,
+    Offset,
+    RigUser,
+    SessionDep,
+    SettingsDep,
+    ViewerUser,
+)
 from server.images.views import etag_matches, get_app_store
-from server.paging import Limit, Offset
 
 router = APIRouter(tags=["rig"])
 

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from itloop.errors import NotFound
 from itloop.storage import ObjectStore, get_store, image_key
 from server.body_limit import accepts_upload
-from server.deps import BatchReader, ExperimenterUser, SessionDep, SettingsDep, ViewerUser
+from server.deps import BatchReader, ExperimenterUser, Limit, Offset, SessionDep, SettingsDep, ViewerUser
 from server.images import service
 from server.images.known import KnownImages
 from server.images.schemas import (
@@ -30,7 +30,6 @@ from server.images.schemas import (
     ImageSetWithdraw,
 )
 from server.images.tables import ImageSet
-from server.paging import Limit, Offset
 
 router = APIRouter(tags=["images"])
 

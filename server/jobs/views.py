@@ -9,10 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.batches.tables import Batch
-from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
+from server.deps import ExperimenterUser, Limit, Offset, SessionDep, SettingsDep, ViewerUser
 from server.jobs.schemas import JobPage, JobRead, JobSummary, NightCreate, NightPage, NightRead, NightSummary
 from server.jobs.tables import JobState, Night
-from server.paging import Limit, Offset
 from server.recordings.tables import RecordingSession
 from worker import api as jobs_api
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 
 from itloop.errors import InvalidInput
-from server.deps import AdminUser, CurrentUser, ExperimenterUser, SessionDep, ViewerUser
+from server.deps import AdminUser, CurrentUser, ExperimenterUser, Limit, Offset, SessionDep, ViewerUser
 from server.lab import service
 from server.lab.schemas import (
     ArrayCreate,
@@ -25,7 +25,6 @@ from server.lab.schemas import (
     SubjectRead,
 )
 from server.lab.tables import Array, Rig, Site
-from server.paging import Limit, Offset
 
 router = APIRouter(tags=["lab"])
 

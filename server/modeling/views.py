@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.deps import SessionDep, ViewerUser
+from server.deps import Limit, Offset, SessionDep, ViewerUser
 from server.modeling import service
 from server.modeling.schemas import (
     ModelVersionDetail,
@@ -13,7 +13,7 @@ from server.modeling.schemas import (
     SiteHistoryItem,
     SiteMetricRead,
 )
-from server.paging import Limit, Offset, Page
+from server.paging import Page
 
 router = APIRouter(prefix="/model-versions", tags=["modeling"])
 

@@ -9,10 +9,10 @@ from sqlalchemy import select
 from itloop.errors import InvalidInput, ItloopError
 from server.body_limit import accepts_upload
 from server.db.paging import paginate
-from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
+from server.deps import ExperimenterUser, Limit, Offset, SessionDep, SettingsDep, ViewerUser
 from server.images.tables import Image
 from server.lab.tables import Site
-from server.paging import Limit, Offset, Page
+from server.paging import Page
 from server.recordings import export, service
 from server.recordings.ingest.responses import resolve_window
 from server.recordings.schemas import (
