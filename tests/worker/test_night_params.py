@@ -81,3 +81,15 @@ def test_lab_night_defaults_are_checked_at_start_up(tmp_path) -> None:
     assert "ITLOOP_NIGHT_DEFAULTS" in result.output
     assert "epsilon: unknown parameter" in result.output and "repeats" in result.output
     assert "Traceback" not in result.output
+
+
+def test_every_night_parameter_is_in_the_docs() -> None:
+    """docs/night-parameters.md lists every field of NightParams (and no field it does not have)."""
+    import re
+    from pathlib import Path
+
+    from itloop.night_params import NightParams
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "night-parameters.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+)` \|", doc, flags=re.M))
+    assert listed == set(NightParams.model_fields)
