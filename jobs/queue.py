@@ -13,7 +13,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -28,16 +27,6 @@ from server.db.engine import session_scope
 log = logging.getLogger(__name__)
 
 RQ_ID_PREFIX = "itloop-"
-
-
-class Runner(Protocol):
-    settings: Settings
-
-    def enqueue(self, tickets: Sequence[Ticket]) -> None:
-        """Make committed, queued jobs available to workers."""
-
-    def present_job_ids(self, queues: Sequence[str] = ()) -> set[int] | None:
-        """Job ids waiting in the backend's queues; None when it keeps no list."""
 
 
 class InProcessRunner:

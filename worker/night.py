@@ -123,7 +123,7 @@ def _refuse_if_active(session: Session, session_pk: int, session_id: str) -> Non
     active = session.scalar(
         select(Night).where(
             Night.session_pk == session_pk,
-            Night.state.in_((JobState.queued, JobState.running, JobState.waiting)),
+            Night.state.in_(jobstate.ACTIVE_STATES),
         )
     )
     if active is not None:

@@ -201,13 +201,6 @@ def withdraw(*, session: Session, batch: Batch, reason: str = "") -> Batch:
     return batch
 
 
-def get_batch(*, session: Session, batch_id: str) -> Batch:
-    batch = session.scalar(select(Batch).where(Batch.batch_id == batch_id))
-    if batch is None:
-        raise NotFound(f"no batch {batch_id!r}")
-    return batch
-
-
 def get_published(*, session: Session, batch_id: str, with_manifest: bool = True) -> Batch:
     """A batch a rig may see; building, failed and withdrawn batches are NotFound to it.
 

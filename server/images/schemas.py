@@ -48,12 +48,6 @@ class ImageSetBase(BaseModel):
     is_reference: bool = False
 
 
-class ImageSetCreate(ImageSetBase):
-    """Sent as multipart form fields beside the files (documented here for clients)."""
-
-    categories: list[str | None] | None = None
-
-
 class ImageSetRead(ImageSetBase):
     id: int
     n_images: int

@@ -27,7 +27,6 @@ from server.images.tables import Image, ImageKind, ImageSet, ImageSetMember
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("up", "down", "random", "targeted")
 IMAGE_SET_LOCK = 0x17A6E5E7  # pg_advisory_xact_lock key of image-set creation
 
 
@@ -338,16 +337,6 @@ def list_image_sets(
     order = [ImageSet.created_at.desc(), ImageSet.id.desc()]
     rows, total = paginate(session, query, order_by=order, limit=limit, offset=offset, columns=[n])
     return [(s, int(c)) for s, c in rows], total
-
-
-def reference_set(*, session: Session) -> ImageSet | None:
-    """The newest set flagged as the daily reference set and not withdrawn, if any."""
-    return session.scalar(
-        select(ImageSet)
-        .where(ImageSet.is_reference.is_(True), ImageSet.withdrawn_at.is_(None))
-        .order_by(ImageSet.id.desc())
-        .limit(1)
-    )
 
 
 def clean_pool(session: Session) -> tuple[list[Image], list[Image]]:
