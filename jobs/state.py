@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, literal, or_, select, update
+from sqlalchemy import Update, delete, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,7 @@ from server.jobs.tables import Job, JobState, Night, WorkerBeat
 
 if TYPE_CHECKING:
     from itloop.settings import Settings
+    from jobs.queue import InProcessRunner, RQRunner
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ def ticket(job: Job) -> Ticket:
     return Ticket(job_id=job.id, queue=job.queue, timeout_s=job.timeout_s)
 
 
-def bind(session: Session, settings: Settings | None = None, runner: Any = None) -> Session:
+def bind(
+    session: Session, settings: Settings | None = None, runner: InProcessRunner | RQRunner | None = None
+) -> Session:
     """Tell the post-commit hook which settings (and runner) this session's new jobs go to."""
     if settings is not None:
         session.info[SETTINGS_KEY] = settings
@@ -257,13 +260,13 @@ def claim(session: Session, job_id: int, worker: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def _rows(session: Session, statement: Any) -> int:
+def _rows(session: Session, statement: Update) -> int:
     """Rows an UPDATE matched: the outcome of a compare-and-set."""
     result = session.execute(statement.execution_options(synchronize_session=False))
     return int(cast(CursorResult[Any], result).rowcount)
 
 
-def _fenced(job_id: int, token: int) -> Any:
+def _fenced(job_id: int, token: int) -> Update:
     return update(Job).where(Job.id == job_id, Job.state == JobState.running, Job.attempts == token)
 
 
