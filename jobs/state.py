@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from itloop.errors import Conflict, InvalidInput, NotFound
 from jobs.registry import JOBS, get_spec
+from server.db import all_tables  # noqa: F401  (every mapper defined before a query configures them)
 from server.db.base import utcnow
 from server.db.paging import paginate
 from server.jobs.tables import Job, JobState, Night, WorkerBeat
