@@ -83,7 +83,16 @@ class NightConfig(BaseModel):
         le=1.0,
         description="sites below this split-half reliability get no perturbations tonight",
     )
-    repeats: int = Field(default=4, ge=1, description="presentations of each image in the batch")
+    repeats: int = Field(
+        default=4, ge=1, description="repeats of every image (the average, with adaptive_repeats)"
+    )
+    adaptive_repeats: bool = Field(
+        default=True,
+        description=(
+            "give each twin repeats in proportion to the width of its site's latest confidence interval "
+            "at its epsilon (between repeats/2 and 2*repeats; the day's total is unchanged)"
+        ),
+    )
     on_ms: int = Field(default=100, ge=1, description="RSVP: ms each image is shown")
     off_ms: int = Field(default=100, ge=0, description="RSVP: ms of blank between images")
     images_per_trial: int = Field(default=8, ge=1, description="RSVP: images per fixation trial")
