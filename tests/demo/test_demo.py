@@ -26,6 +26,9 @@ from jobs.queue import reset_runners
 from server.db.engine import get_engine
 from tests.conftest import _install_settings, make_settings
 
+# The closed-loop demo end to end: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 SITES = 6
 DAYS = 3
 # Small enough for ~1 minute on 2 busy cores; epsilons large enough that the shown

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from itloop.sha256 import sha256_hex
 from itloop.storage import (
     STORE_OPTIONS_ENV,
     FsspecStore,
@@ -29,7 +30,6 @@ from itloop.storage import (
     StoreError,
     image_key,
     open_store,
-    sha256_hex,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,6 +31,9 @@ from tests.conftest import BACKENDS, make_settings, new_database
 from tests.factories import record_simulated_day, seed_simulated_lab, wait_for
 from tests.worker.conftest import ITLOOP_CLI, WORKER_ENV, WorkerProcess
 
+# Whole nights on subprocess workers (about 90 s each here): left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 SIZE = 32
 N_SITES = 4
 NIGHT: dict[str, Any] = {

@@ -59,6 +59,9 @@ from tests.factories import (
 from tests.worker.conftest import WORKER_ENV, WorkerProcess
 from worker.night import PUBLISH, SYNTHESIZE
 
+# Real nights end to end (seconds to over a minute each): left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 PERTURBED = ("perturbed", "targeted", "random")
 
 
