@@ -7,7 +7,7 @@ from pathlib import Path
 from itloop.settings import Settings
 from jobs import state as service
 from jobs.queue import InProcessRunner, get_runner
-from jobs.registry import JOBS, overridden
+from jobs.registry import JOBS, load_job_modules, overridden
 from server.db.engine import session_scope
 from server.jobs.tables import JobState
 from server.lab.tables import Subject
@@ -183,6 +183,7 @@ def test_completing_a_session_starts_its_night(job_settings: Settings) -> None:
     with session_scope(job_settings.resolved_database_url) as session:
         off = jobs_api.night_after_session_complete(session, job_settings, session_id="day4")
         assert off == jobs_api.AutoNight(enabled=False)
+        load_job_modules()
         publish = JOBS.pop(night_mod.PUBLISH)  # a stage not installed: refused, reported, not raised
         try:
             missing = jobs_api.night_after_session_complete(session, auto, session_id="day4")
