@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo serve test test-sqlite lint bench clean
+.PHONY: setup demo serve test test-fast test-sqlite lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,10 +26,14 @@ serve: setup
 	$(BIN)/itloop serve
 
 # Full suite against real PostgreSQL and Redis (127.0.0.1 defaults, see tests/conftest.py),
-# database tests also on SQLite.
-test: setup
-	$(BIN)/ruff check .
+# database tests also on SQLite; lint, format and type checks first, each failing the run.
+test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Daily work: the same checks, then every test not marked slow (end-to-end nights, demos, faults,
+# fuzzing, browsers), on SQLite only. `make test` and CI still run everything.
+test-fast: lint typecheck
+	ITLOOP_TEST_BACKENDS=sqlite $(BIN)/pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 test-sqlite: setup
 	ITLOOP_TEST_BACKENDS=sqlite $(BIN)/pytest -q $(PYTEST_ARGS)
@@ -37,6 +41,10 @@ test-sqlite: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy on the packages listed in [tool.mypy] files (pyproject.toml).
+typecheck: setup
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all

@@ -280,7 +280,7 @@ def run(quick: bool = False, uploads: bool = True) -> dict:
     """Seed, serve, drive, and report p50/p99 per endpoint; returns the figures (also as JSON)."""
     from demo.server import serve_in_subprocess
     from server.db import migrate
-    from tests.conftest import create_pg_database, drop_pg_database
+    from server.db.provision import create_pg_database, drop_pg_database
 
     n_images, rate, duration = (100, 200.0, 3.0) if quick else (400, 200.0, 10.0)
     n_requests = int(rate * duration)

@@ -68,7 +68,7 @@ def run(quick: bool = False) -> dict:
             cmd,
             cwd=data_dir,  # no stray .env from the repository
             env=env,
-            preexec_fn=_pin_cores,  # noqa: PLW1509 - no threads started before fork here
+            preexec_fn=_pin_cores,  # no threads started before fork here
             capture_output=True,
             text=True,
             timeout=4 * GOAL_S,

@@ -56,10 +56,10 @@ def _synthetic(n_sites: int, n_pres: int, n_spikes: int, seed: int = 0) -> dict:
 def run(quick: bool = False) -> dict:
     from server.db import migrate
     from server.db.engine import get_engine, get_sessionmaker
+    from server.db.provision import create_pg_database, drop_pg_database
     from server.images.tables import Image
     from server.lab.tables import Array, Site, Subject
     from server.recordings import service
-    from tests.conftest import create_pg_database, drop_pg_database
 
     n_sites, n_pres = 32, 3000
     n_spikes = 300_000 if quick else 2_000_000

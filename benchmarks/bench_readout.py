@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.readout import MultiRidgeCV  # noqa: E402
+from models.readout import MultiRidgeCV
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_readout.json"
 ALPHAS = np.logspace(-3, 5, 17)

@@ -116,7 +116,7 @@ def run_one(family: str, seed: int, *, days: int = DAYS, sites: int = N_SITES) -
             _command(family, seed, days, sites, report),
             cwd=data_dir,
             env=env,
-            preexec_fn=_pin_cores,  # noqa: PLW1509 - no threads started before fork here
+            preexec_fn=_pin_cores,  # no threads started before fork here
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT_S,

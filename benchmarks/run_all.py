@@ -215,7 +215,7 @@ def run_one(name: str, quick: bool) -> tuple[dict[str, Any], list[Row]]:
     try:
         module = importlib.import_module(module_name)
         result = module.run(quick=quick)
-    except BaseException as exc:  # noqa: BLE001 - one failing benchmark must not stop the others
+    except BaseException as exc:  # one failing benchmark must not stop the others
         if isinstance(exc, KeyboardInterrupt):
             raise
         record.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())

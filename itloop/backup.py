@@ -31,7 +31,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +41,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 
 from itloop.settings import Settings
 from itloop.storage import ObjectStore, open_store
+from models.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,7 @@ def _revision(counts: dict[str, int], url: str) -> str | None:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, prefix=".part-")
 
 
 def _copy_store_out(store: ObjectStore, folder: Path) -> tuple[int, int]:
@@ -268,10 +264,10 @@ def restore(settings: Settings, src: Path, *, force: bool = False) -> Summary:
         objects, object_bytes = objects + 1, object_bytes + len(data)
 
     if kind == "sqlite":
-        target = _sqlite_path(url)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        db_file = _sqlite_path(url)
+        db_file.parent.mkdir(parents=True, exist_ok=True)
         source = sqlite3.connect(src / SQLITE_FILE)
-        dst = sqlite3.connect(target, timeout=60)
+        dst = sqlite3.connect(db_file, timeout=60)
         try:
             with dst:
                 source.backup(dst)  # replaces every page of the target, WAL included

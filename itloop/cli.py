@@ -122,7 +122,7 @@ def _upgrade(settings: Settings, revision: str = "head") -> None:
     except OperationalError as exc:
         reason = str(exc.orig).splitlines()[0]
         _fail(f"cannot reach the database at {_where(settings)}: {reason}", EXIT_DATABASE)
-    except Exception as exc:  # noqa: BLE001 - a CLI says what failed, no traceback
+    except Exception as exc:  # a CLI says what failed, no traceback
         _fail(f"migration failed on {_where(settings)}: {exc}")
     if settings.bootstrap_admin_token:
         with session_scope() as session:
@@ -193,7 +193,7 @@ def db_check() -> None:
 
     try:
         migrate.check(get_settings().resolved_database_url)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(str(exc))
     typer.echo("no drift between models and migrations")
 
@@ -205,9 +205,9 @@ def users_create(
     token: Annotated[bool, typer.Option(help="also issue a token and print it")] = True,
 ) -> None:
     """Create a user (and by default a first token)."""
+    from itloop.errors import ItloopError
     from server.auth import service
     from server.db.engine import session_scope
-    from server.errors import ItloopError
 
     _require_schema(get_settings())
     try:
@@ -224,9 +224,9 @@ def users_create(
 @tokens_app.command("create")
 def tokens_create(user: str, name: str = "cli") -> None:
     """Issue a new token for an existing user; printed once."""
+    from itloop.errors import ItloopError
     from server.auth import service
     from server.db.engine import session_scope
-    from server.errors import ItloopError
 
     _require_schema(get_settings())
     try:
@@ -298,7 +298,7 @@ def serve(
     if not settings.redis_url and workers == 1:
         # Embedded mode runs jobs in this process: recover what a previous run left (at once,
         # then every ITLOOP_REAP_EVERY_S), and say in the database that this process is alive.
-        from worker.liveness import start_embedded_housekeeping
+        from jobs.liveness import start_embedded_housekeeping
 
         start_embedded_housekeeping(settings)
     typer.echo(
@@ -322,7 +322,7 @@ def worker(
     burst: Annotated[bool, typer.Option(help="exit when the queues are empty")] = False,
 ) -> None:
     """Run a job worker: an RQ worker when ITLOOP_REDIS_URL is set, else a database-polling worker."""
-    from worker.runner import run_worker
+    from jobs.runner import run_worker
 
     settings = get_settings()
     configure_service_logging(settings.log_level)
@@ -373,7 +373,7 @@ def night_params(params: list[str], params_file: Path | None) -> dict[str, Any]:
     The same checks ``POST /nights`` makes, here before anything starts: unknown names and
     impossible values are refused naming the parameter (exit 2).
     """
-    from worker.steps.config import NightConfig
+    from itloop.night_params import NightConfig
 
     merged: dict[str, Any] = _read_params_file(params_file) if params_file is not None else {}
     merged.update(dict(_parse_param(p) for p in params))
@@ -391,7 +391,7 @@ def night_params(params: list[str], params_file: Path | None) -> dict[str, Any]:
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5]
         )
         _fail(f"night parameters: {problems}", EXIT_USAGE)
-    from server.errors import InvalidInput
+    from itloop.errors import InvalidInput
     from worker.steps.candidates import resolve
 
     for spec in cfg.candidates or []:
@@ -415,7 +415,7 @@ def night(
     ] = None,
 ) -> None:
     """Start the nightly pipeline for a recording session (parameters: docs/night-parameters.md)."""
-    from server.errors import InvalidInput, ItloopError
+    from itloop.errors import InvalidInput, ItloopError
     from worker.night import run_night_cli
 
     settings = get_settings()

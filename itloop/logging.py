@@ -67,7 +67,7 @@ PROGRESS_LOGGERS = ("itloop", "worker.night", "demo.run")
 QUIET_LIBRARIES = ("httpx", "alembic.runtime.plugins", "alembic.runtime.migration", "multipart")
 
 
-class ProgressAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class ProgressAwareHandler(logging.StreamHandler):
     """A stream handler that writes through ``tqdm.write``.
 
     ``tqdm.write`` takes tqdm's lock, clears every bar drawn on the same terminal, writes the
@@ -83,7 +83,7 @@ class ProgressAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
             tqdm.write(self.format(record), file=self.stream)
         except RecursionError:
             raise
-        except Exception:  # noqa: BLE001 - logging must never take the process down
+        except Exception:
             self.handleError(record)
 
 
@@ -98,13 +98,13 @@ class ConsoleFormatter(logging.Formatter):
         super().__init__(LOG_FORMAT)
         self.tracebacks = tracebacks
 
-    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # noqa: N802 - logging's name
+    def formatException(self, ei) -> str:
         if self.tracebacks:
             return super().formatException(ei)
         exc = ei[1]
         return f"  {type(exc).__name__}: {exc} (run with -v for the traceback)"
 
-    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+    def formatStack(self, stack_info: str) -> str:
         return super().formatStack(stack_info) if self.tracebacks else ""
 
 

@@ -36,7 +36,7 @@ class CandidateRow:
 def default_candidates() -> list[str]:
     """What a night refits when its params name no candidates (lab defaults, ITLOOP_NIGHT_CANDIDATES)."""
     from itloop.settings import get_settings
-    from worker.config import get_worker_config
+    from jobs.config import get_worker_config
 
     named = get_settings().night_defaults.get("candidates")
     if named:

@@ -12,8 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from itloop.night_params import NightParams, describe_errors
 
 DEV_TOKEN_PEPPER = "itloop-development-pepper"
 MIN_SECRET_CHARS = 32
@@ -119,10 +121,24 @@ class Settings(BaseSettings):
     rig_time: str = Field(default="08:00", description="local time (HH:MM) by which the night must publish")
     night_defaults: dict[str, Any] = Field(
         default_factory=dict,
-        description="lab-wide night parameters (JSON), under those a night is started with",
+        description="lab-wide night parameters (JSON), under those a night is started with; "
+        "checked at start-up (an unknown key or impossible value refuses to start)",
+    )
+    auto_night: bool = Field(
+        default=True,
+        description="whether completing a recording session starts its night with the lab defaults",
     )
     public_base_url: str = ""
     log_level: str = "INFO"
+
+    @field_validator("night_defaults")
+    @classmethod
+    def _check_night_defaults(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            NightParams.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError(describe_errors(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -26,10 +26,8 @@ else the backend raises (no permission, no bucket, full disk, network) is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import time
 import uuid
 from functools import lru_cache
@@ -37,6 +35,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlparse
 from urllib.request import url2pathname
+
+from itloop.sha256 import is_sha256
+from models.files import atomic_write_bytes
 
 TMP_PREFIX = ".tmp-"
 STORE_OPTIONS_ENV = "ITLOOP_STORE_OPTIONS"
@@ -65,7 +66,7 @@ def _check_prefix(prefix: str) -> str:
 
 
 def image_key(sha256: str) -> str:
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if not is_sha256(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     return f"images/{sha256[:2]}/{sha256}.png"
 
@@ -97,20 +98,7 @@ class LocalStore:
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    if self.durable:
-                        os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            if self.durable:
-                _fsync_dir(path.parent)
+            atomic_write_bytes(path, data, durable=self.durable, prefix=TMP_PREFIX)
         except OSError as exc:
             raise StoreError(
                 f"cannot write {key} to the object store at {self.root}: {exc.strerror or exc}"
@@ -174,19 +162,6 @@ class LocalStore:
         return removed
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported here (e.g. some network file systems): the rename still happened
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class FsspecStore:
     """Any fsspec filesystem (s3://, gs://, memory://): objects appear only when fully written.
 
@@ -219,7 +194,7 @@ class FsspecStore:
         try:
             self.fs.invalidate_cache(bucket)
             found = bool(self.fs.exists(bucket))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise StoreError(f"cannot reach the bucket of {self.url}: {type(exc).__name__}: {exc}") from exc
         if not found:
             raise StoreError(
@@ -249,7 +224,7 @@ class FsspecStore:
                         self.fs.rm_file(tmp)
         except TypeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - backends raise many types
+        except Exception as exc:  # backends raise many types
             raise self._error("write", key, exc) from exc
         finally:
             self.fs.invalidate_cache(path)
@@ -261,7 +236,7 @@ class FsspecStore:
         except (FileNotFoundError, IsADirectoryError):
             self._check_root()
             raise KeyError(key) from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._error("read", key, exc) from exc
 
     def exists(self, key: str) -> bool:
@@ -272,7 +247,7 @@ class FsspecStore:
             found = bool(self.fs.isfile(path))
         except FileNotFoundError:
             found = False
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._error("check", key, exc) from exc
         if not found:
             self._check_root()
@@ -285,7 +260,7 @@ class FsspecStore:
             self.fs.rm_file(path)
         except FileNotFoundError:
             pass
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._error("delete", key, exc) from exc
         finally:
             self.fs.invalidate_cache(path)
@@ -299,7 +274,7 @@ class FsspecStore:
             found = self.fs.find(root)
         except FileNotFoundError:
             found = []
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._error("list", prefix or "/", exc) from exc
         if not found:
             self._check_root()
@@ -343,7 +318,3 @@ def get_store(url: str | None = None) -> ObjectStore:
     from itloop.settings import get_settings
 
     return open_store(url or get_settings().resolved_store_url)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

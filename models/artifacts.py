@@ -8,10 +8,7 @@ SHA-256 and :meth:`ModelArtifact.to_encoder` refuses a file with a different has
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import numpy as np
 
 from models.backbones import CheckpointError, build_backbone, checkpoint_sha256
 from models.encoder import SiteEncoder
+from models.files import atomic_write
 from models.readout import MultiRidgeCV
 
 FORMAT_VERSION = 1
@@ -125,15 +123,8 @@ class ModelArtifact:
             "training": self.training,
         }
         arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
         return path
 
     @classmethod

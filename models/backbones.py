@@ -41,7 +41,13 @@ _N_KEYS_SHOWN = 5
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or does not match the backbone's architecture."""
+    """A checkpoint file is missing, unreadable or does not match the backbone's architecture.
+
+    ``retryable = False``: running the same job again cannot make a file appear, so the job
+    system fails the job at once (``jobs.execute``) instead of retrying it.
+    """
+
+    retryable = False
 
 
 class InputNormalization(nn.Module):
@@ -204,7 +210,7 @@ def checkpoint_sha256(path: str | Path) -> str:
     """SHA-256 hex digest of a checkpoint file, streamed so large files need little memory."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint file not found: {p}")
+        raise CheckpointError(f"checkpoint file not found: {p}; put the weights file there")
     h = hashlib.sha256()
     with p.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -215,7 +221,7 @@ def checkpoint_sha256(path: str | Path) -> str:
 def _read_state_dict(path: Path, weights_only: bool) -> dict[str, torch.Tensor]:
     """Load a checkpoint file and return its (still prefixed) tensor state dict."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(f"checkpoint file not found: {path}; put the weights file there")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:  # torch raises many types for corrupt or pickled files

@@ -11,8 +11,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from models.backbones import Backbone
+from models.files import atomic_write, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -247,21 +246,14 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = self._dir(key) / "key.json"
         if not meta.exists():
-            _atomic_write_bytes(
+            atomic_write_bytes(
                 meta,
                 json.dumps(
                     key.__dict__ | {"backbone_kwargs": dict(key.backbone_kwargs)}, default=str, sort_keys=True
                 ).encode(),
             )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr))
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            np.save(f, np.ascontiguousarray(arr))
 
     def missing(self, key: FeatureKey, image_sha256s: Sequence[str]) -> list[int]:
         """Indices of images with no cached vector."""
@@ -304,15 +296,3 @@ class FeatureCache:
         if not self.root.is_dir():
             return iter(())
         return iter(sorted(p.name for p in self.root.iterdir() if p.is_dir()))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -118,18 +118,18 @@ def schedule_rsvp(
         keys = rng.uniform(0, m, size=m)
         offset_b = offset if m == n else min(target_slots, m / 2.0)
         capped_b = target_slots > m / 2.0
-        for clean, perts in twins.items():
-            if clean not in local:
+        for clean_i, pert_ids in twins.items():
+            if clean_i not in local:
                 continue
-            p = keys[local[clean]]
-            for pert in perts:
-                if pert not in local:
+            p = keys[local[clean_i]]
+            for pert_i in pert_ids:
+                if pert_i not in local:
                     continue
                 o = offset_b * rng.uniform(0.8, 1.2) if not capped_b else offset_b * rng.uniform(0.9, 1.0)
                 candidates = [x for x in (p + o, p - o) if 0 <= x < m]
                 if not candidates:  # offset too long for this clean position: go to the far end
                     candidates = [m - 1e-6 if p < m / 2 else 0.0]
-                keys[local[pert]] = candidates[rng.integers(len(candidates))]
+                keys[local[pert_i]] = candidates[rng.integers(len(candidates))]
         # Random tie-breaking, then sort.
         block_order = [present[k] for k in np.lexsort((rng.random(m), keys))]
         if order and block_order[0] == order[-1] and m > 1:  # no back-to-back repeat across blocks

@@ -44,6 +44,10 @@ class SourceEvidence:
     effect_se: np.ndarray | None = None
     n_own: np.ndarray | None = None
 
+    def own_effect(self, i: int) -> float:
+        """The measured effect of this source's own twins at site ``i`` (0 when none is on record)."""
+        return 0.0 if self.effect is None else float(self.effect[i])
+
     def tried(self, i: int, min_own: int) -> bool:
         """Whether enough of this source's own twins for site ``i`` have been recorded."""
         return self.n_own is not None and self.effect is not None and self.n_own[i] >= min_own
@@ -92,8 +96,8 @@ def choose_per_site(
             choices.append(_by_predictivity(sources, i, min_pairs))
             continue
         tried = [s for s in sources if s.tried(i, min_own)]
-        best = max(tried, key=lambda s: float(s.effect[i])) if tried else None  # type: ignore[index]
-        if best is not None and best.effect[i] > keep_at_se * best.se(i):
+        best = max(tried, key=lambda s: s.own_effect(i)) if tried else None
+        if best is not None and best.own_effect(i) > keep_at_se * best.se(i):
             choices.append(SiteChoice(best.name, "own twins", _own_reason(best, i, tried)))
             continue
         untried = [s for s in sources if not s.tried(i, min_own)]
@@ -102,7 +106,7 @@ def choose_per_site(
             why = (
                 "exploring: its own twins have not been measured at this site yet; "
                 + (
-                    f"best so far {best.name} moved it {_fmt(best.effect[i])} +- {_fmt(best.se(i))} "  # type: ignore[index]
+                    f"best so far {best.name} moved it {_fmt(best.own_effect(i))} +- {_fmt(best.se(i))} "
                     "per unit L2, not clearly above 0"
                     if best is not None
                     else "no source's own twins measured here yet"
@@ -124,14 +128,15 @@ def _r(s: SourceEvidence, i: int) -> float:
 
 def _own_reason(best: SourceEvidence, i: int, tried: list[SourceEvidence]) -> str:
     t = best.transfer
+    n_own = 0 if best.n_own is None else int(best.n_own[i])
     reason = (
-        f"its own {int(best.n_own[i])} twins moved the site {_fmt(best.effect[i])} +- {_fmt(best.se(i))} "  # type: ignore[index]
+        f"its own {n_own} twins moved the site {_fmt(best.own_effect(i))} +- {_fmt(best.se(i))} "
         f"per unit L2 in the intended direction (chance 0); transfer r over all pairs {_fmt(t.r[i])} "
         f"[{_fmt(t.r_low[i])}, {_fmt(t.r_high[i])}] (chance 0)"
     )
     others = [s for s in tried if s is not best]
     if others:
-        reason += "; others: " + ", ".join(f"{s.name} {_fmt(s.effect[i])}" for s in others[:2])  # type: ignore[index]
+        reason += "; others: " + ", ".join(f"{s.name} {_fmt(s.own_effect(i))}" for s in others[:2])
     return reason
 
 

@@ -86,6 +86,9 @@ class VOneFrontEnd(nn.Module):
     ``output`` in :func:`vone` so feature extraction addresses it as that layer.
     """
 
+    opponent: torch.Tensor  # buffers, declared so type checkers know they are tensors
+    weight: torch.Tensor
+
     def __init__(
         self,
         n_orientations: int = 8,

@@ -10,10 +10,11 @@ from fastapi import Depends, FastAPI
 from server import health
 from server.auth import views as auth_views
 from server.deps import get_current_user
+from server.urls import API_PREFIX
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/api/v1"
+PREFIX = API_PREFIX
 
 # Domain routers. Each module exposes ``router``. The rig's hot routers come first: FastAPI
 # matches routers in order (and each included router twice), so this order and a flat,

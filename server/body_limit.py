@@ -24,8 +24,9 @@ from typing import Any, TypeVar
 from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from itloop.errors import PayloadTooLarge
 from itloop.settings import Settings
-from server.errors import BodyTooLarge, PayloadTooLarge, error_response
+from server.errors import BodyTooLarge, error_response
 
 UNREAD_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 UPLOAD_MARK = "itloop_accepts_upload"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from itloop.errors import Forbidden, TooManyRequests, Unauthorized
 from itloop.settings import Settings, get_settings
 from server.auth import service as auth_service
 from server.auth.cache import AuthCache, Principal
@@ -17,7 +18,7 @@ from server.auth.gate import PRINCIPAL_KEY
 from server.auth.guard import FailedAuthLimiter, LastUsed, touch
 from server.auth.tables import Role
 from server.db.engine import new_session
-from server.errors import Forbidden, TooManyRequests, Unauthorized
+from server.paging import MAX_LIMIT
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -49,7 +50,7 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
 
 async def get_app_settings(request: Request) -> Settings:
     # async: no I/O, so no hop to the thread pool on every request
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 # "function" scope: commit before the response is sent, so a client that acts on an answer
@@ -57,13 +58,16 @@ async def get_app_settings(request: Request) -> Settings:
 # commit becomes an error response instead of a lost write behind a 2xx.
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+# The paging parameters of every list route (server.paging.Page is the answer).
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}")]
+Offset = Annotated[int, Query(ge=0, description="how many matching items to skip")]
 
 _bearer = HTTPBearer(auto_error=False, description="API token issued by `itloop tokens create`")
 
 
 def get_auth_cache(request: Request) -> AuthCache:
     """The app's token cache (made by ``create_app``; one per process)."""
-    return request.app.state.auth_cache  # type: ignore[no-any-return]
+    return request.app.state.auth_cache
 
 
 def client_address(request: Request) -> str:

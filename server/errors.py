@@ -1,8 +1,10 @@
-"""Domain exceptions and the one place that turns them (and everything else) into JSON errors.
+"""The one place that turns domain errors (and everything else) into JSON error responses.
 
-Services raise these; only this module knows HTTP status codes. Every 4xx/5xx the
-API returns is ``{"detail": "<what is wrong>"}`` (validation errors add ``errors``): the
-``ErrorBody`` model, which the OpenAPI document advertises for every error (``server/openapi.py``).
+The errors themselves live in :mod:`itloop.errors` (no web framework, so workers import them
+too) and are re-exported here for the server's services; only this module builds HTTP
+responses. Every 4xx/5xx the API returns is ``{"detail": "<what is wrong>"}`` (validation
+errors add ``errors``): the ``ErrorBody`` model, which the OpenAPI document advertises for
+every error (``server/openapi.py``).
 """
 
 from __future__ import annotations
@@ -18,62 +20,39 @@ from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from itloop.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    InvalidUpload,
+    ItloopError,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
 from itloop.storage import StoreError
 
 log = logging.getLogger(__name__)
 
-
-class ItloopError(Exception):
-    """Base of every error a client may be told about."""
-
-    status_code = 400
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
-
-
-class InvalidInput(ItloopError):
-    status_code = 422
-
-
-class InvalidUpload(ItloopError):
-    status_code = 422
-
-
-class NotFound(ItloopError):
-    status_code = 404
-
-
-class Conflict(ItloopError):
-    status_code = 409
-
-
-class Unauthorized(ItloopError):
-    status_code = 401
-
-
-class Forbidden(ItloopError):
-    status_code = 403
-
-
-class PayloadTooLarge(ItloopError):
-    status_code = 413
-
-
-class TooManyRequests(ItloopError):
-    """The client must wait ``retry_after`` seconds (sent as ``Retry-After``)."""
-
-    status_code = 429
-
-    def __init__(self, detail: str, *, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-
-
-class Unavailable(ItloopError):
-    status_code = 503
+__all__ = [
+    "BodyTooLarge",
+    "Conflict",
+    "ErrorBody",
+    "Forbidden",
+    "InvalidInput",
+    "InvalidUpload",
+    "ItloopError",
+    "NotFound",
+    "PayloadTooLarge",
+    "TooManyRequests",
+    "Unauthorized",
+    "Unavailable",
+    "ValidationIssue",
+    "error_response",
+    "install_error_handlers",
+]
 
 
 class BodyTooLarge(StarletteHTTPException):

@@ -41,7 +41,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ async def run_bulk(fn: Callable[..., T], *args: object) -> T:
     """
     loop = asyncio.get_running_loop()
     with anyio.CancelScope(shield=True):
-        return await loop.run_in_executor(_bulk_executor(), functools.partial(fn, *args))
+        result = await loop.run_in_executor(_bulk_executor(), functools.partial(fn, *args))
+    return result
 
 
 def _alive(pid: int) -> bool:
@@ -190,7 +191,7 @@ class _PartWriter:
         if name in self.files:
             raise InvalidUpload(f"multipart field {name!r} appears twice; send each file once")
         self.files[name] = self.folder / name
-        self.name, self.out = name, open(self.files[name], "wb")  # noqa: SIM115 - closed at the part's end
+        self.name, self.out = name, open(self.files[name], "wb")  # closed at the part's end
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.out is not None:

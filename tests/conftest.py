@@ -20,37 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from itloop.settings import Settings, get_settings
 from server.db import migrate
 from server.db.engine import get_engine
+from server.db.provision import create_pg_database, drop_pg_database
 
-PG_ADMIN_URL = os.environ.get(
-    "ITLOOP_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_TEST_URL = os.environ.get("ITLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 BACKENDS = [b.strip() for b in os.environ.get("ITLOOP_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
 RUN_ID = uuid.uuid4().hex[:8]
-
-
-def create_pg_database(name: str) -> str:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_pg_database(name: str) -> None:
-    get_engine.cache_clear()
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def new_database(backend: str, folder: Path, tag: str) -> tuple[str, Callable[[], None]]:
@@ -114,8 +93,10 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
         data_dir=data_dir,
         store_url=(data_dir / "store").resolve().as_uri(),
         # no wall-clock deadline unless a test asks for one; no failed-login limit (tests send
-        # many bogus tokens on purpose) unless a test asks for one
-        **{"rig_time": "", "auth_failures_per_minute": 1_000_000, **overrides},  # type: ignore[arg-type]
+        # many bogus tokens on purpose) unless a test asks for one; no night started by completing
+        # a session (it would run in the in-process runner's threads on their own connections,
+        # which cannot see a test's rolled-back transaction) unless a test asks for one
+        **{"rig_time": "", "auth_failures_per_minute": 1_000_000, "auto_night": False, **overrides},  # type: ignore[arg-type]
     )
 
 
@@ -170,19 +151,8 @@ def client(settings: Settings, db_session: Session) -> Iterator[object]:
     app.state.principal_lookup = lambda token_hash: principal_for_hash(
         session=db_session, token_hash=token_hash
     )
-    # No session-complete hooks (the worker's night trigger, once worker.night is imported by
-    # any earlier test): a night started here would run in the in-process runner's threads on
-    # their own connections, which cannot see this rolled-back transaction, and would go on
-    # writing to the shared database into later tests ("database is locked" on SQLite).
-    from server.recordings import hooks
-
-    saved = list(hooks._on_complete)
-    hooks._on_complete.clear()
-    try:
-        with TestClient(app, raise_server_exceptions=False) as c:
-            yield c
-    finally:
-        hooks._on_complete[:] = saved
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
 
 
 ROLES = ("admin", "experimenter", "viewer", "rig")

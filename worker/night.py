@@ -12,7 +12,7 @@ Stages (job kinds), each one job unless said otherwise::
       -> night.schedule -> night.publish -> night.analyze
 
 This module only wires the DAG. The step functions are registered under those
-kinds from :mod:`worker.steps` with :func:`worker.registry.job`; each has the
+kinds from :mod:`worker.steps` with :func:`jobs.registry.job`; each has the
 signature ``fn(ctx: JobContext) -> dict`` and finds in ``ctx.params`` at least
 ``night_id``, ``session_id`` (the lab's id), ``session_pk`` and ``night_params``.
 Results of upstream stages come from ``ctx.results_of(kind)`` /
@@ -28,18 +28,20 @@ import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from itloop.errors import Conflict, InvalidInput, NotFound, Unavailable
+from itloop.night_params import NightConfig, NightParams, describe_errors
+from jobs import state as jobstate
+from jobs.config import get_worker_config
+from jobs.queue import InProcessRunner, get_runner
+from jobs.registry import get_spec, load_job_modules, on_success
 from server.db.engine import session_scope
-from server.errors import Conflict, ItloopError, NotFound, Unavailable
-from server.jobs import service
 from server.jobs.tables import Job, JobState, Night
-from server.recordings import hooks
 from server.recordings.tables import RecordingSession
-from worker.config import get_worker_config
-from worker.registry import get_spec, on_success
 
 if TYPE_CHECKING:
     from itloop.settings import Settings
@@ -72,10 +74,12 @@ def start_night(
 ) -> Night:
     """Create a night for a recording session and submit its DAG (enqueued when ``session`` commits).
 
-    ``validate`` checks the params against the real steps (:class:`~worker.steps.config.NightConfig`
-    and the candidate registry); only tests that replace every step with stubs turn it off.
+    ``validate`` checks the params (:class:`~itloop.night_params.NightParams` and the candidate
+    registry) and swaps missing-checkpoint default candidates for checkpoint-free ones (the
+    night's note says so); only tests that replace every step with stubs turn it off. Routes
+    and session completion call this through :func:`worker.api.start_night`.
     """
-    service.write_lock(session)
+    jobstate.write_lock(session)
     rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == session_id))
     if rec is None:
         raise NotFound(f"no recording session {session_id!r}")
@@ -83,7 +87,7 @@ def start_night(
     if missing:
         raise Unavailable(f"the night's steps are not installed: no job function for {', '.join(missing)}")
     _refuse_if_active(session, rec.id, session_id)
-    service.bind(session, settings)
+    jobstate.bind(session, settings)
     params = dict(params or {})
     note = _check_params(params, settings) if validate else ""
     deadline = params.get("deadline") or settings.night_defaults.get("deadline") or _next_rig_time(settings)
@@ -119,7 +123,7 @@ def _refuse_if_active(session: Session, session_pk: int, session_id: str) -> Non
     active = session.scalar(
         select(Night).where(
             Night.session_pk == session_pk,
-            Night.state.in_((JobState.queued, JobState.running, JobState.waiting)),
+            Night.state.in_(jobstate.ACTIVE_STATES),
         )
     )
     if active is not None:
@@ -144,30 +148,52 @@ def _check_params(params: dict[str, Any], settings: Settings) -> str:
     Unknown keys (a misspelt ``epsilon`` would otherwise silently run the default) and unknown
     candidate models are refused here, as are values out of range.
     """
-    from pydantic import ValidationError
-
-    from server.errors import InvalidInput
-    from worker.steps.candidates import resolve
-    from worker.steps.config import NightConfig
+    from worker.steps.candidates import resolve  # late: worker.steps imports this module
 
     unknown = NightConfig.unknown_keys(params)
     if unknown:
         known = ", ".join(sorted(NightConfig.model_fields))
         raise InvalidInput(f"unknown night param(s): {', '.join(unknown)}; known: {known}")
     try:
+        NightParams.model_validate({k: v for k, v in params.items() if k != "session_id"})
         cfg = NightConfig.from_params(params, settings.night_defaults)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise InvalidInput(f"night params: {where}: {first.get('msg')}") from None
+        raise InvalidInput(f"night params: {describe_errors(exc)}") from None
     for spec in cfg.candidates or get_worker_config().night_candidates:
         resolve(spec)  # InvalidInput naming the unknown candidate
+    if cfg.candidates is None:
+        return _fall_back_without_checkpoints(params, settings)
     return ""
 
 
-def _search_share(params: dict[str, Any], settings: Settings) -> float:
-    from worker.steps.config import NightConfig
+def _fall_back_without_checkpoints(params: dict[str, Any], settings: Settings) -> str:
+    """Default candidates whose checkpoint file is missing give way to checkpoint-free ones.
 
+    Only when neither the night nor the lab named candidates: then the night uses
+    ``ITLOOP_FALLBACK_CANDIDATES`` instead of failing hours later on a missing file, and its note
+    says which file to put where. Candidates named explicitly are never replaced.
+    """
+    from worker.steps.candidates import resolve  # late: worker.steps imports this module
+
+    config = get_worker_config()
+    missing = []
+    for name in config.night_candidates:
+        path = resolve(name).checkpoint_path(settings.data_dir)
+        if path is not None and not path.is_file():
+            missing.append(f"{name} needs {path}")
+    if not missing:
+        return ""
+    params["candidates"] = list(config.fallback_candidates)
+    note = (
+        f"default candidates without their checkpoint files ({'; '.join(missing)}): this night "
+        f"uses the checkpoint-free {', '.join(config.fallback_candidates)} instead "
+        "(put the files there, or `itloop models`, to use the defaults)"
+    )
+    log.warning("%s", note)
+    return note
+
+
+def _search_share(params: dict[str, Any], settings: Settings) -> float:
     return NightConfig.from_params(params, settings.night_defaults).search_share
 
 
@@ -182,13 +208,13 @@ def plan_night(session: Session, night: Night, settings: Settings) -> dict[str, 
     candidates = list(night.params.get("candidates") or get_worker_config().night_candidates)
     if not candidates:
         raise Conflict("a night needs at least one candidate model to refit")
-    from worker.steps.candidates import SEARCH
+    from worker.steps.candidates import SEARCH  # late: worker.steps imports this module
 
     if _search_share(night.params, settings) > 0 and SEARCH not in candidates:
         candidates.append(SEARCH)  # the across-day search is fitted like a candidate
 
     def add(kind: str, deps: list[int], **extra: Any) -> int:
-        job = service.submit(
+        job = jobstate.submit(
             session, kind, {**base, **extra}, depends_on=deps, night_id=night.id, settings=settings
         )
         return job.id
@@ -214,7 +240,7 @@ def fan_out_synthesis(session: Session, job: Job, result: dict[str, Any], settin
     keys = ("night_id", "session_id", "session_pk", "night_params")
     base: dict[str, Any] = {k: job.params[k] for k in keys if k in job.params}
     ids = [
-        service.submit(
+        jobstate.submit(
             session,
             SYNTHESIZE,
             {**base, **shard, "shard": i, "n_shards": len(shards)},
@@ -224,23 +250,7 @@ def fan_out_synthesis(session: Session, job: Job, result: dict[str, Any], settin
         ).id
         for i, shard in enumerate(shards)
     ]
-    service.splice_before_dependents(session, job.id, ids)
-
-
-def trigger_on_session_complete(session: Session, recording: RecordingSession) -> None:
-    """Recordings hook: start the night when a session is completed; never block the completion."""
-    import itloop.settings as settings_module
-
-    settings = session.info.get(service.SETTINGS_KEY) or settings_module.get_settings()
-    try:
-        night = start_night(session, settings, session_id=recording.session_id)
-    except ItloopError as exc:  # missing steps, a night already running...: never block the completion
-        log.warning("no night started for session %s: %s", recording.session_id, exc.detail)
-        return
-    log.info("session %s complete: night %s submitted", recording.session_id, night.id)
-
-
-hooks.register_on_session_complete(trigger_on_session_complete)
+    jobstate.splice_before_dependents(session, job.id, ids)
 
 
 # --- CLI ---------------------------------------------------------------------------------
@@ -248,11 +258,11 @@ hooks.register_on_session_complete(trigger_on_session_complete)
 
 def _snapshot(settings: Settings, night_id: int) -> tuple[str, float, str, str | None]:
     with session_scope(settings.resolved_database_url) as session:
-        night = service.get_night(session, night_id)
-        jobs = service.night_jobs(session, night_id)
+        night = jobstate.get_night(session, night_id)
+        jobs = jobstate.night_jobs(session, night_id)
         running = [j for j in jobs if j.state == JobState.running]
         doing = ", ".join(f"{j.kind} {j.progress_message}".strip() for j in running[:2])
-        return night.state, service.night_progress(jobs), doing, night.error
+        return night.state, jobstate.night_progress(jobs), doing, night.error
 
 
 def run_night_cli(
@@ -266,14 +276,11 @@ def run_night_cli(
     """Start a night; with ``wait``, run it (in-process) or watch it (RQ) with a progress bar. 0 = success."""
     from tqdm import tqdm
 
-    from worker.queue import InProcessRunner, get_runner
-    from worker.registry import load_job_modules
-
     settings.ensure_dirs()
     load_job_modules()
     runner = get_runner(settings, background=False)
     with session_scope(settings.resolved_database_url) as session:
-        service.bind(session, settings, runner)
+        jobstate.bind(session, settings, runner)
         night_id = start_night(session, settings, session_id=session_id, params=params).id
     log.info("night %s started for session %s", night_id, session_id)
     if not wait:
@@ -286,7 +293,7 @@ def run_night_cli(
         def _drive() -> None:
             try:
                 runner.run_until_idle()
-            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            except BaseException as exc:  # reported by the main thread
                 errors.append(exc)
             finally:
                 done.set()

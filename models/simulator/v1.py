@@ -98,6 +98,9 @@ class V1Module(nn.Module):
     Inputs are (B, 3, H, W) images in [0, 1]; buffers follow the input's device and dtype.
     """
 
+    baseline: torch.Tensor  # buffers (register_buffer), declared so type checkers know they are tensors
+    gain: torch.Tensor
+
     def __init__(
         self, brain: V1Brain, dtype: torch.dtype | None = None, sites: list[int] | None = None
     ) -> None:

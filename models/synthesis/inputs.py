@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,16 +28,18 @@ def derive_seed(base: int, *parts: float | int) -> int:
 
 
 def module_eval(model: Callable[[Tensor], Tensor]) -> contextlib.AbstractContextManager[None]:
+    module = model if isinstance(model, nn.Module) else None
+
     @contextlib.contextmanager
-    def ctx():  # type: ignore[no-untyped-def]
-        was = isinstance(model, nn.Module) and model.training
-        if was:
-            model.eval()  # type: ignore[union-attr]
+    def ctx() -> Iterator[None]:
+        was = module is not None and module.training
+        if module is not None and was:
+            module.eval()
         try:
             yield
         finally:
-            if was:
-                model.train()  # type: ignore[union-attr]
+            if module is not None and was:
+                module.train()
 
     return ctx()
 
@@ -63,7 +65,7 @@ def parse_cases(cases: Sequence[Case] | tuple[object, object, object, object]) -
         if any(len(c) != n for c in cols):
             raise ValueError("case columns (site_idx, image_idx, eps, direction) must have equal lengths")
         return [Case(int(s), int(i), float(e), int(d)) for s, i, e, d in zip(*cols, strict=True)]
-    out = list(cases)  # type: ignore[arg-type]
-    if not all(isinstance(c, Case) for c in out):
+    out = [c for c in cases if isinstance(c, Case)]
+    if len(out) != len(cases):
         raise ValueError("cases must be a list of Case or a tuple (site_idx, image_idx, eps, direction)")
     return out

@@ -9,7 +9,7 @@ chunk-independent synthesis).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -82,7 +82,7 @@ class L2BallBoxStep:
 STEPS: dict[str, type[L2BallBoxStep]] = {"l2": L2BallBoxStep}
 
 
-def get_step(name: str, **kwargs: float) -> L2BallBoxStep:
+def get_step(name: str, **kwargs: Any) -> L2BallBoxStep:
     """Build a registered step by name (``"l2"``)."""
     try:
         return STEPS[name](**kwargs)

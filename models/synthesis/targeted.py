@@ -85,7 +85,9 @@ def synthesize_targeted(
         raise ValueError("no images to perturb")
     if any(not (0 <= i < images.shape[0]) for i in idx):
         raise ValueError(f"image index out of range [0, {images.shape[0]})")
-    eps_l = [float(eps)] * len(idx) if np.isscalar(eps) else [float(e) for e in eps]  # type: ignore[union-attr]
+    eps_l = [float(e) for e in np.atleast_1d(np.asarray(eps, dtype=float))]
+    if np.ndim(eps) == 0:
+        eps_l = eps_l * len(idx)
     if len(eps_l) != len(idx):
         raise ValueError("eps must be a scalar or one value per image index")
     if any(not np.isfinite(e) or e < 0 for e in eps_l):

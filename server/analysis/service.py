@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from itloop.errors import InvalidInput
 from server.analysis.tables import AnalysisResult
-from server.errors import InvalidInput
+from server.db.paging import paginate
 from server.lab.tables import Site
 from server.modeling.tables import ModelVersion
 from server.recordings.tables import RecordingSession
@@ -190,8 +191,7 @@ def list_results(
 ) -> tuple[list[dict], int]:
     """Results matching the filters, by day, source, estimator, epsilon, site (population first)."""
     query = _query(**filters)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    ordered = query.order_by(
+    order = [
         AnalysisResult.day,
         AnalysisResult.source,
         AnalysisResult.estimator,
@@ -199,9 +199,9 @@ def list_results(
         AnalysisResult.site_pk.is_not(None),
         Site.site_id,
         AnalysisResult.id,
-    )
-    rows = session.execute(ordered.limit(limit).offset(offset)).all()
-    return [_row(*r) for r in rows], int(total)
+    ]
+    rows, total = paginate(session, query, order_by=order, limit=limit, offset=offset)
+    return [_row(*r) for r in rows], total
 
 
 def summary(

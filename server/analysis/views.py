@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Query
 
 from server.analysis import service
 from server.analysis.schemas import Curve, ResultRead, Summary
-from server.deps import SessionDep, ViewerUser
-from server.recordings.schemas import MAX_LIMIT, Page
+from server.deps import Limit, Offset, SessionDep, ViewerUser
+from server.paging import Page
 
 router = APIRouter(prefix="/analysis", tags=["analysis"])
 
@@ -28,8 +26,8 @@ def list_sensitivity(
     source: str | None = None,
     model_version: str | None = None,
     session_id: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> Page[ResultRead]:
     rows, total = service.list_results(
         session=session,

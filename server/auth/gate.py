@@ -22,10 +22,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from itloop.errors import ItloopError, TooManyRequests, Unauthorized, Unavailable
 from server.auth import service as auth_service
 from server.auth.cache import AuthCache, Principal
 from server.db.engine import new_session
-from server.errors import ItloopError, TooManyRequests, Unauthorized, Unavailable, error_response
+from server.errors import error_response
 
 log = logging.getLogger(__name__)
 

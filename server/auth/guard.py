@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import or_, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -120,7 +121,7 @@ def touch(session: Session, token_hash: str, every_s: float = LAST_USED_EVERY_S)
     """
     now = utcnow()
     stale = now - timedelta(seconds=every_s)
-    raw = None
+    raw: Any = None  # the DBAPI (sqlite3) connection, when on SQLite
     try:
         if session.get_bind().dialect.name == "sqlite":
             raw = session.connection().connection.driver_connection

@@ -9,11 +9,11 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from itloop.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from itloop.settings import get_settings
 from server.auth.cache import Principal
 from server.auth.tables import ApiToken, Role, User
 from server.db.base import as_utc, utcnow
-from server.errors import Conflict, InvalidInput, NotFound, Unauthorized
 
 TOKEN_PREFIX = "itl_"
 

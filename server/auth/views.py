@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from server.auth import service
 from server.auth.schemas import RevokeResult, TokenCreate, TokenIssued, UserCreate, UserRead
+from server.auth.tables import Role
 from server.deps import AdminUser, CurrentUser, SessionDep, get_auth_cache
 
 router = APIRouter(tags=["auth"])
@@ -25,7 +26,7 @@ def create_user(body: UserCreate, session: SessionDep, _: AdminUser) -> UserRead
 def create_token(name: str, body: TokenCreate, session: SessionDep, _: AdminUser) -> TokenIssued:
     user = service.get_user(session=session, name=name)
     token = service.create_token(session=session, user=user, name=body.name)
-    return TokenIssued(token=token, prefix=token[:8], user=user.name, role=user.role)
+    return TokenIssued(token=token, prefix=token[:8], user=user.name, role=Role(user.role))
 
 
 @router.delete("/tokens/{prefix}", response_model=RevokeResult, summary="Revoke tokens by prefix (admin)")

@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from itloop.errors import NotFound
 from itloop.storage import ObjectStore, image_key
 from server.batches.display import pattern_bytes
-from server.errors import NotFound
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
+from itloop.sha256 import Sha256
+from server.paging import Page
 from server.recordings.ingest.validate import MAX_EVENT_ID_CHARS, MAX_PLAUSIBLE_S, PRINTABLE
 
 
 class ManifestImage(BaseModel):
-    sha256: str
+    sha256: Sha256
     url: str
     width: int
     height: int
@@ -22,7 +24,7 @@ class ManifestImage(BaseModel):
 
 class ManifestItem(BaseModel):
     seq: int
-    image_sha256: str
+    image_sha256: Sha256
     trial: int
     on_ms: int
     off_ms: int
@@ -65,6 +67,11 @@ class Manifest(BaseModel):
     sequence: list[ManifestItem]
     display: Display | None = None
 
+    @field_serializer("published_at")
+    def _iso(self, value: datetime) -> str:
+        # datetime.isoformat ("+00:00"), as every manifest frozen so far was written
+        return value.isoformat()
+
 
 class PresentationEvent(BaseModel):
     """One stimulus presentation as the rig saw it; ``event_id`` makes posting idempotent.
@@ -82,7 +89,7 @@ class PresentationEvent(BaseModel):
         description='e.g. f"{batch_id}:{seq}"; no control characters',
     )
     seq: int | None = Field(default=None, description="the manifest sequence entry shown")
-    image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    image_sha256: Sha256 = Field()
     onset_s: float = Field(
         allow_inf_nan=False,
         ge=0,
@@ -118,11 +125,8 @@ class BatchRead(BatchBase):
     )
 
 
-class BatchPage(BaseModel):
-    items: list[BatchRead]
-    total: int
-    limit: int
-    offset: int
+class BatchPage(Page[BatchRead]):
+    """One page of BatchRead (:class:`server.paging.Page`)."""
 
 
 class CompleteResult(BaseModel):

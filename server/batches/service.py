@@ -19,20 +19,22 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
+from itloop.errors import Conflict, Forbidden, InvalidInput, NotFound
 from itloop.storage import ObjectStore, get_store, image_key
 from server.auth.cache import Principal
 from server.auth.tables import Role
 from server.batches import display
+from server.batches.schemas import Display, Manifest, ManifestImage, ManifestItem
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
 from server.db.base import as_utc, utcnow
-from server.errors import Conflict, Forbidden, InvalidInput, NotFound
-from server.images.tables import Image
+from server.db.paging import paginate
+from server.images.tables import Image, ImageKind
 from server.lab.service import get_rig
 from server.lab.tables import Rig
 from server.modeling.tables import ModelVersion
 from server.recordings.tables import RigEvent
+from server.urls import image_url
 
-ROLES = ("clean", "reference", "perturbed", "targeted", "random")
 VISIBLE = (BatchState.published,)
 EVENT_CHUNK = 500
 EVENT_FIELDS = ("seq", "image_sha256", "onset_s", "fixation_ok")  # an event's content besides its id
@@ -66,9 +68,9 @@ def create_batch(
         raise InvalidInput("a batch needs at least one image")
     roles: dict[int, str] = {}
     for image, role in images:
-        if role not in ROLES:
+        if role not in ImageKind.__members__:
             raise InvalidInput(
-                f"image {image.sha256}: unknown role {role!r}; expected one of {', '.join(ROLES)}"
+                f"image {image.sha256}: unknown role {role!r}; expected one of {', '.join(ImageKind)}"
             )
         if image.id is None:
             raise InvalidInput(f"image {image.sha256} is not flushed to the database")
@@ -108,7 +110,7 @@ def create_batch(
 
 
 def _build_manifest(*, session: Session, batch: Batch, published_at: datetime) -> dict[str, Any]:
-    """The manifest as frozen at publication (image URLs relative to the server root)."""
+    """The manifest as frozen at publication, built from its model (image URLs relative to the root)."""
     rig_id, screen = session.execute(select(Rig.rig_id, Rig.screen).where(Rig.id == batch.rig_pk)).one()
     version = (
         session.scalar(select(ModelVersion.version).where(ModelVersion.id == batch.model_version_id))
@@ -135,35 +137,28 @@ def _build_manifest(*, session: Session, batch: Batch, published_at: datetime) -
         .where(SequenceItem.batch_pk == batch.id)
         .order_by(SequenceItem.seq)
     ).all()
-    return {
-        "batch_id": batch.batch_id,
-        "rig_id": rig_id,
-        "published_at": published_at.isoformat(),
-        "model_version": version,
-        "day": batch.day,
-        "notes": batch.notes,
-        "images": [
-            {
-                "sha256": r.sha256,
-                "url": f"/api/v1/images/{r.sha256}",
-                "width": r.width,
-                "height": r.height,
-                "bytes": r.n_bytes,
-            }
+    manifest = Manifest(
+        batch_id=batch.batch_id,
+        rig_id=rig_id or "",
+        published_at=published_at,
+        model_version=version,
+        day=batch.day,
+        notes=batch.notes,
+        images=[
+            ManifestImage(
+                sha256=r.sha256, url=image_url(r.sha256), width=r.width, height=r.height, bytes=r.n_bytes
+            )
             for r in image_rows
         ],
-        "sequence": [
-            {
-                "seq": s.seq,
-                "image_sha256": sha_of[s.image_id],
-                "trial": s.trial,
-                "on_ms": s.on_ms,
-                "off_ms": s.off_ms,
-            }
+        sequence=[
+            ManifestItem(
+                seq=s.seq, image_sha256=sha_of[s.image_id], trial=s.trial, on_ms=s.on_ms, off_ms=s.off_ms
+            )
             for s in seq_rows
         ],
-        "display": display.geometry(dict(screen or {}), image_px),
-    }
+        display=Display.model_validate(display.geometry(dict(screen or {}), image_px)),
+    )
+    return manifest.model_dump(mode="json")
 
 
 def publish(*, session: Session, batch: Batch, store: ObjectStore | None = None) -> Batch:
@@ -207,13 +202,6 @@ def withdraw(*, session: Session, batch: Batch, reason: str = "") -> Batch:
     if reason:
         batch.notes = (batch.notes + "\n" if batch.notes else "") + f"withdrawn: {reason}"
     session.flush()
-    return batch
-
-
-def get_batch(*, session: Session, batch_id: str) -> Batch:
-    batch = session.scalar(select(Batch).where(Batch.batch_id == batch_id))
-    if batch is None:
-        raise NotFound(f"no batch {batch_id!r}")
     return batch
 
 
@@ -387,7 +375,6 @@ def list_batches(
         query = query.where(Rig.rig_id == rig_id)
     if state is not None:
         query = query.where(Batch.state == state)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     n_images = (
         select(func.count()).select_from(BatchImage).where(BatchImage.batch_pk == Batch.id).scalar_subquery()
     )
@@ -397,12 +384,10 @@ def list_batches(
         .where(SequenceItem.batch_pk == Batch.id)
         .scalar_subquery()
     )
-    rows = session.execute(
-        query.add_columns(n_images, n_seq)
-        .order_by(Batch.created_at.desc(), Batch.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
+    order = [Batch.created_at.desc(), Batch.id.desc()]
+    rows, total = paginate(
+        session, query, order_by=order, limit=limit, offset=offset, columns=[n_images, n_seq]
+    )
     keys = ("batch", "rig_id", "model_version", "n_images", "n_sequence")
     return [dict(zip(keys, row, strict=True)) for row in rows], total
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from server.db.base import Base, JSONType, utcnow
 
 
-class BatchState:
+class BatchState(StrEnum):
     building = "building"
     published = "published"
     failed = "failed"

@@ -17,8 +17,10 @@ from fastapi.responses import FileResponse, Response
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from itloop.errors import InvalidInput
 from server.batches import service
 from server.batches.bundle import ensure_bundle
+from server.batches.initial import initial_batch
 from server.batches.schemas import (
     BatchPage,
     BatchRead,
@@ -29,8 +31,16 @@ from server.batches.schemas import (
     PresentationResult,
 )
 from server.batches.tables import Batch, BatchState
-from server.deps import BatchReader, ExperimenterUser, RigUser, SessionDep, SettingsDep, ViewerUser
-from server.errors import InvalidInput
+from server.deps import (
+    BatchReader,
+    ExperimenterUser,
+    Limit,
+    Offset,
+    RigUser,
+    SessionDep,
+    SettingsDep,
+    ViewerUser,
+)
 from server.images.views import etag_matches, get_app_store
 
 router = APIRouter(tags=["rig"])
@@ -76,8 +86,8 @@ def list_batches(
     _: ViewerUser,
     rig: str | None = None,
     state: Annotated[str | None, Query(pattern=STATE_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> BatchPage:
     rows, total = service.list_batches(session=session, rig_id=rig, state=state, limit=limit, offset=offset)
     items = [
@@ -240,22 +250,17 @@ def complete_batch(batch_id: str, session: SessionDep, user: RigUser) -> Complet
 def create_initial_batch(
     rig_id: str, body: InitialBatchCreate, session: SessionDep, settings: SettingsDep, _: ExperimenterUser
 ) -> Response:
-    from worker.steps.publish import initial_batch
-
-    try:
-        batch = initial_batch(
-            session,
-            get_app_store(settings),
-            rig_id=rig_id,
-            batch_id=body.batch_id or f"{rig_id}-day0",
-            repeats=body.repeats,
-            seed=body.seed,
-            on_ms=body.on_ms,
-            off_ms=body.off_ms,
-            images_per_trial=body.images_per_trial,
-        )
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
+    batch = initial_batch(
+        session,
+        get_app_store(settings),
+        rig_id=rig_id,
+        batch_id=body.batch_id or f"{rig_id}-day0",
+        repeats=body.repeats,
+        seed=body.seed,
+        on_ms=body.on_ms,
+        off_ms=body.off_ms,
+        images_per_trial=body.images_per_trial,
+    )
     session.commit()
     body_bytes, etag = service.manifest_json(batch=batch, public_base_url=settings.public_base_url)
     return Response(body_bytes, status_code=201, media_type="application/json", headers={"ETag": etag})

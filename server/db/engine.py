@@ -79,7 +79,7 @@ def _build_engine(url: str) -> Engine:
         # pysqlite's own transaction handling skips BEGIN and breaks SAVEPOINTs; let
         # SQLAlchemy emit BEGIN itself so transactions and rollbacks are real. Deferred, not
         # IMMEDIATE: readers (health checks, dashboards) must not queue behind a writer. Code that
-        # reads then writes under contention takes the write lock first (server.jobs.service.write_lock).
+        # reads then writes under contention takes the write lock first (jobs.state.write_lock).
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image as PILImage
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMPRESS_LEVEL = 6

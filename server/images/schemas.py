@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.paging import Page
+
 
 class ImageBase(BaseModel):
     sha256: str
@@ -46,12 +48,6 @@ class ImageSetBase(BaseModel):
     is_reference: bool = False
 
 
-class ImageSetCreate(ImageSetBase):
-    """Sent as multipart form fields beside the files (documented here for clients)."""
-
-    categories: list[str | None] | None = None
-
-
 class ImageSetRead(ImageSetBase):
     id: int
     n_images: int
@@ -70,8 +66,5 @@ class ImageSetDetail(ImageSetRead):
     images: list[ImageRead]
 
 
-class ImageSetPage(BaseModel):
-    items: list[ImageSetRead]
-    total: int
-    limit: int
-    offset: int
+class ImageSetPage(Page[ImageSetRead]):
+    """One page of ImageSetRead (:class:`server.paging.Page`)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,24 +17,23 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from itloop.storage import ObjectStore, image_key, sha256_hex
+from itloop.errors import Conflict, InvalidInput, InvalidUpload, NotFound
+from itloop.sha256 import is_sha256, sha256_hex
+from itloop.storage import ObjectStore, image_key
 from server.db.base import utcnow
-from server.errors import Conflict, InvalidInput, InvalidUpload, NotFound
+from server.db.paging import paginate
 from server.images.png import decode_png, encode_png
-from server.images.tables import Image, ImageSet, ImageSetMember
+from server.images.tables import Image, ImageKind, ImageSet, ImageSetMember
 
 log = logging.getLogger(__name__)
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-KINDS = ("clean", "reference", "perturbed", "targeted", "random")
-DIRECTIONS = ("up", "down", "random", "targeted")
 IMAGE_SET_LOCK = 0x17A6E5E7  # pg_advisory_xact_lock key of image-set creation
 
 
 def check_sha256(sha256: str) -> str:
     """Normalise a hex digest to lower case, or raise InvalidInput naming the problem."""
     value = sha256.strip().lower()
-    if not SHA256_RE.match(value):
+    if not is_sha256(value):
         raise InvalidInput(f"not a SHA-256 hex digest (64 hex characters): {sha256[:80]!r}")
     return value
 
@@ -45,7 +43,7 @@ def put_image(
     session: Session,
     store: ObjectStore,
     png: bytes,
-    kind: str = "clean",
+    kind: str = ImageKind.clean,
     category: str | None = None,
     source_name: str | None = None,
     parent_id: int | None = None,
@@ -62,8 +60,8 @@ def put_image(
 
     The first writer's lineage wins: identical bytes produced twice are one image.
     """
-    if kind not in KINDS:
-        raise InvalidInput(f"unknown image kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in ImageKind.__members__:
+        raise InvalidInput(f"unknown image kind {kind!r}; expected one of {', '.join(ImageKind)}")
     sha = sha256_hex(png)
     key = image_key(sha)
     existing = session.scalar(select(Image).where(Image.sha256 == sha))
@@ -220,7 +218,7 @@ def create_image_set(
         sizes.append((int(pixels.shape[2]), int(pixels.shape[1])))
     _lock_image_sets(session)
     check_size(session=session, files=[f for f, _ in files], sizes=sizes)
-    kind = "reference" if is_reference else "clean"
+    kind = ImageKind.reference if is_reference else ImageKind.clean
     image_set = ImageSet(name=name, description=description, is_reference=is_reference)
     session.add(image_set)
     session.flush()
@@ -329,7 +327,6 @@ def list_image_sets(
     query = select(ImageSet)
     if is_reference is not None:
         query = query.where(ImageSet.is_reference.is_(is_reference))
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     n = (
         select(func.count())
         .select_from(ImageSetMember)
@@ -337,20 +334,25 @@ def list_image_sets(
         .correlate(ImageSet)
         .scalar_subquery()
     )
-    rows = session.execute(
-        query.add_columns(n)
-        .order_by(ImageSet.created_at.desc(), ImageSet.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
+    order = [ImageSet.created_at.desc(), ImageSet.id.desc()]
+    rows, total = paginate(session, query, order_by=order, limit=limit, offset=offset, columns=[n])
     return [(s, int(c)) for s, c in rows], total
 
 
-def reference_set(*, session: Session) -> ImageSet | None:
-    """The newest set flagged as the daily reference set and not withdrawn, if any."""
-    return session.scalar(
-        select(ImageSet)
-        .where(ImageSet.is_reference.is_(True), ImageSet.withdrawn_at.is_(None))
-        .order_by(ImageSet.id.desc())
-        .limit(1)
-    )
+def clean_pool(session: Session) -> tuple[list[Image], list[Image]]:
+    """(clean images of non-reference sets, reference-set images), each in set order.
+
+    Withdrawn sets are left out (``POST /image-sets/{name}/withdraw``).
+    """
+    rows = session.execute(
+        select(Image, ImageSet.is_reference)
+        .join(ImageSetMember, ImageSetMember.image_id == Image.id)
+        .join(ImageSet, ImageSet.id == ImageSetMember.image_set_id)
+        .where(ImageSet.withdrawn_at.is_(None))
+        .order_by(ImageSet.id, ImageSetMember.position, Image.id)
+    ).all()
+    clean: dict[int, Image] = {}
+    reference: dict[int, Image] = {}
+    for image, is_ref in rows:
+        (reference if is_ref else clean).setdefault(image.id, image)
+    return list(clean.values()), list(reference.values())

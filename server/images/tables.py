@@ -3,12 +3,47 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db.base import Base, JSONType, utcnow
+
+
+class ImageKind(StrEnum):
+    """What an image is; also its role in a batch (one set of strings for both).
+
+    ``random`` twins are the model-free baseline (a random direction of the same L2 size).
+    """
+
+    clean = "clean"
+    reference = "reference"
+    perturbed = "perturbed"
+    targeted = "targeted"
+    random = "random"
+
+
+class Direction(StrEnum):
+    """Which way a twin pushes its site: ``up``/``down`` (sign +1/-1 in the science code), or
+    ``target:<category>`` for a targeted super-stimulus (:meth:`toward`)."""
+
+    up = "up"
+    down = "down"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Direction.up else -1
+
+    @classmethod
+    def of_sign(cls, sign: float) -> Direction:
+        return cls.up if sign > 0 else cls.down
+
+    @staticmethod
+    def toward(category: str) -> str:
+        """The stored direction of a targeted twin."""
+        return f"target:{category}"
 
 
 class Image(Base):
@@ -26,7 +61,7 @@ class Image(Base):
     width: Mapped[int]
     height: Mapped[int]
     n_bytes: Mapped[int]
-    kind: Mapped[str] = mapped_column(String(20), default="clean", index=True)
+    kind: Mapped[str] = mapped_column(String(20), default=ImageKind.clean, index=True)
     category: Mapped[str | None] = mapped_column(String(120), default=None)
     source_name: Mapped[str | None] = mapped_column(String(400), default=None)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"))

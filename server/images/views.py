@@ -10,15 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from itloop.errors import NotFound
 from itloop.storage import ObjectStore, get_store, image_key
 from server.body_limit import accepts_upload
-from server.deps import BatchReader, ExperimenterUser, SessionDep, SettingsDep, ViewerUser
-from server.errors import NotFound
+from server.deps import BatchReader, ExperimenterUser, Limit, Offset, SessionDep, SettingsDep, ViewerUser
 from server.images import service
 from server.images.known import KnownImages
 from server.images.schemas import (
@@ -178,8 +178,8 @@ def list_image_sets(
     session: SessionDep,
     _: ViewerUser,
     is_reference: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> ImageSetPage:
     rows, total = service.list_image_sets(
         session=session, is_reference=is_reference, limit=limit, offset=offset

@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from itloop.night_params import NightParams
 from server.jobs.tables import JobState
+from server.paging import Page
 
 
 class JobSummary(BaseModel):
@@ -43,17 +45,16 @@ class JobRead(JobSummary):
     result: dict[str, Any] | None
 
 
-class JobPage(BaseModel):
-    items: list[JobSummary]
-    total: int
-    limit: int
-    offset: int
+class JobPage(Page[JobSummary]):
+    """One page of JobSummary (:class:`server.paging.Page`)."""
 
 
 class NightCreate(BaseModel):
     session_id: str = Field(min_length=1, max_length=120, description="the recording session of the day")
-    params: dict[str, Any] = Field(
-        default_factory=dict, description='options for the steps, e.g. {"candidates": ["resnet50"]}'
+    params: NightParams = Field(
+        default_factory=NightParams,
+        description="the night's parameters; keys not given come from ITLOOP_NIGHT_DEFAULTS, then the "
+        "defaults shown (docs/night-parameters.md)",
     )
 
 
@@ -77,8 +78,5 @@ class NightRead(NightSummary):
     jobs: list[JobSummary]
 
 
-class NightPage(BaseModel):
-    items: list[NightSummary]
-    total: int
-    limit: int
-    offset: int
+class NightPage(Page[NightSummary]):
+    """One page of NightSummary (:class:`server.paging.Page`)."""

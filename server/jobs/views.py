@@ -9,17 +9,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.batches.tables import Batch
-from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
-from server.jobs import service
+from server.deps import ExperimenterUser, Limit, Offset, SessionDep, SettingsDep, ViewerUser
 from server.jobs.schemas import JobPage, JobRead, JobSummary, NightCreate, NightPage, NightRead, NightSummary
 from server.jobs.tables import JobState, Night
 from server.recordings.tables import RecordingSession
-from worker import night as night_pipeline
+from worker import api as jobs_api
 
 router = APIRouter(tags=["jobs"])
-
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 @router.get("/jobs", response_model=JobPage, summary="List jobs, newest first")
@@ -32,7 +28,7 @@ def list_jobs(
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> JobPage:
-    items, total = service.list_jobs(
+    items, total = jobs_api.list_jobs(
         session, kind=kind, state=state, night_id=night, limit=limit, offset=offset
     )
     return JobPage(
@@ -42,16 +38,16 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobRead, summary="One job: state, progress, attempts, log tail")
 def get_job(job_id: int, session: SessionDep, _: ViewerUser) -> JobRead:
-    return JobRead.model_validate(service.get(session, job_id))
+    return JobRead.model_validate(jobs_api.get_job(session, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobRead, summary="Cancel a job (experimenter)")
 def cancel_job(job_id: int, session: SessionDep, _: ExperimenterUser) -> JobRead:
-    return JobRead.model_validate(service.cancel(session, job_id))
+    return JobRead.model_validate(jobs_api.cancel_job(session, job_id))
 
 
 def _summary_fields(session: Session, night: Night) -> dict[str, object]:
-    jobs = service.night_jobs(session, night.id)
+    jobs = jobs_api.night_jobs(session, night.id)
     session_id = session.scalar(
         select(RecordingSession.session_id).where(RecordingSession.id == night.session_pk)
     )
@@ -62,7 +58,7 @@ def _summary_fields(session: Session, night: Night) -> dict[str, object]:
         "id": night.id,
         "session_id": session_id or "",
         "state": night.state,
-        "progress": service.night_progress(jobs),
+        "progress": jobs_api.night_progress(jobs),
         "batch_id": batch_id,
         "partial": night.partial,
         "error": night.error,
@@ -87,7 +83,7 @@ def _night_read(session: Session, night: Night) -> NightRead:
 
 @router.get("/nights", response_model=NightPage, summary="List nights, newest first")
 def list_nights(session: SessionDep, _: ViewerUser, limit: Limit = 50, offset: Offset = 0) -> NightPage:
-    items, total = service.list_nights(session, limit=limit, offset=offset)
+    items, total = jobs_api.list_nights(session, limit=limit, offset=offset)
     summaries = []
     for night in items:
         fields = _summary_fields(session, night)
@@ -98,12 +94,22 @@ def list_nights(session: SessionDep, _: ViewerUser, limit: Limit = 50, offset: O
 
 @router.get("/nights/{night_id}", response_model=NightRead, summary="One night: state, jobs, batch, error")
 def get_night(night_id: int, session: SessionDep, _: ViewerUser) -> NightRead:
-    return _night_read(session, service.get_night(session, night_id))
+    return _night_read(session, jobs_api.get_night(session, night_id))
 
 
-@router.post("/nights", response_model=NightRead, status_code=201, summary="Start a night (experimenter)")
+@router.post(
+    "/nights",
+    response_model=NightRead,
+    status_code=201,
+    summary="Start a night (experimenter)",
+    description="Starts the night's jobs for a completed (or any) recording session. `params` are "
+    "typed (see `NightParams`): only the keys given are stored, the rest come from the lab defaults "
+    "(`ITLOOP_NIGHT_DEFAULTS`) and then the documented defaults. An unknown key or candidate, or an "
+    "impossible value, is a 422 naming it; a night already active for the session is a 409.",
+)
 def start_night(
     body: NightCreate, session: SessionDep, settings: SettingsDep, _: ExperimenterUser
 ) -> NightRead:
-    night = night_pipeline.start_night(session, settings, session_id=body.session_id, params=body.params)
+    params = body.params.model_dump(exclude_unset=True)
+    night = jobs_api.start_night(session, settings, session_id=body.session_id, params=params)
     return _night_read(session, night)

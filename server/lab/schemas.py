@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from server.paging import Page
+
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 # ISO 8601 duration as NWB and DANDI want a subject's age: P7Y, P2Y6M, P400D, a range P7Y/P8Y.
 _PART = r"P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?"
@@ -31,12 +33,6 @@ def aware_or_none(value: Any) -> Any:
     if isinstance(value, datetime) and value.tzinfo is None:
         raise ValueError("needs a time zone offset, e.g. 2026-03-01T09:00:00-05:00")
     return value
-
-
-class Page(BaseModel):
-    total: int
-    limit: int
-    offset: int
 
 
 class SubjectBase(BaseModel):
@@ -68,8 +64,8 @@ class SubjectRead(SubjectBase):
     created_at: datetime
 
 
-class SubjectPage(Page):
-    items: list[SubjectRead]
+class SubjectPage(Page[SubjectRead]):
+    """One page of SubjectRead (:class:`server.paging.Page`)."""
 
 
 class ArrayBase(BaseModel):
@@ -94,8 +90,8 @@ class ArrayRead(ArrayBase):
     created_at: datetime
 
 
-class ArrayPage(Page):
-    items: list[ArrayRead]
+class ArrayPage(Page[ArrayRead]):
+    """One page of ArrayRead (:class:`server.paging.Page`)."""
 
 
 class SiteBase(BaseModel):
@@ -125,8 +121,8 @@ class SiteRead(SiteBase):
     created_at: datetime
 
 
-class SitePage(Page):
-    items: list[SiteRead]
+class SitePage(Page[SiteRead]):
+    """One page of SiteRead (:class:`server.paging.Page`)."""
 
 
 class SiteRegistration(BaseModel):
@@ -157,5 +153,5 @@ class RigRead(RigBase):
     created_at: datetime
 
 
-class RigPage(Page):
-    items: list[RigRead]
+class RigPage(Page[RigRead]):
+    """One page of RigRead (:class:`server.paging.Page`)."""

@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
-from server.errors import Conflict, InvalidInput, NotFound
+from itloop.errors import Conflict, InvalidInput, NotFound
+from server.db.paging import paginate
 from server.lab.tables import Array, Rig, Site, Subject
 
 
@@ -75,9 +76,8 @@ def get_subject(*, session: Session, name: str) -> Subject:
 
 
 def list_subjects(*, session: Session, limit: int = 100, offset: int = 0) -> tuple[list[Subject], int]:
-    total = session.scalar(select(func.count(Subject.id))) or 0
-    rows = session.scalars(select(Subject).order_by(Subject.name).limit(limit).offset(offset))
-    return list(rows), total
+    rows, total = paginate(session, select(Subject), order_by=[Subject.name], limit=limit, offset=offset)
+    return [r[0] for r in rows], total
 
 
 def create_array(
@@ -100,7 +100,7 @@ def create_array(
         "manufacturer": manufacturer,
         "description": description,
     }
-    return _create_or_match(  # type: ignore[no-any-return]
+    return _create_or_match(
         session, Array, {"subject_id": owner.id, "name": name}, wanted, f"array {name!r} of {subject!r}"
     )
 
@@ -112,14 +112,15 @@ def list_arrays(
     query = select(Array).join(Subject)
     if subject is not None:
         query = query.where(Subject.name == subject)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     n_sites = select(func.count(Site.id)).where(Site.array_id == Array.id).correlate(Array).scalar_subquery()
-    rows = session.execute(
-        query.add_columns(n_sites)
-        .options(joinedload(Array.subject))
-        .order_by(Subject.name, Array.name)
-        .limit(limit)
-        .offset(offset)
+    rows, total = paginate(
+        session,
+        query,
+        order_by=[Subject.name, Array.name],
+        limit=limit,
+        offset=offset,
+        columns=[n_sites],
+        options=[joinedload(Array.subject)],
     )
     return [(a, int(n)) for a, n in rows], total
 
@@ -217,14 +218,15 @@ def list_sites(
         query = query.where(Subject.name == subject)
     if active is not None:
         query = query.where(Site.active.is_(active))
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.options(joinedload(Site.array).joinedload(Array.subject))
-        .order_by(Site.site_id)
-        .limit(limit)
-        .offset(offset)
+    rows, total = paginate(
+        session,
+        query,
+        order_by=[Site.site_id],
+        limit=limit,
+        offset=offset,
+        options=[joinedload(Site.array).joinedload(Array.subject)],
     )
-    return list(rows), total
+    return [r[0] for r in rows], total
 
 
 def create_rig(
@@ -249,8 +251,8 @@ def get_rig(*, session: Session, rig_id: str) -> Rig:
 
 
 def list_rigs(*, session: Session, limit: int = 100, offset: int = 0) -> tuple[list[Rig], int]:
-    total = session.scalar(select(func.count(Rig.id))) or 0
-    return list(session.scalars(select(Rig).order_by(Rig.rig_id).limit(limit).offset(offset))), total
+    rows, total = paginate(session, select(Rig), order_by=[Rig.rig_id], limit=limit, offset=offset)
+    return [r[0] for r in rows], total
 
 
 def subject_names(*, session: Session, ids: set[int]) -> dict[int, str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Response
 
-from server.deps import AdminUser, CurrentUser, ExperimenterUser, SessionDep, ViewerUser
-from server.errors import InvalidInput
+from itloop.errors import InvalidInput
+from server.deps import AdminUser, CurrentUser, ExperimenterUser, Limit, Offset, SessionDep, ViewerUser
 from server.lab import service
 from server.lab.schemas import (
     ArrayCreate,
@@ -27,9 +27,6 @@ from server.lab.schemas import (
 from server.lab.tables import Array, Rig, Site
 
 router = APIRouter(tags=["lab"])
-
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 def _array_read(array: Array, n_sites: int = 0) -> ArrayRead:

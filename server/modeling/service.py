@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from server.errors import Conflict, InvalidInput, NotFound
+from itloop.errors import Conflict, InvalidInput, NotFound
+from server.db.paging import paginate
 from server.jobs.tables import Night
 from server.lab.tables import Site
 from server.modeling.tables import ModelVersion, SiteMetric
@@ -131,11 +132,9 @@ def list_versions(
         query = query.where(
             or_(ModelVersion.id.in_(used), ModelVersion.trained_on["night"].as_integer() == night)
         )
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(limit).offset(offset)
-    )
-    return list(rows), int(total)
+    order = [ModelVersion.created_at.desc(), ModelVersion.id.desc()]
+    rows, total = paginate(session, query, order_by=order, limit=limit, offset=offset)
+    return [r[0] for r in rows], total
 
 
 def describe(*, session: Session, mv: ModelVersion) -> dict[str, Any]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Query
-
-from server.deps import SessionDep, ViewerUser
+from server.deps import Limit, Offset, SessionDep, ViewerUser
 from server.modeling import service
 from server.modeling.schemas import (
     ModelVersionDetail,
@@ -15,7 +13,7 @@ from server.modeling.schemas import (
     SiteHistoryItem,
     SiteMetricRead,
 )
-from server.recordings.schemas import MAX_LIMIT, Page
+from server.paging import Page
 
 router = APIRouter(prefix="/model-versions", tags=["modeling"])
 
@@ -26,8 +24,8 @@ def list_versions(
     _: ViewerUser,
     chosen: bool | None = None,
     night: int | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[ModelVersionRead]:
     rows, total = service.list_versions(
         session=session, chosen=chosen, night=night, limit=limit, offset=offset

@@ -13,10 +13,9 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from itloop.settings import get_settings
 from server.images.tables import Image
 from server.lab.tables import Site
-from server.recordings.ingest.responses import check_window, count_spikes
+from server.recordings.ingest.responses import count_spikes, resolve_window
 from server.recordings.tables import Presentation, Response, SpikeTrain
 
 
@@ -89,7 +88,7 @@ def response_matrix(
     *, session: Session, session_pk: int, window_ms: tuple[float, float] | None = None
 ) -> ResponseMatrix:
     """Counts and rates of all presentations (by onset) and sites (by site id)."""
-    window = check_window(window_ms or get_settings().response_window_ms)
+    window = resolve_window(window_ms)
     site_ids, site_pks, trains = load_trains(session=session, session_pk=session_pk)
     pres = session.execute(
         select(

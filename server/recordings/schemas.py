@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.lab.schemas import aware_or_none, iso_duration
-
-T = TypeVar("T")
-
-MAX_LIMIT = 1000
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of a list: ``items``, the ``total`` matching the filters, and the window asked for."""
-
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
+from server.paging import Page
 
 
 class SessionBase(BaseModel):
@@ -58,6 +46,16 @@ class Counts(BaseModel):
     responses: int
 
 
+class AutoNightRead(BaseModel):
+    """What completing the session did about its night (the lab setting ``ITLOOP_AUTO_NIGHT``)."""
+
+    enabled: bool = Field(description="whether completing a session starts its night (ITLOOP_AUTO_NIGHT)")
+    night_id: int | None = Field(default=None, description="the night it started; null when none")
+    note: str | None = Field(
+        default=None, description="why no night started, or what the night changed (e.g. candidates)"
+    )
+
+
 class SessionRead(SessionBase):
     model_config = ConfigDict(from_attributes=True)
 
@@ -69,6 +67,9 @@ class SessionRead(SessionBase):
     completed_at: datetime | None
     counts: Counts | None = Field(default=None, description="only on the single-session read")
     ingest: dict[str, Any] = Field(default_factory=dict, description="how the spike data was ingested")
+    auto_night: AutoNightRead | None = Field(
+        default=None, description="only on the answer of the first completion: the night it started"
+    )
 
 
 class UploadResult(BaseModel):

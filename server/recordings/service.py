@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from itloop.settings import get_settings
+from itloop.errors import Conflict, InvalidInput, InvalidUpload, NotFound
 from server.batches.tables import Batch
 from server.db.base import utcnow
-from server.errors import Conflict, InvalidInput, InvalidUpload, NotFound
+from server.db.paging import paginate
 from server.images.tables import Image
 from server.lab.tables import Array, Rig, Site, Subject
-from server.recordings import hooks
 from server.recordings.ingest.copy import insert_columns
-from server.recordings.ingest.responses import check_window, count_spikes
+from server.recordings.ingest.responses import check_window, count_spikes, resolve_window
 from server.recordings.ingest.validate import CleanUpload, ParsedUpload, clean
 from server.recordings.queries import ResponseTable, load_trains, responses_by_image
 from server.recordings.tables import Presentation, RecordingSession, Response, SpikeTrain
@@ -46,7 +46,7 @@ __all__ = [
 INGEST_KEY = "_ingest"  # reserved key in RecordingSession.meta for what ingest recorded
 
 
-class SessionState:
+class SessionState(StrEnum):
     open = "open"
     complete = "complete"
 
@@ -203,40 +203,30 @@ def list_sessions(
         query = query.join(Subject, Subject.id == RecordingSession.subject_id).where(Subject.name == subject)
     if state is not None:
         query = query.where(RecordingSession.state == state)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(RecordingSession.created_at.desc(), RecordingSession.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    return list(rows), int(total)
+    order = [RecordingSession.created_at.desc(), RecordingSession.id.desc()]
+    rows, total = paginate(session, query, order_by=order, limit=limit, offset=offset)
+    return [r[0] for r in rows], total
 
 
 def complete_session(*, session: Session, session_id: str) -> RecordingSession:
-    """Mark complete (idempotent); the first completion runs the registered hooks (the night trigger)."""
+    """Mark complete (idempotent). Whether a night starts is the route's call (``ITLOOP_AUTO_NIGHT``)."""
     rec = get_session(session=session, session_id=session_id)
     if rec.state == SessionState.complete:
         return rec
     rec.state = SessionState.complete
     rec.completed_at = utcnow()
     session.flush()
-    hooks.on_session_complete(session, rec)
     return rec
 
 
 # --- ingest -----------------------------------------------------------------------------
 
 
-def default_window() -> tuple[float, float]:
-    w = get_settings().response_window_ms
-    return float(w[0]), float(w[1])
-
-
 def counts(
     *, session: Session, session_pk: int, window_ms: tuple[float, float] | None = None
 ) -> dict[str, int]:
     """Stored counts: sites with a train, presentations, spikes, responses in the window."""
-    a, b = window_ms or default_window()
+    a, b = resolve_window(window_ms)
     sites, spikes = session.execute(
         select(func.count(SpikeTrain.id), func.coalesce(func.sum(SpikeTrain.n_spikes), 0)).where(
             SpikeTrain.session_pk == session_pk
@@ -456,7 +446,7 @@ def ingest(
 
     ``site_map`` (unit name or id -> site id) maps NWB units explicitly (ingest/unitmap.py).
     """
-    window = check_window(window_ms or default_window())
+    window = resolve_window(window_ms)
     _map_units(session=session, rec=recording, upload=upload, site_map=site_map or {})
     data: CleanUpload = clean(upload)
     site_pks = _resolve_sites(session=session, rec=recording, site_ids=data.site_ids)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Response as HTTPResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from itloop.errors import InvalidInput, ItloopError
 from server.body_limit import accepts_upload
-from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
-from server.errors import InvalidInput, ItloopError
+from server.db.paging import paginate
+from server.deps import ExperimenterUser, Limit, Offset, SessionDep, SettingsDep, ViewerUser
 from server.images.tables import Image
 from server.images.views import get_app_store
 from server.lab.tables import Site
+from server.paging import Page
 from server.recordings import export, service
+from server.recordings.ingest.responses import resolve_window
 from server.recordings.schemas import (
-    MAX_LIMIT,
+    AutoNightRead,
     Counts,
-    Page,
     ResponsePage,
     ResponseRow,
     SessionCreate,
@@ -27,22 +29,16 @@ from server.recordings.schemas import (
 )
 from server.recordings.tables import Presentation, Response
 from server.uploads import receive_files, run_bulk, scrub_paths, upload_folder
+from worker.api import night_after_session_complete
 
 router = APIRouter(prefix="/sessions", tags=["recordings"])
 
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
 UPLOAD_FIELDS = ("file", "spikes", "presentations", "sync")
 TABLE_HELP = "NWB only: the TimeIntervals table that holds the presentations (default `presentations`)"
 SITE_MAP_HELP = (
     "NWB only: JSON object mapping unit names (unit_name column) or unit ids to registered site ids, "
     "for files whose units carry no site_id (NeuroConv/SpikeInterface); see docs/nwb-and-brainscore.md"
 )
-
-
-def _window(settings: Any, start: float | None, end: float | None) -> tuple[float, float]:
-    default = settings.response_window_ms
-    return (float(default[0] if start is None else start), float(default[1] if end is None else end))
 
 
 @router.post(
@@ -85,10 +81,26 @@ def get_session(session_id: str, session: SessionDep, _: ViewerUser) -> SessionR
     return read
 
 
-@router.post("/{session_id}/complete", response_model=SessionRead, summary="Mark the session complete")
-def complete_session(session_id: str, session: SessionDep, _: ExperimenterUser) -> SessionRead:
+@router.post(
+    "/{session_id}/complete",
+    response_model=SessionRead,
+    summary="Mark the session complete",
+    description="The first completion starts the session's night with the lab defaults when the lab "
+    "setting `ITLOOP_AUTO_NIGHT` is on (the default); `auto_night` says whether it did, which night, "
+    "or why not. Completing again changes nothing.",
+)
+def complete_session(
+    session_id: str, session: SessionDep, settings: SettingsDep, _: ExperimenterUser
+) -> SessionRead:
+    first = service.get_session(session=session, session_id=session_id).completed_at is None
     rec = service.complete_session(session=session, session_id=session_id)
-    return SessionRead(**service.describe(session=session, rec=rec))
+    out = SessionRead(**service.describe(session=session, rec=rec))
+    if first:
+        # The one explicit place a completion starts a night (ITLOOP_AUTO_NIGHT); a repeated
+        # completion starts nothing and reports nothing.
+        auto = night_after_session_complete(session, settings, session_id=session_id)
+        out.auto_night = AutoNightRead(enabled=auto.enabled, night_id=auto.night_id, note=auto.note)
+    return out
 
 
 @router.post(
@@ -122,7 +134,9 @@ async def upload_spikes(
     refresh_hz: Annotated[float | None, Query(gt=1, lt=1000)] = None,
     sync_tolerance_ms: Annotated[float | None, Query(gt=0, le=100)] = None,
 ) -> UploadResult:
-    window = _window(settings, window_start_ms, window_end_ms)
+    window = resolve_window(
+        start_ms=window_start_ms, end_ms=window_end_ms, default=settings.response_window_ms
+    )
     nwb_options = service.nwb_options(presentations_table=presentations_table, site_map=site_map)
     # Body written and split off the event loop, parsed and stored in the bulk thread pool;
     # the folder goes away however the request ends (server.uploads).
@@ -161,7 +175,9 @@ def list_responses(
     offset: Offset = 0,
 ) -> ResponsePage:
     rec = service.get_session(session=session, session_id=session_id)
-    window = _window(settings, window_start_ms, window_end_ms)
+    window = resolve_window(
+        start_ms=window_start_ms, end_ms=window_end_ms, default=settings.response_window_ms
+    )
     query = (
         select(
             Presentation.event_id,
@@ -183,15 +199,13 @@ def list_responses(
     )
     if site_id is not None:
         query = query.where(Site.site_id == site_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    order = [Presentation.onset_s, Presentation.event_id, Site.site_id]
+    rows, total = paginate(session, query, order_by=order, limit=limit, offset=offset)
     if total == 0 and rec.upload_sha256 is not None and site_id is None:
         raise InvalidInput(
             f"no responses stored for window {window[0]:g}-{window[1]:g} ms; upload with that window "
             "or ask the worker to compute it"
         )
-    rows = session.execute(
-        query.order_by(Presentation.onset_s, Presentation.event_id, Site.site_id).limit(limit).offset(offset)
-    ).all()
     items = [
         ResponseRow(
             event_id=r[0],
@@ -238,7 +252,9 @@ def export_assembly(
     window_end_ms: float | None = None,
 ) -> HTTPResponse:
     rec = service.get_session(session=session, session_id=session_id)
-    window = _window(settings, window_start_ms, window_end_ms)
+    window = resolve_window(
+        start_ms=window_start_ms, end_ms=window_end_ms, default=settings.response_window_ms
+    )
     data = export.assembly_netcdf(session=session, recording=rec, window_ms=window)
     return HTTPResponse(
         data,

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
-from itloop.storage import ObjectStore, image_key, sha256_hex
+from itloop.sha256 import sha256_hex
+from itloop.storage import ObjectStore, image_key
 from server.analysis.tables import AnalysisResult
 from server.auth import service as auth_service
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem

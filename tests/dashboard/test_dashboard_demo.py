@@ -16,7 +16,7 @@ from tests.conftest import _install_settings, make_settings
 from tests.dashboard.conftest import shot
 from tests.dashboard.test_dashboard import errors, login, trace_names, wait_ready
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a demo in a browser: not in test-fast
 
 SMALL_NIGHT = {
     "candidates": ["pixels16", "tiny_cnn"],

@@ -21,10 +21,13 @@ import torch
 from fastapi.testclient import TestClient
 
 from itloop.settings import Settings
+from jobs.config import get_worker_config
+from jobs.queue import reset_runners
 from server.db.engine import get_engine
 from tests.conftest import _install_settings, make_settings
-from worker.config import get_worker_config
-from worker.queue import reset_runners
+
+# The closed-loop demo end to end: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 SITES = 6
 DAYS = 3

@@ -69,7 +69,7 @@ def test_a_twin_that_beats_the_attack_raises_the_reference(clean: np.ndarray) ->
         def rates(self, images: np.ndarray) -> np.ndarray:
             return v1.rates(images)
 
-        def true_sensitivity_cases(self, images, sites, eps):  # noqa: ANN001, ANN201
+        def true_sensitivity_cases(self, images, sites, eps):
             s = v1.true_sensitivity_cases(images, sites, eps)
             return type(s)(up=s.up * 0.0, down=s.down * 0.0)
 

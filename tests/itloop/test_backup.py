@@ -31,8 +31,9 @@ from itloop.backup import table_counts
 from itloop.storage import open_store
 from server.auth import service as auth_service
 from server.db.engine import session_scope
+from server.db.provision import create_pg_database, drop_pg_database
 from server.images.tables import Image, ImageSet
-from tests.conftest import create_pg_database, drop_pg_database, make_settings
+from tests.conftest import make_settings
 
 V1 = "/api/v1"
 

@@ -24,7 +24,7 @@ def test_every_link_resolves_inside_the_repository() -> None:
 
 
 def test_night_parameters_doc_names_every_field() -> None:
-    from worker.steps.config import NightConfig
+    from itloop.night_params import NightConfig
 
     text = (ROOT / "docs" / "night-parameters.md").read_text()
     assert [f for f in NightConfig.model_fields if f"`{f}`" not in text] == []

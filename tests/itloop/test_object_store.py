@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from itloop.sha256 import sha256_hex
 from itloop.storage import (
     STORE_OPTIONS_ENV,
     FsspecStore,
@@ -29,7 +30,6 @@ from itloop.storage import (
     StoreError,
     image_key,
     open_store,
-    sha256_hex,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def new_bucket(endpoint: str) -> str:
     return name
 
 
-def boto(endpoint: str):  # noqa: ANN201 - a boto3 S3 client
+def boto(endpoint: str):  # a boto3 S3 client
     import boto3
 
     return boto3.client(

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from itloop.storage import LocalStore, StoreError, image_key, open_store, sha256_hex
+from itloop.sha256 import sha256_hex
+from itloop.storage import LocalStore, StoreError, image_key, open_store
 
 
 def test_put_get_roundtrip_and_listing(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_setting_up_a_lab_runs_as_documented(tmp_path: Path) -> None:
     )
     night_cli = (tmp_path / "night-cli.log").read_bytes().decode()  # keeps carriage returns
     assert "%|" in night_cli, night_cli[-2000:]  # the progress bar was drawn
-    assert re.search(r"INFO worker.execute: job \d+ .* started", night_cli)  # -v: logs during the bar
+    assert re.search(r"INFO jobs.execute: job \d+ .* started", night_cli)  # -v: logs during the bar
     lines = terminal_lines(night_cli)
     assert not glued(lines), "\n".join(glued(lines))
     assert "Traceback" not in night_cli

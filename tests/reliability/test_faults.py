@@ -27,7 +27,8 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from demo.server import BackgroundServer
-from itloop.storage import image_key, open_store, sha256_hex
+from itloop.sha256 import sha256_hex
+from itloop.storage import image_key, open_store
 from server.auth import service as auth_service
 from server.db.engine import get_engine, session_scope
 from server.images.png import decode_png, encode_png

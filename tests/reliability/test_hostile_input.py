@@ -330,7 +330,7 @@ def _concurrently(n: int, call: Callable[[int], httpx.Response]) -> list[httpx.R
         barrier.wait()
         try:
             out[i] = call(i)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+        except Exception as exc:  # reported by the assertion below
             out[i] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
@@ -594,7 +594,7 @@ def test_upload_folders_are_removed_on_any_exit(client, auth, db_session: Sessio
     async def call() -> None:
         try:
             await client.app(scope, receive, send)
-        except Exception:  # noqa: BLE001 - a disconnect may surface as an exception; the folder matters
+        except Exception:  # a disconnect may surface as an exception; the folder matters
             pass
 
     asyncio.run(call())

@@ -30,6 +30,9 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 from itloop.settings import get_settings
 from tests.conftest import _install_settings, make_settings, new_database
 
+# Fuzzes every route from the OpenAPI document: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = 12
 MIN_CASES = 1000
 # Known, reported issue: on SQLite, timestamps come back naive and are serialised without an offset,
@@ -84,7 +87,7 @@ def _check(case: Any, response: Any) -> str | None:
     if str(code) in documented:
         try:
             case.validate_response(response, checks=[content_type_conformance, response_schema_conformance])
-        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - schemathesis raises a FailureGroup
+        except (Exception, BaseExceptionGroup) as exc:  # schemathesis raises a FailureGroup
             problems = [line for line in str(exc).splitlines() if " is not " in line]
             if problems and all(NAIVE_DATETIME.search(p) for p in problems):
                 KNOWN_ISSUES.add(f"{case.operation.label}: timestamps without a UTC offset")
@@ -148,7 +151,7 @@ def test_api_survives_schema_fuzzing(api: tuple[Any, dict[str, str]]) -> None:
                 run()
             except AssertionError:
                 pass  # recorded in failures; keep fuzzing the other operations
-            except Exception as exc:  # noqa: BLE001 - e.g. no negative case exists for this operation
+            except Exception as exc:  # e.g. no negative case exists for this operation
                 if "Unsatisfiable" not in type(exc).__name__:
                     failures.append(f"{label}: {type(exc).__name__}: {str(exc)[:300]}")
     total = sum(counts.values())

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from itloop.errors import Conflict, InvalidInput, NotFound
 from itloop.settings import Settings
 from itloop.storage import ObjectStore, get_store, image_key
 from server.batches import service
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
-from server.errors import Conflict, InvalidInput, NotFound
 from server.images.png import encode_png
 from server.images.service import put_image
 from server.images.tables import Image

@@ -14,9 +14,9 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from itloop.errors import InvalidUpload, NotFound
 from itloop.settings import Settings
 from itloop.storage import LocalStore, ObjectStore, StoreError, get_store, image_key
-from server.errors import InvalidUpload, NotFound
 from server.images import service
 from server.images.png import decode_png, encode_png
 from server.images.tables import Image
@@ -312,7 +312,7 @@ def test_image_sets_keep_one_size(client, auth, rng: np.random.Generator, db_ses
 def test_withdrawn_set_leaves_the_pool_and_frees_the_size(  # type: ignore[no-untyped-def]
     client, auth, rng: np.random.Generator, db_session: Session
 ) -> None:
-    from worker.steps.data import clean_pool
+    from server.images.service import clean_pool
 
     old, new = f"old-{uuid.uuid4().hex[:6]}", f"new-{uuid.uuid4().hex[:6]}"
     headers = auth("experimenter")

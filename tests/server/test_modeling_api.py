@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
-from server.errors import Conflict, InvalidInput
+from itloop.errors import Conflict, InvalidInput
 from server.jobs.tables import Night
 from server.lab.tables import Subject
 from server.modeling import service

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from server.recordings import hooks
 from tests.server.test_recordings_helpers import create_session, make_lab, synth, upload, write_csv
 
 ROUTES = [
@@ -106,20 +105,13 @@ def test_get_reports_counts_and_404(client, auth, db_session: Session, tmp_path:
     assert r.status_code == 404 and "nope" in r.json()["detail"]
 
 
-def test_complete_runs_hooks_once(client, auth, db_session: Session) -> None:
+def test_complete_says_whether_a_night_started(client, auth, db_session: Session) -> None:
+    """With ITLOOP_AUTO_NIGHT off (the test settings), the answer says so and no night exists."""
     lab = make_lab(db_session)
     create_session(client, auth, lab)
-    seen: list[str] = []
-
-    def on_complete(session: Session, recording) -> None:  # type: ignore[no-untyped-def]
-        seen.append(recording.session_id)
-
-    hooks.register_on_session_complete(on_complete)
-    try:
-        r = client.post(f"/api/v1/sessions/{lab.sid}/complete", headers=auth("experimenter"))
-        assert r.status_code == 200 and r.json()["state"] == "complete" and r.json()["completed_at"]
-        r = client.post(f"/api/v1/sessions/{lab.sid}/complete", headers=auth("experimenter"))
-        assert r.status_code == 200
-    finally:
-        hooks.unregister_on_session_complete(on_complete)
-    assert seen == [lab.sid]
+    r = client.post(f"/api/v1/sessions/{lab.sid}/complete", headers=auth("experimenter"))
+    assert r.status_code == 200 and r.json()["state"] == "complete" and r.json()["completed_at"]
+    assert r.json()["auto_night"] == {"enabled": False, "night_id": None, "note": None}
+    r = client.post(f"/api/v1/sessions/{lab.sid}/complete", headers=auth("experimenter"))
+    assert r.status_code == 200 and r.json()["auto_night"] is None  # a repeat starts nothing
+    assert client.get("/api/v1/nights", headers=auth("viewer")).json()["total"] == 0

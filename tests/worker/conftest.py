@@ -6,23 +6,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 import tests.worker.jobs_for_tests  # noqa: F401 - registers the test.* kinds in this process
 from itloop.settings import Settings
+from jobs.config import get_worker_config
+from jobs.queue import reset_runners
 from server.db.engine import get_engine, session_scope
-from server.jobs import service
-from server.jobs.tables import Job
 from tests.conftest import BACKENDS, _install_settings, make_settings, new_database
-from worker.config import get_worker_config
-from worker.queue import reset_runners
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_ENV = {
@@ -103,46 +99,22 @@ def rq_settings(
     return s
 
 
-def submit(settings: Settings, kind: str, params: dict[str, Any] | None = None, **kw: Any) -> int:
-    """Submit one job in its own transaction (enqueued on commit); returns its id."""
-    with session_scope(settings.resolved_database_url) as session:
-        service.bind(session, settings)
-        return service.submit(session, kind, params, settings=settings, **kw).id
-
-
-def load(settings: Settings, job_id: int) -> Job:
-    with session_scope(settings.resolved_database_url) as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        session.expunge(job)
-        return job
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 ITLOOP_CLI = str(Path(sys.executable).with_name("itloop"))
 
 
 class WorkerProcess:
     """A worker in its own process group, with its output in a log file.
 
-    By default ``python -m worker.rq_entry ARGS``; ``command`` replaces that, e.g. with the
+    By default ``python -m jobs.rq_entry ARGS``; ``command`` replaces that, e.g. with the
     ``itloop worker`` that ``docker-compose.yml`` runs (forking, the default).
     """
 
     def __init__(self, log_path: Path, *args: str, command: list[str] | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()/kill()
+        self._log = open(log_path, "wb")  # closed in wait()/kill(
         self.proc = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "worker.rq_entry"]), *args],
+            [*(command or [sys.executable, "-m", "jobs.rq_entry"]), *args],
             cwd=ROOT,
             env=env,
             stdout=self._log,

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.context import JobContext
-from worker.registry import job
+from jobs.context import JobContext
+from jobs.registry import job
 
 
 def mark(ctx: JobContext) -> None:
@@ -45,6 +45,15 @@ def fail(ctx: JobContext) -> dict[str, Any]:
         raise RuntimeError(f"planned failure {ctx.attempt}\nsecond line of the message")
     mark(ctx)
     return {"attempt": ctx.attempt}
+
+
+@job("test.checkpoint", max_attempts=3)
+def checkpoint(ctx: JobContext) -> dict[str, Any]:
+    """Read a checkpoint file through the real loader (``models.backbones``); missing ones raise."""
+    from models.backbones import checkpoint_sha256
+
+    mark(ctx)
+    return {"sha256": checkpoint_sha256(ctx.params["path"])}
 
 
 @job("test.sleep", max_attempts=3)

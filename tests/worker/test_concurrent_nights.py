@@ -17,15 +17,15 @@ from sqlalchemy import func, select
 
 from demo.server import BackgroundServer
 from itloop.settings import Settings
+from jobs.config import get_worker_config
+from jobs.queue import reset_runners
+from jobs.registry import load_job_modules
 from server.auth import service as auth_service
 from server.db.engine import session_scope
 from server.jobs.tables import Job, JobState, Night
 from server.lab.tables import Subject
 from server.recordings.tables import RecordingSession
 from tests.conftest import make_settings
-from worker.config import get_worker_config
-from worker.queue import reset_runners
-from worker.registry import load_job_modules
 
 N_CLIENTS = 6
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
-
 from itloop.settings import Settings
+from jobs import state as service
+from jobs.queue import InProcessRunner, get_runner
+from jobs.registry import JOBS, load_job_modules, overridden
 from server.db.engine import session_scope
-from server.jobs import service
 from server.jobs.tables import JobState
 from server.lab.tables import Subject
 from server.recordings.tables import RecordingSession
+from tests.factories import load, submit, wait_for
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import load, submit, wait_for
+from worker import api as jobs_api
 from worker import night as night_mod
-from worker.queue import InProcessRunner, get_runner
-from worker.registry import overridden
 
 
 def runner(settings: Settings) -> InProcessRunner:
@@ -178,20 +177,31 @@ def test_night_cli_runs_the_night_and_reports_failure(job_settings: Settings) ->
 
 
 def test_completing_a_session_starts_its_night(job_settings: Settings) -> None:
-    from server.recordings import hooks
-
+    """ITLOOP_AUTO_NIGHT: one explicit call; never blocks the completion; falls back without checkpoints."""
+    auto = job_settings.model_copy(update={"auto_night": True})
     _recording(job_settings, "day4")
-    assert night_mod.trigger_on_session_complete in hooks._on_complete
     with session_scope(job_settings.resolved_database_url) as session:
-        rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == "day4"))
-        hooks.on_session_complete(session, rec)  # steps not installed: logged, completion not blocked
-        if night_mod.missing_steps():
-            assert service.list_nights(session)[1] == 0
+        off = jobs_api.night_after_session_complete(session, job_settings, session_id="day4")
+        assert off == jobs_api.AutoNight(enabled=False)
+        load_job_modules()
+        publish = JOBS.pop(night_mod.PUBLISH)  # a stage not installed: refused, reported, not raised
+        try:
+            missing = jobs_api.night_after_session_complete(session, auto, session_id="day4")
+        finally:
+            JOBS[night_mod.PUBLISH] = publish
+        assert missing.night_id is None and "night.publish" in (missing.note or "")
+        assert service.list_nights(session)[1] == 0
         with overridden(dict.fromkeys(night_mod.STAGES, tj.night_step)):
-            hooks.on_session_complete(session, rec)
-            hooks.on_session_complete(session, rec)  # already running: no second night
+            first = jobs_api.night_after_session_complete(session, auto, session_id="day4")
+            again = jobs_api.night_after_session_complete(session, auto, session_id="day4")
+        # The default candidates' checkpoint files are not in this data dir: checkpoint-free
+        # candidates instead, and the note names the missing file and where it goes.
+        assert first.enabled and first.night_id is not None
+        assert "resnet50.pt" in (first.note or "") and str(job_settings.data_dir) in (first.note or "")
+        assert again.night_id is None and "already" in (again.note or "")
         nights, total = service.list_nights(session)
         assert total == 1 and nights[0].state == JobState.queued
+        assert nights[0].params["candidates"] == ["pixels32", "vone"] and nights[0].note == first.note
 
 
 def test_background_runner_runs_submitted_jobs(job_settings: Settings) -> None:

@@ -28,7 +28,10 @@ import pytest
 from sqlalchemy import func, select
 
 from demo.server import BackgroundServer, free_port
-from itloop.storage import get_store, image_key, sha256_hex
+from itloop.sha256 import sha256_hex
+from itloop.storage import get_store, image_key
+from jobs.config import get_worker_config
+from jobs.queue import reset_runners
 from server.auth import service as auth_service
 from server.batches import service as batches
 from server.batches.tables import Batch
@@ -36,7 +39,8 @@ from server.db import migrate
 from server.db.engine import get_engine, session_scope
 from server.jobs.tables import JobState
 from tests.conftest import make_settings
-from tests.worker.conftest import ITLOOP_CLI, ROOT, WorkerProcess, wait_for
+from tests.factories import wait_for
+from tests.worker.conftest import ITLOOP_CLI, ROOT, WorkerProcess
 from tests.worker.test_multiworker import (
     CPU,
     ENV,
@@ -53,8 +57,6 @@ from tests.worker.test_multiworker import (
     seed_lab,
     start_night,
 )
-from worker.config import get_worker_config
-from worker.queue import reset_runners
 
 pytestmark = pytest.mark.slow
 # A stale threshold well above the 0.5 s heartbeat, so only the killed job goes stale.
@@ -277,7 +279,7 @@ class Serve:
             OMP_NUM_THREADS="1",
             MKL_NUM_THREADS="1",
         )
-        self._log = open(log, "ab")  # noqa: SIM115 - closed in kill()
+        self._log = open(log, "ab")  # closed in kill(
         self.log = log
         self.proc = subprocess.Popen(
             [ITLOOP_CLI, "serve", "--port", str(self.port)],

@@ -15,17 +15,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from itloop.settings import Settings
+from jobs import state as service
+from jobs.config import get_worker_config
+from jobs.liveness import start_embedded_housekeeping, start_liveness
+from jobs.queue import InProcessRunner, get_runner, reset_runners
 from server.app import create_app
 from server.db.base import utcnow
 from server.db.engine import session_scope
-from server.jobs import service
 from server.jobs.tables import Job, JobState
 from tests.conftest import make_settings
+from tests.factories import load, submit, wait_for
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import load, submit, wait_for
-from worker.config import get_worker_config
-from worker.liveness import start_embedded_housekeeping, start_liveness
-from worker.queue import InProcessRunner, get_runner, reset_runners
 
 
 @pytest.fixture

@@ -21,15 +21,18 @@ import pytest
 
 from itloop.settings import Settings
 from itloop.storage import get_store
+from jobs import state as jobstate
+from jobs.config import get_worker_config
+from jobs.queue import reset_runners
 from server.batches import service as batches
 from server.db.engine import get_engine, session_scope
-from server.jobs import service as jobs
 from server.jobs.tables import Job, JobState, Night
 from tests.conftest import BACKENDS, make_settings, new_database
-from tests.factories import record_simulated_day, seed_simulated_lab
-from tests.worker.conftest import ITLOOP_CLI, WORKER_ENV, WorkerProcess, wait_for
-from worker.config import get_worker_config
-from worker.queue import reset_runners
+from tests.factories import record_simulated_day, seed_simulated_lab, wait_for
+from tests.worker.conftest import ITLOOP_CLI, WORKER_ENV, WorkerProcess
+
+# Whole nights on subprocess workers (about 90 s each here): left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 SIZE = 32
 N_SITES = 4
@@ -128,13 +131,13 @@ def start_night(lab: Lab) -> int:
     from worker.night import start_night as start
 
     with session_scope(lab.url) as session:
-        jobs.bind(session, lab.settings)
+        jobstate.bind(session, lab.settings)
         return start(session, lab.settings, session_id=lab.session_id, params=NIGHT).id
 
 
 def night_jobs(lab: Lab, night_id: int) -> list[Job]:
     with session_scope(lab.url) as session:
-        rows = jobs.night_jobs(session, night_id)
+        rows = jobstate.night_jobs(session, night_id)
         for r in rows:
             session.expunge(r)
         return rows

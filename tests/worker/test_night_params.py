@@ -22,6 +22,9 @@ from server.recordings.tables import RecordingSession
         ({"search_share": 1.5}, "search_share"),
         ({"search_share": -0.1}, "search_share"),
         ({"min_transfer_pairs": 0}, "min_transfer_pairs"),
+        ({"repeats": 0}, "repeats"),
+        ({"directions": ["sideways"]}, "directions"),
+        ({"epsilons": []}, "epsilons"),
     ],
 )
 def test_bad_night_params_are_refused_up_front(
@@ -47,3 +50,46 @@ def test_bad_night_params_are_refused_up_front(
     assert named in r.json()["detail"]
     assert db_session.scalar(select(func.count(Night.id))) == nights
     assert db_session.scalar(select(func.count(Job.id))) == jobs
+
+
+def test_night_params_are_typed_and_documented_in_the_openapi(client) -> None:
+    """POST /nights takes NightParams: every field described, unknown keys refused by the schema."""
+    doc = client.get("/api/v1/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    body = schemas["NightCreate"]["properties"]["params"]
+    assert "NightParams" in str(body)
+    params = schemas["NightParams"]
+    assert params.get("additionalProperties") is False
+    undocumented = [k for k, v in params["properties"].items() if not v.get("description")]
+    assert not undocumented and {"epsilons", "candidates", "deadline"} <= set(params["properties"])
+
+
+def test_lab_night_defaults_are_checked_at_start_up(tmp_path) -> None:
+    """ITLOOP_NIGHT_DEFAULTS with a typo or an impossible value refuses to start, naming both."""
+    from typer.testing import CliRunner
+
+    from itloop.cli import app
+    from itloop.settings import get_settings
+
+    get_settings.cache_clear()  # read the environment below, not settings an earlier test cached
+    env = {"ITLOOP_DATA_DIR": str(tmp_path), "ITLOOP_NIGHT_DEFAULTS": '{"epsilon": [1], "repeats": 0}'}
+    try:
+        result = CliRunner().invoke(app, ["db", "check"], env=env)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert "ITLOOP_NIGHT_DEFAULTS" in result.output
+    assert "epsilon: unknown parameter" in result.output and "repeats" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_every_night_parameter_is_in_the_docs() -> None:
+    """docs/night-parameters.md lists every field of NightParams (and no field it does not have)."""
+    import re
+    from pathlib import Path
+
+    from itloop.night_params import NightParams
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "night-parameters.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+)` \|", doc, flags=re.M))
+    assert listed == set(NightParams.model_fields)

@@ -1,7 +1,7 @@
 """The real nightly pipeline, end to end: responses -> refit -> select -> synthesize -> publish -> analyze.
 
 Every step is the production one (worker.steps) on a tiny simulated lab
-(tests.worker.night_helpers: 4 sites, 32x32 images, one tiny CNN candidate), with
+(tests.factories: 4 sites, 32x32 images, one tiny CNN candidate), with
 real databases, a real object store and the real API. In-process tests run on every
 backend; the RQ tests run on PostgreSQL + Redis with workers in subprocesses, as
 tests/worker/test_rq.py and test_recovery.py do.
@@ -27,6 +27,10 @@ from sqlalchemy import select
 
 from itloop.settings import Settings
 from itloop.storage import image_key
+from jobs.config import get_worker_config
+from jobs.context import JobContext
+from jobs.queue import RQRunner, get_runner, reset_runners
+from jobs.registry import get_spec, overridden
 from server.app import create_app
 from server.batches import service as batches
 from server.db.base import utcnow
@@ -35,8 +39,7 @@ from server.jobs.tables import JobState
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
 from tests.conftest import BACKENDS, _install_settings, bearer, make_settings, new_database
-from tests.worker.conftest import WORKER_ENV, WorkerProcess, wait_for
-from tests.worker.night_helpers import (
+from tests.factories import (
     TINY_NIGHT,
     Lab,
     api_tokens,
@@ -51,12 +54,13 @@ from tests.worker.night_helpers import (
     seed_lab,
     show_day,
     start_night,
+    wait_for,
 )
-from worker.config import get_worker_config
-from worker.context import JobContext
+from tests.worker.conftest import WORKER_ENV, WorkerProcess
 from worker.night import PUBLISH, SYNTHESIZE
-from worker.queue import RQRunner, get_runner, reset_runners
-from worker.registry import get_spec, overridden
+
+# Real nights end to end (seconds to over a minute each): left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 PERTURBED = ("perturbed", "targeted", "random")
 
@@ -316,6 +320,8 @@ def test_failed_night_keeps_yesterdays_batch(lab: Lab, failure: str) -> None:
     assert night["batch_id"] is None
     failed = [j for j in night["jobs"] if j["state"] == "failed" and j.get("error")]
     assert failed, night["jobs"]
+    if failure == "missing_checkpoint":  # running again cannot make the file appear: no retry
+        assert [j["attempts"] for j in failed if "checkpoint" in j["error"]] == [1], failed
     # Nothing half-made: no batch besides day 0's, in any state; the rig still gets day 0's.
     assert batches_of_rig(lab) == [(f"{lab.rig_id}-day0", "published")]
     assert nxt.status_code == 200 and nxt.json()["batch_id"] == f"{lab.rig_id}-day0"

@@ -11,14 +11,15 @@ from redis import Redis
 from sqlalchemy import update
 
 from itloop.settings import Settings
+from jobs import state as service
+from jobs.queue import get_runner
+from jobs.reaper import reap
 from server.db.base import utcnow
 from server.db.engine import session_scope
-from server.jobs import service
 from server.jobs.tables import Job, JobState
+from tests.factories import load, submit, wait_for
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import WorkerProcess, load, submit, wait_for
-from worker.queue import get_runner
-from worker.recovery import reap
+from tests.worker.conftest import WorkerProcess
 
 
 def age_s(moment: datetime | None) -> float:

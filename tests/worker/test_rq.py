@@ -1,4 +1,4 @@
-"""RQ runner: real Redis, workers in subprocesses (``python -m worker.rq_entry --burst``)."""
+"""RQ runner: real Redis, workers in subprocesses (``python -m jobs.rq_entry --burst``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from pathlib import Path
 from redis import Redis
 
 from itloop.settings import Settings
-from server.jobs.service import Ticket
+from jobs.queue import RQRunner, get_runner
+from jobs.state import Ticket
 from server.jobs.tables import JobState
+from tests.factories import load, submit
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import WorkerProcess, load, submit
-from worker.queue import RQRunner, get_runner
+from tests.worker.conftest import WorkerProcess
 
 
 def rq_runner(settings: Settings) -> RQRunner:
@@ -31,7 +32,7 @@ def test_rq_worker_runs_a_dag_and_the_queue_carries_only_ids(
     runner = rq_runner(rq_settings)
     assert runner.present_job_ids() == {a, gpu}  # b waits in the database, not in Redis
     rq_job = runner.queue(rq_settings.queue_name).jobs[0]
-    assert rq_job.args == (a,) and rq_job.func_name == "worker.execute.execute_job"
+    assert rq_job.args == (a,) and rq_job.func_name == "jobs.execute.execute_job"
     assert rq_job.timeout == load(rq_settings, a).timeout_s
 
     worker = start_worker("--burst", "--queue", rq_settings.queue_name)

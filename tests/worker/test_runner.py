@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 from itloop.cli import app  # imported before any test replaces itloop.settings.get_settings
 from itloop.settings import Settings
+from jobs import state as service
+from jobs.execute import run_job
+from jobs.queue import InProcessRunner, get_runner
 from server.db.engine import session_scope
-from server.jobs import service
 from server.jobs.tables import JobState
+from tests.factories import load, submit, wait_for
 from tests.worker import jobs_for_tests as tj
-from tests.worker.conftest import load, submit, wait_for
-from worker.execute import run_job
-from worker.queue import InProcessRunner, get_runner
 
 
 def runner(settings: Settings) -> InProcessRunner:
@@ -59,6 +59,17 @@ def test_timeout_fails_the_job_without_retry(job_settings: Settings) -> None:
     assert runner(job_settings).run_until_idle() == 1
     job = load(job_settings, job_id)
     assert (job.state, job.attempts, job.error) == (JobState.failed, 1, "timed out after 1 s")
+
+
+def test_a_missing_checkpoint_is_not_retried(job_settings: Settings, tmp_path: Path) -> None:
+    """Running again cannot make a file appear: one attempt, and the error says where it goes."""
+    marker, path = tmp_path / "marks", tmp_path / "checkpoints" / "resnet50.pt"
+    job_id = submit(job_settings, "test.checkpoint", {"path": str(path), "marker": str(marker)})
+    assert runner(job_settings).run_until_idle() == 1
+    job = load(job_settings, job_id)
+    assert (job.state, job.attempts) == (JobState.failed, 1)
+    assert str(path) in (job.error or "") and "put the weights file there" in (job.error or "")
+    assert len(tj.marks(marker)) == 1
 
 
 def test_two_runners_never_run_one_job_twice(job_settings: Settings, tmp_path: Path) -> None:

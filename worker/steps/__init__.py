@@ -6,8 +6,8 @@ Each module here registers one or more of the kinds wired by :mod:`worker.night`
 is imported from this ``__init__`` so that importing ``worker.steps`` registers
 them all::
 
-    from worker.context import JobContext
-    from worker.registry import job
+    from jobs.context import JobContext
+    from jobs.registry import job
 
     @job("night.refit", queue="itloop-gpu", timeout_s=3 * 3600, max_attempts=2)
     def refit(ctx: JobContext) -> dict:
@@ -24,4 +24,4 @@ objects through ``ctx.store``. ``night.select`` fans out synthesis by returning
 ``{"shards": [{...}, ...]}``: one ``night.synthesize`` job runs per shard.
 """
 
-from worker.steps import analyze, choose, fit, publish, synth  # noqa: E402,F401  (registers the kinds)
+from worker.steps import analyze, choose, fit, publish, synth  # noqa: F401  (registers the kinds)

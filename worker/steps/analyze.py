@@ -15,14 +15,15 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from jobs.context import JobContext
+from jobs.registry import job
 from server.analysis import service as analysis
 from server.lab.tables import Site
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
+from server.recordings.ingest.responses import resolve_window
 from server.recordings.queries import responses_by_image
-from worker.context import JobContext
 from worker.night import ANALYZE, SELECT
-from worker.registry import job
 from worker.steps.analyze_to_date import to_date_records
 from worker.steps.data import images_by_id, pixels
 from worker.steps.fit import load_encoder, night_config
@@ -121,7 +122,7 @@ def analyze(ctx: JobContext) -> dict[str, Any]:
     cfg = night_config(ctx)
     with ctx.session() as session:
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
-        window = cfg.window_ms or recordings.default_window()
+        window = resolve_window(cfg.window_ms)
         table = responses_by_image(session=session, session_pk=rec.id, window_ms=window)
         images = images_by_id(session, table.image_ids)
         night_versions = list(

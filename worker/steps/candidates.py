@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.errors import InvalidInput
+from itloop.errors import InvalidInput
 
 SEARCH = "search"
 ENSEMBLE = "ensemble"  # the mean of the night's candidates: a source, not a refitted candidate

@@ -12,16 +12,17 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from itloop.errors import Conflict
+from itloop.night_params import NightConfig
+from jobs.context import JobContext
+from jobs.registry import job
 from models.transfer import own_twin_effect, shrink_to_population, site_transfer
-from server.errors import Conflict
+from server.images.service import clean_pool
+from server.images.tables import Direction
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
-from worker.context import JobContext
 from worker.night import REFIT, SELECT
-from worker.registry import job
 from worker.steps.candidates import ENSEMBLE, SEARCH
-from worker.steps.config import NightConfig
-from worker.steps.data import clean_pool
 from worker.steps.data import site_pks as site_pks_of
 from worker.steps.fit import load_artifact, nanmedian_or_none, night_config, transfer_fields
 
@@ -84,7 +85,9 @@ def _own_twins(session: Any, ref: Any, site_ids: list[str]) -> Any:
     col_of = {sid: i for i, sid in enumerate(site_ids)}
     unknown = (None, None, None, None)  # a pair whose twin has no lineage row counts for nobody
     rows_of = [info.get(c, unknown) for c in child]
-    direction = np.array([{"up": 1.0, "down": -1.0}.get(r[0], 0.0) for r in rows_of])
+    direction = np.array(
+        [Direction(r[0]).sign if r[0] in Direction.__members__ else 0.0 for r in rows_of], dtype=float
+    )
     l2 = np.array([np.nan if r[1] is None else float(r[1]) for r in rows_of])
     target = np.array([col_of.get(r[2], -1) for r in rows_of])
     made_by = np.array([r[3] or "" for r in rows_of], dtype=object)

@@ -13,9 +13,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.errors import InvalidInput
+from itloop.errors import InvalidInput
 from server.images import service as image_service
-from server.images.tables import Image, ImageSet, ImageSetMember
+from server.images.tables import Image
 from server.lab.tables import Site
 from server.recordings.queries import ResponseTable, responses_by_image
 from server.recordings.tables import Presentation, RecordingSession
@@ -53,25 +53,6 @@ def pixels(store: ObjectStore, images: list[Image]) -> torch.Tensor:
 
 def site_pks(session: Session, site_ids: list[str]) -> dict[str, int]:
     return dict(session.execute(select(Site.site_id, Site.id).where(Site.site_id.in_(site_ids))).all())
-
-
-def clean_pool(session: Session) -> tuple[list[Image], list[Image]]:
-    """(clean images of non-reference sets, reference-set images), each in set order.
-
-    Withdrawn sets are left out (``POST /image-sets/{name}/withdraw``).
-    """
-    rows = session.execute(
-        select(Image, ImageSet.is_reference)
-        .join(ImageSetMember, ImageSetMember.image_id == Image.id)
-        .join(ImageSet, ImageSet.id == ImageSetMember.image_set_id)
-        .where(ImageSet.withdrawn_at.is_(None))
-        .order_by(ImageSet.id, ImageSetMember.position, Image.id)
-    ).all()
-    clean: dict[int, Image] = {}
-    reference: dict[int, Image] = {}
-    for image, is_ref in rows:
-        (reference if is_ref else clean).setdefault(image.id, image)
-    return list(clean.values()), list(reference.values())
 
 
 @dataclass

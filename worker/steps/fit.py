@@ -16,17 +16,18 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from itloop.night_params import NightConfig
+from jobs.context import JobContext
+from jobs.registry import job
 from models.transfer import SiteTransfer, site_transfer
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
+from server.recordings.ingest.responses import resolve_window
 from server.recordings.queries import responses_by_image
 from server.recordings.tables import RecordingSession
-from worker.context import JobContext
 from worker.night import REFIT, RESPONSES
-from worker.registry import job
 from worker.steps.candidates import ENSEMBLE, resolve
-from worker.steps.config import NightConfig
 from worker.steps.data import features, training_set
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def responses(ctx: JobContext) -> dict[str, Any]:
     cfg = night_config(ctx)
     with ctx.session() as session:
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
-        window = cfg.window_ms or recordings.default_window()
+        window = resolve_window(cfg.window_ms)
         if cfg.window_ms is not None:
             recordings.compute_responses(session=session, recording=rec, window_ms=window)
         table = responses_by_image(session=session, session_pk=rec.id, window_ms=window)
@@ -146,7 +147,7 @@ def transfer_fields(tr: SiteTransfer, i: int) -> dict[str, Any]:
 def _drift(session: Any, rec: RecordingSession, today: Any, window: Any) -> Any:
     """Reference-set drift against the subject's first recorded day (None on that day)."""
     from models.tracking import detect_drift
-    from worker.steps.data import clean_pool as pool
+    from server.images.service import clean_pool as pool
 
     _, reference = pool(session)
     ref_ids = {im.id for im in reference}
@@ -190,7 +191,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
                 "candidate": cand.name,
             }
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
-        window = cfg.window_ms or recordings.default_window()
+        window = resolve_window(cfg.window_ms)
         ts = training_set(session, rec, window, cfg.train_days)
         drift = _drift(session, rec, ts.today, window)
         parents = {im.id: im.parent_id for im in ts.images}
@@ -208,7 +209,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
 
         try:
             cand, backbone, ckpt_sha, X, held_out, warm = train_candidate(ctx, cand, ts, parents)
-        except Exception as exc:  # noqa: BLE001 - the night goes on with the other candidates
+        except Exception as exc:  # the night goes on with the other candidates
             log.warning("training %s failed; the night uses the other candidates", cand.name, exc_info=True)
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             return {"model_version": None, "candidate": cand.name, "skipped": f"training failed ({reason})"}

@@ -14,24 +14,23 @@ from typing import Any
 
 from sqlalchemy import select
 
+from jobs.context import JobContext
+from jobs.registry import job
 from models.allocation import RepeatPlan, plan_twin_repeats
 from models.schedule import ScheduleConfig, schedule_rsvp
 from server.analysis.tables import AnalysisResult
 from server.batches import service as batches
 from server.batches.tables import Batch, BatchState
+from server.images.service import clean_pool
 from server.jobs.tables import Night
 from server.lab.tables import Rig, Site
 from server.recordings import service as recordings
 from server.recordings.queries import responses_by_image
-from worker.context import JobContext
 from worker.night import ASSEMBLE, PUBLISH, SCHEDULE, SELECT, SYNTHESIZE
-from worker.registry import job
-from worker.steps.data import clean_pool, images_by_id
+from worker.steps.data import images_by_id
 from worker.steps.fit import night_config, night_result
 
 log = logging.getLogger(__name__)
-
-ROLE_OF_KIND = {"perturbed": "perturbed", "targeted": "targeted", "random": "random"}
 
 
 @job(ASSEMBLE, timeout_s=1800)
@@ -49,7 +48,7 @@ def assemble(ctx: JobContext) -> dict[str, Any]:
         for parent, _child in pairs:
             roles.setdefault(parent, "clean")
         for im in children:
-            roles.setdefault(im.id, ROLE_OF_KIND.get(im.kind, "perturbed"))
+            roles.setdefault(im.id, im.kind)  # a twin's role in the batch is its kind
         if not pairs:  # nothing synthesised: keep the lab recording the clean set
             clean, _ = clean_pool(session)
             for im in clean:
@@ -197,47 +196,4 @@ def publish(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def initial_batch(
-    session: Any,
-    store: Any,
-    *,
-    rig_id: str,
-    batch_id: str,
-    repeats: int = 4,
-    seed: int = 0,
-    on_ms: int = 100,
-    off_ms: int = 100,
-    images_per_trial: int = 8,
-) -> Batch:
-    """Day 0: every clean and reference image, no perturbations (there is no model yet)."""
-    clean, reference = clean_pool(session)
-    if not clean and not reference:
-        raise ValueError("register a clean image set before the first batch")
-    roles = {im.id: "reference" for im in reference}
-    for im in clean:
-        roles.setdefault(im.id, "clean")
-    by_id = {im.id: im for im in [*clean, *reference]}
-    sched = schedule_rsvp(
-        [str(i) for i in roles],
-        [],
-        ScheduleConfig(
-            repeats=repeats, on_ms=on_ms, off_ms=off_ms, images_per_trial=images_per_trial, seed=seed
-        ),
-    )
-    batch = batches.create_batch(
-        session=session,
-        rig_id=rig_id,
-        batch_id=batch_id,
-        day=0,
-        model_version_id=None,
-        images=[(by_id[i], r) for i, r in roles.items()],
-        sequence=[
-            {"seq": it.seq, "image_id": int(it.image), "trial": it.trial, "on_ms": on_ms, "off_ms": off_ms}
-            for it in sched.items
-        ],
-        notes="initial batch: clean and reference images",
-    )
-    return batches.publish(session=session, batch=batch, store=store)
-
-
-__all__ = ["assemble", "initial_batch", "publish", "responses_by_image", "schedule"]
+__all__ = ["assemble", "publish", "responses_by_image", "schedule"]

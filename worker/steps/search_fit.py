@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from itloop.night_params import NightConfig
+from jobs.context import JobContext
 from models.transfer import site_transfer
 from server.modeling import service as modeling
-from worker.context import JobContext
-from worker.steps.config import NightConfig
 from worker.steps.data import pixels
 from worker.steps.fit import nanmedian_or_none, transfer_fields
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from itloop.night_params import NightConfig
+from jobs.context import JobContext
+from jobs.registry import job
 from server.images import service as image_service
-from worker.context import JobContext
+from server.images.tables import Direction
 from worker.night import SYNTHESIZE
-from worker.registry import job
-from worker.steps.config import NightConfig
 from worker.steps.data import images_by_id, pixels, site_pks
 from worker.steps.fit import load_encoder, night_config
 
@@ -116,7 +117,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
                             site=col,
                             image=row(i),
                             eps=float(eps),
-                            direction=1 if d == "up" else -1,
+                            direction=Direction(d).sign,
                             # The engine's own derived seeds are 63-bit: too wide for the lineage column.
                             seed=site_seed(cfg.seed, sid, f"guided:{i}:{eps}:{d}"),
                         )
@@ -194,7 +195,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
                 model_version_id=mv_id,
                 site_pk=pks[sid],
                 epsilon=case.eps,
-                direction="up" if case.direction > 0 else "down",
+                direction=Direction.of_sign(case.direction),
                 seed=int(result.seed[k]),
                 predicted_change=float(result.predicted_change[k]),
                 achieved_l2=float(result.delta_l2[k]),
@@ -222,7 +223,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
                 model_version_id=mv_id,
                 site_pk=pks[sid],
                 epsilon=eps,
-                direction=f"target:{preferred}",
+                direction=Direction.toward(preferred),
                 seed=tseed,  # the base seed of this call; it reproduces the engine's derived seed
                 predicted_change=float(res.out_adv[0, col] - res.out_clean[0, col]),
                 achieved_l2=float(res.delta_l2[0]),

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from jobs.context import JobContext
 from server.modeling.tables import ModelVersion
-from worker.context import JobContext
 from worker.steps.data import pixels
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def previous_weights(ctx: JobContext, candidate: str) -> dict[str, Any] | None:
         return None
     try:
         return torch.load(io.BytesIO(ctx.store.get(key)), weights_only=True)
-    except Exception:  # noqa: BLE001 - a missing or unreadable file means a cold start, said in the log
+    except Exception:  # a missing or unreadable file means a cold start, said in the log
         log.warning("could not load %s for a warm start; training from scratch", key, exc_info=True)
         return None
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 from server.recordings.ingest.limits import check_decoded_size
 from server.recordings.ingest.validate import MAX_EVENT_ID_CHARS, ParsedUpload
 

@@ -159,14 +159,14 @@ def _copy_postgresql(conn: Any, table: Table, columns: Mapping[str, Column], nam
     cols = ", ".join(f'"{k}"' for k in names)
     binary = copy_binary(table, columns) or _copy_bytea_rows(table, columns)
     if binary is not None:
-        with raw.cursor() as cur:  # type: ignore[union-attr]
+        with raw.cursor() as cur:
             with cur.copy(f'COPY "{table.name}" ({cols}) FROM STDIN (FORMAT BINARY)') as cp:
                 view, step = memoryview(binary), 8 << 20
                 for i in range(0, len(view), step):
                     cp.write(view[i : i + step])
         return n
     payload = copy_text([columns[k] for k in names])
-    with raw.cursor() as cur:  # type: ignore[union-attr]
+    with raw.cursor() as cur:
         with cur.copy(f'COPY "{table.name}" ({cols}) FROM STDIN') as cp:
             # Large payloads in slices keep peak memory near one slice, not the whole encoding.
             step = 8 << 20

@@ -16,7 +16,7 @@ small honest files (a few hundred thousand rows) free of the ratio.
 
 from __future__ import annotations
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 
 MAX_EXPANSION = 32
 DECODED_FLOOR_BYTES = 64 * 1024 * 1024

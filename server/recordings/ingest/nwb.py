@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 from server.recordings.ingest.limits import check_decoded_size
 from server.recordings.ingest.nwb_meta import electrode_rows, file_meta
 from server.recordings.ingest.unitmap import UnitRef
@@ -211,7 +211,7 @@ def check_hdf5(path: Path, name: str = "file") -> None:
     try:
         with h5py.File(path, "r") as h5:
             h5.visititems_links(visit)
-    except Exception as exc:  # noqa: BLE001 - h5py raises many types for damaged files
+    except Exception as exc:  # h5py raises many types for damaged files
         log.info("rejected HDF5 upload at the structure check: %s", exc)
         first = str(exc).splitlines()[0][:300].replace(str(path), name) if str(exc) else ""
         raise InvalidUpload(
@@ -246,7 +246,7 @@ def with_nwb(path: Path, name: str, read: Callable[[Any], T]) -> T:
             return read(io.read())
     except InvalidUpload:
         raise
-    except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many types for damaged files
+    except Exception as exc:  # h5py/hdmf raise many types for damaged files
         log.info("rejected NWB upload: %s", exc)
         # h5py names the file in its messages: the server's temporary path is none of the client's business
         first = str(exc).splitlines()[0][:300].replace(str(path), name) if str(exc) else ""

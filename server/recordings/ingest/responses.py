@@ -10,6 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from itloop.errors import InvalidInput
+from itloop.settings import get_settings
+
 
 def count_spikes(
     trains: Sequence[np.ndarray], onset_s: np.ndarray, window_ms: tuple[float, float]
@@ -34,9 +37,23 @@ def count_spikes(
     return out
 
 
-def check_window(window_ms: tuple[float, float]) -> tuple[float, float]:
-    from server.errors import InvalidInput
+def resolve_window(
+    window_ms: Sequence[float] | None = None,
+    *,
+    start_ms: float | None = None,
+    end_ms: float | None = None,
+    default: Sequence[float] | None = None,
+) -> tuple[float, float]:
+    """The one place a response window is decided: what was asked, else the lab's, checked.
 
+    ``window_ms`` (both ends) or ``start_ms``/``end_ms`` (each end on its own) override
+    ``default``, which is ``ITLOOP_RESPONSE_WINDOW_MS`` unless given.
+    """
+    base = window_ms or default or get_settings().response_window_ms
+    return check_window((base[0] if start_ms is None else start_ms, base[1] if end_ms is None else end_ms))
+
+
+def check_window(window_ms: Sequence[float]) -> tuple[float, float]:
     a, b = float(window_ms[0]), float(window_ms[1])
     if not (np.isfinite(a) and np.isfinite(b)) or b <= a:
         raise InvalidInput(f"window_ms must satisfy start < end, got ({a:g}, {b:g}) ms")

@@ -143,7 +143,7 @@ def read_nwb_sync(path: Path, series: str, label: str = "sync") -> tuple[np.ndar
             return _nwb_pulses(io.read(), series, label)
     except InvalidUpload:
         raise
-    except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many types for damaged files
+    except Exception as exc:
         first = str(exc).splitlines()[0][:300].replace(str(path), label) if str(exc) else ""
         raise InvalidUpload(
             f"{label}: the NWB file could not be read ({type(exc).__name__}: {first})"

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
+from itloop.sha256 import is_sha256
 
 MAX_PLAUSIBLE_S = 1e5
 MAX_EVENT_ID_CHARS = 120  # the width of presentations.event_id, rig_events.event_id and sites.site_id
@@ -198,7 +199,7 @@ def check_names(upload: ParsedUpload) -> None:
 
 
 def check_hashes(upload: ParsedUpload) -> None:
-    bad = {h for h in set(upload.image_sha256) if len(h) != 64 or h.strip("0123456789abcdef")}
+    bad = {h for h in set(upload.image_sha256) if not is_sha256(h)}
     if bad:
         i = next(i for i, h in enumerate(upload.image_sha256) if h in bad)
         raise InvalidUpload(

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from server.jobs import service
-from worker.config import get_worker_config
-from worker.queue import InProcessRunner, RQRunner
+from itloop.settings import Settings
+from jobs import state as jobstate
+from jobs.config import get_worker_config
+from jobs.queue import InProcessRunner, RQRunner
+from server.db.engine import session_scope
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,12 @@ def reap(
     config = get_worker_config()
     stale_after_s = config.stale_after_s if stale_after_s is None else stale_after_s
     requeue_grace_s = config.requeue_grace_s if requeue_grace_s is None else requeue_grace_s
-    service.bind(session, runner.settings, runner)
-    service.write_lock(session)
+    jobstate.bind(session, runner.settings, runner)
+    jobstate.write_lock(session)
     report = ReapReport()
-    report.requeued, report.failed = service.reap_stale(session, stale_after_s)
-    report.released = service.settle_waiting(session)
-    queued = service.queued_tickets(session, older_than_s=requeue_grace_s)
+    report.requeued, report.failed = jobstate.reap_stale(session, stale_after_s)
+    report.released = jobstate.settle_waiting(session)
+    queued = jobstate.queued_tickets(session, older_than_s=requeue_grace_s)
     present = _present(runner, sorted({t.queue for t in queued})) if queued else None
     if present is not None:
         fresh = set(report.requeued) | set(report.released)
@@ -76,6 +78,15 @@ def _present(runner: InProcessRunner | RQRunner, queues: list[str]) -> set[int] 
     """
     try:
         return runner.present_job_ids(queues)
-    except Exception as exc:  # noqa: BLE001 - redis.ConnectionError and friends
+    except Exception as exc:  # redis.ConnectionError and friends
         log.warning("reaper: queue backend unreachable (%s); re-enqueueing later", type(exc).__name__)
         return None
+
+
+def reap_once(settings: Settings, runner: InProcessRunner | RQRunner) -> None:
+    """One reaper pass in its own transaction; a failure is logged, never fatal to the worker."""
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            reap(session, runner)
+    except Exception:
+        log.exception("reaper pass failed")

@@ -14,23 +14,23 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobs import state as jobstate
 from server.db.engine import session_scope
-from server.jobs import service
 from server.jobs.tables import Job
 
 if TYPE_CHECKING:
     from itloop.settings import Settings
     from itloop.storage import ObjectStore
-    from worker.config import WorkerConfig
+    from jobs.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
 
-class JobCancelled(Exception):  # noqa: N818 - reads as an event, like rq's exceptions
+class JobCancelled(Exception):  # reads as an event, like rq's exceptions
     """Raised inside a job when someone asked to cancel it; the job ends ``cancelled``."""
 
 
-class JobTimeout(Exception):  # noqa: N818
+class JobTimeout(Exception):
     """Raised inside a job that ran past its ``timeout_s``; the job ends ``failed``, not retried."""
 
 
@@ -92,11 +92,11 @@ class JobContext:
         """A unit of work on the job database: commits on success, rolls back on error.
 
         On SQLite the transaction takes the write lock up front (see
-        :func:`server.jobs.service.write_lock`), so it never collides with heartbeats.
+        :func:`jobs.state.write_lock`), so it never collides with heartbeats.
         """
         with session_scope(self.settings.resolved_database_url) as session:
-            service.bind(session, self.settings)
-            service.write_lock(session)
+            jobstate.bind(session, self.settings)
+            jobstate.write_lock(session)
             yield session
 
     @cached_property
@@ -142,7 +142,7 @@ class JobContext:
         if fraction >= 1.0 or now - self._last_progress_write >= self.config.progress_every_s:
             self._last_progress_write = now
             with session_scope(self.settings.resolved_database_url) as session:
-                ours, cancel = service.touch(
+                ours, cancel = jobstate.touch(
                     session,
                     self.job_id,
                     self.attempt,
@@ -197,7 +197,7 @@ class JobContext:
     ) -> int:
         """Submit another job (in this job's night); returns its id. Enqueued when this call returns."""
         with self.session() as session:
-            job = service.submit(
+            job = jobstate.submit(
                 session, kind, params, depends_on=depends_on, night_id=self.night_id, settings=self.settings
             )
             return job.id
@@ -210,8 +210,8 @@ class JobContext:
         """
         with self.session() as session:
             ids = [
-                service.submit(session, kind, p, night_id=self.night_id, settings=self.settings).id
+                jobstate.submit(session, kind, p, night_id=self.night_id, settings=self.settings).id
                 for p in params_list
             ]
-            service.splice_before_dependents(session, self.job_id, ids)
+            jobstate.splice_before_dependents(session, self.job_id, ids)
         return ids

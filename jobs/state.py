@@ -17,16 +17,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, event, func, literal, or_, select, update
+from sqlalchemy import Update, delete, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from itloop.errors import Conflict, InvalidInput, NotFound
+from jobs.registry import JOBS, get_spec
+from server.db import all_tables  # noqa: F401  (every mapper defined before a query configures them)
 from server.db.base import utcnow
-from server.errors import Conflict, InvalidInput, NotFound
+from server.db.paging import paginate
 from server.jobs.tables import Job, JobState, Night, WorkerBeat
 
 if TYPE_CHECKING:
     from itloop.settings import Settings
+    from jobs.queue import InProcessRunner, RQRunner
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,9 @@ def ticket(job: Job) -> Ticket:
     return Ticket(job_id=job.id, queue=job.queue, timeout_s=job.timeout_s)
 
 
-def bind(session: Session, settings: Settings | None = None, runner: Any = None) -> Session:
+def bind(
+    session: Session, settings: Settings | None = None, runner: InProcessRunner | RQRunner | None = None
+) -> Session:
     """Tell the post-commit hook which settings (and runner) this session's new jobs go to."""
     if settings is not None:
         session.info[SETTINGS_KEY] = settings
@@ -63,36 +69,13 @@ def _defer_enqueue(session: Session, job: Job) -> None:
     session.info.setdefault(PENDING_KEY, []).append(ticket(job))
 
 
-def _current_settings(session: Session) -> Settings:
+def current_settings(session: Session) -> Settings:
     settings = session.info.get(SETTINGS_KEY)
     if settings is None:
         import itloop.settings as settings_module  # late: tests replace get_settings
 
         settings = settings_module.get_settings()
-    return settings  # type: ignore[no-any-return]
-
-
-@event.listens_for(Session, "after_commit")
-def _enqueue_after_commit(session: Session) -> None:
-    tickets: list[Ticket] = session.info.pop(PENDING_KEY, None) or []
-    if not tickets:
-        return
-    try:
-        runner = session.info.get(RUNNER_KEY)
-        if runner is None:
-            from worker.queue import get_runner
-
-            runner = get_runner(_current_settings(session))
-        runner.enqueue(tickets)
-    except Exception:  # noqa: BLE001 - the rows are committed; the reaper re-enqueues them
-        log.exception(
-            "could not enqueue jobs %s; the reaper will re-enqueue them", [t.job_id for t in tickets]
-        )
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_after_rollback(session: Session) -> None:
-    session.info.pop(PENDING_KEY, None)
+    return settings
 
 
 def write_lock(session: Session) -> None:
@@ -129,15 +112,13 @@ def submit(
     settings: Settings | None = None,
 ) -> Job:
     """Create a job: queued when its dependencies all succeeded, else waiting (or failed if one failed)."""
-    from worker.registry import JOBS, get_spec
-
     write_lock(session)
     spec = get_spec(kind)
     if spec is None:
         raise InvalidInput(
             f"unknown job kind {kind!r}; registered kinds: {', '.join(sorted(JOBS)) or 'none'}"
         )
-    settings = settings or _current_settings(session)
+    settings = settings or current_settings(session)
     if settings is not None:
         session.info.setdefault(SETTINGS_KEY, settings)
     deps = list(dict.fromkeys(int(d) for d in depends_on))
@@ -215,9 +196,8 @@ def list_jobs(
         query = query.where(Job.state == state)
     if night_id is not None:
         query = query.where(Job.night_id == night_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
-    return list(items), int(total)
+    rows, total = paginate(session, query, order_by=[Job.id.desc()], limit=limit, offset=offset)
+    return [r[0] for r in rows], total
 
 
 def cancel(session: Session, job_id: int) -> Job:
@@ -281,13 +261,13 @@ def claim(session: Session, job_id: int, worker: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def _rows(session: Session, statement: Any) -> int:
+def _rows(session: Session, statement: Update) -> int:
     """Rows an UPDATE matched: the outcome of a compare-and-set."""
     result = session.execute(statement.execution_options(synchronize_session=False))
     return int(cast(CursorResult[Any], result).rowcount)
 
 
-def _fenced(job_id: int, token: int) -> Any:
+def _fenced(job_id: int, token: int) -> Update:
     return update(Job).where(Job.id == job_id, Job.state == JobState.running, Job.attempts == token)
 
 
@@ -459,9 +439,8 @@ def get_night(session: Session, night_id: int) -> Night:
 
 def list_nights(session: Session, *, limit: int = 50, offset: int = 0) -> tuple[list[Night], int]:
     """A page of nights, newest first, and their total."""
-    total = session.scalar(select(func.count()).select_from(Night)) or 0
-    items = session.scalars(select(Night).order_by(Night.id.desc()).limit(limit).offset(offset)).all()
-    return list(items), int(total)
+    rows, total = paginate(session, select(Night), order_by=[Night.id.desc()], limit=limit, offset=offset)
+    return [r[0] for r in rows], total
 
 
 def night_jobs(session: Session, night_id: int) -> list[Job]:

@@ -20,8 +20,11 @@ import threading
 from collections.abc import Callable, Sequence
 
 from itloop.settings import Settings
+from jobs import state as jobstate
+from jobs.config import get_worker_config
+from jobs.queue import get_runner
+from jobs.reaper import reap_once
 from server.db.engine import session_scope
-from server.jobs import service
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class Periodic(threading.Thread):
     def _call(self) -> None:
         try:
             self.fn()
-        except Exception:  # noqa: BLE001 - a database hiccup must not end housekeeping for good
+        except Exception:  # a database hiccup must not end housekeeping for good
             log.warning("%s failed; next try in %g s", self.name, self.every_s, exc_info=True)
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -71,21 +74,19 @@ class LivenessBeat(Periodic):
 
     def beat(self) -> None:
         with session_scope(self.settings.resolved_database_url) as session:
-            service.beat_worker(session, self.worker, self.kind, self.queues)
+            jobstate.beat_worker(session, self.worker, self.kind, self.queues)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         super().stop(timeout_s)
         try:
             with session_scope(self.settings.resolved_database_url) as session:
-                service.forget_worker(session, self.worker)
-        except Exception:  # noqa: BLE001 - the row ages out of /health by itself
+                jobstate.forget_worker(session, self.worker)
+        except Exception:  # the row ages out of /health by itself
             log.debug("could not remove liveness row %s", self.worker, exc_info=True)
 
 
 def start_liveness(settings: Settings, kind: str, queues: Sequence[str]) -> LivenessBeat:
     """Start beating for this process (``kind``: rq, polling or inprocess)."""
-    from worker.config import get_worker_config
-
     beat = LivenessBeat(settings, kind, queues, get_worker_config().liveness_s)
     beat.start()
     return beat
@@ -99,10 +100,6 @@ def start_embedded_housekeeping(settings: Settings) -> list[Periodic]:
     reaper re-queues the first and re-enqueues the second (the in-process runner reports what
     its pool holds). And a liveness beat, so ``/health`` counts this server as a worker.
     """
-    from worker.config import get_worker_config
-    from worker.queue import get_runner
-    from worker.runner import reap_once
-
     config = get_worker_config()
     runner = get_runner(settings)
     queues = [settings.queue_name, settings.gpu_queue_name]

@@ -1,7 +1,7 @@
 """Two runners behind one interface: in-process (embedded default) and RQ (Redis).
 
 A runner only moves job ids around; what runs, and whether it may run, is
-decided by the job row (see :mod:`server.jobs.service`). Pick one with
+decided by the job row (see :mod:`jobs.state`). Pick one with
 :func:`get_runner`: RQ when ``ITLOOP_REDIS_URL`` is set, else in-process.
 """
 
@@ -13,26 +13,20 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from itloop.settings import Settings
+from jobs import state as jobstate
+from jobs.config import get_worker_config
+from jobs.execute import execute_job, run_job
+from jobs.state import Ticket
 from server.db.engine import session_scope
-from server.jobs import service
-from server.jobs.service import Ticket
 
 log = logging.getLogger(__name__)
 
 RQ_ID_PREFIX = "itloop-"
-
-
-class Runner(Protocol):
-    settings: Settings
-
-    def enqueue(self, tickets: Sequence[Ticket]) -> None:
-        """Make committed, queued jobs available to workers."""
-
-    def present_job_ids(self, queues: Sequence[str] = ()) -> set[int] | None:
-        """Job ids waiting in the backend's queues; None when it keeps no list."""
 
 
 class InProcessRunner:
@@ -62,11 +56,9 @@ class InProcessRunner:
                 self._pool.submit(self._run_logged, t.job_id)
 
     def _run_logged(self, job_id: int) -> None:
-        from worker.execute import run_job
-
         try:
             run_job(job_id, self.settings)
-        except Exception:  # noqa: BLE001 - a thread must not die silently
+        except Exception:  # a thread must not die silently
             log.exception("in-process job %s crashed the runner", job_id)
         finally:
             with self._pool_lock:
@@ -88,10 +80,8 @@ class InProcessRunner:
 
     def run_next(self, queues: Sequence[str] | None = None) -> int | None:
         """Claim and run the oldest queued job; its id, or None when nothing could be claimed."""
-        from worker.execute import run_job
-
         with session_scope(self.settings.resolved_database_url) as session:
-            candidates = service.queued_ids(session, queues)
+            candidates = jobstate.queued_ids(session, queues)
         for job_id in candidates:
             if run_job(job_id, self.settings) is not None:
                 return job_id
@@ -136,7 +126,7 @@ class RQRunner:
         # timeout: RQ's dequeue blocks on this connection on purpose.
         self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_keepalive=True)
 
-    def queue(self, name: str):  # noqa: ANN201 - rq.Queue, imported lazily
+    def queue(self, name: str):  # rq.Queue, imported lazily
         from rq import Queue
 
         return Queue(name, connection=self.redis)
@@ -145,8 +135,6 @@ class RQRunner:
         return list(dict.fromkeys([self.settings.queue_name, self.settings.gpu_queue_name]))
 
     def enqueue(self, tickets: Sequence[Ticket]) -> None:
-        from worker.execute import execute_job
-
         for t in tickets:
             self.queue(t.queue).enqueue(
                 execute_job,
@@ -181,8 +169,6 @@ def get_runner(settings: Settings, *, background: bool | None = None) -> InProce
     ``background`` (in-process only) overrides ``ITLOOP_INPROCESS_BACKGROUND``:
     the CLI and tests pass False and drive jobs with ``run_until_idle``.
     """
-    from worker.config import get_worker_config
-
     key = (settings.resolved_database_url, settings.redis_url)
     with _runners_lock:
         runner = _RUNNERS.get(key)
@@ -209,3 +195,30 @@ def reset_runners() -> None:
             if isinstance(runner, InProcessRunner):
                 runner.shutdown(wait=True)
         _RUNNERS.clear()
+
+
+# --- after commit: hand the transaction's new queued jobs to the runner --------------------
+
+
+@event.listens_for(Session, "after_commit")
+def _enqueue_after_commit(session: Session) -> None:
+    """Enqueue the tickets :mod:`jobs.state` collected on this session, now that its rows are visible.
+
+    Registered once, when :mod:`jobs` is imported (its ``__init__`` imports this module), so
+    every session that submits jobs through :mod:`jobs.state` has it.
+    """
+    tickets: list[Ticket] = session.info.pop(jobstate.PENDING_KEY, None) or []
+    if not tickets:
+        return
+    try:
+        runner = session.info.get(jobstate.RUNNER_KEY) or get_runner(jobstate.current_settings(session))
+        runner.enqueue(tickets)
+    except Exception:  # the rows are committed; the reaper re-enqueues them
+        log.exception(
+            "could not enqueue jobs %s; the reaper will re-enqueue them", [t.job_id for t in tickets]
+        )
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(jobstate.PENDING_KEY, None)

@@ -1,9 +1,9 @@
 """Job kinds: module-level functions registered by name, with their queue, timeout and retries.
 
-A job function takes a :class:`worker.context.JobContext` and returns a JSON-able
+A job function takes a :class:`jobs.context.JobContext` and returns a JSON-able
 dict::
 
-    from worker.registry import job
+    from jobs.registry import job
 
     @job("night.refit", queue="itloop-gpu", timeout_s=3 * 3600, max_attempts=2)
     def refit(ctx: JobContext) -> dict:
@@ -12,7 +12,8 @@ dict::
 
 The queue names are logical: ``"itloop"`` maps to ``settings.queue_name`` and
 ``"itloop-gpu"`` to ``settings.gpu_queue_name``. Kinds are found by importing
-:mod:`worker.steps` and every module listed in ``ITLOOP_EXTRA_JOB_MODULES``
+:mod:`worker.night` and :mod:`worker.steps` (``ITLOOP_JOB_MODULES``) and every module listed in
+``ITLOOP_EXTRA_JOB_MODULES``
 (comma-separated; tests use it to add kinds that sleep, fail or write markers).
 """
 
@@ -25,12 +26,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from jobs.config import get_worker_config
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from itloop.settings import Settings
+    from jobs.context import JobContext
     from server.jobs.tables import Job
-    from worker.context import JobContext
 
 JobFn = Callable[["JobContext"], dict[str, Any] | None]
 SuccessHook = Callable[["Session", "Job", dict[str, Any], "Settings"], None]
@@ -100,17 +103,17 @@ def on_success(kind: str) -> Callable[[SuccessHook], SuccessHook]:
 
 
 def load_job_modules() -> None:
-    """Import the modules that register kinds: worker.night, worker.steps and ITLOOP_EXTRA_JOB_MODULES."""
+    """Import the modules that register kinds: ``ITLOOP_JOB_MODULES`` and ``ITLOOP_EXTRA_JOB_MODULES``."""
     global _loaded
     if _loaded:
         return
     with _load_lock:
         if _loaded:
             return
-        from worker.config import get_worker_config
-
-        names = ["worker.night", "worker.steps"]
-        names += [m.strip() for m in get_worker_config().extra_job_modules.split(",") if m.strip()]
+        config = get_worker_config()
+        names = [
+            m.strip() for m in f"{config.job_modules},{config.extra_job_modules}".split(",") if m.strip()
+        ]
         for name in names:
             importlib.import_module(name)
         _loaded = True

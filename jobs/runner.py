@@ -15,23 +15,13 @@ from rq import SimpleWorker, Worker
 from rq.exceptions import StopRequested
 
 from itloop.settings import Settings
-from server.db.engine import session_scope
-from worker.config import get_worker_config
-from worker.liveness import start_liveness
-from worker.queue import InProcessRunner, RQRunner, get_runner
-from worker.recovery import reap
-from worker.registry import load_job_modules
+from jobs.config import get_worker_config
+from jobs.liveness import start_liveness
+from jobs.queue import InProcessRunner, RQRunner, get_runner
+from jobs.reaper import reap_once
+from jobs.registry import load_job_modules
 
 log = logging.getLogger(__name__)
-
-
-def reap_once(settings: Settings, runner: InProcessRunner | RQRunner) -> None:
-    """One reaper pass in its own transaction; a failure is logged, never fatal to the worker."""
-    try:
-        with session_scope(settings.resolved_database_url) as session:
-            reap(session, runner)
-    except Exception:  # noqa: BLE001
-        log.exception("reaper pass failed")
 
 
 class _ReapingMixin:
@@ -49,7 +39,7 @@ class _ReapingMixin:
     def maintain_heartbeats(self, job: Any) -> None:
         # RQ beats to Redis while a work horse runs. Redis being away must not end the worker
         # (and orphan the horse): the job keeps running, and its heartbeat that counts is in
-        # the database (worker.execute).
+        # the database (jobs.execute).
         try:
             super().maintain_heartbeats(job)  # type: ignore[misc]
         except redis.exceptions.RedisError as exc:

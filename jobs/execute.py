@@ -17,12 +17,12 @@ from typing import Any
 from rq.timeouts import JobTimeoutException
 
 from itloop.settings import Settings
+from jobs import state as jobstate
+from jobs.config import get_worker_config
+from jobs.context import JobCancelled, JobContext, JobLost, JobTimeout
+from jobs.registry import SUCCESS_HOOKS, get_spec, load_job_modules
 from server.db.engine import session_scope
-from server.jobs import service
 from server.jobs.tables import JobState
-from worker.config import get_worker_config
-from worker.context import JobCancelled, JobContext, JobLost, JobTimeout
-from worker.registry import SUCCESS_HOOKS, get_spec, load_job_modules
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,11 @@ class _Heartbeat(threading.Thread):
         while not self.stopped.wait(self.interval_s):
             try:
                 with session_scope(url) as session:
-                    ours, cancel = service.touch(
+                    ours, cancel = jobstate.touch(
                         session, self.ctx.job_id, self.ctx.attempt, log_tail=self.ctx.take_dirty_log()
                     )
                 self.ctx.note_lease(ours, cancel)
-            except Exception:  # noqa: BLE001 - a missed beat is not fatal; the next one may work
+            except Exception:  # a missed beat is not fatal; the next one may work
                 log.warning("heartbeat of job %s failed", self.ctx.job_id, exc_info=True)
 
     def stop(self) -> None:
@@ -75,8 +75,8 @@ def run_job(job_id: int, settings: Settings, *, name: str | None = None) -> str 
     load_job_modules()
     config = get_worker_config()
     with session_scope(url) as session:
-        service.bind(session, settings)
-        job = service.claim(session, job_id, name or worker_name())
+        jobstate.bind(session, settings)
+        job = jobstate.claim(session, job_id, name or worker_name())
         if job is None:
             log.debug("job %s not claimable (taken, finished or cancelled)", job_id)
             return None
@@ -95,7 +95,7 @@ def run_job(job_id: int, settings: Settings, *, name: str | None = None) -> str 
         )
         max_attempts = job.max_attempts
         if job.night_id is not None:
-            service.refresh_night(session, job.night_id)
+            jobstate.refresh_night(session, job.night_id)
     log.info("job %s (%s) attempt %s started", job_id, ctx.kind, ctx.attempt)
 
     heartbeat = _Heartbeat(ctx, config.heartbeat_s)
@@ -121,17 +121,20 @@ def run_job(job_id: int, settings: Settings, *, name: str | None = None) -> str 
     except (JobTimeout, JobTimeoutException):
         state, error = JobState.failed, f"timed out after {ctx.timeout_s} s"
         ctx.log(error)
-    except Exception as exc:  # noqa: BLE001 - any failure of the job is recorded, not raised
+    except Exception as exc:  # any failure of the job is recorded, not raised
         error = _one_line(exc)
         ctx.log(traceback.format_exc())
-        state = JobState.queued if ctx.attempt < max_attempts else JobState.failed
+        # An exception may say that running again cannot help (``retryable = False``, e.g. a
+        # missing checkpoint file): then the job fails now instead of repeating the same error.
+        retry = ctx.attempt < max_attempts and getattr(exc, "retryable", True)
+        state = JobState.queued if retry else JobState.failed
     finally:
         heartbeat.stop()
 
     if state == JobState.succeeded:
         try:
             return _record(settings, ctx, state=state, result=result)
-        except Exception as exc:  # noqa: BLE001 - a success hook failed: record the failure instead
+        except Exception as exc:  # a success hook failed: record the failure instead
             error = f"after success: {_one_line(exc)}"
             ctx.log(traceback.format_exc())
             state = JobState.queued if ctx.attempt < max_attempts else JobState.failed
@@ -147,8 +150,8 @@ def _record(
     error: str | None = None,
 ) -> str | None:
     with session_scope(settings.resolved_database_url) as session:
-        service.bind(session, settings)
-        job = service.finish(
+        jobstate.bind(session, settings)
+        job = jobstate.finish(
             session, ctx.job_id, ctx.attempt, state=state, result=result, error=error, log_tail=ctx.log_tail()
         )
         if job is None:
@@ -158,9 +161,9 @@ def _record(
             for hook in SUCCESS_HOOKS.get(job.kind, []):
                 hook(session, job, result or {}, settings)
         if state != JobState.queued:
-            service.settle_dependents(session, job)
+            jobstate.settle_dependents(session, job)
         if job.night_id is not None:
-            service.refresh_night(session, job.night_id)
+            jobstate.refresh_night(session, job.night_id)
     level = logging.INFO if state == JobState.succeeded else logging.WARNING
     log.log(
         level,

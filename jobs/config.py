@@ -50,12 +50,22 @@ class WorkerConfig(BaseSettings):
         default=True, description="embedded mode: run submitted jobs in a background thread pool"
     )
     inprocess_threads: int = Field(default=1, ge=1, description="embedded mode: background threads")
+    job_modules: str = Field(
+        default="worker.night,worker.steps",
+        description="comma-separated modules that register the night's job kinds (imported by name, "
+        "so the job package never imports the night)",
+    )
     extra_job_modules: str = Field(
         default="", description="comma-separated modules that register extra job kinds (tests, plugins)"
     )
     night_candidates: list[str] = Field(
         default=["resnet50", "resnet50_l2_eps3"],
         description="candidate models refit each night unless the night's params name others",
+    )
+    fallback_candidates: list[str] = Field(
+        default=["pixels32", "vone"],
+        description="checkpoint-free candidates a night uses instead of the default ones when their "
+        "checkpoint files are missing (only when neither the night nor the lab named candidates)",
     )
 
 
