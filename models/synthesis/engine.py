@@ -151,9 +151,8 @@ class _Outputs:
             torch.cat([it.grad_best for it in items]),
         )
         groups = [it.x_best.shape[0] for it in items]
-        case_rows = torch.repeat_interleave(
-            torch.tensor([it.case for it in items], device=dev, dtype=torch.long), torch.tensor(groups, device=dev)
-        )
+        ids = torch.tensor([it.case for it in items], device=dev, dtype=torch.long)
+        case_rows = torch.repeat_interleave(ids, torch.tensor(groups, device=dev))
         out = pool.score(q.float() / 255.0, groups)
         val = objective.value(out, case_rows)
         start = 0

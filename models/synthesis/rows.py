@@ -87,9 +87,7 @@ class RowState:
         return RowState(**{f.name: getattr(self, f.name).index_select(0, idx) for f in fields(RowState)})
 
 
-def new_rows(
-    cid: int, x: Tensor, center: Tensor, eps: float, radius: float, step: float
-) -> RowState:
+def new_rows(cid: int, x: Tensor, center: Tensor, eps: float, radius: float, step: float) -> RowState:
     """Fresh rows of case ``cid`` starting at ``x`` (R rows), in a ball of ``radius`` around ``center``."""
     r0, dev = x.shape[0], x.device
 
