@@ -9,6 +9,7 @@ Public API::
 """
 
 from .config import Case, CaseResult, SynthesisCancelled, SynthesisConfig, SynthesisResult
+from .curve import curve_budgets, synthesize_curve
 from .engine import SiteObjective, derive_seed, plan_for, synthesize
 from .projection import project_l2_ball_box, project_l2_ball_box_bisection
 from .quantize import QuantizationError, quantize_in_ball
@@ -35,5 +36,7 @@ __all__ = [
     "project_l2_ball_box_bisection",
     "quantize_in_ball",
     "synthesize",
+    "synthesize_curve",
+    "curve_budgets",
     "synthesize_targeted",
 ]

@@ -69,7 +69,8 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
     """Up/down, targeted and random-direction perturbations for the shard's sites."""
     import torch
 
-    from models.synthesis import Case, SynthesisCancelled, SynthesisConfig, synthesize, synthesize_targeted
+    from models.synthesis import Case, SynthesisCancelled, SynthesisConfig, synthesize_targeted
+    from models.synthesis.curve import synthesize_curve
 
     cfg = night_config(ctx)
     sites: list[str] = ctx.params["sites"]
@@ -152,7 +153,8 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
         return past_deadline(cfg)
 
     try:
-        result = synthesize(
+        # Each (site, image, direction)'s epsilon grid in one continuation run (models.synthesis.curve).
+        result = synthesize_curve(
             encoder,
             images,
             cases,
