@@ -38,6 +38,7 @@ from server.jobs import service
 from server.jobs.tables import Job, JobState, Night
 from server.recordings import hooks
 from server.recordings.tables import RecordingSession
+from worker import night_plan
 from worker.config import get_worker_config
 from worker.registry import get_spec, on_success
 
@@ -69,11 +70,14 @@ def start_night(
     session_id: str,
     params: dict[str, Any] | None = None,
     validate: bool = True,
+    refuse_late: bool = False,
 ) -> Night:
     """Create a night for a recording session and submit its DAG (enqueued when ``session`` commits).
 
     ``validate`` checks the params against the real steps (:class:`~worker.steps.config.NightConfig`
     and the candidate registry); only tests that replace every step with stubs turn it off.
+    ``refuse_late`` (``POST /nights``) refuses a night that cannot fit before its deadline
+    (:mod:`worker.night_plan`); nights started on their own publish what is done in time.
     """
     service.write_lock(session)
     rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == session_id))
@@ -89,6 +93,8 @@ def start_night(
     deadline = params.get("deadline") or settings.night_defaults.get("deadline") or _next_rig_time(settings)
     if deadline:
         params["deadline"] = deadline
+    if validate:
+        params = night_plan.apply_plan(session, settings, rec, params, refuse_late=refuse_late)
     night = Night(
         session_pk=rec.id,
         state=JobState.queued,

@@ -11,7 +11,16 @@ from sqlalchemy.orm import Session
 from server.batches.tables import Batch
 from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
 from server.jobs import service
-from server.jobs.schemas import JobPage, JobRead, JobSummary, NightCreate, NightPage, NightRead, NightSummary
+from server.jobs.schemas import (
+    JobPage,
+    JobRead,
+    JobSummary,
+    NightCreate,
+    NightPage,
+    NightRead,
+    NightSummary,
+    night_timing,
+)
 from server.jobs.tables import JobState, Night
 from server.recordings.tables import RecordingSession
 from worker import night as night_pipeline
@@ -81,6 +90,7 @@ def _night_read(session: Session, night: Night) -> NightRead:
         model_version_id=night.model_version_id,
         note=night.note,
         deadline_at=night.deadline_at,
+        timing=night_timing(night.params.get("expected"), jobs),  # type: ignore[arg-type]
         jobs=[JobSummary.model_validate(j) for j in jobs],  # type: ignore[attr-defined]
     )
 
@@ -105,5 +115,7 @@ def get_night(night_id: int, session: SessionDep, _: ViewerUser) -> NightRead:
 def start_night(
     body: NightCreate, session: SessionDep, settings: SettingsDep, _: ExperimenterUser
 ) -> NightRead:
-    night = night_pipeline.start_night(session, settings, session_id=body.session_id, params=body.params)
+    night = night_pipeline.start_night(
+        session, settings, session_id=body.session_id, params=body.params, refuse_late=True
+    )
     return _night_read(session, night)

@@ -9,6 +9,7 @@ is re-run from scratch and makes the very same images, which the store deduplica
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ import numpy as np
 from server.images import service as image_service
 from worker.context import JobContext
 from worker.night import SYNTHESIZE
+from worker.night_plan import record_throughput
 from worker.registry import job
 from worker.steps.config import NightConfig
 from worker.steps.data import images_by_id, pixels, site_pks
@@ -154,6 +156,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
 
     try:
         # Each (site, image, direction)'s epsilon grid in one continuation run (models.synthesis.curve).
+        t0 = time.perf_counter()
         result = synthesize_curve(
             encoder,
             images,
@@ -162,6 +165,8 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
             progress=lambda done, _n: ctx.progress(0.8 * done / max(total, 1), "synthesis"),
             cancel=cancel,
         )
+        name = (art.training.get("candidate") or {}).get("name", version)  # the planner's cache key
+        record_throughput(ctx.settings, name, int(result.n_grad_evals.sum()), time.perf_counter() - t0)
         targeted_results = []
         for sid, r, eps, direction, preferred in targeted:
             tseed = site_seed(cfg.seed, sid, f"target:{order[r]}:{eps}")
