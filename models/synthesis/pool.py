@@ -123,9 +123,9 @@ class RowPool:
     def admit(self, cid: int, img: int, eps: float, seed: int, start: Tensor | None = None) -> None:
         """Start case ``cid``: ``plan.rows[0]`` restarts around clean image ``img``.
 
-        Restart 0 starts at the clean image (``clean_start``) or at ``start`` when given (a
-        warm start, (C, H, W), e.g. the solution at a neighbouring epsilon); the others at
-        random points drawn from ``seed``.
+        Restart 0 starts at ``start`` when given (a warm start, (C, H, W), e.g. the solution at
+        a neighbouring epsilon), the next at the clean image (``clean_start``, if rows remain),
+        the others at random points drawn from ``seed``.
         """
         cfg, plan = self.cfg, self.plan
         r0 = plan.rows[0]
@@ -135,12 +135,12 @@ class RowPool:
         rad1 = torch.full((1,), r_first, device=self.dev, dtype=center.dtype)
         gen = torch.Generator(device=self.dev)
         gen.manual_seed(seed)
-        n_first = 1 if (cfg.clean_start or start is not None) else 0
         xs = []
         if start is not None:
             xs.append(self.from_nchw(start[None].to(center.dtype)))
-        elif n_first:
+        if cfg.clean_start and len(xs) < r0:
             xs.append(center.clone())
+        n_first = len(xs)
         if r0 > n_first:
             # Drawn in (C, H, W) order whatever the layout: a seed means one set of starts.
             k = r0 - n_first
