@@ -112,10 +112,11 @@ def synthesize_curve(
     (no big-ball phase) whose restart 0 starts at the previous epsilon's float optimum rescaled
     to the new radius and restart 1 at the clean image, when the warm budget gives rounds of
     ``warm_round`` steps to two restarts (on the benchmark's trained CNN, a second start
-    lifted the middle epsilon from 0.998x to 1.0x APGD at budget 200).  The grid's cost is ``(1 + warm_share)`` times ``config``'s budget
-    (:func:`curve_budgets`), and a case's result depends only on its own grid, the model and
-    the config (deterministic mode stays bit-reproducible).  Returns one row per case, in the
-    order given, like :func:`synthesize`; ``n_grad_evals`` is each case's own stage budget.
+    lifted the middle epsilon from 0.998x to 1.0x APGD at budget 200).  The grid's cost is
+    ``(1 + warm_share)`` times ``config``'s budget (:func:`curve_budgets`), and a case's
+    result depends only on its own grid, the model and the config (deterministic mode stays
+    bit-reproducible).  Returns one row per case, in the order given, like
+    :func:`synthesize`; ``n_grad_evals`` is each case's own stage budget.
     """
     cfg = config or SynthesisConfig()
     validate_call(cfg, images)
