@@ -72,6 +72,31 @@ def _warm_start(prev: Tensor, center: Tensor, eps_prev: float, eps: float) -> Te
     return project_l2_ball_box(y[None], center[None], torch.tensor([eps], dtype=y.dtype, device=y.device))[0]
 
 
+def _stage_cases(
+    cl: list[Case],
+    idx: list[int],
+    seeds: list[EngineCase],
+    images: Tensor,
+    best: dict[int, Tensor],
+    last: dict[tuple[int, int, int], int],
+) -> list[EngineCase]:
+    """Engine cases of one stage, each warm-started from its grid's previous optimum (if any).
+
+    ``last`` maps a grid to the case solved last in it and is advanced to this stage.
+    """
+    out = []
+    for k in idx:
+        c = cl[k]
+        key = (c.site, c.image, c.direction)
+        start = None
+        if key in last and c.eps > 0.0:
+            j = last[key]
+            start = _warm_start(best[j], images[c.image], float(cl[j].eps), float(c.eps))
+        last[key] = k
+        out.append(EngineCase(image=c.image, eps=float(c.eps), seed=seeds[k].seed, start=start))
+    return out
+
+
 def _merge(
     parts: list[tuple[list[int], SynthesisResult]], m: int, cases: list[Case], keep_float: bool
 ) -> SynthesisResult:
@@ -142,37 +167,18 @@ def synthesize_curve(
             stage_cfg = replace(cfg, budget=budget, keep_float=True)
             if s > 0:
                 stage_cfg = replace(stage_cfg, first_ball_factor=1.0, min_round_steps=warm_round)
-            ecs = []
-            for k in idx:
-                c = cl[k]
-                key = (c.site, c.image, c.direction)
-                start = None
-                if key in last and c.eps > 0.0:
-                    j = last[key]
-                    start = _warm_start(best[j], images[c.image], float(cl[j].eps), float(c.eps))
-                last[key] = k
-                ecs.append(EngineCase(image=c.image, eps=float(c.eps), seed=seeds[k].seed, start=start))
+            ecs = _stage_cases(cl, idx, seeds, images, best, last)
             sub = [cl[k] for k in idx]
-            obj = SiteObjective(
-                torch.tensor([c.site for c in sub], device=dev),
-                torch.tensor([c.direction for c in sub], device=dev),
-            )
+            site = torch.tensor([c.site for c in sub], device=dev)
+            obj = SiteObjective(site, torch.tensor([c.direction for c in sub], device=dev))
             offset = done
 
             def stage_progress(d: int, _n: int, offset: int = offset) -> None:
                 if progress is not None:
                     progress(offset + d, m)
 
-            res = run_engine(
-                model,
-                images,
-                ecs,
-                obj,
-                stage_cfg,
-                progress=stage_progress,
-                cancel=cancel,
-                clean_out=clean_out,
-            )
+            kw = {"progress": stage_progress, "cancel": cancel, "clean_out": clean_out}
+            res = run_engine(model, images, ecs, obj, stage_cfg, **kw)  # type: ignore[arg-type]
             assert res.adv is not None
             for j, k in enumerate(idx):
                 best[k] = res.adv[j].to(dev)
