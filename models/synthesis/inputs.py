@@ -72,8 +72,8 @@ def parse_cases(cases: Sequence[Case] | tuple[object, object, object, object]) -
         if any(len(c) != n for c in cols):
             raise ValueError("case columns (site_idx, image_idx, eps, direction) must have equal lengths")
         return [Case(int(s), int(i), float(e), int(d)) for s, i, e, d in zip(*cols, strict=True)]
-    out = list(cases)  # type: ignore[arg-type]
-    if not all(isinstance(c, Case) for c in out):
+    out = [c for c in cases if isinstance(c, Case)]
+    if len(out) != len(cases):
         raise ValueError("cases must be a list of Case or a tuple (site_idx, image_idx, eps, direction)")
     return out
 

@@ -93,7 +93,8 @@ class RowPool:
             return [(i, min(i + step, n)) for i in range(0, n, step)]
         # Deterministic: calls never mix cases (a case's rows, split at fixed offsets), so a
         # case's arithmetic is the same whatever else is in the pool.
-        segs, start = [], 0
+        segs: list[tuple[int, int]] = []
+        start = 0
         for c in self.order:
             end = start + self.count[c]
             segs.extend((i, min(i + step, end)) for i in range(start, end, step))

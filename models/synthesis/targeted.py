@@ -84,7 +84,7 @@ def synthesize_targeted(
         raise ValueError("no images to perturb")
     if any(not (0 <= i < images.shape[0]) for i in idx):
         raise ValueError(f"image index out of range [0, {images.shape[0]})")
-    eps_l = [float(eps)] * len(idx) if np.isscalar(eps) else [float(e) for e in eps]  # type: ignore[union-attr]
+    eps_l = [float(eps)] * len(idx) if np.isscalar(eps) else [float(e) for e in eps]  # type: ignore[union-attr, arg-type]
     if len(eps_l) != len(idx):
         raise ValueError("eps must be a scalar or one value per image index")
     for e in eps_l:
