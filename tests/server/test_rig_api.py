@@ -227,9 +227,13 @@ def test_bundle_matches_manifest(client, auth, published: dict) -> None:  # type
         assert names[0] == "manifest.json"
         manifest = json.loads(zf.read("manifest.json"))
         assert manifest == published
-        assert sorted(names[1:]) == sorted(f"images/{im['sha256']}.png" for im in published["images"])
+        calibration = published["display"]["calibration"]
+        assert sorted(names[1:]) == sorted(
+            [f"images/{im['sha256']}.png" for im in published["images"]] + [calibration["path"]]
+        )
         for im in published["images"]:
             assert hashlib.sha256(zf.read(f"images/{im['sha256']}.png")).hexdigest() == im["sha256"]
+        assert hashlib.sha256(zf.read(calibration["path"])).hexdigest() == calibration["sha256"]
     again = client.get(url, headers=auth("viewer"))
     assert again.content == r.content  # deterministic and cached
     assert client.get(url, headers={**auth("rig"), "If-None-Match": r.headers["etag"]}).status_code == 304
