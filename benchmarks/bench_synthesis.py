@@ -437,6 +437,7 @@ def curve_section(model: nn.Module, budgets: list[int], n_img: int, n_sites: int
     cases = [Case(int(site[i]), i, e, int(d[i])) for i in range(n) for e in CURVE_EPS]
     one = [Case(int(site[i]), i, max(CURVE_EPS), int(d[i])) for i in range(n)]
     out: dict = {"eps": CURVE_EPS, "cases": n, "rows": {}}
+    synthesize(model, x, one[:2], SynthesisConfig(budget=2))  # warm-up: the model-call tuning is not timed
     print(f"\n== epsilon grid {CURVE_EPS} by continuation, {n} curves: engine / APGD per epsilon ==")
     print(
         f"{'budget':>7} "
