@@ -104,7 +104,14 @@ def plan_night(
     )
     available = None
     if params.get("deadline"):
-        deadline = datetime.fromisoformat(params["deadline"])
+        try:
+            deadline = datetime.fromisoformat(str(params["deadline"]))
+        except ValueError:
+            from server.errors import InvalidInput
+
+            raise InvalidInput(
+                f"night params: deadline {params['deadline']!r} is not an ISO 8601 time"
+            ) from None
         if deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
         available = (deadline - datetime.now(UTC)).total_seconds() - cfg.deadline_margin_s

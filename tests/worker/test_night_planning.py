@@ -89,3 +89,15 @@ def test_shards_record_their_throughput(settings: Settings) -> None:
     assert entry == {"evals_per_s": 750.0, "shards": 2}
     record_throughput(settings, "tiny_cnn", 0, 1.0)  # nothing measured: nothing recorded
     assert load_throughput(settings)[cache_key("tiny_cnn", str(settings.device))]["shards"] == 2
+
+
+def test_a_deadline_that_is_no_time_is_a_422(
+    client, auth: Callable[[str], dict[str, str]], db_session: Session, worker_env: None
+) -> None:
+    _lab(db_session, "odd-day", n_sites=2)
+    params = {**PARAMS, "deadline": "tomorrow at eight"}
+    r = client.post(
+        "/api/v1/nights", json={"session_id": "odd-day", "params": params}, headers=auth("experimenter")
+    )
+    assert r.status_code == 422, r.text
+    assert "deadline" in r.json()["detail"]
