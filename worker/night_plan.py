@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,32 @@ def record_throughput(settings: Settings, candidate: str, evals: int, seconds: f
         log.warning("could not update the synthesis throughput cache %s", path, exc_info=True)
 
 
+def last_night_rate(session: Session, recent: int = 5) -> float | None:
+    """Planned gradient evaluations per second of actual synthesis in the latest finished night.
+
+    The span from its first synthesis shard's start to its last one's end covers everything a
+    shard does (loading, targeted and random twins, storing) and the night's real mix of
+    sources and workers, so a night like the last one is predicted by its own history; the
+    per-model cache only serves a lab's first nights.
+    """
+    from server.jobs.tables import Job, Night
+
+    nights = session.scalars(
+        select(Night).where(Night.finished_at.is_not(None)).order_by(Night.id.desc()).limit(recent)
+    )
+    for night in nights:
+        expected = (night.params or {}).get("expected") or {}
+        shards = list(
+            session.scalars(select(Job).where(Job.night_id == night.id, Job.kind == "night.synthesize"))
+        )
+        if not expected.get("evals") or not shards or not all(j.started_at and j.finished_at for j in shards):
+            continue
+        span = (max(j.finished_at for j in shards) - min(j.started_at for j in shards)).total_seconds()
+        if span > 0:
+            return float(expected["evals"]) / span
+    return None
+
+
 def _candidate_names(cfg: Any) -> list[str]:
     from worker.config import get_worker_config
 
@@ -73,9 +100,10 @@ def plan_night(
 ) -> NightPlan:
     """The synthesis plan of a night about to start (raises ``NightDoesNotFit``).
 
-    Every active site of the session's subject counts (the night's choice may gate some), and
-    the slowest candidate's measured rate, or the sum over candidates when the ensemble may be
-    chosen (it runs every candidate per step), so the estimate errs on the long side.
+    Every active site of the session's subject counts (the night's choice may gate some).  The
+    rate is the latest finished night's (:func:`last_night_rate`), else from the per-model
+    cache: the slowest candidate's, or the sum over candidates when the ensemble may be chosen
+    (it runs every candidate per step), so a first night's estimate errs on the long side.
     """
     from worker.steps.config import NightConfig
 
@@ -85,14 +113,15 @@ def plan_night(
         .join(Array, Site.array_id == Array.id)
         .where(Array.subject_id == rec.subject_id, Site.active.is_(True))
     )
-    cache = load_throughput(settings)
-    rates = [
-        cache.get(cache_key(n, str(settings.device)), {}).get("evals_per_s") for n in _candidate_names(cfg)
-    ]
-    known = [r for r in rates if r]
-    rate = None
-    if known and len(known) == len(rates):
-        rate = 1.0 / sum(1.0 / r for r in known) if cfg.ensemble and len(known) > 1 else min(known)
+    rate, source = last_night_rate(session), "last night"
+    if rate is None:
+        cache = load_throughput(settings)
+        names = _candidate_names(cfg)
+        rates = [cache.get(cache_key(n, str(settings.device)), {}).get("evals_per_s") for n in names]
+        known = [r for r in rates if r]
+        source = "measured"
+        if known and len(known) == len(rates):
+            rate = 1.0 / sum(1.0 / r for r in known) if cfg.ensemble and len(known) > 1 else min(known)
     work = NightWork(
         n_sites=int(n_sites or 0),
         clean_per_site=cfg.clean_per_site,
@@ -115,7 +144,8 @@ def plan_night(
         if deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
         available = (deadline - datetime.now(UTC)).total_seconds() - cfg.deadline_margin_s
-    return plan_synthesis(work, rate, available)
+    plan = plan_synthesis(work, rate, available)
+    return replace(plan, throughput_source=source) if rate else plan
 
 
 def apply_plan(

@@ -75,7 +75,9 @@ class NightTiming(BaseModel):
     expected_synthesis_s: float | None = Field(description="planned before the night started")
     available_s: float | None = Field(description="time to the deadline margin at the start; null: none")
     budget: int | None = Field(description="gradient evaluations per case the plan chose")
-    throughput_source: str | None = Field(description="'measured' (cached per model) or 'default'")
+    throughput_source: str | None = Field(
+        description="'last night', 'measured' (cached per model) or 'default'"
+    )
     actual_synthesis_s: float | None = Field(
         description="first synthesis shard's start to the last one's end; null until all finished"
     )

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -101,3 +102,33 @@ def test_a_deadline_that_is_no_time_is_a_422(
     )
     assert r.status_code == 422, r.text
     assert "deadline" in r.json()["detail"]
+
+
+def test_the_last_finished_night_predicts_the_next(
+    client, auth: Callable[[str], dict[str, str]], db_session: Session, worker_env: None
+) -> None:
+    _lab(db_session, "history-day")
+    rec = db_session.scalar(select(RecordingSession).where(RecordingSession.session_id == "history-day"))
+    t0 = datetime(2026, 1, 1, 22, 0)
+    done = Night(session_pk=rec.id, state="succeeded", params={"expected": {"evals": 5000}}, finished_at=t0)
+    db_session.add(done)
+    db_session.flush()
+    for start, end in ((0, 60), (30, 100)):  # two shards: synthesis spans 100 s
+        db_session.add(
+            Job(
+                kind="night.synthesize",
+                night_id=done.id,
+                state="succeeded",
+                started_at=t0 + timedelta(seconds=start),
+                finished_at=t0 + timedelta(seconds=end),
+            )
+        )
+    db_session.commit()
+    r = client.post(
+        "/api/v1/nights", json={"session_id": "history-day", "params": PARAMS}, headers=auth("experimenter")
+    )
+    assert r.status_code == 201, r.text
+    timing = r.json()["timing"]
+    assert timing["throughput_source"] == "last night"
+    evals = r.json()["params"]["expected"]["evals"]
+    assert timing["expected_synthesis_s"] == pytest.approx(evals / 50.0)  # 5000 evals in 100 s
