@@ -113,6 +113,9 @@ class BatchRead(BatchBase):
     created_at: datetime
     published_at: datetime | None
     completed_at: datetime | None
+    pulled_at: datetime | None = Field(
+        default=None, description="when the batch's rig first fetched it (GET /rigs/{rig_id}/batches/next)"
+    )
 
 
 class BatchPage(BaseModel):

@@ -346,7 +346,13 @@ def next_for_rig(*, session: Session, rig_id: str, actor: Principal | None = Non
         .limit(1)
         .options(defer(Batch.manifest))
     )
-    return newest if newest is not None and newest.completed_at is None else None
+    if newest is None or newest.completed_at is not None:
+        return None
+    if newest.pulled_at is None and actor is not None and actor.role == "rig":
+        # Only the first pull writes (one UPDATE per batch); people looking do not count.
+        newest.pulled_at = utcnow()
+        session.flush()
+    return newest
 
 
 def complete(*, session: Session, batch_id: str, actor: Principal | None = None) -> Batch:

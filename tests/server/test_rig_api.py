@@ -287,3 +287,22 @@ def test_rig_token_acts_only_for_its_own_rig(  # type: ignore[no-untyped-def]
     r = client.post(f"{API}/batches/{bid}/presentations", json=events, headers=rig_auth(theirs))
     assert r.status_code == 200 and r.json()["new"] == 3
     assert client.post(f"{API}/batches/{bid}/complete", headers=auth("admin")).status_code == 200
+
+
+def test_the_rigs_first_pull_is_on_record(client, auth, rig_auth, published: dict) -> None:  # type: ignore[no-untyped-def]
+    """``pulled_at`` is set by the batch's rig fetching it, once; people reading it do not set it."""
+    rig, bid = published["rig_id"], published["batch_id"]
+
+    def pulled() -> str | None:
+        r = client.get(f"{API}/batches", headers=auth("viewer"), params={"rig": rig})
+        assert r.status_code == 200, r.text
+        return next(b["pulled_at"] for b in r.json()["items"] if b["batch_id"] == bid)
+
+    assert client.get(f"{API}/rigs/{rig}/batches/next", headers=auth("admin")).status_code == 200
+    assert client.get(f"{API}/batches/{bid}", headers=auth("viewer")).status_code == 200
+    assert pulled() is None
+    assert client.get(f"{API}/rigs/{rig}/batches/next", headers=rig_auth(rig)).status_code == 200
+    first = pulled()
+    assert first is not None
+    assert client.get(f"{API}/rigs/{rig}/batches/next", headers=rig_auth(rig)).status_code == 200
+    assert pulled() == first  # the first pull stays the record

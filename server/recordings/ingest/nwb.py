@@ -19,8 +19,9 @@ gigabytes from a few compressed kilobytes nor make the server read other files.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +30,8 @@ from server.recordings.ingest.limits import check_decoded_size
 from server.recordings.ingest.nwb_meta import electrode_rows, file_meta
 from server.recordings.ingest.unitmap import UnitRef
 from server.recordings.ingest.validate import ParsedUpload
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +229,13 @@ def read_nwb(path: Path, name: str = "file", table_name: str = DEFAULT_TABLE) ->
     ``table_name`` names the TimeIntervals table of presentations (default ``presentations``).
     Units still need their sites: :func:`server.recordings.ingest.unitmap.map_units`.
     """
+    return with_nwb(path, name, lambda nwb: _parse(nwb, name, table_name))
+
+
+def with_nwb(path: Path, name: str, read: Callable[[Any], T]) -> T:
+    """``read(nwbfile)`` on an uploaded file, checked first (HDF5 signature, declared sizes, no
+    external links); any failure to read it (truncated, corrupted, not NWB) is a 422 naming the
+    cause, never the server's temporary path."""
     from pynwb import NWBHDF5IO
 
     if not is_hdf5(path):
@@ -233,8 +243,7 @@ def read_nwb(path: Path, name: str = "file", table_name: str = DEFAULT_TABLE) ->
     check_hdf5(path, name)
     try:
         with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
-            nwb = io.read()
-            return _parse(nwb, name, table_name)
+            return read(io.read())
     except InvalidUpload:
         raise
     except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many types for damaged files

@@ -103,28 +103,14 @@ def read_nwb_units_and_sync(
     edges at mid-level; or an event series whose every timestamp is a pulse) or a
     TimeIntervals table (``start_time``, ``stop_time``).
     """
-    from pynwb import NWBHDF5IO
+    from server.recordings.ingest.nwb import file_meta, parse_units, with_nwb
 
-    from server.recordings.ingest.nwb import check_hdf5, file_meta, is_hdf5, parse_units
+    def read(nwb: Any) -> tuple[Any, ...]:
+        meta = file_meta(nwb, label)  # a file without a subject is refused, as in full uploads
+        pulses = None if series is None else _nwb_pulses(nwb, series, label)
+        return meta, *parse_units(nwb, label), pulses
 
-    if not is_hdf5(path):
-        raise InvalidUpload(f"{label}: not an NWB (HDF5) file: the HDF5 signature is missing at byte 0")
-    check_hdf5(path, label)
-    try:
-        with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
-            nwb = io.read()
-            meta = file_meta(nwb, label)  # a file without a subject is refused, as in full uploads
-            refs, spike_site, flat, counts = parse_units(nwb, label)
-            pulses = None if series is None else _nwb_pulses(nwb, series, label)
-    except InvalidUpload:
-        raise
-    except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many types for damaged files
-        log.info("rejected NWB sync upload: %s", exc)
-        first = str(exc).splitlines()[0][:300].replace(str(path), label) if str(exc) else ""
-        raise InvalidUpload(
-            f"{label}: the NWB file could not be read ({type(exc).__name__}: {first}); is it complete "
-            "(not truncated) and a valid NWB 2 file?"
-        ) from exc
+    meta, refs, spike_site, flat, counts, pulses = with_nwb(path, label, read)
     spikes = ParsedUpload(
         site_labels=[u.site_id for u in refs],
         spike_site=spike_site,
