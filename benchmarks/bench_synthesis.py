@@ -5,6 +5,9 @@ regression task, and a near-linear random CNN), report the median achieved chang
 (direction * (f_adv - f_clean), up and down cases pooled) of each method; then throughput; then,
 only if CUDA is available, a ResNet-50 + linear readout section at paper scale.
 
+Sections alone: ``--curve`` (the epsilon grid by continuation against APGD at every epsilon),
+``--throughput`` (steps per second against PGDL2; ``--resnet`` adds ResNet-50 at 224x224).
+
 Fairness
 --------
 * A regression score is given to the classifier attacks as two logits ``[d * (f - c), 0]`` with
@@ -33,7 +36,7 @@ import torch
 import torchattacks
 from torch import Tensor, nn
 
-from models.synthesis import Case, SynthesisConfig, synthesize
+from models.synthesis import Case, SynthesisConfig, synthesize, synthesize_curve
 from models.synthesis.engine import tuned_calls
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -416,6 +419,87 @@ def cuda_section(quick: bool) -> dict:
     return out
 
 
+CURVE_EPS = [0.25, 0.5, 1.0, 2.0]
+
+
+def curve_section(model: nn.Module, budgets: list[int], n_img: int, n_sites: int) -> dict:
+    """The whole epsilon grid by continuation against APGD run at every epsilon, in one run.
+
+    For each budget ``B``: the curve (``synthesize_curve``, the grid's largest epsilon searched
+    with ``B``, every other one warm-started) against APGD with ``B`` at every epsilon, per
+    epsilon (median achieved change, float images); and its cost against one epsilon's run
+    (``synthesize`` at the largest epsilon with ``B``) in gradient evaluations and wall time.
+    Goals: strength >= 1.0x APGD at every epsilon and budget; cost <= 1.5x one epsilon.
+    """
+    x, site, d = problem(n_img, n_sites)
+    n = len(x)
+    c = _objective(model, x, site, d)
+    cases = [Case(int(site[i]), i, e, int(d[i])) for i in range(n) for e in CURVE_EPS]
+    one = [Case(int(site[i]), i, max(CURVE_EPS), int(d[i])) for i in range(n)]
+    out: dict = {"eps": CURVE_EPS, "cases": n, "rows": {}}
+    synthesize(model, x, one[:2], SynthesisConfig(budget=2))  # warm-up: the model-call tuning is not timed
+    print(f"\n== epsilon grid {CURVE_EPS} by continuation, {n} curves: engine / APGD per epsilon ==")
+    print(
+        f"{'budget':>7} "
+        + " ".join(f"{'eps ' + str(e):>9}" for e in CURVE_EPS)
+        + f" {'evals x':>8} {'wall x':>7}"
+    )
+    for b in budgets:
+        cfg = SynthesisConfig(budget=b, max_batch_rows=512)
+        t0 = time.perf_counter()
+        res = synthesize_curve(model, x, cases, cfg)
+        t_curve = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        single = synthesize(model, x, one, cfg)
+        t_one = time.perf_counter() - t0
+        ratios = {}
+        for j, e in enumerate(CURVE_EPS):
+            idx = [i * len(CURVE_EPS) + j for i in range(n)]
+            g = float((_objective(model, res.adv[idx], site, d) - c).median())
+            ga = float(run_apgd(model, x, site, d, e, b).median())
+            ratios[e] = g / ga
+        evals = float(res.n_grad_evals.sum()) / float(single.n_grad_evals.sum())
+        out["rows"][b] = {"ratio_apgd": ratios, "cost_evals": evals, "cost_wall": t_curve / t_one}
+        print(
+            f"{b:7d} "
+            + " ".join(f"{ratios[e]:9.4f}" for e in CURVE_EPS)
+            + f" {evals:8.2f} {t_curve / t_one:7.2f}"
+        )
+    print("goals: >= 1.0 at every epsilon and budget; cost <= 1.5x one epsilon's run")
+    return out
+
+
+def run_curve(quick: bool = False) -> dict:
+    """Only the epsilon-grid section (``--curve``): minutes, not the whole benchmark's hour."""
+    torch.set_num_threads(1)
+    model = trained_cnn(steps=100 if quick else 300)
+    res = curve_section(model, [5, 20, 100] if quick else BUDGETS, 2 if quick else 3, 2)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_synthesis_curve.json").write_text(json.dumps(res, indent=2, default=float))
+    return res
+
+
+def run_throughput(with_resnet: bool = False) -> dict:
+    """Only the throughput sections (``--throughput``; ``--resnet`` adds ResNet-50 at 224x224)."""
+    torch.set_num_threads(1)
+    trained = trained_cnn(steps=300)
+    x, site, d = problem(8, 3)
+    out = {"throughput": throughput("trained CNN, 32x32", trained, x, site, d, 0.5, 200)}
+    big = nn.functional.interpolate(smooth_images(4, seed=11), size=224, mode="bilinear")
+    bx, bsite = big.repeat_interleave(2, 0), torch.zeros(2 * len(big), dtype=torch.long)
+    bd = torch.tensor([1.0, -1.0] * len(big))
+    out["throughput_224"] = throughput(
+        "demo small_cnn + readout, 224x224", demo_scale_model(), bx, bsite, bd, 3.0, 20
+    )
+    if with_resnet:
+        out["throughput_resnet50"] = throughput(
+            "ResNet-50 + readout, 224x224", resnet50_readout(), bx[:2], bsite[:2], bd[:2], 3.0, 20
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_synthesis_throughput.json").write_text(json.dumps(out, indent=2, default=float))
+    return out
+
+
 def run(quick: bool = False) -> dict:
     """Run the benchmark; ``quick`` uses fewer images and budgets."""
     torch.set_num_threads(1)  # small models: one thread is fastest and equal for every method
@@ -430,6 +514,7 @@ def run(quick: bool = False) -> dict:
     results["sections"].append(
         compare("random CNN (near-linear)", random_cnn(), 0.5, budgets, n_img, n_sites)
     )
+    results["curve"] = curve_section(trained, budgets, n_img, n_sites)
     x, site, d = problem(n_img, n_sites)
     results["throughput"] = throughput("trained CNN, 32x32", trained, x, site, d, 0.5, 50 if quick else 200)
     big = nn.functional.interpolate(smooth_images(2 if quick else 4, seed=11), size=224, mode="bilinear")
@@ -480,4 +565,9 @@ def _plot(sections: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    run(quick="--quick" in os.sys.argv)
+    if "--curve" in os.sys.argv:
+        run_curve(quick="--quick" in os.sys.argv)
+    elif "--throughput" in os.sys.argv:
+        run_throughput(with_resnet="--resnet" in os.sys.argv)
+    else:
+        run(quick="--quick" in os.sys.argv)

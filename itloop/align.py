@@ -114,7 +114,7 @@ def read_rig_log(path: Path, *, on_ms: float | None = None, manifest: Path | Non
 
 
 def read_pulses(path: Path, series: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    from server.errors import InvalidUpload
+    from itloop.errors import InvalidUpload
     from server.recordings.ingest.sync import read_nwb_sync, read_sync_table
 
     if not path.is_file():

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from scipy.linalg import blas
 
+from .readout_stats import RidgeStats, fit_from_stats
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = np.logspace(-3, 5, 17)
@@ -56,10 +58,12 @@ class MultiRidgeCV:
     standardize : bool, default True
         Divide each (centred) feature by its standard deviation before fitting. The scale is computed
         on all training images (it uses no responses, so the LOO estimate stays honest about ``Y``).
-    cv : None or int, default None
+    cv : None, int or "gcv", default None
         ``None`` selects the penalty by exact leave-one-out (fast, closed form). An integer k uses
         k-fold cross-validation instead, refitting the closed form on each fold (slower; for
-        data with strong dependence between neighbouring images).
+        data with strong dependence between neighbouring images). ``"gcv"`` uses generalised
+        cross-validation from running sufficient statistics (:mod:`models.readout_stats`), so
+        :meth:`update` folds in a new day's images at the cost of those images alone.
     device : str or torch.device or None, default None
         Where the linear algebra runs (float64 torch). ``None`` means CPU.
 
@@ -90,7 +94,7 @@ class MultiRidgeCV:
         *,
         fit_intercept: bool = True,
         standardize: bool = True,
-        cv: int | None = None,
+        cv: int | str | None = None,
         device: str | torch.device | None = None,
     ) -> None:
         self.alphas = alphas
@@ -123,6 +127,11 @@ class MultiRidgeCV:
         alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
         if alphas.size == 0 or np.any(alphas <= 0):
             raise ValueError("alphas must be a non-empty sequence of positive numbers")
+        if self.cv == "gcv":
+            self.stats_ = RidgeStats.from_data(Xa, Ya)
+            return self._fit_stats(alphas)
+        if isinstance(self.cv, str):
+            raise ValueError(f"cv must be None, an integer or 'gcv', got {self.cv!r}")
         dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
 
         x_mean = Xa.mean(axis=0) if self.fit_intercept else np.zeros(Xa.shape[1])
@@ -158,6 +167,31 @@ class MultiRidgeCV:
         n_edge = int(np.sum((alpha_idx == 0) | (alpha_idx == alphas.size - 1)))
         if n_edge:
             logger.info("%d of %d sites chose a penalty at the edge of the grid", n_edge, alpha_idx.size)
+        return self
+
+    def update(self, X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor) -> MultiRidgeCV:
+        """Add new images (a new day) and refit: the same model as :meth:`fit` on all images so far.
+
+        Only with ``cv="gcv"``: the cost is the new images' share of the statistics plus one
+        ``p x p`` eigendecomposition, independent of how many images came before.
+        """
+        if self.cv != "gcv" or not hasattr(self, "stats_"):
+            raise RuntimeError("update needs a readout fitted with cv='gcv'")
+        Xa = _as_float64(X, "X")
+        Ya = _as_float64(Y, "Y")
+        self.stats_.add(Xa, Ya)
+        return self._fit_stats(np.asarray(self.alphas, dtype=np.float64).ravel())
+
+    def _fit_stats(self, alphas: np.ndarray) -> MultiRidgeCV:
+        fit = fit_from_stats(
+            self.stats_, alphas, fit_intercept=self.fit_intercept, standardize=self.standardize
+        )
+        self.coef_, self.intercept_ = fit.coef, fit.intercept
+        self.alpha_ = alphas[fit.alpha_idx]
+        self.cv_scores_ = fit.cv_scores
+        self.best_score_ = fit.cv_scores[fit.alpha_idx, np.arange(fit.cv_scores.shape[1])]
+        self.x_mean_, self.x_scale_, self.y_mean_ = fit.x_mean, fit.x_scale, fit.y_mean
+        self.n_features_in_ = fit.coef.shape[0]
         return self
 
     def predict(self, X: np.ndarray | torch.Tensor) -> np.ndarray:

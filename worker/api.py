@@ -61,14 +61,23 @@ night_progress = jobstate.night_progress
 
 
 def start_night(
-    session: Session, settings: Settings, *, session_id: str, params: dict[str, Any] | None = None
+    session: Session,
+    settings: Settings,
+    *,
+    session_id: str,
+    params: dict[str, Any] | None = None,
+    refuse_late: bool = False,
 ) -> Night:
     """Create a night for a recording session and submit its jobs (enqueued when ``session`` commits).
 
     Bad params (unknown keys or candidates, impossible values) are an ``InvalidInput`` naming them;
-    a night already active for the session is a ``Conflict``.
+    a night already active for the session is a ``Conflict``; with ``refuse_late``, a night whose
+    plan cannot end before its deadline even at the smallest budget is a ``Conflict`` that gives
+    the expected and the available time (``POST /nights``; automatic nights publish what is done).
     """
-    return night_pipeline.start_night(session, settings, session_id=session_id, params=params)
+    return night_pipeline.start_night(
+        session, settings, session_id=session_id, params=params, refuse_late=refuse_late
+    )
 
 
 def cancel_job(session: Session, job_id: int) -> Job:

@@ -42,6 +42,7 @@ from jobs.registry import get_spec, load_job_modules, on_success
 from server.db.engine import session_scope
 from server.jobs.tables import Job, JobState, Night
 from server.recordings.tables import RecordingSession
+from worker import night_plan
 
 if TYPE_CHECKING:
     from itloop.settings import Settings
@@ -71,6 +72,7 @@ def start_night(
     session_id: str,
     params: dict[str, Any] | None = None,
     validate: bool = True,
+    refuse_late: bool = False,
 ) -> Night:
     """Create a night for a recording session and submit its DAG (enqueued when ``session`` commits).
 
@@ -78,6 +80,8 @@ def start_night(
     registry) and swaps missing-checkpoint default candidates for checkpoint-free ones (the
     night's note says so); only tests that replace every step with stubs turn it off. Routes
     and session completion call this through :func:`worker.api.start_night`.
+    ``refuse_late`` (``POST /nights``) refuses a night that cannot fit before its deadline
+    (:mod:`worker.night_plan`); nights started on their own publish what is done in time.
     """
     jobstate.write_lock(session)
     rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == session_id))
@@ -93,6 +97,8 @@ def start_night(
     deadline = params.get("deadline") or settings.night_defaults.get("deadline") or _next_rig_time(settings)
     if deadline:
         params["deadline"] = deadline
+    if validate:
+        params = night_plan.apply_plan(session, settings, rec, params, refuse_late=refuse_late)
     night = Night(
         session_pk=rec.id,
         state=JobState.queued,

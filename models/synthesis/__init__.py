@@ -9,32 +9,34 @@ Public API::
 """
 
 from .config import Case, CaseResult, SynthesisCancelled, SynthesisConfig, SynthesisResult
+from .curve import curve_budgets, synthesize_curve
 from .engine import SiteObjective, derive_seed, plan_for, synthesize
 from .projection import project_l2_ball_box, project_l2_ball_box_bisection
 from .quantize import QuantizationError, quantize_in_ball
 from .schedule import Plan, plan_budget
-from .steps import STEPS, L2BallBoxStep, get_step
+from .steps import AttackStep, L2BallBoxStep
 from .targeted import TargetObjective, synthesize_targeted
 
 __all__ = [
+    "AttackStep",
     "Case",
     "CaseResult",
     "L2BallBoxStep",
     "Plan",
     "QuantizationError",
-    "STEPS",
     "SiteObjective",
     "SynthesisCancelled",
     "SynthesisConfig",
     "SynthesisResult",
     "TargetObjective",
     "derive_seed",
-    "get_step",
     "plan_budget",
     "plan_for",
     "project_l2_ball_box",
     "project_l2_ball_box_bisection",
     "quantize_in_ball",
     "synthesize",
+    "synthesize_curve",
+    "curve_budgets",
     "synthesize_targeted",
 ]

@@ -10,9 +10,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import Case
+from .config import Case, SynthesisConfig
 
-__all__ = ["derive_seed", "module_eval", "parse_cases", "validate_images"]
+__all__ = [
+    "check_cases",
+    "check_eps",
+    "check_model_output",
+    "derive_seed",
+    "module_eval",
+    "parse_cases",
+    "validate_call",
+    "validate_images",
+]
 
 
 def derive_seed(base: int, *parts: float | int) -> int:
@@ -68,4 +77,39 @@ def parse_cases(cases: Sequence[Case] | tuple[object, object, object, object]) -
     out = [c for c in cases if isinstance(c, Case)]
     if len(out) != len(cases):
         raise ValueError("cases must be a list of Case or a tuple (site_idx, image_idx, eps, direction)")
+    return out
+
+
+def validate_call(cfg: SynthesisConfig, images: Tensor) -> None:
+    """The checks every entry point makes first: a consistent config and valid images."""
+    cfg.validate()
+    validate_images(images)
+
+
+def check_eps(eps: float, where: str = "") -> None:
+    """Raise ValueError unless ``eps`` is a finite radius ``>= 0``."""
+    if not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"{where}eps must be finite and >= 0, got {eps}")
+
+
+def check_cases(cases: list[Case], n_images: int) -> None:
+    """Raise ValueError on an empty list or a case whose image, eps or direction is invalid."""
+    if not cases:
+        raise ValueError("no cases given")
+    for k, c in enumerate(cases):
+        if not (0 <= c.image < n_images):
+            raise ValueError(f"case {k}: image index {c.image} out of range [0, {n_images})")
+        check_eps(c.eps, f"case {k}: ")
+        if c.direction not in (1, -1):
+            raise ValueError(f"case {k}: direction must be +1 (up) or -1 (down), got {c.direction}")
+
+
+def check_model_output(model: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
+    """The model's output on image 0 (B=1, n_sites), after checking it maps images to sites."""
+    with torch.no_grad():
+        out = model(images[:1])
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        raise ValueError(
+            f"model must map (B, C, H, W) to (B, n_sites); got output shape {getattr(out, 'shape', None)}"
+        )
     return out

@@ -9,14 +9,14 @@ chunk-independent synthesis).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from .projection import project_l2_ball_box
 
-__all__ = ["AttackStep", "L2BallBoxStep", "STEPS", "get_step"]
+__all__ = ["AttackStep", "L2BallBoxStep"]
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
@@ -77,14 +77,3 @@ class L2BallBoxStep:
     def project(self, x: Tensor, center: Tensor, radius: Tensor) -> Tensor:
         """Exact projection onto the ball ∩ box (see :mod:`models.synthesis.projection`)."""
         return project_l2_ball_box(x, center, radius, self.lo, self.hi, sparse=not self.deterministic)
-
-
-STEPS: dict[str, type[L2BallBoxStep]] = {"l2": L2BallBoxStep}
-
-
-def get_step(name: str, **kwargs: Any) -> L2BallBoxStep:
-    """Build a registered step by name (``"l2"``)."""
-    try:
-        return STEPS[name](**kwargs)
-    except KeyError:
-        raise ValueError(f"unknown attack step {name!r}; known: {sorted(STEPS)}") from None

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from .config import SynthesisConfig, SynthesisResult
-from .engine import Cancel, Progress, clean_outputs, run_engine
-from .inputs import derive_seed, module_eval, validate_images
+from .engine import Cancel, EngineCase, Progress, clean_outputs, run_engine
+from .inputs import check_eps, check_model_output, derive_seed, module_eval, validate_call
 
 __all__ = ["TargetObjective", "synthesize_targeted"]
 
@@ -76,8 +76,7 @@ def synthesize_targeted(
         ``out_clean`` / ``out_adv`` the full predicted responses.  ``cases`` is empty.
     """
     cfg = config or SynthesisConfig()
-    cfg.validate()
-    validate_images(images)
+    validate_call(cfg, images)
     if mode not in ("direction", "pattern"):
         raise ValueError(f"mode must be 'direction' or 'pattern', got {mode!r}")
     idx = list(range(images.shape[0])) if image_indices is None else [int(i) for i in image_indices]
@@ -85,25 +84,29 @@ def synthesize_targeted(
         raise ValueError("no images to perturb")
     if any(not (0 <= i < images.shape[0]) for i in idx):
         raise ValueError(f"image index out of range [0, {images.shape[0]})")
-    eps_l = [float(e) for e in np.atleast_1d(np.asarray(eps, dtype=float))]
-    if np.ndim(eps) == 0:
-        eps_l = eps_l * len(idx)
+    eps_l = [float(eps)] * len(idx) if np.isscalar(eps) else [float(e) for e in eps]  # type: ignore[union-attr, arg-type]
     if len(eps_l) != len(idx):
         raise ValueError("eps must be a scalar or one value per image index")
-    if any(not np.isfinite(e) or e < 0 for e in eps_l):
-        raise ValueError("eps must be finite and >= 0")
+    for e in eps_l:
+        check_eps(e)
     target = torch.as_tensor(target, dtype=torch.float32, device=images.device)
     if target.dim() != 1 or not bool(torch.isfinite(target).all()):
         raise ValueError("target must be a finite 1-D tensor of shape (n_sites,)")
-    with module_eval(model), torch.no_grad():
-        out = model(images[:1])
-    if out.dim() != 2 or out.shape[1] != target.shape[0]:
-        raise ValueError(f"target has {target.shape[0]} entries but the model predicts {tuple(out.shape)}")
-    if mode == "direction" and float(target.norm()) == 0.0:
-        raise ValueError("target direction must be non-zero")
-    obj = TargetObjective(target, mode)
-    tkey = int(np.frombuffer(target.cpu().numpy().tobytes(), dtype=np.uint8).astype(np.int64).sum())
-    seeds = [derive_seed(cfg.seed, -1, i, e, tkey) for i, e in zip(idx, eps_l, strict=True)]
     with module_eval(model):
+        out = check_model_output(model, images)
+        if out.shape[1] != target.shape[0]:
+            raise ValueError(
+                f"target has {target.shape[0]} entries but the model predicts {tuple(out.shape)}"
+            )
+        if mode == "direction" and float(target.norm()) == 0.0:
+            raise ValueError("target direction must be non-zero")
+        obj = TargetObjective(target, mode)
+        tkey = int(np.frombuffer(target.cpu().numpy().tobytes(), dtype=np.uint8).astype(np.int64).sum())
+        cases = [
+            EngineCase(image=i, eps=e, seed=derive_seed(cfg.seed, -1, i, e, tkey))
+            for i, e in zip(idx, eps_l, strict=True)
+        ]
         clean_out = clean_outputs(model, images, cfg.max_batch_rows, first=out)
-        return run_engine(model, images, idx, eps_l, seeds, obj, cfg, progress, cancel, clean_out=clean_out)
+        return run_engine(
+            model, images, cases, obj, cfg, progress=progress, cancel=cancel, clean_out=clean_out
+        )

@@ -70,13 +70,48 @@ class NightSummary(BaseModel):
     finished_at: datetime | None
 
 
+class NightTiming(BaseModel):
+    """The plan's expected synthesis time against the actual one (``worker/night_plan.py``)."""
+
+    expected_synthesis_s: float | None = Field(description="planned before the night started")
+    available_s: float | None = Field(description="time to the deadline margin at the start; null: none")
+    budget: int | None = Field(description="gradient evaluations per case the plan chose")
+    throughput_source: str | None = Field(
+        description="'last night', 'measured' (cached per model) or 'default'"
+    )
+    actual_synthesis_s: float | None = Field(
+        description="first synthesis shard's start to the last one's end; null until all finished"
+    )
+    actual_over_expected: float | None
+
+
 class NightRead(NightSummary):
     params: dict[str, Any]
     model_version_id: int | None
     note: str
     deadline_at: datetime | None
+    timing: NightTiming | None = None
     jobs: list[JobSummary]
 
 
 class NightPage(Page[NightSummary]):
     """One page of NightSummary (:class:`server.paging.Page`)."""
+
+
+def night_timing(expected: dict[str, Any] | None, jobs: list[Any]) -> NightTiming | None:
+    """Expected against actual synthesis time, from the night's recorded plan and its shard jobs."""
+    if not isinstance(expected, dict):
+        return None
+    shards = [j for j in jobs if j.kind == "night.synthesize"]
+    actual = None
+    if shards and all(j.started_at and j.finished_at for j in shards):
+        actual = (max(j.finished_at for j in shards) - min(j.started_at for j in shards)).total_seconds()
+    exp = expected.get("expected_s")
+    return NightTiming(
+        expected_synthesis_s=exp,
+        available_s=expected.get("available_s"),
+        budget=expected.get("budget"),
+        throughput_source=expected.get("throughput_source"),
+        actual_synthesis_s=actual,
+        actual_over_expected=actual / exp if actual is not None and exp else None,
+    )

@@ -10,7 +10,16 @@ from sqlalchemy.orm import Session
 
 from server.batches.tables import Batch
 from server.deps import ExperimenterUser, Limit, Offset, SessionDep, SettingsDep, ViewerUser
-from server.jobs.schemas import JobPage, JobRead, JobSummary, NightCreate, NightPage, NightRead, NightSummary
+from server.jobs.schemas import (
+    JobPage,
+    JobRead,
+    JobSummary,
+    NightCreate,
+    NightPage,
+    NightRead,
+    NightSummary,
+    night_timing,
+)
 from server.jobs.tables import JobState, Night
 from server.recordings.tables import RecordingSession
 from worker import api as jobs_api
@@ -77,6 +86,7 @@ def _night_read(session: Session, night: Night) -> NightRead:
         model_version_id=night.model_version_id,
         note=night.note,
         deadline_at=night.deadline_at,
+        timing=night_timing(night.params.get("expected"), jobs),  # type: ignore[arg-type]
         jobs=[JobSummary.model_validate(j) for j in jobs],  # type: ignore[attr-defined]
     )
 
@@ -111,5 +121,7 @@ def start_night(
     body: NightCreate, session: SessionDep, settings: SettingsDep, _: ExperimenterUser
 ) -> NightRead:
     params = body.params.model_dump(exclude_unset=True)
-    night = jobs_api.start_night(session, settings, session_id=body.session_id, params=params)
+    night = jobs_api.start_night(
+        session, settings, session_id=body.session_id, params=params, refuse_late=True
+    )
     return _night_read(session, night)

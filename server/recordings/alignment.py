@@ -29,9 +29,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from itloop.errors import InvalidUpload
 from models.clock_alignment import AlignmentError, align, cross_check
 from server.batches.tables import Batch
-from server.errors import InvalidUpload
 from server.lab.tables import Rig
 from server.recordings.ingest.sync import parse_sync_upload
 from server.recordings.ingest.validate import ParsedUpload

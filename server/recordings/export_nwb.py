@@ -27,8 +27,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from itloop.errors import Conflict
 from itloop.storage import ObjectStore, image_key
-from server.errors import Conflict
 from server.images.png import decode_png
 from server.lab.tables import Array, Site, Subject
 from server.recordings.lineage import image_lineage

@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from itloop.errors import NotFound
 from itloop.storage import ObjectStore, image_key
-from server.errors import NotFound
 from server.recordings.export_nwb import require_data
 from server.recordings.lineage import image_lineage
 from server.recordings.tables import Presentation, RecordingSession

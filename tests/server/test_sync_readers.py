@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 from server.recordings.ingest.sync import _edges, read_nwb_sync, read_sync_table
 
 

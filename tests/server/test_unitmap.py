@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 from server.recordings.ingest.unitmap import InventorySite, UnitRef, map_units
 
 SITES = [

@@ -9,6 +9,7 @@ is re-run from scratch and makes the very same images, which the store deduplica
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from jobs.registry import job
 from server.images import service as image_service
 from server.images.tables import Direction
 from worker.night import SYNTHESIZE
+from worker.night_plan import record_throughput
 from worker.steps.data import images_by_id, pixels, site_pks
 from worker.steps.fit import load_encoder, night_config
 
@@ -70,7 +72,8 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
     """Up/down, targeted and random-direction perturbations for the shard's sites."""
     import torch
 
-    from models.synthesis import Case, SynthesisCancelled, SynthesisConfig, synthesize, synthesize_targeted
+    from models.synthesis import Case, SynthesisCancelled, SynthesisConfig, synthesize_targeted
+    from models.synthesis.curve import synthesize_curve
 
     cfg = night_config(ctx)
     sites: list[str] = ctx.params["sites"]
@@ -153,7 +156,9 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
         return past_deadline(cfg)
 
     try:
-        result = synthesize(
+        # Each (site, image, direction)'s epsilon grid in one continuation run (models.synthesis.curve).
+        t0 = time.perf_counter()
+        result = synthesize_curve(
             encoder,
             images,
             cases,
@@ -161,6 +166,8 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
             progress=lambda done, _n: ctx.progress(0.8 * done / max(total, 1), "synthesis"),
             cancel=cancel,
         )
+        name = (art.training.get("candidate") or {}).get("name", version)  # the planner's cache key
+        record_throughput(ctx.settings, name, int(result.n_grad_evals.sum()), time.perf_counter() - t0)
         targeted_results = []
         for sid, r, eps, direction, preferred in targeted:
             tseed = site_seed(cfg.seed, sid, f"target:{order[r]}:{eps}")

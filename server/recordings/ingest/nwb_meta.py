@@ -11,7 +11,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 
 
 def _text(value: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 from server.recordings.ingest.validate import ParsedUpload
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import InvalidUpload
+from itloop.errors import InvalidUpload
 
 
 @dataclass

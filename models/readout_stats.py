@@ -1,0 +1,175 @@
+"""Running sufficient statistics of a ridge readout, so a new day's refit costs its own images.
+
+A night refits every site's readout on all days so far.  Ridge regression and its penalty
+choice by generalised cross-validation (GCV; Golub, Heath & Wahba 1979) depend on the data only
+through ``n``, ``sum x``, ``sum y``, ``X^T X``, ``X^T Y`` and ``sum y^2``, and these add over
+days: :class:`RidgeStats` keeps them, :meth:`RidgeStats.add` folds in a day's images in
+``O(n_new p^2)``, and :func:`fit_from_stats` solves every penalty and site from one
+eigendecomposition of the ``p x p`` Gram matrix.  A fit from the statistics of all days at
+once and one updated day by day agree to rounding (the sums differ only in their order).
+
+Exact leave-one-out (the default of :class:`models.readout.MultiRidgeCV`) needs every image's
+leverage, so it cannot be updated this way; GCV is its rotation-invariant approximation and
+chooses the same penalty on well-spread designs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.linalg import blas
+
+__all__ = ["RidgeStats", "StatsFit", "fit_from_stats"]
+
+# Relative eigenvalue below which a direction of the design counts as null (numerical rank).
+_RANK_TOL = 1e-10
+
+
+@dataclass
+class RidgeStats:
+    """Sums over every image seen, taken around a fixed reference (the first batch's means).
+
+    Sums around a reference close to the mean keep ``X^T X - n mean mean^T`` from cancelling
+    catastrophically when features have large means.
+
+    Attributes
+    ----------
+    n : int
+    x_ref, y_ref : ndarray (p,), (m,)
+        The reference the sums are taken around.
+    sx, sy : ndarray (p,), (m,)
+        ``sum (x - x_ref)``, ``sum (y - y_ref)``.
+    xx : ndarray (p, p)
+        ``sum (x - x_ref)(x - x_ref)^T``; only the upper triangle is kept up to date.
+    xy : ndarray (p, m)
+        ``sum (x - x_ref)(y - y_ref)^T``.
+    yy : ndarray (m,)
+        ``sum (y - y_ref)^2`` per site.
+    """
+
+    n: int
+    x_ref: np.ndarray
+    y_ref: np.ndarray
+    sx: np.ndarray
+    sy: np.ndarray
+    xx: np.ndarray
+    xy: np.ndarray
+    yy: np.ndarray
+
+    @classmethod
+    def empty_like(cls, X: np.ndarray, Y: np.ndarray) -> RidgeStats:
+        """Zero sums, referenced at the means of this first batch."""
+        p, m = X.shape[1], Y.shape[1]
+        return cls(
+            n=0,
+            x_ref=X.mean(axis=0),
+            y_ref=Y.mean(axis=0),
+            sx=np.zeros(p),
+            sy=np.zeros(m),
+            xx=np.zeros((p, p), order="F"),
+            xy=np.zeros((p, m)),
+            yy=np.zeros(m),
+        )
+
+    @classmethod
+    def from_data(cls, X: np.ndarray, Y: np.ndarray) -> RidgeStats:
+        return cls.empty_like(X, Y).add(X, Y)
+
+    def add(self, X: np.ndarray, Y: np.ndarray) -> RidgeStats:
+        """Fold in new images (float64 arrays (n_new, p), (n_new, m)); returns ``self``."""
+        if X.shape[1] != self.sx.shape[0] or Y.shape[1] != self.sy.shape[0]:
+            raise ValueError(
+                f"new data has {X.shape[1]} features and {Y.shape[1]} sites; "
+                f"the statistics hold {self.sx.shape[0]} and {self.sy.shape[0]}"
+            )
+        if X.shape[0] != Y.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} images but Y has {Y.shape[0]}")
+        Xd = X - self.x_ref
+        Yd = Y - self.y_ref
+        self.n += X.shape[0]
+        self.sx += Xd.sum(axis=0)
+        self.sy += Yd.sum(axis=0)
+        # BLAS syrk updates the upper triangle in place: half the flops of Xd.T @ Xd.
+        self.xx = blas.dsyrk(1.0, Xd.T, beta=1.0, c=self.xx, trans=0, overwrite_c=1)
+        self.xy += Xd.T @ Yd
+        self.yy += np.einsum("ij,ij->j", Yd, Yd)
+        return self
+
+
+@dataclass
+class StatsFit:
+    """A readout solved from :class:`RidgeStats` (units as in :class:`models.readout.MultiRidgeCV`)."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    alpha_idx: np.ndarray
+    cv_scores: np.ndarray
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    y_mean: np.ndarray
+
+
+def _centred(stats: RidgeStats, fit_intercept: bool) -> tuple[np.ndarray, ...]:
+    """Gram (upper triangle valid), cross products and response sums of squares, centred or not."""
+    n = stats.n
+    if fit_intercept:
+        dx, dy = stats.sx / n, stats.sy / n
+        gram = stats.xx - n * np.outer(dx, dx)
+        xy = stats.xy - n * np.outer(dx, dy)
+        yy = stats.yy - n * dy**2
+        return gram, xy, yy, stats.x_ref + dx, stats.y_ref + dy
+    # Uncentred sums from the referenced ones: sum x x^T = xx + r sx^T + sx r^T + n r r^T.
+    r, q = stats.x_ref, stats.y_ref
+    gram = stats.xx + np.outer(r, stats.sx) + np.outer(stats.sx, r) + n * np.outer(r, r)
+    xy = stats.xy + np.outer(r, stats.sy) + np.outer(stats.sx, q) + n * np.outer(r, q)
+    yy = stats.yy + 2 * q * stats.sy + n * q**2
+    return gram, xy, yy, np.zeros_like(r), np.zeros_like(q)
+
+
+def fit_from_stats(
+    stats: RidgeStats, alphas: np.ndarray, *, fit_intercept: bool = True, standardize: bool = True
+) -> StatsFit:
+    """All sites at every penalty from one ``eigh`` of the Gram matrix; penalty per site by GCV.
+
+    With ``G = V diag(s2) V^T`` and ``P = V^T X^T y``, the fit at penalty ``a`` shrinks each
+    eigen-direction by ``w = s2 / (s2 + a)``: its residual sum of squares is
+    ``y^T y - sum (2 w - w^2) P^2 / s2`` and its degrees of freedom ``sum w`` (+1 for the
+    intercept), so ``GCV(a) = n RSS(a) / (n - df(a))^2`` costs ``O(p m)`` per penalty.
+    """
+    n = stats.n
+    if n < 3:
+        raise ValueError("need at least 3 images to fit and cross-validate a readout")
+    gram, xy, yy, x_mean, y_mean = _centred(stats, fit_intercept)
+    p = gram.shape[0]
+    if standardize:
+        x_scale = np.sqrt(np.clip(np.diag(gram) / n, 0.0, None))
+        x_scale[x_scale < 1e-12 * max(1.0, float(np.abs(x_mean).max(initial=0.0)))] = 1.0
+    else:
+        x_scale = np.ones(p)
+    gs = torch.from_numpy(gram / np.outer(x_scale, x_scale))
+    s2, V = torch.linalg.eigh(gs, UPLO="U")
+    keep = s2 > _RANK_TOL * s2.max().clamp_min(torch.finfo(s2.dtype).tiny)
+    s2, V = s2[keep], V[:, keep]
+    P = V.T @ torch.from_numpy(xy / x_scale[:, None])  # (k, m) = diag(s) z
+    z2 = P.square() / s2[:, None]
+    a = torch.from_numpy(np.asarray(alphas, dtype=np.float64))
+    W = s2[None, :] / (s2[None, :] + a[:, None])  # (A, k)
+    explained = (2 * W - W.square()) @ z2  # (A, m)
+    rss = (torch.from_numpy(yy)[None, :] - explained).clamp_min(0.0)
+    df = W.sum(dim=1) + (1.0 if fit_intercept else 0.0)  # (A,)
+    dof = (n - df).clamp_min(0.0)
+    gcv = torch.where(dof[:, None] > 0, n * rss / dof[:, None].square().clamp_min(1e-300), torch.inf)
+    best = torch.argmin(gcv, dim=0)  # first minimum on ties
+    coef_std = V @ (P / (s2[:, None] + a[best][None, :]))
+    coef = coef_std.numpy() / x_scale[:, None]
+    return StatsFit(
+        coef=coef,
+        intercept=y_mean - x_mean @ coef,
+        alpha_idx=best.numpy(),
+        cv_scores=gcv.numpy(),
+        x_mean=x_mean,
+        x_scale=x_scale,
+        y_mean=y_mean,
+    )

@@ -1,0 +1,73 @@
+"""Incremental refit of the readout from running sufficient statistics (models/readout_stats.py)."""
+
+import numpy as np
+import pytest
+
+from models.readout import MultiRidgeCV
+from models.readout_stats import RidgeStats
+
+ALPHAS = np.logspace(-3, 5, 17)
+
+
+def _day(rng, n, W, b, shift=0.0):
+    X = rng.normal(size=(n, W.shape[0])) * np.linspace(0.2, 5.0, W.shape[0]) + 40.0 + shift
+    return X, X @ W + b + rng.normal(size=(n, W.shape[1])) * np.linspace(0.1, 8.0, W.shape[1])
+
+
+@pytest.mark.parametrize(("standardize", "fit_intercept"), [(True, True), (False, True), (True, False)])
+def test_day_by_day_update_equals_a_fit_from_scratch(standardize, fit_intercept):
+    rng = np.random.default_rng(3)
+    W, b = rng.normal(size=(30, 12)), rng.normal(size=12) * 3
+    days = [_day(rng, n, W, b, shift=0.3 * d) for d, n in enumerate((60, 25, 40, 10))]
+    inc = MultiRidgeCV(ALPHAS, cv="gcv", standardize=standardize, fit_intercept=fit_intercept).fit(*days[0])
+    for X, Y in days[1:]:
+        inc.update(X, Y)
+    Xa, Ya = np.vstack([d[0] for d in days]), np.vstack([d[1] for d in days])
+    full = MultiRidgeCV(ALPHAS, cv="gcv", standardize=standardize, fit_intercept=fit_intercept).fit(Xa, Ya)
+    np.testing.assert_array_equal(inc.alpha_, full.alpha_)
+    assert len(set(full.alpha_)) > 1  # noisy and clean sites: the test can tell penalties apart
+    pf, pi = full.predict(Xa), inc.predict(Xa)
+    assert np.max(np.abs(pi - pf)) <= 1e-6 * np.max(np.abs(pf - pf.mean(0)))
+    assert inc.stats_.n == len(Xa)
+
+
+def test_gcv_matches_its_closed_form_on_one_site():
+    """GCV(a) = n RSS / (n - df)^2, from an explicit hat matrix (no shortcuts)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6))
+    y = X @ rng.normal(size=6) + rng.normal(size=40)
+    m = MultiRidgeCV(ALPHAS, cv="gcv", standardize=False).fit(X, y[:, None])
+    Xc, yc = X - X.mean(0), y - y.mean()
+    for i, a in enumerate(ALPHAS):
+        H = Xc @ np.linalg.solve(Xc.T @ Xc + a * np.eye(6), Xc.T)
+        rss = np.sum((yc - H @ yc) ** 2)
+        df = np.trace(H) + 1
+        np.testing.assert_allclose(m.cv_scores_[i, 0], 40 * rss / (40 - df) ** 2, rtol=1e-8)
+    ref = np.linalg.solve(Xc.T @ Xc + m.alpha_[0] * np.eye(6), Xc.T @ yc)
+    np.testing.assert_allclose(m.coef_[:, 0], ref, rtol=1e-8)
+
+
+def test_gcv_and_loo_agree_on_a_well_spread_design():
+    rng = np.random.default_rng(7)
+    W, b = rng.normal(size=(20, 8)), rng.normal(size=8)
+    X, Y = _day(rng, 400, W, b)
+    g = MultiRidgeCV(ALPHAS, cv="gcv").fit(X, Y)
+    loo = MultiRidgeCV(ALPHAS).fit(X, Y)
+    assert np.mean(g.alpha_ == loo.alpha_) >= 0.75
+    np.testing.assert_allclose(g.predict(X), loo.predict(X), rtol=0, atol=0.05 * np.abs(Y).max())
+
+
+def test_bad_updates_are_refused():
+    rng = np.random.default_rng(1)
+    X, Y = rng.normal(size=(20, 4)), rng.normal(size=(20, 2))
+    with pytest.raises(RuntimeError, match="gcv"):
+        MultiRidgeCV().fit(X, Y).update(X, Y)
+    m = MultiRidgeCV(cv="gcv").fit(X, Y)
+    with pytest.raises(ValueError, match="features"):
+        m.update(X[:, :3], Y)
+    with pytest.raises(ValueError, match="NaN"):
+        m.update(X * np.nan, Y)
+    with pytest.raises(ValueError, match="cv must"):
+        MultiRidgeCV(cv="loo").fit(X, Y)
+    with pytest.raises(ValueError, match="3 images"):
+        RidgeStats.from_data(X[:2], Y[:2]) and MultiRidgeCV(cv="gcv").fit(X[:2], Y[:2])
