@@ -244,6 +244,10 @@ def run_demo(
                 api["experimenter"].post("/nights", json={"session_id": session_id, "params": params}),
                 "start night",
             )
+            # The recording day is over, as a lab marks it. The demo's own night (with its small
+            # parameters) is already active, so an automatic night (ITLOOP_AUTO_NIGHT) does not
+            # start a second one; the answer says so.
+            _check(api["experimenter"].post(f"/sessions/{session_id}/complete"), "complete session")
             night = _wait_night(api["viewer"], night["id"], bar)
             if night["state"] != "succeeded":
                 raise RuntimeError(f"night of day {day} {night['state']}: {night.get('error')}")
