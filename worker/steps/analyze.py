@@ -36,6 +36,11 @@ def _model_sensitivity(
     from models.model_sensitivity import model_own_sensitivity
 
     cfg = night_config(ctx)
+
+    def cancel() -> bool:
+        ctx.check_cancelled()
+        return False
+
     out = []
     for i, version in enumerate(versions):
         encoder, art = load_encoder(ctx, version)
@@ -50,7 +55,7 @@ def _model_sensitivity(
             images_per_site=cfg.model_sensitivity_images,
             budget=cfg.model_sensitivity_budget,
             device=ctx.device(),
-            cancel=lambda: (ctx.check_cancelled(), False)[1],
+            cancel=cancel,
         )
         ctx.progress(0.3 + 0.5 * (i + 1) / len(versions), f"model sensitivity of {version}")
     return out
@@ -67,14 +72,12 @@ def _paired(
     """IT pairs of one epsilon, each with the generating model's predictions, for analyze_day."""
     from models.sensitivity import PairedResponses
 
-    owner_id = [site_of_pk.get(im.site_pk) for _, _, im in rows]
-    keep = [sid in site_ids for sid in owner_id]
-    rows = [r for r, k in zip(rows, keep, strict=True) if k]
+    col_of = {sid: i for i, sid in enumerate(site_ids)}
+    owner_col = [col_of.get(site_of_pk.get(im.site_pk, ""), -1) for _, _, im in rows]
+    rows = [r for r, col in zip(rows, owner_col, strict=True) if col >= 0]
     pr = np.array([p for p, _, _ in rows], dtype=np.int64)
     cr = np.array([c for _, c, _ in rows], dtype=np.int64)
-    owner = np.array(
-        [site_ids.index(sid) for sid, k in zip(owner_id, keep, strict=True) if k], dtype=np.int64
-    )
+    owner = np.array([col for col in owner_col if col >= 0], dtype=np.int64)
     nan2 = np.full((len(site_ids), 2), np.nan)
     pred = np.stack(
         [
@@ -95,6 +98,22 @@ def _paired(
     )
 
 
+def _generating_predictions(
+    ctx: JobContext, pair_rows: list[Any], x_all: Any, version_of: dict[int, str], site_ids: list[str]
+) -> dict[int, np.ndarray]:
+    """Each generating model's predictions (sites x today's images), by model version id."""
+    from models.encoder import predict_batched
+    from models.model_sensitivity import align_sites
+
+    preds = {}
+    for mv_id in sorted({im.model_version_id for _, _, im in pair_rows if im.model_version_id}):
+        encoder, art = load_encoder(ctx, version_of[mv_id])
+        preds[mv_id] = align_sites(
+            predict_batched(encoder, x_all, ctx.device()).numpy(), art.site_ids, site_ids
+        )
+    return preds
+
+
 def _load(ctx: JobContext) -> tuple[Any, list[Any], list[str], dict[int, str], dict[int, str], int]:
     """Today's trials (the night's shared data), their images, the night's models and the lookups."""
     from worker.steps.fit import load_night_data
@@ -113,8 +132,10 @@ def _load(ctx: JobContext) -> tuple[Any, list[Any], list[str], dict[int, str], d
                 .order_by(ModelVersion.id)
             )
         )
-        version_of = dict(session.execute(select(ModelVersion.id, ModelVersion.version)).all())
-        site_of_pk = dict(session.execute(select(Site.id, Site.site_id)).all())
+        version_of = {
+            int(i): str(v) for i, v in session.execute(select(ModelVersion.id, ModelVersion.version))
+        }
+        site_of_pk = {int(i): str(s) for i, s in session.execute(select(Site.id, Site.site_id))}
         day = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"]).day
     return data, images, night_versions, version_of, site_of_pk, day
 
@@ -122,8 +143,6 @@ def _load(ctx: JobContext) -> tuple[Any, list[Any], list[str], dict[int, str], d
 @job(ANALYZE, queue="itloop-gpu", timeout_s=3 * 3600, max_attempts=2)  # attacks each model
 def analyze(ctx: JobContext) -> dict[str, Any]:
     """Every sensitivity figure of the day, stored per site, epsilon, day and estimator."""
-    from models.encoder import predict_batched
-    from models.model_sensitivity import align_sites
     from models.sensitivity import CleanResponses, analyze_day
 
     cfg = night_config(ctx)
@@ -139,12 +158,7 @@ def analyze(ctx: JobContext) -> dict[str, Any]:
         if im.kind in PAIR_KINDS and im.parent_id in row_of and im.epsilon is not None
     ]
     x_all = pixels(ctx.store, images) if pair_rows or night_versions else None
-    preds: dict[int, np.ndarray] = {}
-    for mv_id in sorted({im.model_version_id for _, _, im in pair_rows if im.model_version_id}):
-        encoder, art = load_encoder(ctx, version_of[mv_id])
-        preds[mv_id] = align_sites(
-            predict_batched(encoder, x_all, ctx.device()).numpy(), art.site_ids, site_ids
-        )
+    preds = {} if x_all is None else _generating_predictions(ctx, pair_rows, x_all, version_of, site_ids)
     ctx.progress(0.3, f"{len(pair_rows)} pairs, {len(clean_rows)} clean images")
     pairs = [
         _paired(

@@ -65,7 +65,9 @@ def responses(ctx: JobContext) -> dict[str, Any]:
         if cfg.window_ms is not None:
             recordings.compute_responses(session=session, recording=rec, window_ms=window)
         try:
-            data = night_data.load_or_build(session, ctx.store, ctx.night_id, rec, window, cfg.train_days)
+            data = night_data.load_or_build(
+                session, ctx.store, ctx.params["night_id"], rec, window, cfg.train_days
+            )
         except InvalidInput:
             raise ValueError(f"session {rec.session_id!r} has no responses in window {window}") from None
     trials = data.today_trials
@@ -85,7 +87,9 @@ def load_night_data(ctx: JobContext) -> tuple[night_data.NightData, list[Any]]:
     with ctx.session() as session:
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
         window = cfg.window_ms or recordings.default_window()
-        data = night_data.load_or_build(session, ctx.store, ctx.night_id, rec, window, cfg.train_days)
+        data = night_data.load_or_build(
+            session, ctx.store, ctx.params["night_id"], rec, window, cfg.train_days
+        )
         return data, data.images(session)
 
 
@@ -257,6 +261,21 @@ def store_artifact(ctx: JobContext, version: str, artifact: Any) -> str:
     return key
 
 
+def _version_metrics(data: night_data.NightData, images: list[Any], fit: CandidateFit) -> dict[str, Any]:
+    """The model version's headline metrics (the per-site ones are its site metric rows)."""
+    report = fit.report
+    return {
+        "score": report.score,
+        "transfer_score": report.transfer_score,
+        "cka": report.cka,
+        "median_r": float(np.nanmedian(report.r)),
+        "n_images": len(images),
+        "n_transfer_pairs": len(fit.pairs),
+        "n_gated": int((~fit.gate[0]).sum()),
+        "n_drift": int(data.drift_flagged.sum()) if data.drift_flagged is not None else 0,
+    }
+
+
 def _store_version(
     ctx: JobContext,
     version: str,
@@ -309,16 +328,7 @@ def _store_version(
             pool=cand.pool,
             artifact_key=key,
             trained_on=trained_on,
-            metrics={
-                "score": report.score,
-                "transfer_score": report.transfer_score,
-                "cka": report.cka,
-                "median_r": float(np.nanmedian(report.r)),
-                "n_images": len(images),
-                "n_transfer_pairs": len(fit.pairs),
-                "n_gated": int((~fit.gate[0]).sum()),
-                "n_drift": int(data.drift_flagged.sum()) if data.drift_flagged is not None else 0,
-            },
+            metrics=_version_metrics(data, images, fit),
             score=report.score,
             site_metrics=_metric_rows(data, fit),
             parent_id=parent,

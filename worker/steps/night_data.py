@@ -13,7 +13,7 @@ import io
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -27,6 +27,7 @@ from worker.steps.data import clean_pool, images_by_id
 
 if TYPE_CHECKING:
     from itloop.storage import ObjectStore
+    from models.tracking import DriftReport
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,10 @@ class NightData:
     drift_reasons: list[str] | None = None
 
     def to_bytes(self) -> bytes:
-        arrays = {k: v for k, v in vars(self).items() if v is not None}
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in vars(self).items() if v is not None}
         arrays["window_ms"] = np.asarray(self.window_ms, dtype=np.float64)
         buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        np.savez(buf, **arrays)
         return buf.getvalue()
 
     @classmethod
@@ -177,7 +178,7 @@ def _drift(
     today: ResponseTable,
     window_ms: tuple[float, float],
     tables: dict[int, ResponseTable],
-) -> object | None:
+) -> DriftReport | None:
     """Reference-set drift against the subject's first recorded day (None on that day)."""
     from models.tracking import detect_drift
 

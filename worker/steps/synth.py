@@ -34,6 +34,12 @@ def past_deadline(cfg: NightConfig) -> bool:
     return datetime.now(UTC) >= deadline - timedelta(seconds=cfg.deadline_margin_s)
 
 
+def _cancelled(ctx: JobContext, cfg: NightConfig) -> bool:
+    """Raise if the job was cancelled; True once the deadline is near (the engine then stops)."""
+    ctx.check_cancelled()
+    return past_deadline(cfg)
+
+
 def _shard_spec(ctx: JobContext, cfg: NightConfig, day: int) -> Any:
     from models.cases import ShardSpec
 
@@ -88,11 +94,6 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
     encoder, art = load_encoder(ctx, version)
     search = (art.training.get("candidate") or {}).get("fit") == "pairs"
     low, high = art.metrics.get("response_low"), art.metrics.get("response_high")
-
-    def cancel() -> bool:
-        ctx.check_cancelled()
-        return past_deadline(cfg)
-
     try:
         made = make_twins(
             encoder,
@@ -106,7 +107,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
             response_range=None if low is None or high is None else (low, high),
             provenance={"source": "search" if search else "surrogate"},
             progress=lambda f: ctx.progress(0.8 * f, "synthesis"),
-            cancel=cancel,
+            cancel=lambda: _cancelled(ctx, cfg),
         )
     except SynthesisCancelled:
         log.warning("shard %s stopped at the deadline; its sites are left out", sites)
@@ -119,12 +120,8 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
             for twin in made.twins
         ]
     if made.n_implausible:
-        log.warning(
-            "%s: %d of %d twins predict responses beyond the sites' observed range",
-            version,
-            made.n_implausible,
-            made.n_guided,
-        )
+        log.warning("%s: %d of %d twins predict responses beyond the sites' observed range", version,
+                    made.n_implausible, made.n_guided)  # fmt: skip
     ctx.progress(1.0, f"{len(pairs)} images for {len(sites)} sites")
     return {
         "sites": sites,
