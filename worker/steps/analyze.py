@@ -118,7 +118,7 @@ def _load(ctx: JobContext) -> tuple[Any, list[Any], list[str], dict[int, str], d
     """Today's trials (the night's shared data), their images, the night's models and the lookups."""
     from worker.steps.fit import load_night_data
 
-    data, _ = load_night_data(ctx)
+    data, _ = load_night_data(ctx, with_images=False)  # today's images are loaded below
     with ctx.session() as session:
         images = images_by_id(session, [int(i) for i in data.today_image_ids])
         night_versions = list(

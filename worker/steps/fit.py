@@ -81,8 +81,8 @@ def responses(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def load_night_data(ctx: JobContext) -> tuple[night_data.NightData, list[Any]]:
-    """The night's shared data (built by ``night.responses``) and its images' rows."""
+def load_night_data(ctx: JobContext, *, with_images: bool = True) -> tuple[night_data.NightData, list[Any]]:
+    """The night's shared data (built by ``night.responses``) and, unless told not to, its images' rows."""
     cfg = night_config(ctx)
     with ctx.session() as session:
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
@@ -90,7 +90,7 @@ def load_night_data(ctx: JobContext) -> tuple[night_data.NightData, list[Any]]:
         data = night_data.load_or_build(
             session, ctx.store, ctx.params["night_id"], rec, window, cfg.train_days
         )
-        return data, data.images(session)
+        return data, data.images(session) if with_images else []
 
 
 def _metric_rows(data: night_data.NightData, fit: CandidateFit) -> list[dict[str, Any]]:
