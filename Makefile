@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# Brain-Score's loader, for the tests that load our exports with it (pyproject.toml says why --no-deps)
+	$(BIN)/pip install -q --no-deps 'brainscore-brainio==1.1.0'
 	touch $(STAMP)
 
 setup: $(STAMP)

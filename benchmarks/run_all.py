@@ -168,7 +168,7 @@ def _science(r: dict) -> list[Row]:
         figures = (
             (f"found fraction day {last}", f["found_day_last"], ">=", g["found"]),
             (f"found fraction rise day 1 to {last}", f["found_rise"], ">", 0.0),
-            (f"spearman vs white-box day {last}", f["spearman_day_last"], ">=", g["spearman"]),
+            (f"spearman vs white-box day {last}", f.get("spearman_to_date_day_last"), ">=", g["spearman"]),
             (
                 f"shipped / random day {last}",
                 f["shipped_over_random_day_last"],
@@ -187,6 +187,10 @@ def _science(r: dict) -> list[Row]:
         rows.append(
             _row(b, f"{tag}: random-direction found fraction day {last}", f["random_day_last"] or 0.0)
         )
+        if f["spearman_day_last"] is not None:
+            rows.append(
+                _row(b, f"{tag}: spearman of the day's own estimate day {last}", f["spearman_day_last"])
+            )
         if f["failed_runs"]:
             rows.append(Row(b, f"{tag}: failed runs", float(f["failed_runs"]), "<= 0", None, False))
     return rows

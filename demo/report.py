@@ -200,7 +200,7 @@ def _yardstick_html(summary: dict[str, Any]) -> str:
                 f"<tr><td>{d['day']}</td><td>{e['epsilon']:g}</td><td>{_fmt(e['found_median'])}</td>"
                 f"<td>{_fmt(e['found_mean'])}</td><td>{_fmt(e['random_median'])}</td>"
                 f"<td>{_fmt(e['random_mean'])}</td><td>{_fmt(e['shipped_over_random'])}</td>"
-                f"<td>{_fmt(e['spearman'])}</td></tr>"
+                f"<td>{_fmt(e['spearman'])}</td><td>{_fmt(e.get('spearman_to_date'))}</td></tr>"
             )
         if y.get("sites"):
             last = y
@@ -214,9 +214,11 @@ def _yardstick_html(summary: dict[str, Any]) -> str:
 <p>Natural-aligned share of its sensitive directions: {_fmt(b["natural_share"])}; white-box reference:
 {html.escape(str(b["whitebox"]))}. Found fraction: the brain's true change at a twin's target site divided by
 the white-box change at the same parent, site and epsilon (1 = the brain's own worst case); random twins
-give the floor. Spearman: per-site sign-corrected estimate against per-site white-box sensitivity.</p>
+give the floor. Spearman: per-site sign-corrected estimate against per-site white-box sensitivity, from
+the day's twins alone and to date (every day's twins so far).</p>
 <table><tr><th>day</th><th>epsilon</th><th>found median</th><th>found mean</th><th>random median</th>
-<th>random mean</th><th>shipped / random</th><th>Spearman vs white-box</th></tr>{"".join(rows)}</table>
+<th>random mean</th><th>shipped / random</th><th>Spearman vs white-box</th><th>Spearman to date</th></tr>
+{"".join(rows)}</table>
 <h3>Who made each site's twins{f" (day {last['day']})" if last else ""}</h3>
 <table><tr><th>site</th><th>candidate</th><th>model version</th><th>transfer sign</th><th>transfer r</th>
 <th>found median</th></tr>{sites}</table>"""

@@ -47,19 +47,45 @@ def write_nwb(
     shas: list[str],
     event_ids: list[str],
     fixation_ok: np.ndarray,
+    subject: str | None = None,
 ) -> Path:
-    """The upload contract's NWB layout: units with ``site_id``, a ``presentations`` TimeIntervals."""
+    """The upload contract's NWB layout: a subject, units with ``site_id`` tied to their electrodes,
+    a ``presentations`` TimeIntervals; with the metadata DANDI asks for (docs/nwb-and-brainscore.md)."""
+    import uuid
+
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.epoch import TimeIntervals
+    from pynwb.file import Subject
+    from pynwb.misc import Units
 
     nwb = NWBFile(
         session_description=f"itloop virtual rig session {session_id}",
-        identifier=session_id,
+        identifier=str(uuid.uuid4()),
+        session_id=session_id,
         session_start_time=datetime.now(UTC),
+        experimenter=["Rig, Virtual"],
+        institution="itloop demo",
+        lab="virtual lab",
+        keywords=["inferior temporal cortex", "adversarial sensitivity", "simulation"],
+        subject=Subject(
+            subject_id=subject,
+            species="Macaca mulatta",
+            sex="M",
+            age="P7Y",
+            description="a simulated IT population (models/simulator)",
+        ),
     )
+    device = nwb.create_device(
+        name="virtual-array", description="simulated chronic array", manufacturer="itloop simulator"
+    )
+    group = nwb.create_electrode_group(name="A", description="array A", location="IT", device=device)
+    nwb.add_electrode_column(name="site_id", description="the lab's stable site id")
+    for sid in site_ids:
+        nwb.add_electrode(group=group, location="IT", site_id=sid)
+    nwb.units = Units(name="units", description="one site per unit", resolution=1 / 30000)
     nwb.add_unit_column(name="site_id", description="the lab's stable site id")
-    for sid, times in zip(site_ids, spikes, strict=True):
-        nwb.add_unit(spike_times=times, site_id=sid)
+    for k, (sid, times) in enumerate(zip(site_ids, spikes, strict=True)):
+        nwb.add_unit(spike_times=times, site_id=sid, electrodes=[k])
     table = TimeIntervals(name="presentations", description="RSVP presentations")
     for col, desc in (
         ("image_sha256", "SHA-256 of the PNG shown"),
@@ -175,6 +201,7 @@ class VirtualRig:
                 shas=shas,
                 event_ids=event_ids,
                 fixation_ok=fixation,
+                subject=self.subject,
             )
             data = path.read_bytes()
         r = self.http.post(

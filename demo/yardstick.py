@@ -170,11 +170,14 @@ def evaluate_yardstick(
             np.array([float(lineage[s]["epsilon"]) for s in shas]),
         )
     epsilons = sorted({float(lineage[s]["epsilon"]) for s in twins["perturbed"]})
-    est = {
-        (rec["site_id"], float(rec["epsilon"])): rec["value"]
-        for rec in sensitivity_records(viewer, day=day, estimator="sign_corrected", source="it")
-        if rec.get("site_id") in col and rec.get("epsilon") is not None and rec.get("value") is not None
-    }
+    est, est_to_date = (
+        {
+            (rec["site_id"], float(rec["epsilon"])): rec["value"]
+            for rec in sensitivity_records(viewer, day=day, estimator="sign_corrected", source=source)
+            if rec.get("site_id") in col and rec.get("epsilon") is not None and rec.get("value") is not None
+        }
+        for source in ("it", "it_to_date")
+    )
     g = res["perturbed"]
     by_eps = []
     site_wb: dict[str, list[float]] = defaultdict(list)
@@ -191,6 +194,7 @@ def evaluate_yardstick(
         row["shipped_over_random"] = fm / rm if fm is not None and rm else None
         wb = np.full(len(site_ids), np.nan)
         sc = np.full(len(site_ids), np.nan)
+        sc_to_date = np.full(len(site_ids), np.nan)
         for sid, i in col.items():
             pick = [
                 k
@@ -203,7 +207,9 @@ def evaluate_yardstick(
                 wb[i] = float(np.mean(list(per_parent.values()))) / sigma[i]
                 site_wb[sid].append(wb[i])
             sc[i] = est.get((sid, e), np.nan)
+            sc_to_date[i] = est_to_date.get((sid, e), np.nan)
         row["spearman"] = _spearman(sc, wb)
+        row["spearman_to_date"] = _spearman(sc_to_date, wb)
         row["whitebox_per_site"] = [None if not np.isfinite(v) else float(v) for v in wb]
         row["sign_corrected_per_site"] = [None if not np.isfinite(v) else float(v) for v in sc]
         by_eps.append(row)
@@ -231,6 +237,8 @@ def evaluate_yardstick(
     overall["shipped_over_random"] = overall["found_mean"] / rm if rm else None
     rhos = [r["spearman"] for r in by_eps if r["spearman"] is not None]
     overall["spearman_mean"] = float(np.mean(rhos)) if rhos else None
+    rhos = [r["spearman_to_date"] for r in by_eps if r["spearman_to_date"] is not None]
+    overall["spearman_to_date_mean"] = float(np.mean(rhos)) if rhos else None
     return {
         **out,
         **overall,

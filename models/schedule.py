@@ -15,7 +15,7 @@ separation is reported so a short day says how far it fell short.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,8 +62,14 @@ def schedule_rsvp(
     images: Sequence[str],
     pairs: Sequence[tuple[str, str]],
     config: ScheduleConfig = ScheduleConfig(),
+    repeats_of: Mapping[str, int] | None = None,
 ) -> Schedule:
     """Order ``images`` (unique ids) for RSVP with ``config.repeats`` balanced repeats.
+
+    ``repeats_of`` gives some images another number of repeats (adaptive allocation,
+    :mod:`models.allocation`). There are then as many blocks as the largest number of repeats,
+    and an image with ``r`` repeats appears in ``r`` blocks spread evenly over the day, so slow
+    drift still hits every image alike.
 
     Parameters
     ----------
@@ -103,24 +109,33 @@ def schedule_rsvp(
         is_twin[index[pert]] = True
 
     rng = np.random.default_rng(config.seed)
+    members = _block_members(unique, config.repeats, repeats_of, rng)
     order: list[int] = []
     blocks: list[int] = []
-    for block in range(config.repeats):
-        keys = rng.uniform(0, n, size=n)
+    for block, present in enumerate(members):
+        m = len(present)
+        local = {j: k for k, j in enumerate(present)}
+        keys = rng.uniform(0, m, size=m)
+        offset_b = offset if m == n else min(target_slots, m / 2.0)
+        capped_b = target_slots > m / 2.0
         for clean, perts in twins.items():
-            p = keys[clean]
+            if clean not in local:
+                continue
+            p = keys[local[clean]]
             for pert in perts:
-                o = offset * rng.uniform(0.8, 1.2) if not capped else offset * rng.uniform(0.9, 1.0)
-                candidates = [x for x in (p + o, p - o) if 0 <= x < n]
+                if pert not in local:
+                    continue
+                o = offset_b * rng.uniform(0.8, 1.2) if not capped_b else offset_b * rng.uniform(0.9, 1.0)
+                candidates = [x for x in (p + o, p - o) if 0 <= x < m]
                 if not candidates:  # offset too long for this clean position: go to the far end
-                    candidates = [n - 1e-6 if p < n / 2 else 0.0]
-                keys[pert] = candidates[rng.integers(len(candidates))]
+                    candidates = [m - 1e-6 if p < m / 2 else 0.0]
+                keys[local[pert]] = candidates[rng.integers(len(candidates))]
         # Random tie-breaking, then sort.
-        block_order = np.lexsort((rng.random(n), keys))
-        if order and block_order[0] == order[-1] and n > 1:  # no back-to-back repeat across blocks
-            block_order[[0, 1]] = block_order[[1, 0]]
+        block_order = [present[k] for k in np.lexsort((rng.random(m), keys))]
+        if order and block_order[0] == order[-1] and m > 1:  # no back-to-back repeat across blocks
+            block_order[0], block_order[1] = block_order[1], block_order[0]
         order.extend(int(i) for i in block_order)
-        blocks.extend([block] * n)
+        blocks.extend([block] * m)
 
     items = [
         ScheduleItem(
@@ -141,6 +156,25 @@ def schedule_rsvp(
         min_pair_separation_s=float(np.min(seps)) if len(seps) else float("nan"),
         capped=capped,
     )
+
+
+def _block_members(
+    unique: list[str], repeats: int, repeats_of: Mapping[str, int] | None, rng: np.random.Generator
+) -> list[list[int]]:
+    """Which images (indices) each block shows; every image in every block unless ``repeats_of``."""
+    n = len(unique)
+    if not repeats_of:
+        return [list(range(n)) for _ in range(repeats)]
+    reps = [int(repeats_of.get(img, repeats)) for img in unique]
+    if min(reps, default=1) < 1:
+        raise ValueError("every image needs at least one repeat")
+    n_blocks = max(reps, default=repeats)
+    members: list[list[int]] = [[] for _ in range(n_blocks)]
+    for j, r in enumerate(reps):
+        phase = rng.uniform(0, 1)
+        for b in sorted({int((k + phase) * n_blocks / r) for k in range(r)}):
+            members[min(b, n_blocks - 1)].append(j)
+    return [m for m in members if m]
 
 
 def pair_separations(

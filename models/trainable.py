@@ -111,6 +111,7 @@ def train_core(
     lr: float = 3e-3,
     weight_decay: float = 1e-4,
     seed: int = 0,
+    feature_noise: float = 0.0,
 ) -> TrainReport:
     """Train ``net`` in place on precomputed front-end maps, early-stopped on held-out families.
 
@@ -124,6 +125,10 @@ def train_core(
     init_state : dict, optional
         Yesterday's weights: every tensor whose shape matches is loaded (a new site keeps a
         fresh readout).
+    feature_noise : float, default 0
+        Noise training: Gaussian noise of this many per-channel standard deviations is added to
+        the front-end maps of every training batch, so the core cannot lean on tiny feature
+        differences (a cheap stand-in for input-noise training, since the front end is fixed).
     """
     torch.manual_seed(seed)
     warm = False
@@ -144,6 +149,7 @@ def train_core(
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, best_epoch, since = -np.inf, None, 0, 0
     n_tr = int(tr.sum())
+    channel_sd = front[tr].std(dim=(0, 2, 3), keepdim=True) if feature_noise > 0 else torch.zeros(())
     batch = 128
     epoch = 0
     for epoch in range(1, max_epochs + 1):
@@ -152,7 +158,10 @@ def train_core(
         x_tr, y_tr = front[tr], yz[tr]
         for i in range(0, n_tr, batch):
             idx = order[i : i + batch]
-            loss = F.mse_loss(net.from_front(x_tr[idx]), y_tr[idx])
+            xb = x_tr[idx]
+            if feature_noise > 0:
+                xb = xb + feature_noise * channel_sd * torch.randn_like(xb)
+            loss = F.mse_loss(net.from_front(xb), y_tr[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -24,6 +24,7 @@ DOMAIN_ROUTERS = [
     "server.auth.views",
     "server.lab.views",
     "server.recordings.views",
+    "server.recordings.brainscore_views",
     "server.modeling.views",
     "server.jobs.views",
     "server.analysis.views",

@@ -7,6 +7,7 @@ same data returns the existing rows; the same name with different data is a Conf
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -38,10 +39,31 @@ def _create_or_match(
 
 
 def create_subject(
-    *, session: Session, name: str, species: str = "Macaca mulatta", notes: str = ""
+    *,
+    session: Session,
+    name: str,
+    species: str = "Macaca mulatta",
+    notes: str = "",
+    sex: str = "U",
+    age: str = "",
+    date_of_birth: datetime | None = None,
+    weight: str = "",
+    strain: str = "",
 ) -> Subject:
-    """Create a subject, or return it when it already exists with the same data."""
-    wanted = {"species": species, "notes": notes}
+    """Create a subject, or return it when it already exists with the same data.
+
+    The NWB fields (sex, age, date of birth, weight, strain) are what an export's ``Subject``
+    carries; DANDI needs sex and an age or a date of birth.
+    """
+    wanted = {
+        "species": species,
+        "notes": notes,
+        "sex": sex,
+        "age": age,
+        "date_of_birth": date_of_birth.isoformat() if date_of_birth else "",
+        "weight": weight,
+        "strain": strain,
+    }
     return _create_or_match(session, Subject, {"name": name}, wanted, f"subject {name!r}")
 
 
@@ -59,11 +81,25 @@ def list_subjects(*, session: Session, limit: int = 100, offset: int = 0) -> tup
 
 
 def create_array(
-    *, session: Session, subject: str, name: str, region: str = "IT", hemisphere: str = ""
+    *,
+    session: Session,
+    subject: str,
+    name: str,
+    region: str = "IT",
+    hemisphere: str = "",
+    device: str = "",
+    manufacturer: str = "",
+    description: str = "",
 ) -> Array:
-    """Create a chronic array on a subject, or return it when identical."""
+    """Create a chronic array on a subject, or return it when identical (device: the NWB device)."""
     owner = get_subject(session=session, name=subject)
-    wanted = {"region": region, "hemisphere": hemisphere}
+    wanted = {
+        "region": region,
+        "hemisphere": hemisphere,
+        "device": device,
+        "manufacturer": manufacturer,
+        "description": description,
+    }
     return _create_or_match(  # type: ignore[no-any-return]
         session, Array, {"subject_id": owner.id, "name": name}, wanted, f"array {name!r} of {subject!r}"
     )
@@ -121,6 +157,10 @@ def register_sites(*, session: Session, sites: Sequence[dict[str, Any]]) -> tupl
             "unit": item.get("unit", "mua"),
             "meta": dict(item.get("meta") or {}),
             "active": bool(item.get("active", True)),
+            "x": item.get("x"),
+            "y": item.get("y"),
+            "z": item.get("z"),
+            "location": item.get("location", ""),
         }
         previous = seen.get(item["site_id"])
         if previous is not None and previous != wanted:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from server.db.base import Base, JSONType, utcnow
@@ -18,6 +18,13 @@ class Subject(Base):
     name: Mapped[str] = mapped_column(String(120), unique=True)
     species: Mapped[str] = mapped_column(String(120), default="Macaca mulatta")
     notes: Mapped[str] = mapped_column(default="")
+    # What NWB's Subject (and DANDI) ask for; "" is unknown. Age is an ISO 8601 duration at the
+    # time of a session (sessions may override it), date_of_birth ISO 8601 text with its offset.
+    sex: Mapped[str] = mapped_column(String(1), default="U", server_default="U")
+    age: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    date_of_birth: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    weight: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    strain: Mapped[str] = mapped_column(String(120), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     arrays: Mapped[list[Array]] = relationship(back_populates="subject")
@@ -32,6 +39,10 @@ class Array(Base):
     name: Mapped[str] = mapped_column(String(120))
     region: Mapped[str] = mapped_column(String(60), default="IT")
     hemisphere: Mapped[str] = mapped_column(String(10), default="")
+    # The NWB device the array is (name, manufacturer) and the electrode group's description.
+    device: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    manufacturer: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    description: Mapped[str] = mapped_column(default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     subject: Mapped[Subject] = relationship(back_populates="arrays")
@@ -50,6 +61,12 @@ class Site(Base):
     unit: Mapped[str] = mapped_column(String(60), default="mua")
     meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     active: Mapped[bool] = mapped_column(default=True)
+    # Electrode position (NWB electrodes x/y/z, in the lab's stereotaxic frame) and its location
+    # (brain area; "" falls back to the array's region).
+    x: Mapped[float | None] = mapped_column(Float, default=None)
+    y: Mapped[float | None] = mapped_column(Float, default=None)
+    z: Mapped[float | None] = mapped_column(Float, default=None)
+    location: Mapped[str] = mapped_column(String(60), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     array: Mapped[Array] = relationship(back_populates="sites")

@@ -38,6 +38,9 @@ def _array_read(array: Array, n_sites: int = 0) -> ArrayRead:
         name=array.name,
         region=array.region,
         hemisphere=array.hemisphere,
+        device=array.device,
+        manufacturer=array.manufacturer,
+        description=array.description,
         subject=array.subject.name,
         n_sites=n_sites,
         created_at=array.created_at,
@@ -54,6 +57,10 @@ def _site_read(site: Site) -> SiteRead:
         unit=site.unit,
         meta=site.meta,
         active=site.active,
+        x=site.x,
+        y=site.y,
+        z=site.z,
+        location=site.location,
         created_at=site.created_at,
     )
 
@@ -71,7 +78,7 @@ def _rig_read(rig: Rig, subject: str | None) -> RigRead:
 
 @router.post("/subjects", response_model=SubjectRead, status_code=201, summary="Create a subject")
 def create_subject(body: SubjectCreate, session: SessionDep, _: ExperimenterUser) -> SubjectRead:
-    subject = service.create_subject(session=session, name=body.name, species=body.species, notes=body.notes)
+    subject = service.create_subject(session=session, **body.model_dump())
     out = SubjectRead.model_validate(subject)
     session.commit()  # before the answer: a client that got 201 can rely on it
     return out
@@ -93,9 +100,7 @@ def get_subject(name: str, session: SessionDep, _: ViewerUser) -> SubjectRead:
     "/subjects/{name}/arrays", response_model=ArrayRead, status_code=201, summary="Add an array to a subject"
 )
 def create_subject_array(name: str, body: ArrayCreate, session: SessionDep, _: ExperimenterUser) -> ArrayRead:
-    array = service.create_array(
-        session=session, subject=name, name=body.name, region=body.region, hemisphere=body.hemisphere
-    )
+    array = service.create_array(session=session, subject=name, **body.model_dump(exclude={"subject"}))
     out = _array_read(array, len(array.sites))
     session.commit()
     return out
@@ -114,9 +119,7 @@ def list_subject_arrays(
 def create_array(body: ArrayCreate, session: SessionDep, _: ExperimenterUser) -> ArrayRead:
     if not body.subject:
         raise InvalidInput("subject: required when creating an array through /arrays")
-    array = service.create_array(
-        session=session, subject=body.subject, name=body.name, region=body.region, hemisphere=body.hemisphere
-    )
+    array = service.create_array(session=session, **body.model_dump())
     out = _array_read(array, len(array.sites))
     session.commit()
     return out

@@ -1,34 +1,44 @@
-"""Exports of one session: NWB 2 (spikes + presentations) and a Brain-Score style assembly (netCDF).
+"""Brain-Score exports of one session: the response assembly (netCDF) that pairs with its StimulusSet.
 
-The NWB export uses the same layout the upload accepts, so uploading an export again
-is recognised as the same data. The assembly is an ``xarray.DataArray`` of rates (Hz)
-with dims (presentation, neuroid), the coordinates Brain-Score's
-``NeuronRecordingAssembly`` uses, plus each image's lineage; it is written with the
-scipy netCDF3 engine, which needs no extra dependency (strings become char arrays,
-booleans int8; xarray decodes both back).
+The assembly is an ``xarray.DataArray`` of rates (Hz) with dims (presentation, neuroid,
+time_bin) and brainio's coordinate names, so ``brainio``'s ``NeuronRecordingAssembly`` loads it
+unchanged: per presentation ``stimulus_id`` (the image's SHA-256, the key of the StimulusSet
+export in :mod:`server.recordings.stimulus_set`), ``repetition`` and the image's full lineage;
+per neuroid ``neuroid_id`` (the site id), ``animal``, ``region``, ``arr``, ``elec``; per time bin
+``time_bin_start`` / ``time_bin_end`` in ms after onset. It is written with the scipy netCDF3
+engine, which needs no extra dependency (strings become char arrays, booleans int8; xarray decodes
+both back). The NWB export is :mod:`server.recordings.export_nwb`.
 """
 
 from __future__ import annotations
 
 import io
-import math
-import tempfile
-from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
-from server.errors import Conflict
-from server.images.tables import Image
 from server.lab.tables import Array, Site, Subject
-from server.modeling.tables import ModelVersion
-from server.recordings.queries import load_trains, response_matrix
+from server.recordings.export_nwb import build_nwb, require_data
+from server.recordings.lineage import image_lineage
+from server.recordings.queries import response_matrix
 from server.recordings.tables import RecordingSession
 
-DEFAULT_STIM_DURATION_S = 0.1
+__all__ = ["assembly_netcdf", "build_assembly", "build_nwb"]
+
+LINEAGE_COORDS = (
+    "kind",
+    "category",
+    "parent_sha256",
+    "model_version",
+    "perturbed_site",
+    "epsilon",
+    "direction",
+    "seed",
+    "predicted_change",
+    "achieved_l2",
+)
 
 
 def _site_rows(session: Session, site_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -53,176 +63,74 @@ def _site_rows(session: Session, site_ids: list[str]) -> dict[str, dict[str, Any
     }
 
 
-def _require_data(recording: RecordingSession) -> None:
-    if recording.upload_sha256 is None:
-        raise Conflict(f"session {recording.session_id!r} has no spike data yet; upload it first")
-
-
-def build_nwb(*, session: Session, recording: RecordingSession) -> bytes:
-    """An NWB file with units (spike_times, site_id, electrode metadata) and presentations intervals."""
-    _require_data(recording)
-    from pynwb import NWBHDF5IO, NWBFile
-    from pynwb.epoch import TimeIntervals
-    from pynwb.file import Subject as NWBSubject
-
-    subject = session.get(Subject, recording.subject_id)
-    site_ids, _, trains = load_trains(session=session, session_pk=recording.id)
-    m = response_matrix(session=session, session_pk=recording.id)
-    meta = _site_rows(session, site_ids)
-    ingest = (recording.meta or {}).get("_ingest", {})
-    duration = ingest.get("stim_duration_s") or DEFAULT_STIM_DURATION_S
-    start = recording.created_at if recording.created_at.tzinfo else recording.created_at.replace(tzinfo=UTC)
-    nwb = NWBFile(
-        session_description=f"itloop session {recording.session_id} (day {recording.day})",
-        identifier=recording.session_id,
-        session_id=recording.session_id,
-        session_start_time=start,
-        subject=NWBSubject(
-            subject_id=subject.name if subject else "unknown", species=subject.species if subject else None
-        ),
-    )
-    device = nwb.create_device(name="itloop-array", description="chronic multi-electrode arrays")
-    groups: dict[str, Any] = {}
-    electrode_of: dict[str, int] = {}
-    for col, desc in (("site_id", "itloop site id"), ("array", "array name"), ("unit_kind", "mua or unit")):
-        nwb.add_electrode_column(name=col, description=desc)
-    for i, sid in enumerate(site_ids):
-        info = meta.get(sid, {})
-        array = info.get("array", "array")
-        if array not in groups:
-            groups[array] = nwb.create_electrode_group(
-                name=array,
-                description=f"array {array}",
-                location=info.get("region", "IT") or "IT",
-                device=device,
-            )
-        nwb.add_electrode(
-            group=groups[array],
-            location=info.get("region", "IT") or "IT",
-            site_id=sid,
-            array=array,
-            unit_kind=info.get("unit", ""),
-        )
-        electrode_of[sid] = i
-    nwb.add_unit_column(name="site_id", description="itloop site id (stable across days)")
-    nwb.add_unit_column(name="electrode_name", description="electrode label from the lab inventory")
-    nwb.add_unit_column(name="region", description="brain region of the array")
-    for sid, train in zip(site_ids, trains, strict=True):
-        info = meta.get(sid, {})
-        nwb.add_unit(
-            spike_times=np.asarray(train, dtype=np.float64),
-            electrodes=[electrode_of[sid]],
-            site_id=sid,
-            electrode_name=info.get("electrode", ""),
-            region=info.get("region", ""),
-        )
-    table = TimeIntervals(name="presentations", description="image presentations on the session clock")
-    table.add_column(name="image_sha256", description="SHA-256 of the PNG shown")
-    table.add_column(name="event_id", description="rig event id")
-    table.add_column(name="fixation_ok", description="fixation held through the presentation")
-    for eid, sha, onset, fix in zip(m.event_ids, m.image_sha256, m.onset_s, m.fixation_ok, strict=True):
-        table.add_row(
-            start_time=float(onset),
-            stop_time=float(onset) + duration,
-            image_sha256=sha,
-            event_id=eid,
-            fixation_ok=bool(fix),
-        )
-    nwb.add_time_intervals(table)
-    with tempfile.TemporaryDirectory(prefix="itloop-nwb-") as tmp:
-        path = Path(tmp) / "export.nwb"
-        with NWBHDF5IO(str(path), "w") as io_:
-            io_.write(nwb)
-        return path.read_bytes()
-
-
-def _lineage(session: Session, image_ids: list[int]) -> dict[int, dict[str, Any]]:
-    parent = aliased(Image)
-    rows = session.execute(
-        select(
-            Image.id,
-            Image.kind,
-            parent.sha256,
-            ModelVersion.version,
-            Site.site_id,
-            Image.epsilon,
-            Image.direction,
-            Image.seed,
-        )
-        .outerjoin(parent, parent.id == Image.parent_id)
-        .outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
-        .outerjoin(Site, Site.id == Image.site_pk)
-        .where(Image.id.in_(image_ids))
-    ).all()
-    return {
-        r[0]: {
-            "kind": r[1] or "",
-            "parent_sha256": r[2] or "",
-            "model_version": r[3] or "",
-            "perturbed_site": r[4] or "",
-            "epsilon": math.nan if r[5] is None else float(r[5]),
-            "direction": r[6] or "",
-            "seed": -1 if r[7] is None else int(r[7]),
-        }
-        for r in rows
-    }
-
-
 def build_assembly(
     *, session: Session, recording: RecordingSession, window_ms: tuple[float, float] | None = None
 ) -> Any:
-    """A DataArray of rates (Hz), dims (presentation, neuroid), Brain-Score coordinates and lineage."""
+    """A DataArray of rates (Hz), dims (presentation, neuroid, time_bin), brainio coordinates, lineage."""
     import xarray as xr
 
-    _require_data(recording)
+    require_data(recording)
     m = response_matrix(session=session, session_pk=recording.id, window_ms=window_ms)
     meta = _site_rows(session, m.site_ids)
-    lineage = _lineage(session, sorted(set(m.image_ids.tolist())))
-    lin = [lineage.get(int(i), {}) for i in m.image_ids]
+    lineage = image_lineage(session, sorted(set(m.image_ids.tolist())))
+    lin = [lineage[int(i)] for i in m.image_ids]
     repetition = np.zeros(len(m.event_ids), dtype=np.int32)
     seen: dict[int, int] = {}
     for k, image_id in enumerate(m.image_ids.tolist()):
         repetition[k] = seen.get(image_id, 0)
         seen[image_id] = repetition[k] + 1
     subject = session.get(Subject, recording.subject_id)
+    stimulus_id = np.asarray(m.image_sha256, dtype=str)
+
+    def lineage_coord(key: str) -> tuple[str, np.ndarray]:
+        values = [x[key] for x in lin]
+        if key == "seed":  # text: netCDF3 has no 64-bit integers and engine seeds are 63-bit
+            return ("presentation", np.asarray(["" if v < 0 else str(v) for v in values], dtype=str))
+        if key in ("epsilon", "predicted_change", "achieved_l2"):
+            return ("presentation", np.asarray(values, dtype=np.float64))
+        return ("presentation", np.asarray(values, dtype=str))
+
     presentation = {
-        "image_id": ("presentation", np.asarray(m.image_sha256, dtype=str)),
-        "stimulus_id": ("presentation", np.asarray(m.image_sha256, dtype=str)),
+        "stimulus_id": ("presentation", stimulus_id),
+        "image_id": ("presentation", stimulus_id),  # the pre-2022 Brain-Score name, kept for old readers
         "event_id": ("presentation", np.asarray(m.event_ids, dtype=str)),
         "onset_s": ("presentation", m.onset_s),
         "fixation_ok": ("presentation", m.fixation_ok),
         "repetition": ("presentation", repetition),
-        "kind": ("presentation", np.asarray([x.get("kind", "") for x in lin], dtype=str)),
-        "parent_sha256": ("presentation", np.asarray([x.get("parent_sha256", "") for x in lin], dtype=str)),
-        "model_version": ("presentation", np.asarray([x.get("model_version", "") for x in lin], dtype=str)),
-        "perturbed_site": ("presentation", np.asarray([x.get("perturbed_site", "") for x in lin], dtype=str)),
-        "epsilon": ("presentation", np.asarray([x.get("epsilon", math.nan) for x in lin], dtype=np.float64)),
-        "direction": ("presentation", np.asarray([x.get("direction", "") for x in lin], dtype=str)),
-        "seed": ("presentation", np.asarray([x.get("seed", -1) for x in lin], dtype=np.int32)),
+        "session_id": ("presentation", np.asarray([recording.session_id] * len(m.event_ids), dtype=str)),
+        **{key: lineage_coord(key) for key in LINEAGE_COORDS},
     }
+
+    def site_coord(key: str) -> tuple[str, np.ndarray]:
+        return ("neuroid", np.asarray([meta.get(s, {}).get(key, "") for s in m.site_ids], dtype=str))
+
     neuroid = {
         "neuroid_id": ("neuroid", np.asarray(m.site_ids, dtype=str)),
-        "array": ("neuroid", np.asarray([meta.get(s, {}).get("array", "") for s in m.site_ids], dtype=str)),
-        "electrode": (
-            "neuroid",
-            np.asarray([meta.get(s, {}).get("electrode", "") for s in m.site_ids], dtype=str),
-        ),
-        "subject": ("neuroid", np.asarray([subject.name if subject else ""] * len(m.site_ids), dtype=str)),
-        "region": ("neuroid", np.asarray([meta.get(s, {}).get("region", "") for s in m.site_ids], dtype=str)),
+        "animal": ("neuroid", np.asarray([subject.name if subject else ""] * len(m.site_ids), dtype=str)),
+        "region": site_coord("region"),
+        "arr": site_coord("array"),
+        "elec": site_coord("electrode"),
+        "hemisphere": site_coord("hemisphere"),
+        "unit_kind": site_coord("unit"),
     }
-    da = xr.DataArray(
-        m.rates_hz.astype(np.float64),
-        dims=("presentation", "neuroid"),
-        coords={**presentation, **neuroid, "time_bin_start": m.window_ms[0], "time_bin_end": m.window_ms[1]},
+    time_bin = {
+        "time_bin_start": ("time_bin", np.asarray([m.window_ms[0]], dtype=np.float64)),
+        "time_bin_end": ("time_bin", np.asarray([m.window_ms[1]], dtype=np.float64)),
+    }
+    return xr.DataArray(
+        m.rates_hz.astype(np.float64)[:, :, None],
+        dims=("presentation", "neuroid", "time_bin"),
+        coords={**presentation, **neuroid, **time_bin},
         name="rate_hz",
         attrs={
             "units": "Hz",
             "session_id": recording.session_id,
             "day": int(recording.day),
-            "description": "spike rate in [time_bin_start, time_bin_end) ms after onset",
+            "stimulus_set_identifier": f"itloop.{recording.session_id}",
+            "description": "spike rate in [time_bin_start, time_bin_end) ms after onset; pairs with "
+            "GET /sessions/{id}/stimulus_set.csv by stimulus_id",
         },
     )
-    return da
 
 
 def assembly_netcdf(

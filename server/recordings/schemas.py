@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from server.lab.schemas import aware_or_none, iso_duration
 
 T = TypeVar("T")
 
@@ -28,6 +30,21 @@ class SessionBase(BaseModel):
     batch_id: str | None = None
     day: int | None = Field(default=None, ge=0)
     meta: dict[str, Any] = Field(default_factory=dict)
+    # NWB / DANDI session metadata (an NWB upload fills what is left empty here; see
+    # docs/nwb-and-brainscore.md).
+    session_start_time: datetime | None = Field(
+        default=None, description="with a time zone offset; exported as NWB session_start_time"
+    )
+    description: str = Field(default="", max_length=10000, description="NWB session_description")
+    experimenter: list[str] = Field(default_factory=list, max_length=50, description="'Last, First' each")
+    institution: str = Field(default="", max_length=200)
+    lab: str = Field(default="", max_length=200)
+    keywords: list[str] = Field(default_factory=list, max_length=100)
+    subject_age: str = Field(default="", max_length=40, description="ISO 8601 duration on this day")
+    subject_weight: str = Field(default="", max_length=40, description="on this day, with unit: '9 kg'")
+
+    _start = field_validator("session_start_time", mode="before")(aware_or_none)
+    _age = field_validator("subject_age")(iso_duration)
 
 
 class SessionCreate(SessionBase):

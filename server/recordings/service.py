@@ -10,6 +10,7 @@ and re-inserts in the same transaction.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,20 @@ def _user_meta(rec: RecordingSession) -> dict[str, Any]:
     return {k: v for k, v in (rec.meta or {}).items() if k != INGEST_KEY}
 
 
+NWB_FIELDS = ("description", "experimenter", "institution", "lab", "keywords")
+SUBJECT_FIELDS = ("age", "weight")  # the subject on this day: acquisition["subject"]
+
+
+def nwb_fields(rec: RecordingSession) -> dict[str, Any]:
+    """The session's NWB metadata as the API shows it (see :class:`SessionBase`)."""
+    acq_subject = (rec.acquisition or {}).get("subject", {})
+    return {
+        "session_start_time": rec.session_start_time,
+        **{k: getattr(rec, k) for k in NWB_FIELDS},
+        **{f"subject_{k}": acq_subject.get(k, "") for k in SUBJECT_FIELDS},
+    }
+
+
 def describe(*, session: Session, rec: RecordingSession) -> dict[str, Any]:
     """The public fields of a session (names, not keys)."""
     subject = session.get(Subject, rec.subject_id)
@@ -89,6 +104,7 @@ def describe(*, session: Session, rec: RecordingSession) -> dict[str, Any]:
         "created_at": rec.created_at,
         "completed_at": rec.completed_at,
         "ingest": (rec.meta or {}).get(INGEST_KEY, {}),
+        **nwb_fields(rec),
     }
 
 
@@ -101,8 +117,29 @@ def create_session(
     batch_id: str | None = None,
     day: int | None = None,
     meta: dict[str, Any] | None = None,
+    session_start_time: datetime | None = None,
+    description: str = "",
+    experimenter: list[str] | None = None,
+    institution: str = "",
+    lab: str = "",
+    keywords: list[str] | None = None,
+    subject_age: str = "",
+    subject_weight: str = "",
 ) -> tuple[RecordingSession, bool]:
-    """Create a session; an identical body returns the existing one (created=False), else 409."""
+    """Create a session; an identical body returns the existing one (created=False), else 409.
+
+    The NWB fields (start time with its offset, description, experimenter, institution, lab,
+    keywords, the subject's age and weight on the day) are written back by the NWB export.
+    """
+    nwb = {
+        "session_start_time": session_start_time.isoformat() if session_start_time else None,
+        "description": description,
+        "experimenter": list(experimenter or []),
+        "institution": institution,
+        "lab": lab,
+        "keywords": list(keywords or []),
+    }
+    day_subject = {k: v for k, v in (("age", subject_age), ("weight", subject_weight)) if v}
     if meta and INGEST_KEY in meta:
         raise InvalidInput(f"meta key {INGEST_KEY!r} is reserved")
     subj = session.scalar(select(Subject).where(Subject.name == subject))
@@ -127,6 +164,11 @@ def create_session(
             and existing.batch_pk == (batch.id if batch else None)
             and existing.day == day_value
             and _user_meta(existing) == (meta or {})
+            # NWB fields the body leaves empty match anything: an NWB upload may have filled them
+            and all(not v or getattr(existing, k) == v for k, v in nwb.items())
+            and all(
+                (existing.acquisition or {}).get("subject", {}).get(k) == v for k, v in day_subject.items()
+            )
         )
         if not same:
             raise Conflict(f"session {session_id!r} already exists with different fields")
@@ -139,6 +181,8 @@ def create_session(
         day=day_value,
         meta=dict(meta or {}),
         state=SessionState.open,
+        acquisition={"subject": day_subject} if day_subject else {},
+        **nwb,
     )
     session.add(rec)
     session.flush()
@@ -212,8 +256,12 @@ def counts(
     }
 
 
-def parse_files(files: dict[str, Path]) -> ParsedUpload:
-    """Pick the format from the multipart fields present: ``file`` (NWB) or ``spikes`` + ``presentations``."""
+def parse_files(files: dict[str, Path], presentations_table: str | None = None) -> ParsedUpload:
+    """Pick the format from the multipart fields present: ``file`` (NWB) or ``spikes`` + ``presentations``.
+
+    ``presentations_table`` names the NWB TimeIntervals table of presentations (default
+    ``presentations``); it means nothing for CSV/Parquet, where it is refused.
+    """
     from server.recordings.ingest.columnar import read_columnar
     from server.recordings.ingest.nwb import read_nwb
 
@@ -222,7 +270,9 @@ def parse_files(files: dict[str, Path]) -> ParsedUpload:
             raise InvalidUpload(
                 "send either one NWB file (field 'file') or 'spikes' and 'presentations', not both"
             )
-        return read_nwb(files["file"])
+        return read_nwb(files["file"], table_name=presentations_table or "presentations")
+    if presentations_table:
+        raise InvalidUpload("presentations_table names a table inside an NWB file; this upload is not NWB")
     if "spikes" in files and "presentations" in files:
         return read_columnar(files["spikes"], files["presentations"])
     got = ", ".join(sorted(files)) or "none"
@@ -272,6 +322,80 @@ def _resolve_images(*, session: Session, hashes: list[str]) -> list[int]:
             "every presented image must be registered first"
         )
     return [found[h] for h in hashes]
+
+
+def nwb_options(*, presentations_table: str | None, site_map: str | None) -> dict[str, Any]:
+    """The NWB upload options of the query string, checked: ``site_map`` is a JSON object of strings."""
+    import json
+
+    mapping: dict[str, str] = {}
+    if site_map:
+        try:
+            raw = json.loads(site_map)
+        except ValueError as exc:
+            raise InvalidInput(
+                f'site_map: not JSON ({exc}); expected an object such as {{"3": "A-001"}}'
+            ) from None
+        if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in raw.items()
+        ):
+            raise InvalidInput("site_map: expected a JSON object of unit name or id -> site id strings")
+        mapping = raw
+    return {"presentations_table": presentations_table or None, "site_map": mapping}
+
+
+def _map_units(
+    *, session: Session, rec: RecordingSession, upload: ParsedUpload, site_map: dict[str, str]
+) -> None:
+    """NWB uploads: check the file's subject and give every unit its site (ingest/unitmap.py)."""
+    from server.recordings.ingest.unitmap import InventorySite, map_units
+
+    if upload.file_meta is not None:
+        subject = session.get(Subject, rec.subject_id)
+        named = upload.file_meta["subject"].get("subject_id", "")
+        if subject is not None and named and named != subject.name:
+            raise InvalidUpload(
+                f"{upload.source}: the file's subject is {named!r} but session {rec.session_id!r} records "
+                f"subject {subject.name!r}; upload the file to a session of that subject"
+            )
+    if upload.units is None:
+        if site_map:
+            raise InvalidUpload("site_map maps NWB units to sites; this upload has no NWB units")
+        return
+    rows = session.execute(
+        select(Site.site_id, Array.name, Site.electrode, Site.unit)
+        .join(Array, Array.id == Site.array_id)
+        .where(Array.subject_id == rec.subject_id)
+    ).all()
+    sites = [InventorySite(site_id=r[0], array=r[1], electrode=r[2] or "", unit=r[3] or "") for r in rows]
+    upload.assign_sites(map_units(upload.units, sites=sites, site_map=site_map, source=upload.source))
+
+
+def _file_metadata(upload: ParsedUpload) -> dict[str, Any] | None:
+    """What an NWB upload says beyond spikes and presentations, electrodes keyed by site id."""
+    if upload.file_meta is None:
+        return None
+    electrodes: dict[str, dict[str, Any]] = {}
+    for unit, site_id in zip(upload.units or [], upload.site_labels, strict=False):
+        if unit.electrode is not None and site_id not in electrodes:
+            electrodes[site_id] = {k: v for k, v in unit.electrode.items() if k not in ("id", "site_id")}
+    return {**upload.file_meta, "electrodes": electrodes}
+
+
+def _keep_file_metadata(rec: RecordingSession, meta: dict[str, Any] | None) -> None:
+    """The file's session fields win where it has them; the rest is kept for the NWB export."""
+    acquisition = {k: v for k, v in (rec.acquisition or {}).items() if k != "file"}
+    if meta is not None:
+        for key, width in (("institution", 200), ("lab", 200), ("session_start_time", 40)):
+            if len(meta.get(key) or "") > width:
+                raise InvalidUpload(
+                    f"the NWB file's {key} has {len(meta[key])} characters; at most {width} fit"
+                )
+        for key in ("session_start_time", *NWB_FIELDS):
+            if meta.get(key):
+                setattr(rec, key, meta[key])
+        acquisition["file"] = {k: v for k, v in meta.items() if k not in ("session_start_time", *NWB_FIELDS)}
+    rec.acquisition = acquisition
 
 
 def _delete_data(*, session: Session, session_pk: int) -> None:
@@ -326,9 +450,14 @@ def ingest(
     window_ms: tuple[float, float] | None = None,
     replace: bool = False,
     fmt: str = "",
+    site_map: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Validate and store one upload; returns counts and whether it was a repeat (see module docstring)."""
+    """Validate and store one upload; returns counts and whether it was a repeat (see module docstring).
+
+    ``site_map`` (unit name or id -> site id) maps NWB units explicitly (ingest/unitmap.py).
+    """
     window = check_window(window_ms or default_window())
+    _map_units(session=session, rec=recording, upload=upload, site_map=site_map or {})
     data: CleanUpload = clean(upload)
     site_pks = _resolve_sites(session=session, rec=recording, site_ids=data.site_ids)
     image_ids = _resolve_images(session=session, hashes=data.image_sha256)
@@ -395,6 +524,7 @@ def _store(
             "image_id": np.asarray(image_ids, dtype=np.int64),
             "onset_s": data.onset_s,
             "fixation_ok": data.fixation_ok,
+            "stop_s": [float(x) if np.isfinite(x) else None for x in data.stop_s.tolist()],
         },
     )
     insert_columns(
@@ -431,6 +561,7 @@ def _store(
             "uploaded_at": utcnow().isoformat(),
         },
     }
+    _keep_file_metadata(recording, _file_metadata(upload))
     session.flush()
     log.info(
         "ingested session %s: %d sites, %d presentations, %d spikes, %d responses",
@@ -457,13 +588,15 @@ def ingest_files(
     files: dict[str, Path],
     window_ms: tuple[float, float] | None = None,
     replace: bool = False,
+    presentations_table: str | None = None,
+    site_map: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Parse the uploaded files (NWB or CSV/Parquet) and :func:`ingest` them.
 
     The files are parsed before the database is touched: the transaction (and on SQLite the
     write lock) is not held while a large file is read.
     """
-    upload = parse_files(files)
+    upload = parse_files(files, presentations_table)
     recording = get_session(session=session, session_id=session_id)
     if "file" in files:
         fmt = "nwb"
@@ -472,7 +605,13 @@ def ingest_files(
 
         fmt = "parquet" if is_parquet(files["spikes"]) else "csv"
     return ingest(
-        session=session, recording=recording, upload=upload, window_ms=window_ms, replace=replace, fmt=fmt
+        session=session,
+        recording=recording,
+        upload=upload,
+        window_ms=window_ms,
+        replace=replace,
+        fmt=fmt,
+        site_map=site_map,
     )
 
 

@@ -26,6 +26,17 @@ class RecordingSession(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # NWB/DANDI session metadata, registered through the API or kept from an NWB upload
+    # (docs/nwb-and-brainscore.md). The start time is ISO 8601 text so its offset survives SQLite.
+    session_start_time: Mapped[str | None] = mapped_column(String(40), default=None)
+    description: Mapped[str] = mapped_column(default="", server_default="")
+    experimenter: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default="[]")
+    institution: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    lab: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    keywords: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default="[]")
+    # What the upload's file said that the lab inventory does not hold per session: subject
+    # age/weight at the session, devices, electrode groups, electrodes by site, unit resolution.
+    acquisition: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default="{}")
 
 
 class RigEvent(Base):
@@ -59,6 +70,7 @@ class Presentation(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"), index=True)
     onset_s: Mapped[float] = mapped_column(Float)
     fixation_ok: Mapped[bool] = mapped_column(default=True)
+    stop_s: Mapped[float | None] = mapped_column(Float, default=None)  # as uploaded; None when unknown
 
 
 class SpikeTrain(Base):

@@ -12,6 +12,7 @@ from server.body_limit import accepts_upload
 from server.deps import ExperimenterUser, SessionDep, SettingsDep, ViewerUser
 from server.errors import InvalidInput, ItloopError
 from server.images.tables import Image
+from server.images.views import get_app_store
 from server.lab.tables import Site
 from server.recordings import export, service
 from server.recordings.schemas import (
@@ -32,6 +33,11 @@ router = APIRouter(prefix="/sessions", tags=["recordings"])
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Offset = Annotated[int, Query(ge=0)]
 UPLOAD_FIELDS = ("file", "spikes", "presentations")
+TABLE_HELP = "NWB only: the TimeIntervals table that holds the presentations (default `presentations`)"
+SITE_MAP_HELP = (
+    "NWB only: JSON object mapping unit names (unit_name column) or unit ids to registered site ids, "
+    "for files whose units carry no site_id (NeuroConv/SpikeInterface); see docs/nwb-and-brainscore.md"
+)
 
 
 def _window(settings: Any, start: float | None, end: float | None) -> tuple[float, float]:
@@ -104,8 +110,11 @@ async def upload_spikes(
     replace: bool = False,
     window_start_ms: float | None = None,
     window_end_ms: float | None = None,
+    presentations_table: Annotated[str | None, Query(max_length=200, description=TABLE_HELP)] = None,
+    site_map: Annotated[str | None, Query(max_length=60_000, description=SITE_MAP_HELP)] = None,
 ) -> UploadResult:
     window = _window(settings, window_start_ms, window_end_ms)
+    nwb_options = service.nwb_options(presentations_table=presentations_table, site_map=site_map)
     # Body written and split off the event loop, parsed and stored in the bulk thread pool;
     # the folder goes away however the request ends (server.uploads).
     async with upload_folder() as folder:
@@ -113,7 +122,12 @@ async def upload_spikes(
             files = await receive_files(request, folder, UPLOAD_FIELDS)
             result = await run_bulk(
                 lambda: service.ingest_files(
-                    session=session, session_id=session_id, files=files, window_ms=window, replace=replace
+                    session=session,
+                    session_id=session_id,
+                    files=files,
+                    window_ms=window,
+                    replace=replace,
+                    **nwb_options,
                 )
             )
         except ItloopError as exc:
@@ -183,13 +197,13 @@ def list_responses(
 
 @router.get(
     "/{session_id}/export.nwb",
-    summary="The session as NWB 2 (units + presentations)",
+    summary="The session as NWB 2, DANDI-ready (metadata, units, presentations, images, lineage)",
     response_class=HTTPResponse,
     responses={200: {"content": {"application/x-nwb": {}}}},
 )
-def export_nwb(session_id: str, session: SessionDep, _: ViewerUser) -> HTTPResponse:
+def export_nwb(session_id: str, session: SessionDep, settings: SettingsDep, _: ViewerUser) -> HTTPResponse:
     rec = service.get_session(session=session, session_id=session_id)
-    data = export.build_nwb(session=session, recording=rec)
+    data = export.build_nwb(session=session, recording=rec, store=get_app_store(settings))
     return HTTPResponse(
         data,
         media_type="application/x-nwb",
@@ -199,7 +213,7 @@ def export_nwb(session_id: str, session: SessionDep, _: ViewerUser) -> HTTPRespo
 
 @router.get(
     "/{session_id}/responses.nc",
-    summary="Responses as a Brain-Score style assembly (netCDF3)",
+    summary="Responses as a Brain-Score assembly (netCDF3; presentation x neuroid x time_bin)",
     response_class=HTTPResponse,
     responses={200: {"content": {"application/x-netcdf": {}}}},
 )

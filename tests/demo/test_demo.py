@@ -214,3 +214,41 @@ def test_virtual_rig_uploads_are_validated_like_any_clients(demo_run: DemoRun, t
         assert ok.status_code in (200, 201), ok.text
         assert ok.json()["presentations"] == len(seq)
         http.close()
+
+
+def test_estimates_to_date_pool_the_days_and_tighten(demo_run: DemoRun) -> None:
+    """On the last day, source ``it_to_date`` pools both days with twins: per site and epsilon it
+    counts the day's pairs and yesterday's, and its confidence intervals are narrower on
+    average than the day's own (more pairs of the same sites)."""
+    from demo.run import _tokens
+    from server.app import create_app
+
+    last = DAYS - 1
+    viewer = {"Authorization": f"Bearer {_tokens(demo_run.settings)['viewer']}"}
+    with TestClient(create_app(demo_run.settings)) as api:
+
+        def rows(source: str, day: int) -> dict[tuple[str, float], dict[str, Any]]:
+            r = api.get(
+                "/api/v1/analysis/sensitivity",
+                headers=viewer,
+                params={
+                    "day": day,
+                    "source": source,
+                    "estimator": "sign_corrected",
+                    "population": "false",
+                    "limit": 500,
+                },
+            )
+            assert r.status_code == 200, r.text
+            return {(x["site_id"], x["epsilon"]): x for x in r.json()["items"]}
+
+        assert rows("it_to_date", 1) == {}  # one day of twins: nothing to pool yet
+        today, before, pooled = rows("it", last), rows("it", last - 1), rows("it_to_date", last)
+    assert set(pooled) == set(today), "every site and epsilon of the day has a figure to date"
+    for key, p in pooled.items():
+        assert p["n_pairs"] == today[key]["n_pairs"] + before.get(key, {}).get("n_pairs", 0), key
+    width = {
+        k: np.mean([x["ci_high"] - x["ci_low"] for x in d.values() if x["ci_high"] is not None])
+        for k, d in (("day", today), ("to date", pooled))
+    }
+    assert width["to date"] < width["day"], width

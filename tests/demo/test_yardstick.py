@@ -79,15 +79,20 @@ def test_a_twin_that_beats_the_attack_raises_the_reference(clean: np.ndarray) ->
     assert res["whitebox"][0] == res["change"][0] > 0
 
 
-def _viewer(estimates: dict[tuple[str, float], float]) -> httpx.Client:
-    """Serves GET /analysis/sensitivity and GET /model-versions/{v} as the server shapes them."""
+def _viewer(
+    estimates: dict[tuple[str, float], float], to_date: dict[tuple[str, float], float] | None = None
+) -> httpx.Client:
+    """Serves GET /analysis/sensitivity (sources ``it`` and ``it_to_date``) and GET
+    /model-versions/{v} as the server shapes them."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path.endswith("/analysis/sensitivity"):
+            source = request.url.params.get("source")
+            chosen = estimates if source == "it" else (to_date or {}) if source == "it_to_date" else {}
             items = [
-                {"site_id": sid, "epsilon": e, "value": v, "source": "it", "estimator": "sign_corrected"}
-                for (sid, e), v in estimates.items()
+                {"site_id": sid, "epsilon": e, "value": v, "source": source, "estimator": "sign_corrected"}
+                for (sid, e), v in chosen.items()
             ]
             offset = int(request.url.params.get("offset", 0))
             return httpx.Response(200, json={"items": items[offset:], "total": len(items)})
@@ -121,13 +126,17 @@ def test_day_report_per_epsilon_spearman_and_surrogates(brain: Any, clean: np.nd
             }
     sigma = brain.rates(clean).std(axis=0, ddof=1)
     truth = brain.true_sensitivity_cases(clean[:4], np.arange(4), eps).max / sigma
-    with _viewer({(sid, eps): float(truth[i]) for i, sid in enumerate(site_ids)}) as viewer:
+    estimates = {(sid, eps): float(truth[i]) for i, sid in enumerate(site_ids)}
+    reversed_ranks = {k: -v for k, v in estimates.items()}
+    with _viewer(estimates, to_date=reversed_ranks) as viewer:
         day = evaluate_yardstick(viewer, brain, lineage, pixels, site_ids, day=2)
     assert day["family"] == "natural" and day["whitebox"] == "exact" and day["natural_share"] == 1.0
     (row,) = day["by_epsilon"]
     assert row["found_median"] == pytest.approx(1.0) and row["n_found"] == 4 and row["n_random"] == 4
     assert row["random_mean"] < 0.2 and row["shipped_over_random"] > 5
     assert row["spearman"] == pytest.approx(1.0)  # estimates equal to the white-box values
+    assert row["spearman_to_date"] == pytest.approx(-1.0)  # read from its own source
+    assert day["spearman_to_date_mean"] == pytest.approx(-1.0)
     np.testing.assert_allclose(row["whitebox_per_site"], truth, rtol=1e-9)
     assert [s["candidate"] for s in day["sites"]] == ["small_cnn"] * 4
     assert [s["transfer_sign"] for s in day["sites"]] == pytest.approx([0.5, 0.6, 0.7, 0.8])

@@ -45,3 +45,19 @@ def test_warm_start_resumes_from_yesterdays_weights() -> None:
     bigger = trained_vone(n_sites=4, image_size=32, channels=8, seed=0)
     report = train_core(bigger, front, np.c_[y, y[:, 0]], families, init_state=state, max_epochs=1)
     assert report.warm_started and bigger.mask.shape == (4, 64)
+
+
+def test_noise_training_still_learns_and_is_deterministic() -> None:
+    """Feature noise changes the weights (it is applied) but not what the core can learn."""
+    net, front, y, families = _data(240, 0)
+    plain = train_core(net, front, y, families, max_epochs=40, seed=0)
+    plain_w = {k: v.clone() for k, v in net.state_dict().items()}
+    runs = []
+    for _ in range(2):
+        noisy_net = _data(240, 0)[0]
+        report = train_core(noisy_net, front, y, families, max_epochs=40, seed=0, feature_noise=0.3)
+        runs.append((report, {k: v.clone() for k, v in noisy_net.state_dict().items()}))
+    (a, wa), (b, wb) = runs
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
+    assert any(not torch.equal(wa[k], plain_w[k]) for k in wa)
+    assert a.val_r > 0.5 and plain.val_r > 0.5, (a, plain)

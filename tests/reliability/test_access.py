@@ -66,6 +66,8 @@ ACCESS: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", f"{V1}/sessions/{{session_id}}/responses"): VIEWER,
     ("GET", f"{V1}/sessions/{{session_id}}/export.nwb"): VIEWER,
     ("GET", f"{V1}/sessions/{{session_id}}/responses.nc"): VIEWER,
+    ("GET", f"{V1}/sessions/{{session_id}}/stimulus_set.csv"): VIEWER,
+    ("GET", f"{V1}/sessions/{{session_id}}/stimulus_set.zip"): VIEWER,
     ("GET", f"{V1}/model-versions"): VIEWER,
     ("GET", f"{V1}/model-versions/sites/{{site_id}}/history"): VIEWER,
     ("GET", f"{V1}/model-versions/{{version}}"): VIEWER,

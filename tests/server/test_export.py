@@ -59,7 +59,7 @@ def test_assembly_export_opens_with_xarray(client, auth, db_session: Session, tm
     r = client.get(f"/api/v1/sessions/{lab.sid}/responses.nc", headers=auth("viewer"))
     assert r.status_code == 200, r.text
     da = xr.open_dataarray(io.BytesIO(r.content), engine="scipy").load()
-    assert da.dims == ("presentation", "neuroid") and da.shape == (40, 6)
+    assert da.dims == ("presentation", "neuroid", "time_bin") and da.shape == (40, 6, 1)
     for coord in (
         "image_id",
         "stimulus_id",
@@ -74,15 +74,18 @@ def test_assembly_export_opens_with_xarray(client, auth, db_session: Session, tm
         "direction",
         "seed",
         "kind",
+        "predicted_change",
+        "achieved_l2",
     ):
         assert da[coord].dims == ("presentation",), coord
-    for coord in ("neuroid_id", "array", "electrode", "subject", "region"):
+    for coord in ("neuroid_id", "arr", "elec", "animal", "region"):
         assert da[coord].dims == ("neuroid",), coord
-    assert float(da["time_bin_start"]) == 70.0 and float(da["time_bin_end"]) == 170.0
+    assert da["time_bin_start"].dims == ("time_bin",)
+    assert da["time_bin_start"].values.tolist() == [70.0] and da["time_bin_end"].values.tolist() == [170.0]
     assert list(da["neuroid_id"].values) == sorted(lab.site_ids)
-    assert set(da["subject"].values) == {lab.subject} and set(da["region"].values) == {"IT"}
+    assert set(da["animal"].values) == {lab.subject} and set(da["region"].values) == {"IT"}
     expected = brute_force_counts(data, sorted(lab.site_ids), (70.0, 170.0)) / 0.1
-    np.testing.assert_allclose(da.values, expected)
+    np.testing.assert_allclose(da.squeeze("time_bin").values, expected)
     perturbed = da["kind"].values == "perturbed"
     assert perturbed.any()
     assert set(da["parent_sha256"].values[perturbed]) == {lab.images[0]}
@@ -98,4 +101,5 @@ def test_assembly_export_opens_with_xarray(client, auth, db_session: Session, tm
         headers=auth("viewer"),
     )
     da2 = xr.open_dataarray(io.BytesIO(r.content), engine="scipy").load()
-    np.testing.assert_allclose(da2.values, brute_force_counts(data, sorted(lab.site_ids), (0.0, 300.0)) / 0.3)
+    expected = brute_force_counts(data, sorted(lab.site_ids), (0.0, 300.0)) / 0.3
+    np.testing.assert_allclose(da2.values[:, :, 0], expected)

@@ -141,12 +141,25 @@ def write_parquet(folder: Path, data: Synthetic) -> dict[str, Path]:
     return {"spikes": sp, "presentations": pr}
 
 
-def write_nwb(path: Path, data: Synthetic, with_event_ids: bool = True, where: str = "intervals") -> Path:
+def write_nwb(
+    path: Path,
+    data: Synthetic,
+    with_event_ids: bool = True,
+    where: str = "intervals",
+    subject_id: str | None = None,
+    with_subject: bool = True,
+) -> Path:
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.epoch import TimeIntervals
+    from pynwb.file import Subject as NWBSubject
 
     nwb = NWBFile(
-        session_description="test", identifier="t", session_start_time=datetime(2026, 1, 1, tzinfo=UTC)
+        session_description="test",
+        identifier="t",
+        session_start_time=datetime(2026, 1, 1, tzinfo=UTC),
+        subject=NWBSubject(subject_id=subject_id, species="Macaca mulatta", sex="M", age="P7Y")
+        if with_subject
+        else None,
     )
     nwb.add_unit_column(name="site_id", description="site")
     for sid in sorted(set(data.site.tolist())):

@@ -21,6 +21,7 @@ from server.recordings import service as recordings
 from worker.context import JobContext
 from worker.night import ANALYZE, SELECT
 from worker.registry import job
+from worker.steps.analyze_to_date import to_date_records
 from worker.steps.data import images_by_id, pixels
 from worker.steps.fit import load_encoder, night_config
 
@@ -183,6 +184,15 @@ def analyze(ctx: JobContext) -> dict[str, Any]:
         n = analysis.store_results(
             session=session, records=records, session_pk=ctx.params["session_pk"], day=day
         )
+    ctx.progress(0.9, "sensitivity to date (all days pooled)")
+    with ctx.session() as session:
+        pooled = to_date_records(
+            session, day=day, window_ms=window, train_days=cfg.train_days, n_boot=cfg.n_boot, seed=cfg.seed
+        )
+        if pooled:
+            n += analysis.store_results(
+                session=session, records=pooled, session_pk=ctx.params["session_pk"], day=day
+            )
     comparison = result.comparisons.get("sign_corrected")
     summary: dict[str, Any] = {"records": n, "epsilons": epsilons, "pairs": len(pair_rows), "day": day}
     if comparison is not None:

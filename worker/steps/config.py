@@ -64,7 +64,16 @@ class NightConfig(BaseModel):
     ceiling_threshold: float = Field(
         default=0.3, description="sites below this split-half reliability get no perturbations tonight"
     )
-    repeats: int = Field(default=4, ge=1)
+    repeats: int = Field(
+        default=4, ge=1, description="repeats of every image (the average, with adaptive_repeats)"
+    )
+    adaptive_repeats: bool = Field(
+        default=True,
+        description=(
+            "give each twin repeats in proportion to the width of its site's latest confidence interval "
+            "at its epsilon (between repeats/2 and 2*repeats; the day's total is unchanged)"
+        ),
+    )
     on_ms: int = 100
     off_ms: int = 100
     images_per_trial: int = 8

@@ -14,11 +14,13 @@ from typing import Any
 
 from sqlalchemy import select
 
+from models.allocation import RepeatPlan, plan_twin_repeats
 from models.schedule import ScheduleConfig, schedule_rsvp
+from server.analysis.tables import AnalysisResult
 from server.batches import service as batches
 from server.batches.tables import Batch, BatchState
 from server.jobs.tables import Night
-from server.lab.tables import Rig
+from server.lab.tables import Rig, Site
 from server.recordings import service as recordings
 from server.recordings.queries import responses_by_image
 from worker.context import JobContext
@@ -78,7 +80,9 @@ def schedule(ctx: JobContext) -> dict[str, Any]:
     a = night_result(ctx, ASSEMBLE)
     # Order by content, not by database id: two workers (or a re-run) insert rows in other orders.
     with ctx.session() as session:
-        sha = {str(im.id): im.sha256 for im in images_by_id(session, [int(k) for k in a["roles"]])}
+        rows = images_by_id(session, [int(k) for k in a["roles"]])
+        sha = {str(im.id): im.sha256 for im in rows}
+        plan = _repeat_plan(session, rows, a["pairs"], cfg.repeats) if cfg.adaptive_repeats else None
     images = sorted(a["roles"], key=lambda k: (a["roles"][k], sha[k]))
     pairs = sorted(((str(p), str(c)) for p, c in a["pairs"]), key=lambda pc: (sha[pc[0]], sha[pc[1]]))
     sched = schedule_rsvp(
@@ -92,6 +96,7 @@ def schedule(ctx: JobContext) -> dict[str, Any]:
             pair_separation_s=cfg.pair_separation_s,
             seed=cfg.seed,
         ),
+        repeats_of=plan.repeats if plan else None,
     )
     ctx.progress(1.0, f"{len(sched.items)} presentations, twins {sched.mean_pair_separation_s:.0f} s apart")
     # No pairs (deadline, nothing synthesised) gives NaN separations; PostgreSQL's JSON refuses NaN.
@@ -105,7 +110,39 @@ def schedule(ctx: JobContext) -> dict[str, Any]:
         "min_pair_separation_s": min_sep,
         "capped": sched.capped,
         "duration_s": sched.duration_s,
+        "allocation": plan.reason if plan else "even repeats (adaptive_repeats is off)",
     }
+
+
+def _repeat_plan(session: Any, images: list[Any], pairs: list[list[int]], base: int) -> RepeatPlan:
+    """Repeats per twin from the latest confidence interval of its site's estimate at its epsilon.
+
+    The interval is the sign-corrected estimate's for IT, from the most recent analysed day
+    (tonight's own analysis runs after publishing, so this is yesterday's evidence).
+    """
+    by_id = {im.id: im for im in images}
+    pks = {by_id[c].site_pk for _, c in pairs if c in by_id and by_id[c].site_pk is not None}
+    name = dict(session.execute(select(Site.id, Site.site_id).where(Site.id.in_(pks))).all())
+    twins = [
+        (str(c), name[by_id[c].site_pk], float(by_id[c].epsilon))
+        for _, c in pairs
+        if c in by_id and by_id[c].site_pk in name and by_id[c].epsilon is not None
+    ]
+    latest = (
+        select(AnalysisResult.site_pk, AnalysisResult.epsilon, AnalysisResult.ci_low, AnalysisResult.ci_high)
+        .where(
+            AnalysisResult.source == "it",
+            AnalysisResult.estimator == "sign_corrected",
+            AnalysisResult.site_pk.in_(pks),
+            AnalysisResult.epsilon.is_not(None),
+            AnalysisResult.ci_low.is_not(None),
+            AnalysisResult.ci_high.is_not(None),
+        )
+        .order_by(AnalysisResult.day, AnalysisResult.id)
+    )
+    # Later days overwrite earlier ones: each (site, epsilon) keeps its newest interval.
+    widths = {(name[s], round(float(e), 9)): float(hi - lo) for s, e, lo, hi in session.execute(latest)}
+    return plan_twin_repeats(twins, widths, base=base)
 
 
 @job(PUBLISH, timeout_s=1800)

@@ -1,10 +1,13 @@
 """Spikes and presentations from one NWB 2 file, read with pynwb.
 
-Layout: ``nwbfile.units`` with ``spike_times`` and a ``site_id`` column (several units may
-share a site: their trains are merged); a ``TimeIntervals`` table named ``presentations``
-with ``start_time``, ``stop_time``, ``image_sha256`` and optional ``event_id`` (default:
-the row index as a string) and ``fixation_ok``. The table is looked for in
-``nwbfile.intervals``, then ``nwbfile.stimulus``, then every processing module.
+Layout: ``nwbfile.subject`` (required); ``nwbfile.units`` with ``spike_times`` and either a
+``site_id`` column or electrodes that map to registered sites (NeuroConv/SpikeInterface files:
+:mod:`server.recordings.ingest.unitmap`; several units may share a site: their trains are
+merged); a ``TimeIntervals`` table named ``presentations`` (or the name the upload gives) with
+``start_time``, ``stop_time``, ``image_sha256`` and optional ``event_id`` (default: the row index
+as a string) and ``fixation_ok``. The table is looked for in ``nwbfile.intervals``, then
+``nwbfile.stimulus``, then every processing module. The file's session, subject, device and
+electrode metadata come along (:mod:`server.recordings.ingest.nwb_meta`).
 
 Before pynwb opens the file, :func:`check_hdf5` walks its structure (metadata only, no data):
 the datasets' declared sizes together must fit the decoded-size budget
@@ -23,6 +26,8 @@ import numpy as np
 
 from server.errors import InvalidUpload
 from server.recordings.ingest.limits import check_decoded_size
+from server.recordings.ingest.nwb_meta import electrode_rows, file_meta
+from server.recordings.ingest.unitmap import UnitRef
 from server.recordings.ingest.validate import ParsedUpload
 
 log = logging.getLogger(__name__)
@@ -40,51 +45,89 @@ def _strings(values: Any) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _find_presentations(nwb: Any) -> Any:
-    if "presentations" in (nwb.intervals or {}):
-        return nwb.intervals["presentations"]
-    if "presentations" in (nwb.stimulus or {}):
-        return nwb.stimulus["presentations"]
+DEFAULT_TABLE = "presentations"
+
+
+def _interval_tables(nwb: Any) -> dict[str, Any]:
+    """Every TimeIntervals-like table by name: intervals, then stimulus, then processing modules."""
+    from hdmf.common import DynamicTable
+
+    found: dict[str, Any] = {}
+    for name, obj in (nwb.intervals or {}).items():
+        found.setdefault(name, obj)
+    for name, obj in (nwb.stimulus or {}).items():
+        if isinstance(obj, DynamicTable):
+            found.setdefault(name, obj)
     for module in (nwb.processing or {}).values():
-        if "presentations" in module.data_interfaces:
-            return module.data_interfaces["presentations"]
-    return None
+        for name, obj in module.data_interfaces.items():
+            if isinstance(obj, DynamicTable) and "start_time" in obj.colnames:
+                found.setdefault(name, obj)
+    return found
 
 
-def _parse(nwb: Any, name: str) -> ParsedUpload:
+def _find_presentations(nwb: Any, table_name: str, name: str) -> Any:
+    tables = _interval_tables(nwb)
+    if table_name in tables:
+        return tables[table_name]
+    have = ", ".join(repr(t) for t in sorted(tables)) or "none"
+    raise InvalidUpload(
+        f"{name}: no TimeIntervals table named {table_name!r} (looked in intervals, stimulus and "
+        f"processing modules; the file has {have}); name the presentations table with "
+        "?presentations_table=NAME"
+    )
+
+
+def _unit_refs(nwb: Any, units: Any, n_units: int) -> list[UnitRef]:
+    """Each unit's id, name, site_id column and first electrode (for :mod:`unitmap`)."""
+    cols = set(units.colnames)
+    ids = [str(int(i)) for i in units.id[:]]
+    names = [s.strip() for s in _strings(units["unit_name"].data[:])] if "unit_name" in cols else []
+    sites = [s.strip() for s in _strings(units["site_id"].data[:])] if "site_id" in cols else []
+    electrodes = electrode_rows(nwb)
+    first: list[int | None] = [None] * n_units
+    if "electrodes" in cols and electrodes:
+        index = units["electrodes"]
+        ends = np.asarray(index.data[:], dtype=np.int64)
+        flat = np.asarray(index.target.data[:], dtype=np.int64)
+        starts = np.concatenate([[0], ends[:-1]])
+        for k in range(min(n_units, len(ends))):
+            if ends[k] > starts[k] and 0 <= flat[starts[k]] < len(electrodes):
+                first[k] = int(flat[starts[k]])
+    return [
+        UnitRef(
+            index=k,
+            unit_id=ids[k] if k < len(ids) else str(k),
+            name=names[k] if names else "",
+            site_id=sites[k] if sites else "",
+            electrode=electrodes[first[k]] if first[k] is not None else None,  # type: ignore[index]
+        )
+        for k in range(n_units)
+    ]
+
+
+def _parse(nwb: Any, name: str, table_name: str = DEFAULT_TABLE) -> ParsedUpload:
+    meta = file_meta(nwb, name)  # refuses a file without a subject before reading any data
     units = nwb.units
     if units is None:
         raise InvalidUpload(f"{name}: the NWB file has no units table (nwbfile.units)")
     if "spike_times" not in units.colnames:
         raise InvalidUpload(f"{name}: the units table has no spike_times column")
-    if "site_id" not in units.colnames:
-        raise InvalidUpload(
-            f"{name}: the units table has no site_id column; add one naming each unit's registered site"
-        )
     index = units["spike_times"]  # VectorIndex: cumulative end offsets into the flat times
     ends = np.asarray(index.data[:], dtype=np.int64)
     flat = np.asarray(index.target.data[:], dtype=np.float64)
-    unit_sites = [s.strip() for s in _strings(units["site_id"].data[:])]
-    if len(unit_sites) != len(ends):
-        raise InvalidUpload(f"{name}: units table columns have different lengths")
+    refs = _unit_refs(nwb, units, len(ends))
     counts = np.diff(np.concatenate([[0], ends]))
     if (counts < 0).any() or (len(ends) and ends[-1] != len(flat)):
         raise InvalidUpload(f"{name}: units spike_times_index is inconsistent with spike_times")
-    labels = sorted(set(unit_sites))
-    pos = {s: i for i, s in enumerate(labels)}
-    spike_site = np.repeat(np.asarray([pos[s] for s in unit_sites], dtype=np.int64), counts)
-    empty = [s for s, c in zip(unit_sites, counts, strict=True) if c == 0]
+    # One label per unit (resolved to site ids by the service, server.recordings.ingest.unitmap);
+    # units of one site are merged when the upload is cleaned.
+    spike_site = np.repeat(np.arange(len(ends), dtype=np.int64), counts)
 
-    table = _find_presentations(nwb)
-    if table is None:
-        raise InvalidUpload(
-            f"{name}: no TimeIntervals table named 'presentations' (looked in intervals, stimulus "
-            "and processing modules)"
-        )
+    table = _find_presentations(nwb, table_name, name)
     cols = set(table.colnames)
     for required in ("start_time", "image_sha256"):
         if required not in cols:
-            raise InvalidUpload(f"{name}: the presentations table has no {required} column")
+            raise InvalidUpload(f"{name}: the {table_name!r} table has no {required} column")
     onset = np.asarray(table["start_time"].data[:], dtype=np.float64)
     n = len(onset)
     stop = (
@@ -100,12 +143,12 @@ def _parse(nwb: Any, name: str) -> ParsedUpload:
     )
     fix = np.asarray(table["fixation_ok"].data[:]).astype(bool) if "fixation_ok" in cols else np.ones(n, bool)
     if not (len(images) == len(event_ids) == len(fix) == len(stop) == n):
-        raise InvalidUpload(f"{name}: presentations table columns have different lengths")
+        raise InvalidUpload(f"{name}: {table_name!r} table columns have different lengths")
     for i, e in enumerate(event_ids):
         if not e:
-            raise InvalidUpload(f"{name}: presentations row {i + 1} has an empty event_id")
+            raise InvalidUpload(f"{name}: {table_name!r} row {i + 1} has an empty event_id")
     return ParsedUpload(
-        site_labels=labels,
+        site_labels=[u.site_id for u in refs],
         spike_site=spike_site,
         spike_times=flat,
         event_ids=event_ids,
@@ -114,7 +157,10 @@ def _parse(nwb: Any, name: str) -> ParsedUpload:
         stop_s=stop,
         fixation_ok=fix,
         source=name,
-        empty_sites=empty,
+        empty_sites=[],
+        units=refs,
+        unit_counts=counts,
+        file_meta=meta,
     )
 
 
@@ -163,8 +209,12 @@ def check_hdf5(path: Path, name: str = "file") -> None:
     check_decoded_size(name, declared, path.stat().st_size, "datasets of this total size")
 
 
-def read_nwb(path: Path, name: str = "file") -> ParsedUpload:
-    """Parse an NWB upload; any read failure (truncated, corrupted, not NWB) is a 422 naming the cause."""
+def read_nwb(path: Path, name: str = "file", table_name: str = DEFAULT_TABLE) -> ParsedUpload:
+    """Parse an NWB upload; any read failure (truncated, corrupted, not NWB) is a 422 naming the cause.
+
+    ``table_name`` names the TimeIntervals table of presentations (default ``presentations``).
+    Units still need their sites: :func:`server.recordings.ingest.unitmap.map_units`.
+    """
     from pynwb import NWBHDF5IO
 
     if not is_hdf5(path):
@@ -173,7 +223,7 @@ def read_nwb(path: Path, name: str = "file") -> ParsedUpload:
     try:
         with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
             nwb = io.read()
-            return _parse(nwb, name)
+            return _parse(nwb, name, table_name)
     except InvalidUpload:
         raise
     except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many types for damaged files

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,17 @@ class ParsedUpload:
     source: str = ""
     # Sites named with no spikes at all (NWB units with empty trains) are kept as empty trains.
     empty_sites: list[str] = field(default_factory=list)
+    # NWB only: one label per unit until the service maps units to sites (ingest/unitmap.py),
+    # the spike count of each unit, and the file's metadata (ingest/nwb_meta.py).
+    units: list[Any] | None = None
+    unit_counts: np.ndarray | None = None
+    file_meta: dict[str, Any] | None = None
+
+    def assign_sites(self, site_ids: list[str]) -> None:
+        """Give every unit its site id (units of one site are merged by :func:`clean`)."""
+        self.site_labels = list(site_ids)
+        counts = self.unit_counts if self.unit_counts is not None else np.zeros(len(site_ids))
+        self.empty_sites = [s for s, c in zip(site_ids, counts, strict=True) if c == 0]
 
 
 @dataclass
