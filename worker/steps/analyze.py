@@ -141,6 +141,28 @@ def _load(ctx: JobContext) -> tuple[Any, list[Any], list[str], dict[int, str], d
     return data, images, night_versions, version_of, site_of_pk, day
 
 
+def _store(ctx: JobContext, result: Any, window_ms: tuple[float, float], day: int) -> int:
+    """Store the day's figures, then IT's sensitivity to date (every day's twins pooled)."""
+    cfg = night_config(ctx)
+    records = [
+        {**r, "source": f"model:{r['model']}" if r.get("model") else "it"} for r in result.to_records()
+    ]
+    with ctx.session() as session:
+        n = analysis.store_results(
+            session=session, records=records, session_pk=ctx.params["session_pk"], day=day
+        )
+    ctx.progress(0.9, "sensitivity to date (all days pooled)")
+    with ctx.session() as session:
+        pooled = to_date_records(
+            session, day=day, window_ms=window_ms, train_days=cfg.train_days, n_boot=cfg.n_boot, seed=cfg.seed
+        )
+        if pooled:
+            n += analysis.store_results(
+                session=session, records=pooled, session_pk=ctx.params["session_pk"], day=day
+            )
+    return n
+
+
 @job(ANALYZE, queue="itloop-gpu", timeout_s=3 * 3600, max_attempts=2)  # attacks each model
 def analyze(ctx: JobContext) -> dict[str, Any]:
     """Every sensitivity figure of the day, stored per site, epsilon, day and estimator."""
@@ -177,22 +199,7 @@ def analyze(ctx: JobContext) -> dict[str, Any]:
     if x_all is not None and clean_rows and pair_rows:  # models are compared where IT was measured
         models = _model_sensitivity(ctx, night_versions, x_all[clean_rows], site_ids, epsilons)
     result = analyze_day(clean, pairs, models, day=day, n_boot=cfg.n_boot, rng=cfg.seed)
-    records = [
-        {**r, "source": f"model:{r['model']}" if r.get("model") else "it"} for r in result.to_records()
-    ]
-    with ctx.session() as session:
-        n = analysis.store_results(
-            session=session, records=records, session_pk=ctx.params["session_pk"], day=day
-        )
-    ctx.progress(0.9, "sensitivity to date (all days pooled)")
-    with ctx.session() as session:
-        pooled = to_date_records(
-            session, day=day, window_ms=window, train_days=cfg.train_days, n_boot=cfg.n_boot, seed=cfg.seed
-        )
-        if pooled:
-            n += analysis.store_results(
-                session=session, records=pooled, session_pk=ctx.params["session_pk"], day=day
-            )
+    n = _store(ctx, result, data.window_ms, day)
     comparison = result.comparisons.get("sign_corrected")
     summary: dict[str, Any] = {"records": n, "epsilons": epsilons, "pairs": len(pair_rows), "day": day}
     if comparison is not None:
