@@ -98,7 +98,7 @@ class RigClient:
         self.max_backoff_s = max_backoff_s
         self._http = httpx.Client(
             base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "itloop-rigclient/0.1"},
+            headers={"Authorization": f"Bearer {token}", "User-Agent": "itloop-rigclient/0.2"},
             timeout=timeout_s,
             transport=transport,
         )
@@ -114,12 +114,15 @@ class RigClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _retrying(self, what: str, call: Callable[[], httpx.Response]) -> httpx.Response:
+    def _retrying(
+        self, what: str, call: Callable[[], httpx.Response], retries: int | None = None
+    ) -> httpx.Response:
         """Run ``call`` until it gives a non-5xx answer, sleeping with exponential backoff."""
+        retries = self.retries if retries is None else retries
         delay = self.backoff_s
         last: str = ""
         status: int | None = None
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             try:
                 response = call()
             except httpx.TransportError as exc:
@@ -128,16 +131,18 @@ class RigClient:
                 if response.status_code not in RETRY_STATUS:
                     return response
                 last, status = f"HTTP {response.status_code}: {response.text[:200]}", response.status_code
-            if attempt < self.retries:
+            if attempt < retries:
                 log.warning("%s failed (%s); retrying in %.1f s", what, last, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
-        raise RigClientError(f"{what} failed after {self.retries + 1} attempts: {last}", status)
+        raise RigClientError(f"{what} failed after {retries + 1} attempts: {last}", status)
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, retries: int | None = None, **kwargs: Any) -> httpx.Response:
         # Manifest URLs are absolute or already carry the prefix; our own paths do not.
         url = path if path.startswith(("http://", "https://", API_PREFIX)) else API_PREFIX + path
-        response = self._retrying(f"{method} {url}", lambda: self._http.request(method, url, **kwargs))
+        response = self._retrying(
+            f"{method} {url}", lambda: self._http.request(method, url, **kwargs), retries=retries
+        )
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -225,7 +230,23 @@ class RigClient:
                 if _sha256(data) != image.sha256:
                     raise HashMismatch(f"bundle {batch_id}: image {image.sha256} does not match its hash")
                 _atomic_write(self.image_path(image.sha256), data)
+            calibration = (manifest.extra.get("display") or {}).get("calibration")
+            if calibration:
+                data = zf.read(calibration["path"])
+                if _sha256(data) != calibration["sha256"]:
+                    raise HashMismatch(f"bundle {batch_id}: the calibration pattern does not match its hash")
+                _atomic_write(self.cache_dir / "calibration" / f"{calibration['sha256']}.png", data)
         return manifest
+
+    def calibration_path(self, manifest: Manifest) -> Path | None:
+        """The verified calibration pattern of a fetched bundle (None for manifests without one)."""
+        calibration = (manifest.extra.get("display") or {}).get("calibration")
+        if not calibration:
+            return None
+        path = self.cache_dir / "calibration" / f"{calibration['sha256']}.png"
+        if not path.is_file() or _sha256(path.read_bytes()) != calibration["sha256"]:
+            raise RigClientError("the calibration pattern is not in the cache; call fetch_bundle() first")
+        return path
 
     # ---- events -------------------------------------------------------------------------------
 
@@ -235,11 +256,13 @@ class RigClient:
         events: Iterable[PresentationEvent | Mapping[str, Any]],
         ndjson: bool = False,
         chunk_size: int = 2000,
+        retries: int | None = None,
     ) -> dict[str, int]:
         """Post presentation events in chunks; returns summed ``{"received", "new", "repeated"}``.
 
         Safe to call again with the same events (after a crash, or a lost answer): the
-        server stores each ``event_id`` once and counts the rest as repeated.
+        server stores each ``event_id`` once and counts the rest as repeated. ``retries``
+        overrides the client's own for this call (the background poster retries by itself).
         """
         items = [e.to_dict() if isinstance(e, PresentationEvent) else dict(e) for e in events]
         totals = {"received": 0, "new": 0, "repeated": 0}
@@ -253,7 +276,9 @@ class RigClient:
                 }
             else:
                 kwargs = {"json": chunk}
-            answer = self._request("POST", f"/batches/{batch_id}/presentations", **kwargs).json()
+            answer = self._request(
+                "POST", f"/batches/{batch_id}/presentations", retries=retries, **kwargs
+            ).json()
             for key in totals:
                 totals[key] += int(answer[key])
         return totals

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from itloop.logging import configure_logging
@@ -74,10 +75,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AuthGateMiddleware)  # runs before the body limit: no token, no body read
     install_security(app)  # added last: outermost, so its headers reach every response (401s too)
     include_api(app)
+    home = "/api/v1/docs"
     try:
         from server.dashboard.views import mount_dashboard
     except ModuleNotFoundError:
         pass
     else:
         mount_dashboard(app)
+        home = "/dashboard/"
+
+    @app.get("/", include_in_schema=False)
+    def _root() -> RedirectResponse:
+        # A person who types the server's address lands on the dashboard (which asks for a token).
+        return RedirectResponse(home, status_code=307)
+
     return app

@@ -34,6 +34,17 @@ def _check_database(url: str) -> dict[str, Any]:
         return {"ok": False, "backend": _backend(url), "state": "unreachable"}
 
 
+def _check_schema(url: str) -> str:
+    """``current``, ``behind``, ``missing`` or ``unknown`` (see :func:`server.db.migrate.schema_state`)."""
+    from server.db.migrate import schema_state
+
+    try:
+        return schema_state(url)
+    except Exception as exc:  # noqa: BLE001 - reachable a moment ago; say so without a crash
+        log.warning("health: could not read the schema revision: %s", exc)
+        return "unknown"
+
+
 def _check_queue(redis_url: str | None) -> dict[str, Any]:
     if not redis_url:
         return {"ok": True, "backend": "inprocess"}
@@ -80,7 +91,10 @@ def _check_workers(url: str) -> dict[str, Any]:
     "/health",
     summary="Database and queue reachability, and live workers (no token needed)",
     description="`status` is `ok` (200) when the database and the queue backend answer, else "
-    "`unhealthy` (503). `workers` counts worker processes (and an embedded server) that recorded "
+    "`unhealthy` (503). `schema` is `current` when the database is at this code's migration head, "
+    "`behind` (run `itloop db upgrade`), `missing` (never upgraded) or `unknown` (migrated by a newer "
+    "release); anything but `current` is 503 too, since routes would fail on missing tables or "
+    "columns. `workers` counts worker processes (and an embedded server) that recorded "
     "a liveness beat within `seen_within_s`; it is read from the database, so it still answers "
     "while Redis is down, and it does not change `status`.",
 )
@@ -89,7 +103,14 @@ def health(request: Request) -> JSONResponse:
     url = settings.resolved_database_url
     db = _check_database(url)
     queue = _check_queue(settings.redis_url)
-    workers = _check_workers(url) if db["ok"] else {"alive": None}
-    ok = db["ok"] and queue["ok"]
-    body = {"status": "ok" if ok else "unhealthy", "database": db, "queue": queue, "workers": workers}
+    schema = _check_schema(url) if db["ok"] else None
+    workers = _check_workers(url) if schema == "current" else {"alive": None}
+    ok = db["ok"] and queue["ok"] and schema == "current"
+    body = {
+        "status": "ok" if ok else "unhealthy",
+        "schema": schema,
+        "database": db,
+        "queue": queue,
+        "workers": workers,
+    }
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -255,7 +255,14 @@ def _snapshot(settings: Settings, night_id: int) -> tuple[str, float, str, str |
         return night.state, service.night_progress(jobs), doing, night.error
 
 
-def run_night_cli(settings: Settings, *, session_id: str, wait: bool = True, poll_s: float = 0.5) -> int:
+def run_night_cli(
+    settings: Settings,
+    *,
+    session_id: str,
+    wait: bool = True,
+    poll_s: float = 0.5,
+    params: dict[str, Any] | None = None,
+) -> int:
     """Start a night; with ``wait``, run it (in-process) or watch it (RQ) with a progress bar. 0 = success."""
     from tqdm import tqdm
 
@@ -267,7 +274,7 @@ def run_night_cli(settings: Settings, *, session_id: str, wait: bool = True, pol
     runner = get_runner(settings, background=False)
     with session_scope(settings.resolved_database_url) as session:
         service.bind(session, settings, runner)
-        night_id = start_night(session, settings, session_id=session_id).id
+        night_id = start_night(session, settings, session_id=session_id, params=params).id
     log.info("night %s started for session %s", night_id, session_id)
     if not wait:
         return 0
@@ -288,7 +295,7 @@ def run_night_cli(settings: Settings, *, session_id: str, wait: bool = True, pol
 
     terminal = (JobState.succeeded, JobState.failed, JobState.cancelled)
     with tqdm(
-        total=100, desc=f"night {night_id}", unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}"
+        total=100, desc=f"night {night_id}", unit="%", bar_format="{l_bar}{bar}| {elapsed}{postfix}"
     ) as bar:
         while True:
             state, fraction, doing, error = _snapshot(settings, night_id)

@@ -99,6 +99,31 @@ def store_results(
     return len(rows)
 
 
+IT_SOURCES = ("it", "it_to_date")  # measured: the day's own twins; every day's twins pooled
+
+
+def check_filters(*, estimator: str | None = None, source: str | None = None) -> None:
+    """422 for an estimator or source name no record can have, listing the valid ones.
+
+    Otherwise a misspelt filter (``sign-corrected``) answers an empty list, which reads as "no
+    results yet".
+    """
+    from models.sensitivity.records import ESTIMATORS
+
+    if estimator is not None and estimator not in ESTIMATORS:
+        raise InvalidInput(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
+    if (
+        source is not None
+        and source not in IT_SOURCES
+        and not (source.startswith("model:") and len(source) > 6)
+    ):
+        raise InvalidInput(
+            f"unknown source {source!r}; valid: 'it' (the recorded sites, each day's own twins), "
+            "'it_to_date' (every day's twins so far, pooled) or 'model:<version>' (a model version's "
+            "own sensitivity, e.g. model:night3-resnet50)"
+        )
+
+
 def _query(
     *,
     site_id: str | None = None,
@@ -110,6 +135,7 @@ def _query(
     model_version: str | None = None,
     session_id: str | None = None,
 ) -> Any:
+    check_filters(estimator=estimator, source=source)
     query = (
         select(AnalysisResult, Site.site_id, ModelVersion.version, RecordingSession.session_id)
         .outerjoin(Site, Site.id == AnalysisResult.site_pk)

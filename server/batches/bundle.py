@@ -1,4 +1,6 @@
-"""A batch as one zip (``manifest.json`` + ``images/<sha256>.png``) for rigs that prefer one download.
+"""A batch as one zip (``manifest.json`` + ``images/<sha256>.png`` + ``calibration/pattern.png``).
+
+For rigs that prefer one download; the calibration pattern is ``server.batches.display``'s.
 
 The zip is deterministic (fixed timestamps and order, images stored uncompressed since PNG
 already is), so the same manifest always gives the same bytes. Bundles are cached in the
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from itloop.storage import ObjectStore, image_key
+from server.batches.display import pattern_bytes
 from server.errors import NotFound
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -50,6 +53,9 @@ def write_bundle(manifest: dict[str, Any], store: ObjectStore, dest: Path) -> No
                     f"image {sha} of batch {manifest['batch_id']!r} is missing from the store"
                 ) from None
             zf.writestr(_info(f"images/{sha}.png", zipfile.ZIP_STORED), data)
+        calibration = (manifest.get("display") or {}).get("calibration")
+        if calibration:  # manifests published before the display block have none
+            zf.writestr(_info(calibration["path"], zipfile.ZIP_STORED), pattern_bytes())
 
 
 def ensure_bundle(manifest: dict[str, Any], store: ObjectStore) -> str:

@@ -28,8 +28,32 @@ class ManifestItem(BaseModel):
     off_ms: int
 
 
+class CalibrationRef(BaseModel):
+    path: str = Field(description="where the bundle holds the pattern, e.g. calibration/pattern.png")
+    sha256: str
+    width: int
+    height: int
+    bytes: int
+
+
+class Display(BaseModel):
+    """The display a batch is made for (``server.batches.display``); null where the rig did not say."""
+
+    screen_px: list[int] | None = None
+    refresh_hz: float | None = None
+    frame_ms: float | None = None
+    distance_cm: float | None = None
+    width_cm: float | None = None
+    deg_per_px: float | None = None
+    image_px: list[int] | None = None
+    image_deg: list[float] | None = None
+    scaling: str = ""
+    gamma: str = ""
+    calibration: CalibrationRef | None = None
+
+
 class Manifest(BaseModel):
-    """Immutable once published."""
+    """Immutable once published. ``display`` was added later: older manifests have none."""
 
     batch_id: str
     rig_id: str
@@ -39,6 +63,7 @@ class Manifest(BaseModel):
     notes: str = ""
     images: list[ManifestImage]
     sequence: list[ManifestItem]
+    display: Display | None = None
 
 
 class PresentationEvent(BaseModel):
@@ -88,6 +113,9 @@ class BatchRead(BatchBase):
     created_at: datetime
     published_at: datetime | None
     completed_at: datetime | None
+    pulled_at: datetime | None = Field(
+        default=None, description="when the batch's rig first fetched it (GET /rigs/{rig_id}/batches/next)"
+    )
 
 
 class BatchPage(BaseModel):

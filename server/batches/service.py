@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, defer
 from itloop.storage import ObjectStore, get_store, image_key
 from server.auth.cache import Principal
 from server.auth.tables import Role
+from server.batches import display
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
 from server.db.base import as_utc, utcnow
 from server.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -108,7 +109,7 @@ def create_batch(
 
 def _build_manifest(*, session: Session, batch: Batch, published_at: datetime) -> dict[str, Any]:
     """The manifest as frozen at publication (image URLs relative to the server root)."""
-    rig_id = session.scalar(select(Rig.rig_id).where(Rig.id == batch.rig_pk))
+    rig_id, screen = session.execute(select(Rig.rig_id, Rig.screen).where(Rig.id == batch.rig_pk)).one()
     version = (
         session.scalar(select(ModelVersion.version).where(ModelVersion.id == batch.model_version_id))
         if batch.model_version_id
@@ -121,6 +122,8 @@ def _build_manifest(*, session: Session, batch: Batch, published_at: datetime) -
         .order_by(Image.sha256)
     ).all()
     sha_of = {r.id: r.sha256 for r in image_rows}
+    sizes = {(r.width, r.height) for r in image_rows}
+    image_px = list(next(iter(sizes))) if len(sizes) == 1 else None
     seq_rows = session.execute(
         select(
             SequenceItem.seq,
@@ -159,6 +162,7 @@ def _build_manifest(*, session: Session, batch: Batch, published_at: datetime) -
             }
             for s in seq_rows
         ],
+        "display": display.geometry(dict(screen or {}), image_px),
     }
 
 
@@ -342,7 +346,13 @@ def next_for_rig(*, session: Session, rig_id: str, actor: Principal | None = Non
         .limit(1)
         .options(defer(Batch.manifest))
     )
-    return newest if newest is not None and newest.completed_at is None else None
+    if newest is None or newest.completed_at is not None:
+        return None
+    if newest.pulled_at is None and actor is not None and actor.role == "rig":
+        # Only the first pull writes (one UPDATE per batch); people looking do not count.
+        newest.pulled_at = utcnow()
+        session.flush()
+    return newest
 
 
 def complete(*, session: Session, batch_id: str, actor: Principal | None = None) -> Batch:

@@ -33,6 +33,9 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(default=None)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When the batch's own rig first fetched it (GET /rigs/{rig_id}/batches/next): the morning's
+    # "has the rig pulled today's batch" is a fact on record, not a guess from later events.
+    pulled_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class BatchImage(Base):

@@ -93,6 +93,7 @@ def list_batches(
             created_at=r["batch"].created_at,
             published_at=r["batch"].published_at,
             completed_at=r["batch"].completed_at,
+            pulled_at=r["batch"].pulled_at,
         )
         for r in rows
     ]

@@ -140,7 +140,11 @@ class SiteRegistration(BaseModel):
 class RigBase(BaseModel):
     rig_id: str = Field(min_length=1, max_length=120, pattern=NAME)
     name: str = Field(default="", max_length=200)
-    screen: dict[str, Any] = Field(default_factory=dict, description="e.g. size_px, distance_cm, deg_per_px")
+    screen: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the display: size_px ([w, h]), refresh_hz, distance_cm, width_cm (visible width) or "
+        "deg_per_px; published manifests state it as `display` (docs/rig-client.md)",
+    )
 
 
 class RigCreate(RigBase):

@@ -80,6 +80,14 @@ class UploadResult(BaseModel):
     repeated: bool = Field(description="true when this exact data was already stored: nothing changed")
     replaced: bool = False
     window_ms: tuple[float, float]
+    alignment: dict[str, Any] | None = Field(
+        default=None,
+        description="sync uploads: the clock map (offset_s, drift_ppm), residuals (ms), missing and extra "
+        "pulses, late and dropped frames (docs/clock-alignment.md)",
+    )
+    rig_cross_check: dict[str, Any] | None = Field(
+        default=None, description="uploads with presentations: how they compared with the rig's events"
+    )
 
 
 class ResponseRow(BaseModel):

@@ -590,21 +590,43 @@ def ingest_files(
     replace: bool = False,
     presentations_table: str | None = None,
     site_map: dict[str, str] | None = None,
+    sync_series: str | None = None,
+    refresh_hz: float | None = None,
+    sync_tolerance_ms: float | None = None,
 ) -> dict[str, Any]:
     """Parse the uploaded files (NWB or CSV/Parquet) and :func:`ingest` them.
 
     The files are parsed before the database is touched: the transaction (and on SQLite the
-    write lock) is not held while a large file is read.
+    write lock) is not held while a large file is read. With sync pulses (a ``sync`` file or
+    ``sync_series``) the presentations come from the rig's events (``server.recordings.alignment``);
+    otherwise the upload's own presentations are cross-checked against those events.
     """
+    from server.recordings import alignment
+
+    if "sync" in files or sync_series is not None:
+        return alignment.ingest_with_sync(
+            session=session,
+            session_id=session_id,
+            files=files,
+            sync_series=sync_series,
+            window_ms=window_ms,
+            replace=replace,
+            refresh_hz=refresh_hz,
+            tolerance_ms=sync_tolerance_ms,
+            site_map=site_map,
+        )
     upload = parse_files(files, presentations_table)
     recording = get_session(session=session, session_id=session_id)
+    checked = alignment.check_against_rig(
+        session=session, recording=recording, upload=upload, tolerance_ms=sync_tolerance_ms
+    )
     if "file" in files:
         fmt = "nwb"
     else:
         from server.recordings.ingest.columnar import is_parquet
 
         fmt = "parquet" if is_parquet(files["spikes"]) else "csv"
-    return ingest(
+    result = ingest(
         session=session,
         recording=recording,
         upload=upload,
@@ -613,6 +635,11 @@ def ingest_files(
         fmt=fmt,
         site_map=site_map,
     )
+    if checked is not None:
+        alignment.record_in_ingest(recording, "rig_cross_check", checked)
+        session.flush()
+        result["rig_cross_check"] = checked
+    return result
 
 
 # --- stored data and responses ----------------------------------------------------------

@@ -32,7 +32,7 @@ router = APIRouter(prefix="/sessions", tags=["recordings"])
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Offset = Annotated[int, Query(ge=0)]
-UPLOAD_FIELDS = ("file", "spikes", "presentations")
+UPLOAD_FIELDS = ("file", "spikes", "presentations", "sync")
 TABLE_HELP = "NWB only: the TimeIntervals table that holds the presentations (default `presentations`)"
 SITE_MAP_HELP = (
     "NWB only: JSON object mapping unit names (unit_name column) or unit ids to registered site ids, "
@@ -94,11 +94,17 @@ def complete_session(session_id: str, session: SessionDep, _: ExperimenterUser) 
 @router.post(
     "/{session_id}/spikes",
     response_model=UploadResult,
-    summary="Upload spikes and presentations (NWB, or CSV/Parquet pair)",
+    response_model_exclude_none=True,  # alignment / rig_cross_check only where they apply
+    summary="Upload spikes and presentations (NWB, or CSV/Parquet pair), or spikes and sync pulses",
     description="Multipart: one NWB file in field `file`, or `spikes` (site_id,time_s) and `presentations` "
     "(event_id,image_sha256,onset_s[,fixation_ok]) as CSV or Parquet. All-or-nothing. The same data "
     "again answers the same counts with `repeated: true`; different data for a session that has some "
-    "is 409 unless `?replace=true`, which replaces it atomically.",
+    "is 409 unless `?replace=true`, which replaces it atomically. Presentations are cross-checked "
+    "against the rig's events of the session's batch (a contradiction is a 422). **Sync mode**: instead "
+    "of presentations, send the recorder's sync pulses, as a `sync` file (time_s[,stop_s]) or as "
+    "`?sync_series=` naming a TimeSeries/TimeIntervals in the NWB `file`; the presentations are then "
+    "the rig's events placed on the recorder's clock, and `alignment` reports the fit "
+    "(docs/clock-alignment.md).",
 )
 @accepts_upload
 async def upload_spikes(
@@ -112,6 +118,9 @@ async def upload_spikes(
     window_end_ms: float | None = None,
     presentations_table: Annotated[str | None, Query(max_length=200, description=TABLE_HELP)] = None,
     site_map: Annotated[str | None, Query(max_length=60_000, description=SITE_MAP_HELP)] = None,
+    sync_series: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    refresh_hz: Annotated[float | None, Query(gt=1, lt=1000)] = None,
+    sync_tolerance_ms: Annotated[float | None, Query(gt=0, le=100)] = None,
 ) -> UploadResult:
     window = _window(settings, window_start_ms, window_end_ms)
     nwb_options = service.nwb_options(presentations_table=presentations_table, site_map=site_map)
@@ -128,6 +137,9 @@ async def upload_spikes(
                     window_ms=window,
                     replace=replace,
                     **nwb_options,
+                    sync_series=sync_series,
+                    refresh_hz=refresh_hz,
+                    sync_tolerance_ms=sync_tolerance_ms,
                 )
             )
         except ItloopError as exc:

@@ -37,20 +37,31 @@ from tests.factories import add_lab
 SITES = ("m1-A-s01", "m1-A-s02", "m1-A-s03", "m1-A-s04")
 EPSILONS = (1.0, 3.0, 10.0)
 DAYS = (1, 2)
-VERSIONS = ("mv-night1-resnet50", "mv-night2-robust")
+# Versions are named per night; night 2 refits resnet50 beside the robust network it chose, so the
+# pages must join "mv-night1-resnet50" and "mv-night2-resnet50" into one resnet50 line.
+VERSIONS = ("mv-night1-resnet50", "mv-night2-robust", "mv-night2-resnet50")
+NIGHT_OF = {VERSIONS[0]: 1, VERSIONS[1]: 2, VERSIONS[2]: 2}
+CANDIDATE_OF = {VERSIONS[0]: "resnet50", VERSIONS[1]: "resnet50_l2_eps3", VERSIONS[2]: "resnet50"}
 IT_ESTIMATORS = (
     "plain",
     "sign_corrected",
     "noise_floor",
+    "plain_noise_corrected",
     "random_pair",
     "model_free_plain",
     "model_free_sign_corrected",
 )
+# IT pooled over every day so far (source "it_to_date"); the pages draw only the first two.
+TO_DATE_ESTIMATORS = ("sign_corrected", "plain_noise_corrected", "plain")
+TO_DATE_SHOWN = 2
+# Unbiased estimators can read below zero: at the smallest epsilon on day 1 the population's
+# sign-corrected and noise-corrected figures are negative, and a page must still draw them.
+NEGATIVE = {("sign_corrected", 1): (-0.02, -0.07, 0.03), ("plain_noise_corrected", 1): (-0.015, -0.06, 0.04)}
 BATCH_ID = "rig-1-day2"
 FAILED_JOB_ERROR = "synthesis ran out of GPU memory on site m1-A-s03 (CUDA out of memory)"
 # Sensitivity of a standard network is about ten times IT's; an adversarially trained one is close to IT.
 OBSERVED_HZ_PER_EPS = 4.0
-MODEL_GAIN = {VERSIONS[0]: 10.0, VERSIONS[1]: 1.3}
+MODEL_GAIN = {VERSIONS[0]: 10.0, VERSIONS[1]: 1.3, VERSIONS[2]: 9.0}
 
 
 @dataclass
@@ -110,14 +121,16 @@ def _result(
     value: float,
     rel: float,
     mv: ModelVersion | None = None,
+    interval: tuple[float, float] | None = None,
+    source: str = "it",
 ) -> None:
     """One analysis row with a symmetric relative interval (``rel`` of the value each side)."""
-    lo, hi = _ci(value, rel)
+    lo, hi = interval or _ci(value, rel)
     session.add(
         AnalysisResult(
             **where,
             model_version_id=mv.id if mv else None,
-            source=f"model:{mv.version}" if mv else "it",
+            source=f"model:{mv.version}" if mv else source,
             epsilon=eps,
             estimator=estimator,
             value=value,
@@ -188,24 +201,25 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
 
     # Model versions: night 1 fits a standard network, night 2 a robust one that screens better.
     versions = {}
-    for n, version in enumerate(VERSIONS, start=1):
+    for version in VERSIONS:
+        n = NIGHT_OF[version]
         chosen = version == VERSIONS[1]
         mv = ModelVersion(
             version=version,
-            candidate="resnet50" if n == 1 else "resnet50_l2_eps3",
-            backbone="resnet50" if n == 1 else "resnet50_l2_eps3",
+            candidate=CANDIDATE_OF[version],
+            backbone=CANDIDATE_OF[version],
             layer="layer3",
             artifact_key=f"models/{version}.pt",
             trained_on={"days": list(range(1, n + 1)), "night": n, "n_images": 120 * n},
             metrics={"cka": 0.41 + 0.12 * n, "median_ceiled_predictivity": 0.5 + 0.1 * n, "night": n},
-            score=0.5 + 0.1 * n,
+            score=0.5 + 0.1 * n - (0.05 if version == VERSIONS[2] else 0.0),
             chosen=chosen,
             chosen_reason=(
                 "highest median noise-ceiled predictivity (0.70 vs 0.60) and perturbation transfer 0.81"
                 if chosen
                 else ""
             ),
-            created_at=t0 + timedelta(days=n - 1, hours=18),
+            created_at=t0 + timedelta(days=n - 1, hours=18, minutes=VERSIONS.index(version)),
         )
         session.add(mv)
         session.flush()
@@ -223,10 +237,10 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
                     transfer_sign=0.6 + 0.1 * n + 0.02 * i,
                     transfer_r=0.3 + 0.2 * n + 0.03 * i,
                     alpha=10.0 ** (2 + i % 2),
-                    drift=(sid == SITES[3] and n == 2),
-                    gated=(sid == SITES[3] and n == 2),
+                    drift=(sid == SITES[3] and chosen),
+                    gated=(sid == SITES[3] and chosen),
                     gate_reason="drift of the reference responses beyond 3 sd"
-                    if sid == SITES[3] and n == 2
+                    if sid == SITES[3] and chosen
                     else "",
                 )
             )
@@ -383,11 +397,20 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
             for eps in EPSILONS:
                 it = 0.06 * gain * bound * eps**0.8
                 _result(session, where, "plain", eps, it + 0.08, 0.2)
-                _result(session, where, "sign_corrected", eps, it, 0.3)
+                for est, val in (("sign_corrected", it), ("plain_noise_corrected", 0.95 * it)):
+                    neg = NEGATIVE.get((est, day)) if sid is None and eps == EPSILONS[0] else None
+                    if neg:
+                        _result(session, where, est, eps, neg[0], 0.0, interval=(neg[1], neg[2]))
+                    else:
+                        _result(session, where, est, eps, val, 0.3)
                 _result(session, where, "noise_floor", eps, 0.08, 0.15)
                 _result(session, where, "model_free_plain", eps, 0.3 * it + 0.08, 0.25)
                 _result(session, where, "model_free_sign_corrected", eps, 0.3 * it, 0.4)
-                for version in VERSIONS[:day]:
+                if day > 1:  # pooled over every day so far: stored from the second day with twins on
+                    pooled = 0.06 * gain * (1 + 0.1 * (day - 1)) * eps**0.8
+                    for est in TO_DATE_ESTIMATORS:
+                        _result(session, where, est, eps, pooled, 0.15, source="it_to_date")
+                for version in (v for v in VERSIONS if NIGHT_OF[v] <= day):
                     value = 0.06 * gain * MODEL_GAIN[version] * eps**0.8
                     _result(session, where, "model", eps, value, 0.1, mv=versions[version])
     # One figure that could not be computed, as the analysis reports it.
@@ -412,7 +435,7 @@ def seed(session: Session, store: ObjectStore) -> Seeded:
 
 # What the pages should draw from this seed (used by the tests).
 EXPECT = {
-    # population, last day, both estimators: IT plain, sign_corrected, noise_floor, model-free x2,
-    # random_pair, and one curve per model version.
-    "sensitivity_traces_both": len(IT_ESTIMATORS) + len(VERSIONS),
+    # population, last day, both estimators: IT plain, sign_corrected, noise_floor, noise-corrected,
+    # model-free x2, random_pair, IT to date (sign-corrected, noise-corrected), one curve per version.
+    "sensitivity_traces_both": len(IT_ESTIMATORS) + TO_DATE_SHOWN + len(VERSIONS),
 }

@@ -81,6 +81,15 @@ def test_every_page_renders_demo_data(demo_page: Any) -> None:
     page = demo_page
     assert wait_ready(page) == "ready", errors(page)
     assert page.inner_text("#today-batch-id").strip()  # the batch the demo's last night published
+    # The morning headline on real figures: IT's population value with its CI beside each candidate.
+    rows = page.locator("#headline-sensitivity-table tbody tr").all_inner_texts()
+    assert rows and rows[0].startswith("IT (sign-corrected") and "[" in rows[0], rows
+    assert {r.split("\t")[0].removeprefix("model ").removesuffix(" (chosen)") for r in rows[1:]} >= set(
+        SMALL_NIGHT["candidates"]
+    ), rows
+    assert "Night " in page.inner_text("#headline-night")
+    # The demo's virtual rig uploads spikes but never closes its sessions: shown as such.
+    assert "spike data uploaded; not marked complete" in page.inner_text("#sessions-table")
     shot(page, "demo-overview", "sqlite")
 
     page.goto("/dashboard/sensitivity")
@@ -94,6 +103,27 @@ def test_every_page_renders_demo_data(demo_page: Any) -> None:
         names
     )
     shot(page, "demo-sensitivity", "sqlite")
+
+    # Day over day: one line per candidate through the nights' versions ("night<N>-<candidate>").
+    page.goto("/dashboard/days")
+    assert wait_ready(page) == "ready", errors(page)
+    models = [
+        t
+        for t in page.evaluate("document.querySelector('#days-sens-plot').data")
+        if t["name"].startswith("model ")
+    ]
+    names = [t["name"] for t in models]
+    assert {f"model {c}" for c in SMALL_NIGHT["candidates"]} <= set(names) and len(names) == len(
+        set(names)
+    ), names
+    for t in models:
+        assert "night" not in t["name"] and t["x"] == sorted(set(t["x"])), t["name"]
+    # Predictivity by night: each candidate's versions of nights 1 and 2 make one line.
+    pred = {t["name"]: t for t in page.evaluate("document.querySelector('#days-pred-plot').data")}
+    for cand in SMALL_NIGHT["candidates"]:
+        assert pred[cand]["x"] == [1, 2], (cand, pred[cand]["x"])
+        assert pred[cand]["meta"]["versions"] == [f"night1-{cand}", f"night2-{cand}"]
+    assert not [n for n in pred if n.startswith("night")], list(pred)
 
     for path in ("/dashboard/models", "/dashboard/images", "/dashboard/days"):
         page.goto(path)

@@ -145,3 +145,214 @@ def test_production_refusal_is_clear_outside_the_cli_too(cli_env: dict[str, str]
         assert r.returncode != 0, cmd
         assert "ITLOOP_ENV=production refuses to start" in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert "short-pepper" not in r.stderr
+
+
+# --- clear errors: exit codes that say what to do (docs/cli.md) -----------------------------
+
+
+def _no_traceback(r: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+
+
+def test_unmigrated_database_says_run_upgrade(cli_env: dict[str, str], tmp_path: Path) -> None:
+    for args in (
+        ["users", "create", "ana", "--role", "admin"],
+        ["tokens", "revoke", "zzzzzzzz"],
+        ["db", "status"],
+    ):
+        r = _itloop(args, cli_env)
+        assert r.returncode == 3, (args, r.stdout, r.stderr)
+        assert "run `itloop db upgrade`" in r.stderr
+        _no_traceback(r)
+    r = _itloop(["night", "--session", "nope"], cli_env)
+    assert r.returncode == 3 and "itloop db upgrade" in r.stderr
+    _no_traceback(r)
+    r = _itloop(["db", "downgrade", "nonsense"], cli_env)
+    assert r.returncode == 2 and "nonsense" in r.stderr and "itloop db history" in r.stderr
+    _no_traceback(r)
+
+    assert _itloop(["db", "upgrade"], cli_env).returncode == 0
+    r = _itloop(["tokens", "revoke", "zzzzzzzz"], cli_env)
+    assert r.returncode == 1 and "no active token starts with 'zzzzzzzz'" in r.stderr
+    _no_traceback(r)
+    assert _itloop(["db", "status"], cli_env).returncode == 0
+
+    history = _itloop(["db", "history"], cli_env).stdout.strip().splitlines()
+    assert history[-1].endswith("(current)")
+    older = history[-2].split()[0]
+    assert _itloop(["db", "downgrade", older], cli_env).returncode == 0
+    r = _itloop(["users", "create", "ana", "--role", "admin"], cli_env)
+    assert r.returncode == 3 and "older than this code" in r.stderr
+    _no_traceback(r)
+
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "data" / "itloop.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'f00dfeed'")
+    r = _itloop(["users", "create", "ana", "--role", "admin"], cli_env)
+    assert r.returncode == 3 and "newer itloop" in r.stderr
+    _no_traceback(r)
+
+
+def test_health_reports_the_schema_state(fresh_db_url: str, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.db import migrate
+    from tests.conftest import make_settings
+
+    def health() -> tuple[int, dict[str, object]]:
+        with TestClient(create_app(make_settings(fresh_db_url, tmp_path))) as c:
+            r = c.get("/api/v1/health")
+            return r.status_code, r.json()
+
+    code, body = health()
+    assert (code, body["status"], body["schema"]) == (200, "ok", "current")
+    history = sorted(migrate._known_revisions())
+    migrate.downgrade(fresh_db_url, "-1")
+    code, body = health()
+    assert (code, body["status"], body["schema"]) == (503, "unhealthy", "behind"), (body, history)
+    migrate.downgrade(fresh_db_url, "base")
+    code, body = health()
+    assert (code, body["schema"]) == (503, "missing")
+    migrate.upgrade(fresh_db_url)
+    assert health()[0] == 200
+
+
+def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "itloop.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_serve_migrates_the_embedded_default_and_refuses_a_configured_database(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _serve(cli_env, port)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+                time.sleep(0.5)
+        assert r.status_code == 200 and r.json()["schema"] == "current", r.text
+        root = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert root.status_code == 307 and root.headers["location"] == "/dashboard/"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert "migrated the embedded database" in out and "Traceback" not in out
+
+    # A database named in ITLOOP_DATABASE_URL is migrated by whoever deploys, never by a server.
+    env = {**cli_env, "ITLOOP_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}"}
+    r = _itloop(["serve", "--port", str(port)], env)
+    assert r.returncode == 3 and "run `itloop db upgrade`" in r.stderr, r.stderr
+    _no_traceback(r)
+
+
+# --- night parameters ---------------------------------------------------------------------
+
+
+def test_night_params_are_checked_before_anything_starts(cli_env: dict[str, str], tmp_path: Path) -> None:
+    assert _itloop(["db", "upgrade"], cli_env).returncode == 0
+    cases = [
+        (["--param", "epsilon=3"], "unknown night parameter(s): epsilon"),
+        (["--param", "restarts=0"], "restarts: Input should be greater than or equal to 1"),
+        (["--param", "restarts"], "expected key=value"),
+        (["--params-file", str(tmp_path / "absent.json")], "absent.json"),
+    ]
+    (tmp_path / "bad.yaml").write_text("epsilons: [1, 2]\nclean_per_sit: 3\n")
+    cases.append((["--params-file", str(tmp_path / "bad.yaml")], "unknown night parameter(s): clean_per_sit"))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    cases.append((["--params-file", str(tmp_path / "list.json")], "expected an object"))
+    (tmp_path / "broken.json").write_text("{")
+    cases.append((["--params-file", str(tmp_path / "broken.json")], "not valid JSON"))
+    # A file's value loses to --param; the unknown candidate is refused by the night's own check.
+    (tmp_path / "ok.yaml").write_text("candidates: [pixels16]\nrestarts: 2\n")
+    for args, says in cases:
+        r = _itloop(["night", "--session", "day0", *args], cli_env)
+        assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
+        _no_traceback(r)
+    r = _itloop(
+        [
+            "night",
+            "--session",
+            "day0",
+            "--params-file",
+            str(tmp_path / "ok.yaml"),
+            "--param",
+            'candidates=["resnet18"]',
+        ],
+        cli_env,
+    )
+    assert r.returncode == 2 and "unknown candidate model 'resnet18'" in r.stderr, r.stderr
+    r = _itloop(["night", "--session", "day0", "--params-file", str(tmp_path / "ok.yaml")], cli_env)
+    assert r.returncode == 1 and "no recording session 'day0'" in r.stderr, r.stderr
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def test_models_lists_checkpoints_and_imports_only_files_that_load(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    import hashlib
+
+    import torch
+    import torchvision
+
+    r = _itloop(["models"], cli_env)
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("resnet50 "))
+    assert "resnet50.pt: MISSING" in line and "(default)" in line
+    assert "no checkpoint needed" in next(ln for ln in r.stdout.splitlines() if ln.startswith("pixels16 "))
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    r = _itloop(["models", "import", str(junk), "--name", "resnet50"], cli_env)
+    assert r.returncode == 2 and "does not load into resnet50" in r.stderr, r.stderr
+    _no_traceback(r)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), wrong)
+    r = _itloop(["models", "import", str(wrong), "--name", "resnet50"], cli_env)
+    assert r.returncode == 2 and "does not match the architecture" in r.stderr, r.stderr
+    assert not (tmp_path / "data" / "checkpoints" / "resnet50.pt").exists()
+    assert _itloop(["models", "import", str(wrong), "--name", "pixels16"], cli_env).returncode == 2
+    assert _itloop(["models", "import", str(wrong), "--name", "resnet18"], cli_env).returncode == 2
+
+    good = tmp_path / "robust.pt"
+    torch.save({"model": torchvision.models.resnet50(weights=None).state_dict()}, good)
+    digest = hashlib.sha256(good.read_bytes()).hexdigest()
+    r = _itloop(["models", "import", str(good), "--name", "resnet50_l2_eps3"], cli_env)
+    assert r.returncode == 0 and digest in r.stdout, r.stderr
+    r = _itloop(["models"], cli_env)
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("resnet50_l2_eps3 "))
+    assert f"present, sha256 {digest}" in line
+    # Another file in its place needs --force; the same file again is a no-op.
+    assert _itloop(["models", "import", str(good), "--name", "resnet50_l2_eps3"], cli_env).returncode == 0
+
+
+def test_an_unreachable_database_is_exit_4(cli_env: dict[str, str]) -> None:
+    env = {**cli_env, "ITLOOP_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2"}
+    for args in (["users", "create", "ana"], ["db", "upgrade"], ["serve", "--port", "1"]):
+        r = _itloop(args, env)
+        assert r.returncode == 4 and "cannot reach the database at 127.0.0.1:1/none" in r.stderr, (
+            args,
+            r.stderr,
+        )
+        _no_traceback(r)

@@ -84,6 +84,7 @@ ACCESS: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", f"{V1}/openapi.json"): PUBLIC,
     ("GET", f"{V1}/docs"): PUBLIC,
     ("GET", f"{V1}/docs/assets/{{name}}"): PUBLIC,
+    ("GET", "/"): PUBLIC,  # a redirect to /dashboard/
     ("GET", "/dashboard"): PUBLIC,
     ("GET", "/dashboard/"): PUBLIC,
     ("GET", "/dashboard/login"): PUBLIC,

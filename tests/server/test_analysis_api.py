@@ -124,3 +124,24 @@ def test_auth(client, auth, path: str) -> None:
     assert client.get(path).status_code == 401
     assert client.get(path, headers=auth("rig")).status_code == 403
     assert client.get(path, headers=auth("viewer")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"estimator": "sign-corrected"}, "unknown estimator 'sign-corrected'; valid: plain, sign_corrected"),
+        ({"estimator": "model_free"}, "model_free_sign_corrected"),
+        ({"source": "IT"}, "unknown source 'IT'; valid: 'it'"),
+        ({"source": "model:"}, "model:<version>"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/v1/analysis/sensitivity", "/api/v1/analysis/sensitivity/summary"])
+def test_a_misspelt_filter_is_422_naming_the_valid_names(client, auth, path: str, params, says: str) -> None:
+    """An empty list would read as "no results yet"; a 422 says what the valid names are."""
+    r = client.get(path, params=params, headers=auth("viewer"))
+    assert r.status_code == 422 and says in r.json()["detail"], r.text
+    for source in ("it", "it_to_date", "model:night1-pixels16"):
+        ok = client.get(
+            path, params={"estimator": "model_free_plain", "source": source}, headers=auth("viewer")
+        )
+        assert ok.status_code == 200, (source, ok.text)

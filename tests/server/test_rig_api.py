@@ -227,9 +227,13 @@ def test_bundle_matches_manifest(client, auth, published: dict) -> None:  # type
         assert names[0] == "manifest.json"
         manifest = json.loads(zf.read("manifest.json"))
         assert manifest == published
-        assert sorted(names[1:]) == sorted(f"images/{im['sha256']}.png" for im in published["images"])
+        calibration = published["display"]["calibration"]
+        assert sorted(names[1:]) == sorted(
+            [f"images/{im['sha256']}.png" for im in published["images"]] + [calibration["path"]]
+        )
         for im in published["images"]:
             assert hashlib.sha256(zf.read(f"images/{im['sha256']}.png")).hexdigest() == im["sha256"]
+        assert hashlib.sha256(zf.read(calibration["path"])).hexdigest() == calibration["sha256"]
     again = client.get(url, headers=auth("viewer"))
     assert again.content == r.content  # deterministic and cached
     assert client.get(url, headers={**auth("rig"), "If-None-Match": r.headers["etag"]}).status_code == 304
@@ -283,3 +287,22 @@ def test_rig_token_acts_only_for_its_own_rig(  # type: ignore[no-untyped-def]
     r = client.post(f"{API}/batches/{bid}/presentations", json=events, headers=rig_auth(theirs))
     assert r.status_code == 200 and r.json()["new"] == 3
     assert client.post(f"{API}/batches/{bid}/complete", headers=auth("admin")).status_code == 200
+
+
+def test_the_rigs_first_pull_is_on_record(client, auth, rig_auth, published: dict) -> None:  # type: ignore[no-untyped-def]
+    """``pulled_at`` is set by the batch's rig fetching it, once; people reading it do not set it."""
+    rig, bid = published["rig_id"], published["batch_id"]
+
+    def pulled() -> str | None:
+        r = client.get(f"{API}/batches", headers=auth("viewer"), params={"rig": rig})
+        assert r.status_code == 200, r.text
+        return next(b["pulled_at"] for b in r.json()["items"] if b["batch_id"] == bid)
+
+    assert client.get(f"{API}/rigs/{rig}/batches/next", headers=auth("admin")).status_code == 200
+    assert client.get(f"{API}/batches/{bid}", headers=auth("viewer")).status_code == 200
+    assert pulled() is None
+    assert client.get(f"{API}/rigs/{rig}/batches/next", headers=rig_auth(rig)).status_code == 200
+    first = pulled()
+    assert first is not None
+    assert client.get(f"{API}/rigs/{rig}/batches/next", headers=rig_auth(rig)).status_code == 200
+    assert pulled() == first  # the first pull stays the record

@@ -114,6 +114,7 @@ def test_health_says_states_never_internal_error_text(tmp_path: Path) -> None:
     assert r.status_code == 503
     assert r.json() == {
         "status": "unhealthy",
+        "schema": None,  # unknowable without the database
         "database": {"ok": False, "backend": "postgresql", "state": "unreachable"},
         "queue": {"ok": False, "backend": "redis", "state": "unreachable"},
         "workers": {"alive": None},

@@ -20,6 +20,11 @@
     }
   }
 
+  /* The token lives in this tab's sessionStorage and is shared with the dashboard's other open
+   * tabs over a BroadcastChannel (same origin only): a new tab asks, an open tab answers. It is
+   * never written to localStorage or a cookie, so it is gone once the last dashboard tab closes,
+   * and "log out" in one tab logs out every tab. See docs/dashboard.md. */
+  const channel = typeof BroadcastChannel === "function" ? new BroadcastChannel("itloop-dashboard") : null;
   function token() {
     try {
       return window.sessionStorage.getItem(TOKEN_KEY);
@@ -27,11 +32,41 @@
       return null;
     }
   }
-  function setToken(value) {
+  function setToken(value, quiet) {
     window.sessionStorage.setItem(TOKEN_KEY, value);
+    if (channel && !quiet) channel.postMessage({ kind: "token", token: value });
   }
-  function clearToken() {
+  function clearToken(quiet) {
     window.sessionStorage.removeItem(TOKEN_KEY);
+    if (channel && !quiet) channel.postMessage({ kind: "logout" });
+  }
+  if (channel) {
+    channel.addEventListener("message", (ev) => {
+      const m = ev.data || {};
+      if (m.kind === "ask" && token()) channel.postMessage({ kind: "token", token: token(), to: m.id });
+      else if (m.kind === "token" && m.token && (!m.to || m.to === askId)) {
+        window.sessionStorage.setItem(TOKEN_KEY, m.token);
+        if (waiting) waiting(m.token);
+      } else if (m.kind === "logout") {
+        window.sessionStorage.removeItem(TOKEN_KEY);
+        if (document.body && document.body.dataset.state) location.replace(CFG.prefix + "/login");
+      }
+    });
+  }
+  const askId = Math.random().toString(36).slice(2);
+  let waiting = null;
+  /* This tab's token, or one borrowed from another open dashboard tab (null after `ms`). */
+  function borrowToken(ms) {
+    if (token() || !channel) return Promise.resolve(token());
+    return new Promise((resolve) => {
+      const done = (t) => {
+        waiting = null;
+        resolve(t);
+      };
+      waiting = done;
+      setTimeout(() => done(token()), ms);
+      channel.postMessage({ kind: "ask", id: askId });
+    });
   }
 
   function query(params) {
@@ -206,7 +241,14 @@
         })
       )
     );
-    return el("table", Object.assign({ class: "data" }, attrs || {}), [el("thead", {}, [head]), el("tbody", {}, body)]);
+    const t = el("table", Object.assign({ class: "data" }, attrs || {}), [el("thead", {}, [head]), el("tbody", {}, body)]);
+    return wrap(t);
+  }
+
+  /* Wide tables scroll inside their own box (focusable, so keyboards can scroll it too), never the page. */
+  function wrap(node) {
+    const label = node.id ? node.id.replace(/-/g, " ") : "table";
+    return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": label }, [node]);
   }
 
   function fill(where, node) {
@@ -226,13 +268,21 @@
       showError(new Error("the plotting library did not load (" + CFG.prefix + "/vendor/plotly.min.js)"), div.parentNode);
       return null;
     }
+    // At phone width the legend goes under the plot, one entry a line, and the figure grows to
+    // hold it instead of squeezing the plot area.
+    const narrow = (div.clientWidth || window.innerWidth) < 640;
+    const named = traces.filter((t) => t.showlegend !== false && t.name).length;
+    const legendPx = 19 * named;
     const base = {
-      margin: { l: 60, r: 20, t: 36, b: 50 },
-      legend: { orientation: "h", y: -0.2 },
+      margin: narrow ? { l: 50, r: 10, t: 36, b: 70 + legendPx } : { l: 60, r: 20, t: 36, b: 50 },
+      legend: narrow
+        ? { orientation: "v", x: 0, xanchor: "left", yref: "container", y: 0.005, yanchor: "bottom", font: { size: 11 } }
+        : { orientation: "h", y: -0.2 },
       hovermode: "closest",
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "#fbfbfd",
     };
+    if (narrow) base.height = 300 + 70 + legendPx;
     return window.Plotly.react(div, traces, Object.assign(base, layout || {}), { displaylogo: false, responsive: true });
   }
 
@@ -263,7 +313,7 @@
     document.addEventListener("DOMContentLoaded", async () => {
       const out = $("logout");
       if (out) out.addEventListener("click", () => clearToken());
-      if (!token()) {
+      if (!(await borrowToken(400))) {
         location.replace(CFG.prefix + "/login?next=" + encodeURIComponent(location.pathname + location.search));
         return;
       }
@@ -313,11 +363,109 @@
     return blobCache.get(sha256);
   }
 
-  const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
+  /* ---------- colours: Okabe-Ito, one per source, the same on every page ---------- */
+  // Okabe & Ito (2008), safe for the common colour-vision deficiencies; no red/green pair.
+  const OKABE_ITO = {
+    black: "#000000", orange: "#E69F00", sky: "#56B4E9", green: "#009E73",
+    yellow: "#F0E442", blue: "#0072B2", vermillion: "#D55E00", purple: "#CC79A7",
+  };
+  // IT is black; the model-free baseline is reddish purple; the epsilon-free and noise baselines grey.
+  const FIXED = { it: OKABE_ITO.black, model_free: OKABE_ITO.purple, baseline: "#6b6b6b" };
+  // Candidates take these in the order of their names, so a candidate has one colour everywhere.
+  const CANDIDATE_COLORS = [OKABE_ITO.blue, OKABE_ITO.orange, OKABE_ITO.green, OKABE_ITO.vermillion, OKABE_ITO.sky, OKABE_ITO.yellow];
+  const CANDIDATE_SYMBOLS = ["square", "diamond", "triangle-up", "cross", "x", "star"];
+  const COLORS = CANDIDATE_COLORS;
+  let lineup = null;
+
+  /* The model versions and the sorted list of candidate names (fetched once per page). */
+  function candidates() {
+    if (!lineup) {
+      lineup = fetchAll("/model-versions", {}, 5000).then((versions) => {
+        const names = [...new Set(versions.map((v) => v.candidate || v.version))].sort();
+        const byVersion = new Map(versions.map((v) => [v.version, v]));
+        return { versions: versions, names: names, byVersion: byVersion };
+      });
+      lineup.catch(() => { lineup = null; });
+    }
+    return lineup;
+  }
+
+  /* Colour and marker of a candidate: beyond six candidates colours repeat with another marker. */
+  function candidateStyle(names, name) {
+    const i = Math.max(0, names.indexOf(name));
+    return {
+      color: CANDIDATE_COLORS[i % CANDIDATE_COLORS.length],
+      symbol: CANDIDATE_SYMBOLS[Math.floor(i / CANDIDATE_COLORS.length) % CANDIDATE_SYMBOLS.length],
+    };
+  }
+
+  /* The night a version was fitted for (the modeling domain keeps it in trained_on.night). */
+  function nightOf(v) {
+    for (const x of [v && v.trained_on && v.trained_on.night, v && v.night, v && v.metrics && v.metrics.night]) {
+      if (x !== undefined && x !== null) return Number(x);
+    }
+    const m = /^night(\d+)-/.exec((v && v.version) || "");
+    return m ? Number(m[1]) : null;
+  }
+
+  /* ---------- symmetric log axis (Plotly has none): keeps zero and negative values ---------- */
+  const LINTHRESH = 0.1;
+  function symlog(y, c) {
+    if (y === null || y === undefined || !isFinite(y)) return null;
+    const k = c || LINTHRESH;
+    return Math.sign(y) * Math.log10(1 + Math.abs(y) / k);
+  }
+
+  /* Tick positions and labels for a symlog axis spanning the given (untransformed) values. */
+  function symlogTicks(values, c) {
+    const k = c || LINTHRESH;
+    const finite = values.filter((v) => v !== null && v !== undefined && isFinite(v));
+    const hi = Math.max(k, ...finite.map((v) => Math.abs(v)));
+    const pos = [];
+    for (let d = k; d <= hi * 1.0001; d *= 10) pos.push(d);
+    if (pos[pos.length - 1] < hi) pos.push(pos[pos.length - 1] * 10);
+    const neg = finite.some((v) => v < 0) ? pos.map((d) => -d).reverse() : [];
+    const ticks = [...neg, 0, ...pos];
+    return { tickvals: ticks.map((t) => symlog(t, k)), ticktext: ticks.map((t) => Number(t.toPrecision(2)).toString()) };
+  }
+
+  /* Put a trace's y (and its asymmetric error bars) on the chosen scale; hover shows raw values. */
+  function scaleTrace(trace, scale, lo, hi) {
+    if (scale !== "symlog") return trace;
+    const y = trace.y.map((v) => (v === null || v === undefined ? null : v));
+    trace.customdata = y;
+    trace.y = y.map((v) => symlog(v));
+    if (lo && hi) {
+      trace.error_y = Object.assign({}, trace.error_y || {}, {
+        type: "data",
+        symmetric: false,
+        array: y.map((v, i) => (v === null || hi[i] === null || hi[i] === undefined ? null : symlog(hi[i]) - symlog(v))),
+        arrayminus: y.map((v, i) => (v === null || lo[i] === null || lo[i] === undefined ? null : symlog(v) - symlog(lo[i]))),
+      });
+    }
+    trace.hovertemplate = (trace.hovertemplate || "%{fullData.name}<br>%{x}: %{customdata:.3f}<extra></extra>").replace("%{y:.3f}", "%{customdata:.3f}");
+    return trace;
+  }
+
+  /* The y axis layout for a scale ("linear" or "symlog") given every raw value drawn. */
+  function yAxis(scale, title, values) {
+    const axis = { title: { text: title }, zeroline: true, zerolinecolor: "#888", zerolinewidth: 1 };
+    if (scale === "symlog") {
+      axis.title.text = title + " (symmetric log)";
+      return Object.assign(axis, symlogTicks(values), { type: "linear" });
+    }
+    return Object.assign(axis, { type: "linear" });
+  }
+
+  /* A scale given in the URL: "log" from old bookmarks becomes symlog (a log axis hides negatives). */
+  function scaleParam(value) {
+    return value === "symlog" || value === "log" ? "symlog" : "linear";
+  }
 
   window.IT = {
     ApiError, token, setToken, clearToken, api, request, items, fetchAll, el, $, showError, clearErrors,
     describe, setBusy, fmt, fmtTime, table, fill, option, plot, param, setParams, whoami, page, pool,
-    imageUrl, COLORS, cfg: CFG,
+    imageUrl, COLORS, OKABE_ITO, FIXED, candidates, candidateStyle, nightOf, symlog, symlogTicks, scaleTrace,
+    yAxis, scaleParam, wrap, borrowToken, cfg: CFG,
   };
 })();

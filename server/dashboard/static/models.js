@@ -6,13 +6,12 @@
 (function () {
   "use strict";
   const details = new Map();
+  let lineup = { names: [], byVersion: new Map() };
+  const nightOf = IT.nightOf;
 
-  /* The night a version was fitted for, wherever the API puts it. */
-  function nightOf(v) {
-    for (const x of [v.night, v.night_id, v.day, v.trained_on && v.trained_on.night, v.metrics && v.metrics.night]) {
-      if (x !== undefined && x !== null) return x;
-    }
-    return null;
+  function colorOf(version) {
+    const v = lineup.byVersion.get(version);
+    return IT.candidateStyle(lineup.names, v ? v.candidate : version).color;
   }
 
   function ckaOf(v) {
@@ -46,6 +45,7 @@
       IT.table(
         [
           ["version", "version"],
+          ["candidate", (v) => IT.el("span", { class: "swatch-label" }, [IT.el("span", { class: "swatch", style: { background: colorOf(v.version) }, "aria-hidden": "true" }), v.candidate])],
           ["night", (v) => nightOf(v)],
           ["backbone", (v) => v.backbone + (v.layer ? " / " + v.layer : "")],
           ["fitted", (v) => IT.fmtTime(v.created_at)],
@@ -75,19 +75,21 @@
     }
     const rows = siteRows(d).slice().sort((a, b) => String(a.site_id).localeCompare(String(b.site_id)));
     const sites = rows.map((r) => r.site_id);
+    // The version's candidate colour throughout; raw and transfer r are hatched, not recoloured.
+    const color = colorOf(version);
     IT.plot(
       "pred-plot",
       [
-        { type: "bar", name: "predictivity (Pearson r)", x: sites, y: rows.map((r) => r.predictivity), marker: { color: "#9ab" } },
-        { type: "bar", name: "noise-ceiled predictivity", x: sites, y: rows.map((r) => r.ceiled_predictivity), marker: { color: "#1f77b4" } },
-        { type: "scatter", mode: "markers", name: "noise ceiling", x: sites, y: rows.map((r) => r.noise_ceiling), marker: { symbol: "line-ew-open", size: 18, color: "#333", line: { width: 2 } } },
+        { type: "bar", name: "predictivity (Pearson r)", x: sites, y: rows.map((r) => r.predictivity), marker: { color: color, opacity: 0.55, pattern: { shape: "/" } } },
+        { type: "bar", name: "noise-ceiled predictivity", x: sites, y: rows.map((r) => r.ceiled_predictivity), marker: { color: color } },
+        { type: "scatter", mode: "markers", name: "noise ceiling", x: sites, y: rows.map((r) => r.noise_ceiling), marker: { symbol: "line-ew-open", size: 18, color: IT.FIXED.it, line: { width: 2 } } },
       ],
       { barmode: "group", yaxis: { title: { text: "r" }, range: [0, 1.05] }, title: { text: version, font: { size: 13 } } }
     );
     IT.plot(
       "transfer-plot",
       [
-        { type: "bar", name: "sign agreement", x: sites, y: rows.map((r) => r.transfer_sign), marker: { color: "#2ca02c" } },
+        { type: "bar", name: "sign agreement", x: sites, y: rows.map((r) => r.transfer_sign), marker: { color: color } },
         {
           type: "bar",
           name: "transfer r, 95% CI (chance 0)",
@@ -99,7 +101,7 @@
             array: rows.map((r) => (r.transfer_r_high == null || r.transfer_r == null ? null : r.transfer_r_high - r.transfer_r)),
             arrayminus: rows.map((r) => (r.transfer_r_low == null || r.transfer_r == null ? null : r.transfer_r - r.transfer_r_low)),
           },
-          marker: { color: "#9467bd" },
+          marker: { color: color, opacity: 0.55, pattern: { shape: "x" } },
         },
       ],
       {
@@ -144,37 +146,57 @@
         return null;
       }
     });
-    const x = recent.map((v, i) => (nightOf(v) !== null ? nightOf(v) : i + 1));
-    const ceiled = got.map((d) => (d ? median(siteRows(d).map((r) => r.ceiled_predictivity)) : null));
-    const raw = got.map((d) => (d ? median(siteRows(d).map((r) => r.predictivity)) : null));
-    const text = recent.map((v) => v.version);
-    const traces = [
-      { type: "scatter", mode: "markers", name: "median noise-ceiled predictivity", x: x, y: ceiled, text: text, marker: { color: "#1f77b4", size: 9 } },
-      { type: "scatter", mode: "markers", name: "median raw predictivity", x: x, y: raw, text: text, marker: { color: "#9ab", size: 8 } },
-    ];
+    // One line per candidate across nights (a candidate gets a new version name every night).
+    const traces = [];
+    const cands = [...new Set(recent.map((v) => v.candidate))].sort();
+    for (const cand of cands) {
+      const idx = recent.map((v, i) => (v.candidate === cand ? i : -1)).filter((i) => i >= 0);
+      idx.sort((a, b) => (nightOf(recent[a]) || 0) - (nightOf(recent[b]) || 0));
+      const st = IT.candidateStyle(lineup.names, cand);
+      traces.push({
+        type: "scatter",
+        mode: "lines+markers",
+        name: cand,
+        x: idx.map((i) => nightOf(recent[i])),
+        y: idx.map((i) => (got[i] ? median(siteRows(got[i]).map((r) => r.ceiled_predictivity)) : null)),
+        text: idx.map((i) => recent[i].version + (recent[i].chosen ? " (chosen: " + (recent[i].chosen_reason || "") + ")" : "")),
+        hovertemplate: "%{fullData.name}<br>night %{x}: %{y:.3f}<br>%{text}<extra></extra>",
+        line: { color: st.color },
+        marker: { color: st.color, symbol: st.symbol, size: 8 },
+        meta: { candidate: cand, versions: idx.map((i) => recent[i].version) },
+      });
+    }
     const chosen = recent.map((v, i) => (v.chosen ? i : -1)).filter((i) => i >= 0);
     traces.push({
       type: "scatter",
-      mode: "lines+markers",
+      mode: "markers",
       name: "chosen model",
-      x: chosen.map((i) => x[i]),
-      y: chosen.map((i) => ceiled[i]),
+      x: chosen.map((i) => nightOf(recent[i])),
+      y: chosen.map((i) => (got[i] ? median(siteRows(got[i]).map((r) => r.ceiled_predictivity)) : null)),
       text: chosen.map((i) => recent[i].version + ": " + (recent[i].chosen_reason || "")),
-      marker: { symbol: "star", size: 15, color: "#d62728" },
-      line: { color: "#d62728" },
+      marker: { symbol: "star-open", size: 18, color: IT.FIXED.it, line: { width: 2 } },
     });
     const cka = recent.map((v) => ckaOf(v));
     if (cka.some((c) => c !== null)) {
-      traces.push({ type: "scatter", mode: "markers", name: "CKA (layer vs IT)", x: x, y: cka, text: text, marker: { symbol: "triangle-up", color: "#ff7f0e", size: 9 } });
+      traces.push({
+        type: "scatter",
+        mode: "markers",
+        name: "CKA (layer vs IT)",
+        x: recent.map((v) => nightOf(v)),
+        y: cka,
+        text: recent.map((v) => v.version),
+        marker: { symbol: "triangle-up-open", color: recent.map((v) => colorOf(v.version)), size: 10, line: { width: 2 } },
+      });
     }
     IT.plot("nights-plot", traces, {
       xaxis: { title: { text: "night" }, dtick: 1 },
-      yaxis: { title: { text: "r" }, range: [0, 1.05] },
+      yaxis: { title: { text: "median noise-ceiled predictivity (r); CKA" }, range: [0, 1.05] },
       hovermode: "closest",
     });
   }
 
   IT.page(async () => {
+    lineup = await IT.candidates().catch(() => lineup);
     let versions;
     try {
       versions = await IT.fetchAll("/model-versions", {}, 2000);
@@ -186,7 +208,7 @@
       IT.fill("versions", IT.el("span", { class: "note" }, ["no model has been fitted yet"]));
       return;
     }
-    versions.sort((a, b) => String(a.created_at).localeCompare(String(b.created_at)));
+    versions.sort((a, b) => (nightOf(a) || 0) - (nightOf(b) || 0) || String(a.created_at).localeCompare(String(b.created_at)));
     versionTable(versions.slice().reverse());
     const sel = IT.$("version-select");
     const wanted = IT.param("version");

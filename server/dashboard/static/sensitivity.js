@@ -11,7 +11,7 @@
   const LABEL = {
     plain: "plain",
     sign_corrected: "sign-corrected",
-    plain_noise_corrected: "plain − noise floor",
+    plain_noise_corrected: "noise-corrected (signed RMS)",
     noise_floor: "noise floor",
     random_pair: "random-pair baseline",
     model_free_plain: "model-free baseline (plain)",
@@ -20,7 +20,11 @@
   };
   const ORDER = ["sign_corrected", "plain", "plain_noise_corrected", "noise_floor", "model_free_sign_corrected", "model_free_plain", "random_pair", "model"];
 
-  const state = { records: [], day: null };
+  // IT figures pooled over every day so far (worker/steps/analyze_to_date.py): the estimators a
+  // site is ranked by; the day's own baselines stay under "it".
+  const TO_DATE = "it_to_date";
+  const TO_DATE_SHOWN = new Set(["sign_corrected", "plain_noise_corrected"]);
+  const state = { records: [], day: null, lineup: { names: [], byVersion: new Map() } };
 
   function keep(estimator, choice) {
     if (choice === "plain") return !SIGNED.has(estimator);
@@ -30,20 +34,34 @@
 
   function traceName(source, estimator) {
     if (source === "it") return "IT " + (LABEL[estimator] !== undefined ? LABEL[estimator] : estimator);
+    if (source === TO_DATE) return "IT to date " + (LABEL[estimator] !== undefined ? LABEL[estimator] : estimator);
     const name = source.startsWith("model:") ? "model " + source.slice(6) : source;
     return estimator === "model" ? name : name + " " + (LABEL[estimator] || estimator);
   }
 
-  function style(source, estimator, modelIndex) {
-    if (source !== "it") {
-      const c = IT.COLORS[(2 + modelIndex) % IT.COLORS.length];
-      return { line: { color: c, width: 2 }, marker: { color: c, symbol: "square" } };
+  /* The candidate a source belongs to ("model:night3-resnet50" -> "resnet50"). */
+  function candidateOf(source) {
+    const version = source.startsWith("model:") ? source.slice(6) : source;
+    const v = state.lineup.byVersion.get(version);
+    return v ? v.candidate : version;
+  }
+
+  /* One colour per candidate (the same as on every other page); IT black, baselines grey/purple. */
+  function style(source, estimator) {
+    if (source === TO_DATE) {
+      // IT's colour (it is IT data), told apart by a dash-dot line and crosses.
+      return { line: { color: IT.FIXED.it, dash: "dashdot", width: 1.5 }, marker: { color: IT.FIXED.it, symbol: "x", size: 8 } };
     }
-    const dash = PLAIN.has(estimator) ? "dash" : "solid";
-    if (estimator === "noise_floor") return { line: { color: "#888", dash: "dot" }, marker: { color: "#888" } };
-    if (estimator === "random_pair") return { line: { color: "#444", dash: "longdash", width: 1.5 }, marker: { color: "#444", symbol: "diamond" } };
-    if (estimator.startsWith("model_free")) return { line: { color: "#ff7f0e", dash: dash }, marker: { color: "#ff7f0e" } };
-    return { line: { color: "#d62728", dash: dash, width: 2.5 }, marker: { color: "#d62728", size: 8 } };
+    if (source !== "it") {
+      const c = IT.candidateStyle(state.lineup.names, candidateOf(source));
+      return { line: { color: c.color, width: 2 }, marker: { color: c.color, symbol: c.symbol } };
+    }
+    const dash = estimator === "plain_noise_corrected" ? "dot" : PLAIN.has(estimator) ? "dash" : "solid";
+    if (estimator === "noise_floor") return { line: { color: IT.FIXED.baseline, dash: "dot" }, marker: { color: IT.FIXED.baseline, symbol: "circle-open" } };
+    if (estimator === "random_pair") return { line: { color: IT.FIXED.baseline, dash: "longdash", width: 1.5 }, marker: { color: IT.FIXED.baseline, symbol: "diamond-open" } };
+    if (estimator.startsWith("model_free")) return { line: { color: IT.FIXED.model_free, dash: dash }, marker: { color: IT.FIXED.model_free, symbol: "triangle-down" } };
+    const symbol = { plain: "square-open", plain_noise_corrected: "circle-open" }[estimator] || "circle";
+    return { line: { color: IT.FIXED.it, dash: dash, width: 2.5 }, marker: { color: IT.FIXED.it, size: 8, symbol: symbol } };
   }
 
   function errorBars(rows) {
@@ -59,7 +77,8 @@
 
   function sortKey(k) {
     const [source, estimator] = k.split("|");
-    return (source === "it" ? "0" : "1" + source) + String(ORDER.indexOf(estimator)).padStart(2, "0");
+    const rank = source === "it" ? "0" : source === TO_DATE ? "0~" : "1" + source;
+    return rank + String(ORDER.indexOf(estimator)).padStart(2, "0");
   }
 
   /* Group records by (source, estimator) into one trace each. */
@@ -70,11 +89,11 @@
     const groups = new Map();
     for (const r of records) {
       if (!keep(r.estimator, choice)) continue;
+      if (r.source === TO_DATE && !TO_DATE_SHOWN.has(r.estimator)) continue;
       const key = (r.source || "it") + "|" + r.estimator;
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(r);
     }
-    const models = [...new Set(records.map((r) => r.source || "it").filter((s) => s !== "it"))].sort();
     const traces = [];
     for (const key of [...groups.keys()].sort((a, b) => sortKey(a).localeCompare(sortKey(b)))) {
       const [source, estimator] = key.split("|");
@@ -97,8 +116,9 @@
             text: rows.map((r) => (r.undefined_reason ? "undefined: " + r.undefined_reason : "n pairs " + IT.fmt(r.n_pairs) + ", n sites " + IT.fmt(r.n_sites))),
             hovertemplate: "%{fullData.name}<br>ε=%{x}: %{y:.3f}<br>%{text}<extra></extra>",
             meta: { source: source, estimator: estimator },
+            _rows: rows,
           },
-          style(source, estimator, models.indexOf(source))
+          style(source, estimator)
         )
       );
     }
@@ -109,21 +129,36 @@
     return site ? r.site_id === site : r.site_id === null || r.site_id === undefined;
   }
 
+  /* Raw values and their interval ends, for the symlog transform and its ticks. */
+  function scaled(traces, rowsOf, scale) {
+    for (const t of traces) {
+      const rows = rowsOf(t);
+      IT.scaleTrace(t, scale, rows.map((r) => (r ? r.ci_low : null)), rows.map((r) => (r ? r.ci_high : null)));
+    }
+    return traces;
+  }
+
+  function rawValues(rows) {
+    return rows.flatMap((r) => [r.value, r.ci_low, r.ci_high]);
+  }
+
   function draw() {
     const site = IT.$("site-select").value;
     const choice = IT.$("estimator-select").value;
     const scale = IT.$("scale-select").value;
-    IT.setParams({ site: site, day: state.day, est: choice === "both" ? "" : choice, scale: scale === "log" ? "" : scale });
+    IT.setParams({ site: site, day: state.day, est: choice === "both" ? "" : choice, scale: scale === "linear" ? "" : scale });
     const rows = state.records.filter((r) => siteMatches(r, site));
     const traces = curves(rows, choice);
     const who = site ? "site " + site : "population";
     if (!traces.length) {
       IT.showError(new Error("no sensitivity figures for " + who + " on day " + state.day), "sens-errors");
     }
+    scaled(traces, (t) => t._rows, scale);
+    for (const t of traces) delete t._rows;
     IT.plot("sens-plot", traces, {
       title: { text: "Sensitivity of " + who + ", day " + state.day, font: { size: 14 } },
       xaxis: { title: { text: "ε (L2, pixel units)" }, type: "log" },
-      yaxis: { title: { text: "normalised sensitivity" }, type: scale },
+      yaxis: IT.yAxis(scale, "normalised sensitivity", rawValues(rows)),
     });
     drawSites(choice);
     drawTable(rows);
@@ -136,26 +171,36 @@
     const keys = new Map();
     for (const r of rows) {
       if (!keep(r.estimator, choice) || r.estimator === "noise_floor" || r.estimator.startsWith("model_free")) continue;
+      if (r.source === TO_DATE && !TO_DATE_SHOWN.has(r.estimator)) continue;
       const key = (r.source || "it") + "|" + r.estimator;
       if (!keys.has(key)) keys.set(key, new Map());
       keys.get(key).set(r.site_id, r);
     }
+    const scale = IT.$("scale-select").value;
+    const drawn = [];
     const traces = [...keys.keys()].sort((a, b) => sortKey(a).localeCompare(sortKey(b))).map((key) => {
       const [source, estimator] = key.split("|");
       const bySite = keys.get(key);
       const cells = sites.map((s) => bySite.get(s) || { value: null });
-      return {
+      drawn.push(...cells);
+      const st = style(source, estimator);
+      const trace = {
         type: "bar",
         name: traceName(source, estimator),
         x: sites,
         y: cells.map((r) => r.value),
         error_y: errorBars(cells),
+        marker: {
+          color: st.line.color,
+          pattern: { shape: PLAIN.has(estimator) ? "/" : estimator === "random_pair" ? "." : "" },
+        },
         meta: { source: source, estimator: estimator },
       };
+      return IT.scaleTrace(trace, scale, cells.map((r) => r.ci_low), cells.map((r) => r.ci_high));
     });
     IT.plot("sites-plot", traces, {
       barmode: "group",
-      yaxis: { title: { text: "normalised sensitivity" }, type: IT.$("scale-select").value },
+      yaxis: IT.yAxis(scale, "normalised sensitivity", rawValues(drawn)),
       xaxis: { title: { text: "site" } },
     });
   }
@@ -221,7 +266,15 @@
   IT.page(async () => {
     const siteSel = IT.$("site-select");
     const wantedSite = IT.param("site") || "";
-    const [sites, dayList] = await Promise.all([IT.fetchAll("/sites", {}, 5000), days()]);
+    const [sites, dayList, lineup] = await Promise.all([
+      IT.fetchAll("/sites", {}, 5000),
+      days(),
+      IT.candidates().catch((e) => {
+        IT.showError(e, "sens-errors", "model versions (for their candidates' colours)");
+        return { names: [], byVersion: new Map() };
+      }),
+    ]);
+    state.lineup = lineup;
     for (const s of sites) siteSel.appendChild(IT.option(s.site_id, s.site_id, s.site_id === wantedSite));
     if (wantedSite && !sites.some((s) => s.site_id === wantedSite)) {
       // Ask the API about the unknown site so its own message shows (e.g. 404 "no site ...").
@@ -241,8 +294,7 @@
     if (!wantedDay || !dayList.map(String).includes(wantedDay)) daySel.value = String(dayList[dayList.length - 1]);
     const est = IT.param("est");
     if (est) IT.$("estimator-select").value = est;
-    const scale = IT.param("scale");
-    if (scale) IT.$("scale-select").value = scale;
+    IT.$("scale-select").value = IT.scaleParam(IT.param("scale"));
     siteSel.addEventListener("change", () => { IT.clearErrors("sens-errors"); draw(); });
     IT.$("estimator-select").addEventListener("change", draw);
     IT.$("scale-select").addEventListener("change", draw);

@@ -19,8 +19,9 @@ gigabytes from a few compressed kilobytes nor make the server read other files.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +30,8 @@ from server.recordings.ingest.limits import check_decoded_size
 from server.recordings.ingest.nwb_meta import electrode_rows, file_meta
 from server.recordings.ingest.unitmap import UnitRef
 from server.recordings.ingest.validate import ParsedUpload
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +108,13 @@ def _unit_refs(nwb: Any, units: Any, n_units: int) -> list[UnitRef]:
     ]
 
 
-def _parse(nwb: Any, name: str, table_name: str = DEFAULT_TABLE) -> ParsedUpload:
-    meta = file_meta(nwb, name)  # refuses a file without a subject before reading any data
+def parse_units(nwb: Any, name: str) -> tuple[list[UnitRef], np.ndarray, np.ndarray, np.ndarray]:
+    """The units table as (unit refs, unit index per spike, spike times, spikes per unit).
+
+    Its own function so that uploads whose presentations come from elsewhere (sync pulses and
+    the rig's events, ``server.recordings.alignment``) read units exactly as full uploads do;
+    units are resolved to sites later, by the service (``ingest/unitmap.py``).
+    """
     units = nwb.units
     if units is None:
         raise InvalidUpload(f"{name}: the NWB file has no units table (nwbfile.units)")
@@ -122,6 +130,12 @@ def _parse(nwb: Any, name: str, table_name: str = DEFAULT_TABLE) -> ParsedUpload
     # One label per unit (resolved to site ids by the service, server.recordings.ingest.unitmap);
     # units of one site are merged when the upload is cleaned.
     spike_site = np.repeat(np.arange(len(ends), dtype=np.int64), counts)
+    return refs, spike_site, flat, counts
+
+
+def _parse(nwb: Any, name: str, table_name: str = DEFAULT_TABLE) -> ParsedUpload:
+    meta = file_meta(nwb, name)  # refuses a file without a subject before reading any data
+    refs, spike_site, flat, counts = parse_units(nwb, name)
 
     table = _find_presentations(nwb, table_name, name)
     cols = set(table.colnames)
@@ -215,6 +229,13 @@ def read_nwb(path: Path, name: str = "file", table_name: str = DEFAULT_TABLE) ->
     ``table_name`` names the TimeIntervals table of presentations (default ``presentations``).
     Units still need their sites: :func:`server.recordings.ingest.unitmap.map_units`.
     """
+    return with_nwb(path, name, lambda nwb: _parse(nwb, name, table_name))
+
+
+def with_nwb(path: Path, name: str, read: Callable[[Any], T]) -> T:
+    """``read(nwbfile)`` on an uploaded file, checked first (HDF5 signature, declared sizes, no
+    external links); any failure to read it (truncated, corrupted, not NWB) is a 422 naming the
+    cause, never the server's temporary path."""
     from pynwb import NWBHDF5IO
 
     if not is_hdf5(path):
@@ -222,8 +243,7 @@ def read_nwb(path: Path, name: str = "file", table_name: str = DEFAULT_TABLE) ->
     check_hdf5(path, name)
     try:
         with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
-            nwb = io.read()
-            return _parse(nwb, name, table_name)
+            return read(io.read())
     except InvalidUpload:
         raise
     except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise many types for damaged files

@@ -1,0 +1,409 @@
+"""Clock alignment: the rig's presentation log onto the recorder's clock, from sync pulses.
+
+Why: the rig reports when it flipped each image (``onset_s`` on the rig's clock); spikes are
+timed by the recorder. The two clocks differ by an offset (they started at different times)
+and a drift (two crystals never tick at exactly the same rate: tens of ppm, i.e. tens of ms
+per hour, more than the 70-170 ms response window can ignore over a session). The rig marks
+each presentation with a sync pulse the recorder also sees (a TTL line raised on the flip, or a
+photodiode under a patch drawn with the image), so the recorder's pulse times are the rig's
+flips on the recorder's clock. This module fits the map ``recorder = offset + slope * rig``
+and builds the presentations on the recorder's clock.
+
+Pulses are imperfect: some are missing (a photodiode threshold missed, a TTL lost), some are
+extra (noise, a pulse from another device). So pulses are not paired by index. Instead:
+
+1. **Coarse offset** from structure: every pairing of one of the first rig events with any
+   pulse proposes an offset; each proposal is scored by how many of the first events (the
+   anchor, a few seconds) land within tolerance of some pulse. The inter-pulse-interval
+   pattern (trial gaps, fixation breaks) makes the true offset stand out.
+2. **Progressive fit**: from each of the best few distinct proposals, match events to their
+   nearest pulse over a window that doubles each round, refitting offset and slope by least
+   squares on the matches (a drift too large to extrapolate over the whole session at once is
+   extrapolated only twice as far as it was measured). A final robust refit drops matches whose
+   residual is far out (median absolute deviation).
+3. The proposal whose fit matches the most events wins; if another, different fit matches
+   nearly as many, the pulses are ambiguous (e.g. a perfectly periodic sequence with no
+   gaps) and alignment is refused rather than guessed.
+
+Then, with the rig's refresh rate: a rig event with no pulse within tolerance but an unused
+pulse whole frames later is a **late frame** (the screen showed it later than the rig said);
+a pulse whose width (rising to falling edge, when falling edges are given) differs from the
+planned duration, in whole frames, by half a frame or more is a **dropped frame** (a flip that
+missed its frame keeps the image up one frame longer). Durations on a screen are whole frames,
+so a deviation past half a frame is a deviation of at least one frame.
+
+Pure: numpy in, dataclasses out; :class:`AlignmentError` (a ``ValueError``) says why pulses
+could not be matched. No I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_TOLERANCE_S = 0.004  # a TTL jitters by microseconds, a photodiode by a fraction of a frame
+DEFAULT_MAX_DRIFT_PPM = 200.0  # quartz clocks: +-100 ppm at worst, typically tens
+DEFAULT_ANCHOR_S = 10.0
+MIN_EVENTS = 8
+N_PROPOSALS = 6  # distinct coarse offsets refined in full
+PROPOSAL_EVENTS = 8  # first rig events paired with every pulse to propose offsets
+MAX_LATE_FRAMES = 3
+
+
+class AlignmentError(ValueError):
+    """The pulses cannot be matched to the rig's events; the message says why."""
+
+
+@dataclass(frozen=True)
+class ClockMap:
+    """``recorder_s = offset_s + slope * rig_s``."""
+
+    offset_s: float
+    slope: float
+
+    @property
+    def drift_ppm(self) -> float:
+        return (self.slope - 1.0) * 1e6
+
+    def __call__(self, rig_s: np.ndarray | float) -> np.ndarray:
+        return self.offset_s + self.slope * np.asarray(rig_s, dtype=np.float64)
+
+
+@dataclass
+class Alignment:
+    """Per rig event (in the order given): where it lies on the recorder's clock and what went wrong.
+
+    ``pulse`` indexes the pulses as given (-1: no pulse); ``onset_source`` is ``"pulse"`` where
+    the event's own pulse gives the onset and ``"fit"`` where the clock map does (pulse missing).
+    ``late_frames`` > 0 for late frames, ``dropped_frames`` != 0 where the measured duration is
+    off by at least one frame (NaN-free ints; 0 where not measured, see ``measured``).
+    """
+
+    clock: ClockMap
+    onset_s: np.ndarray
+    stop_s: np.ndarray
+    onset_source: np.ndarray
+    pulse: np.ndarray
+    residual_ms: np.ndarray
+    duration_ms: np.ndarray
+    late_frames: np.ndarray
+    dropped_frames: np.ndarray
+    measured: np.ndarray
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """Indices of events with a late or dropped frame."""
+        return np.flatnonzero((self.late_frames != 0) | (self.dropped_frames != 0))
+
+
+def _as_times(name: str, values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise AlignmentError(f"{name}: value {i + 1} is {arr[i]!r}; times must be finite seconds")
+    return arr
+
+
+def _nearest(sorted_p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest pulse to each query, and the signed distance pulse - query."""
+    idx = np.searchsorted(sorted_p, q)
+    lo = np.clip(idx - 1, 0, len(sorted_p) - 1)
+    hi = np.clip(idx, 0, len(sorted_p) - 1)
+    dlo = sorted_p[lo] - q
+    dhi = sorted_p[hi] - q
+    use_hi = np.abs(dhi) < np.abs(dlo)
+    return np.where(use_hi, hi, lo), np.where(use_hi, dhi, dlo)
+
+
+def _match(sorted_p: np.ndarray, q: np.ndarray, tol: float) -> np.ndarray:
+    """One-to-one nearest matching within ``tol``: pulse index per query, -1 for none."""
+    j, d = _nearest(sorted_p, q)
+    ok = np.abs(d) <= tol
+    out = np.full(len(q), -1, dtype=np.int64)
+    cand = np.flatnonzero(ok)
+    if len(cand) == 0:
+        return out
+    # Two events claiming one pulse: the closer keeps it.
+    order = cand[np.argsort(np.abs(d[cand]), kind="stable")]
+    _, first = np.unique(j[order], return_index=True)
+    keep = order[first]
+    out[keep] = j[keep]
+    return out
+
+
+def _fit(r: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """Least-squares line p = a + b r (centred for conditioning); slope 1 when r spans nothing."""
+    rm, pm = float(r.mean()), float(p.mean())
+    dr = r - rm
+    ss = float(dr @ dr)
+    b = float(dr @ (p - pm)) / ss if ss > 0 and len(r) >= 3 else 1.0
+    return pm - b * rm, b
+
+
+def _propose(r: np.ndarray, p: np.ndarray, anchor: int, tol: float) -> list[tuple[int, float]]:
+    """Distinct coarse offsets with their anchor scores, best first."""
+    first = r[: min(PROPOSAL_EVENTS, anchor)]
+    cands = (p[None, :] - first[:, None]).ravel()
+    window = r[:anchor]
+    scores = np.empty(len(cands), dtype=np.int64)
+    step = max(1, 2_000_000 // max(anchor, 1))
+    for s in range(0, len(cands), step):
+        block = cands[s : s + step]
+        q = (window[None, :] + block[:, None]).ravel()
+        _, d = _nearest(p, q)
+        scores[s : s + step] = (np.abs(d) <= tol).reshape(len(block), anchor).sum(axis=1)
+    order = np.argsort(-scores, kind="stable")
+    chosen: list[tuple[int, float]] = []
+    for k in order:
+        if scores[k] < max(3, anchor // 2) or len(chosen) >= N_PROPOSALS:
+            break
+        if all(abs(cands[k] - c) > 2 * tol for _, c in chosen):
+            chosen.append((int(scores[k]), float(cands[k])))
+    return chosen
+
+
+def _refine(
+    r: np.ndarray, p: np.ndarray, offset: float, tol: float, coarse_tol: float, anchor_s: float
+) -> tuple[float, float, np.ndarray]:
+    """Grow the matched window from the anchor, refitting; then a robust final refit."""
+    a, b = offset, 1.0
+    span = anchor_s
+    t0 = r[0]
+    current_tol = coarse_tol
+    while True:
+        sel = r <= t0 + span
+        m = _match(p, a + b * r[sel], current_tol)
+        ok = m >= 0
+        if ok.sum() >= 2:
+            rr, pp = r[sel][ok], p[m[ok]]
+            a, b = _fit(rr, pp) if rr[-1] - rr[0] > 0.5 * anchor_s else (float(np.median(pp - rr)), 1.0)
+        current_tol = tol
+        if sel.all():
+            break
+        span *= 2
+    m = _match(p, a + b * r, tol)
+    for _ in range(3):
+        ok = m >= 0
+        if ok.sum() < 3:
+            break
+        res = p[m[ok]] - (a + b * r[ok])
+        mad = float(np.median(np.abs(res - np.median(res)))) * 1.4826
+        inlier = np.abs(res - np.median(res)) <= max(5 * mad, 1e-4)
+        a, b = _fit(r[ok][inlier], p[m[ok]][inlier])
+        m = _match(p, a + b * r, tol)
+    return a, b, m
+
+
+def align(
+    rig_onset_s: Any,
+    pulse_on_s: Any,
+    pulse_off_s: Any | None = None,
+    *,
+    planned_on_s: Any | None = None,
+    refresh_hz: float | None = None,
+    tolerance_s: float | None = None,
+    max_drift_ppm: float = DEFAULT_MAX_DRIFT_PPM,
+    anchor_s: float = DEFAULT_ANCHOR_S,
+    min_match_fraction: float = 0.8,
+) -> Alignment:
+    """Fit the rig->recorder clock map from sync pulses and place every rig event on the recorder clock.
+
+    Parameters
+    ----------
+    rig_onset_s : rig-reported onsets (rig clock, seconds), one per presentation, any order.
+    pulse_on_s : pulse rising edges (recorder clock, seconds), any order; missing and extra allowed.
+    pulse_off_s : falling edges, one per rising edge (NaN where unknown); gives measured durations.
+    planned_on_s : planned image duration per event (seconds; e.g. the manifest's ``on_ms``/1000).
+    refresh_hz : the rig screen's refresh rate; needed to flag late and dropped frames.
+    tolerance_s : how far a pulse may lie from its predicted time and still be the event's pulse;
+        default 4 ms, or 0.45 frame if less (so that a pulse a frame late is never taken as on time).
+    min_match_fraction : the share of events that must find their pulse, else :class:`AlignmentError`.
+    """
+    r_in = _as_times("rig onsets", rig_onset_s)
+    p_in = _as_times("sync pulses", pulse_on_s)
+    n, m = len(r_in), len(p_in)
+    if n < MIN_EVENTS:
+        raise AlignmentError(f"too few rig events: {n}; alignment needs at least {MIN_EVENTS}")
+    if m < max(MIN_EVENTS, int(np.ceil(min_match_fraction * n))):
+        raise AlignmentError(
+            f"too few sync pulses: {m} for {n} rig events; at least {min_match_fraction:.0%} of the events "
+            "need their pulse (is this the right sync channel and the whole recording?)"
+        )
+    if pulse_off_s is not None:
+        off_in = np.asarray(pulse_off_s, dtype=np.float64).ravel()
+        if len(off_in) != m:
+            raise AlignmentError(f"sync pulses: {m} rising edges but {len(off_in)} falling edges")
+        bad = np.isfinite(off_in) & (off_in < p_in)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise AlignmentError(
+                f"sync pulses: pulse {i + 1} falls ({off_in[i]:.6f} s) before it rises ({p_in[i]:.6f} s)"
+            )
+    else:
+        off_in = np.full(m, np.nan)
+    planned = None
+    if planned_on_s is not None:
+        planned = np.asarray(planned_on_s, dtype=np.float64).ravel()
+        if len(planned) != n:
+            raise AlignmentError(f"planned durations: {len(planned)} for {n} rig events")
+    frame = 1.0 / refresh_hz if refresh_hz else None
+    if frame is not None and not (0 < frame < 1):
+        raise AlignmentError(f"refresh rate {refresh_hz!r} Hz is not plausible")
+    if tolerance_s is None:
+        tolerance_s = min(DEFAULT_TOLERANCE_S, 0.45 * frame) if frame is not None else DEFAULT_TOLERANCE_S
+
+    r_order = np.argsort(r_in, kind="stable")
+    r = r_in[r_order]
+    p_order = np.argsort(p_in, kind="stable")
+    p = p_in[p_order]
+    off = off_in[p_order]
+
+    anchor = int(np.searchsorted(r, r[0] + anchor_s, side="right"))
+    anchor = min(n, max(anchor, 40))
+    anchor_span = max(float(r[anchor - 1] - r[0]), 1e-3)
+    coarse_tol = tolerance_s + max_drift_ppm * 1e-6 * anchor_span
+    proposals = _propose(r, p, anchor, coarse_tol)
+    if not proposals:
+        raise AlignmentError(
+            f"inconsistent sync pulses: no offset puts even half of the first {anchor} rig events within "
+            f"{coarse_tol * 1e3:.1f} ms of a pulse; the pulse pattern does not follow the rig's onsets "
+            "(another channel or session, or onsets not in seconds?)"
+        )
+    fits = []
+    for _, d0 in proposals:
+        a, b, mt = _refine(r, p, d0, tolerance_s, coarse_tol, anchor_s)
+        if abs(b - 1.0) * 1e6 > max_drift_ppm:
+            continue
+        fits.append((int((mt >= 0).sum()), a, b, mt))
+    if not fits:
+        raise AlignmentError(
+            f"inconsistent sync pulses: every candidate fit drifts by more than {max_drift_ppm:g} ppm"
+        )
+    fits.sort(key=lambda f: -f[0])
+    best_n, a, b, match = fits[0]
+    margin = max(3, int(0.01 * n))
+    for other_n, oa, ob, _ in fits[1:]:
+        if abs((oa + ob * r[0]) - (a + b * r[0])) > tolerance_s and other_n > best_n - margin:
+            raise AlignmentError(
+                f"ambiguous sync pulses: two clock maps differing by {abs(oa - a) * 1e3:.1f} ms match "
+                f"{best_n} and {other_n} of {n} events; the onsets are too regular to tell which pulse is "
+                "which (include gaps, e.g. inter-trial intervals, or a distinct start pattern)"
+            )
+    if best_n < min_match_fraction * n:
+        raise AlignmentError(
+            f"inconsistent sync pulses: only {best_n} of {n} rig events have a pulse within "
+            f"{tolerance_s * 1e3:g} ms of the best clock map (offset {a:.6f} s, drift "
+            f"{(b - 1) * 1e6:.1f} ppm); "
+            f"at least {min_match_fraction:.0%} are needed"
+        )
+    clock = ClockMap(float(a), float(b))
+    pred = clock(r)
+    used = np.zeros(m, dtype=bool)
+    used[match[match >= 0]] = True
+
+    # Late frames: no pulse where predicted, but an unused one whole frames later.
+    late = np.zeros(n, dtype=np.int64)
+    if frame is not None:
+        for i in map(int, np.flatnonzero(match < 0)):
+            lo = int(np.searchsorted(p, pred[i] + 0.5 * frame))
+            hi = int(np.searchsorted(p, pred[i] + (MAX_LATE_FRAMES + 0.5) * frame, side="right"))
+            free = [j for j in range(lo, hi) if not used[j]]
+            if free:
+                j = free[0]
+                k = int(round((p[j] - pred[i]) / (frame * b)))
+                if k >= 1 and abs(p[j] - pred[i] - k * frame * b) <= tolerance_s:
+                    match[i], used[j], late[i] = j, True, k
+    has = match >= 0
+    residual = np.full(n, np.nan)
+    on_time = has & (late == 0)
+    residual[on_time] = (p[match[on_time]] - pred[on_time]) * 1e3
+    onset = np.where(has, p[np.maximum(match, 0)], pred)
+    width = np.where(has, off[np.maximum(match, 0)] - p[np.maximum(match, 0)], np.nan)
+    measured = np.isfinite(width)
+    duration_ms = width / b * 1e3
+    stop = np.where(measured, onset + np.nan_to_num(width), np.nan)
+    dropped = np.zeros(n, dtype=np.int64)
+    if planned is not None:
+        pl = planned[r_order]
+        planned_s = np.round(pl / frame) * frame if frame is not None else pl
+        stop = np.where(measured, stop, onset + planned_s * b)
+        if frame is not None:
+            extra = np.where(measured, width / b - planned_s, 0.0)
+            flag = measured & (np.abs(extra) >= 0.5 * frame)
+            dropped[flag] = np.round(extra[flag] / frame).astype(np.int64)
+            dropped[flag & (dropped == 0)] = np.sign(extra[flag & (dropped == 0)]).astype(np.int64)
+
+    span_lo, span_hi = pred[0] - tolerance_s, pred[-1] + tolerance_s + (MAX_LATE_FRAMES * (frame or 0))
+    in_span = (p >= span_lo) & (p <= span_hi)
+    res_ok = residual[np.isfinite(residual)]
+    report: dict[str, Any] = {
+        "n_events": n,
+        "n_pulses": m,
+        "n_matched": int(has.sum()),
+        "n_missing_pulses": int((~has).sum()),
+        "n_extra_pulses": int((in_span & ~used).sum()),
+        "offset_s": clock.offset_s,
+        "drift_ppm": clock.drift_ppm,
+        "residual_rms_ms": float(np.sqrt(np.mean(res_ok**2))) if len(res_ok) else None,
+        "residual_max_ms": float(np.max(np.abs(res_ok))) if len(res_ok) else None,
+        "tolerance_ms": tolerance_s * 1e3,
+        "refresh_hz": refresh_hz,
+        "frame_ms": frame * 1e3 if frame else None,
+        "n_late": int((late > 0).sum()),
+        "n_dropped": int((dropped != 0).sum()),
+        "n_duration_measured": int(measured.sum()),
+    }
+    # Back to the caller's order.
+    inv = np.empty(n, dtype=np.int64)
+    inv[r_order] = np.arange(n)
+    pulse_idx = np.where(has, p_order[np.maximum(match, 0)], -1)
+    return Alignment(
+        clock=clock,
+        onset_s=onset[inv],
+        stop_s=stop[inv],
+        onset_source=np.where(has, "pulse", "fit")[inv],
+        pulse=pulse_idx[inv],
+        residual_ms=residual[inv],
+        duration_ms=duration_ms[inv],
+        late_frames=late[inv],
+        dropped_frames=dropped[inv],
+        measured=measured[inv],
+        report=report,
+    )
+
+
+def cross_check(
+    rig_onset_s: Any,
+    upload_onset_s: Any,
+    *,
+    tolerance_s: float,
+) -> tuple[ClockMap, np.ndarray]:
+    """Residuals (ms) of uploaded onsets against the rig's, same events in the same order, after a fit.
+
+    Why a fit: the upload is on the recorder's clock and the rig's events on the rig's, so only
+    what no offset and drift explains is a contradiction. The fit is robust (median-based
+    outlier rejection before the final least squares), so a few contradicting events stand out
+    instead of bending the line; the caller reports those beyond ``tolerance_s``.
+    """
+    r = _as_times("rig onsets", rig_onset_s)
+    u = _as_times("uploaded onsets", upload_onset_s)
+    if len(r) != len(u):
+        raise AlignmentError(f"{len(r)} rig onsets but {len(u)} uploaded onsets")
+    if len(r) == 0:
+        raise AlignmentError("no events in common")
+    if len(r) < 3:
+        a, b = float(np.median(u - r)), 1.0
+    else:
+        a, b = _fit(r, u)
+        for _ in range(3):
+            res = u - (a + b * r)
+            keep = np.abs(res - np.median(res)) <= max(tolerance_s, 5 * 1.4826 * np.median(np.abs(res)))
+            if keep.sum() < 3:
+                break
+            a, b = _fit(r[keep], u[keep])
+    clock = ClockMap(float(a), float(b))
+    return clock, (u - clock(r)) * 1e3
