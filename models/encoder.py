@@ -8,7 +8,7 @@ is a single ``nn.Linear``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -103,3 +103,20 @@ class SiteEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted responses, Tensor of shape (B, n_sites)."""
         return self.readout(self.features(x).flatten(1))
+
+
+def predict_batched(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    device: str | torch.device,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Predictions of ``model`` for images ``x`` (on any device), in batches, gradient-free, on the CPU.
+
+    Batches keep a large pool within device memory; the result stays on the CPU because callers
+    index it per site and image.
+    """
+    with torch.no_grad():
+        return torch.cat(
+            [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+        )

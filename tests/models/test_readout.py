@@ -91,3 +91,72 @@ def test_cross_val_predict_is_out_of_fold(rng):
     pred_noise = cross_val_predict(rng.normal(size=(150, 40)), noise, n_folds=5, seed=1)
     r_noise = [np.corrcoef(pred_noise[:, j], noise[:, j])[0, 1] for j in range(2)]
     assert max(r_noise) < 0.3
+
+
+# --- grouped cross-validation (a clean image and its twins share a fold) -------------------------
+
+
+def _family_cv_reference(X, Y, family, n_folds=5):
+    """The night's former grouped CV (worker/steps/fit.py), kept here to pin the folded-in version."""
+    fams = np.asarray(family)
+    uniq = np.unique(fams)
+    fold_of = {f: i % n_folds for i, f in enumerate(np.random.default_rng(0).permutation(uniq))}
+    fold = np.array([fold_of[f] for f in fams])
+    pred = np.full(Y.shape, np.nan)
+    for k in range(min(n_folds, len(uniq))):
+        test = fold == k
+        if test.all() or not test.any():
+            continue
+        pred[test] = MultiRidgeCV().fit(X[~test], Y[~test]).predict(X[test])
+    return pred
+
+
+def _twins_problem(rng, n_clean=30, twins=2, p=8):
+    """Clean images with near-identical twins whose responses share the parent's noise."""
+    X0, Y0, _, _ = _problem(rng, n=n_clean, p=p, m=5, noise=2.0)
+    X = np.concatenate([X0] + [X0 + 0.01 * rng.normal(size=X0.shape) for _ in range(twins)])
+    Y = np.concatenate([Y0] * (twins + 1)) + 0.01 * rng.normal(size=(n_clean * (twins + 1), 5))
+    groups = np.tile(np.arange(100, 100 + n_clean), twins + 1)
+    return X, Y, groups
+
+
+def test_grouped_cv_matches_the_nights_former_family_cv(rng):
+    X, Y, groups = _twins_problem(rng)
+    np.testing.assert_array_equal(cross_val_predict(X, Y, groups=groups), _family_cv_reference(X, Y, groups))
+
+
+def test_grouped_cv_keeps_each_group_in_one_fold_and_predicts_it_blind(rng):
+    from models.readout import group_folds
+
+    X, Y, groups = _twins_problem(rng)
+    fold = group_folds(groups, len(groups), 5)
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g])) == 1
+    assert sorted(set(fold)) == [0, 1, 2, 3, 4]
+    pred = cross_val_predict(X, Y, groups=groups)
+    test = fold == 3
+    blind = MultiRidgeCV().fit(X[~test], Y[~test]).predict(X[test])
+    np.testing.assert_allclose(pred[test], blind)
+
+
+def test_grouped_cv_is_honest_where_plain_cv_leaks_through_twins(rng):
+    """Plain folds predict a twin from its near-copy's observed response; grouped folds cannot."""
+    X, Y, groups = _twins_problem(rng, p=120)  # enough features to fit each image's noise
+    plain = cross_val_predict(X, Y)
+    grouped = cross_val_predict(X, Y, groups=groups)
+    assert np.mean((plain - Y) ** 2) < 0.5 * np.mean((grouped - Y) ** 2)
+
+
+def test_grouped_cv_leaves_nan_where_nothing_can_be_held_out(rng):
+    X, Y, _, _ = _problem(rng, n=12, p=3, m=2)
+    assert np.isnan(cross_val_predict(X, Y, groups=np.zeros(12, int))).all()
+    two = cross_val_predict(X, Y, groups=np.arange(12) % 2)  # two groups: two folds, both predicted
+    assert np.isfinite(two).all()
+
+
+def test_grouped_cv_refuses_mismatched_groups(rng):
+    X, Y, _, _ = _problem(rng, n=12, p=3, m=2)
+    with pytest.raises(ValueError, match="one label per image"):
+        cross_val_predict(X, Y, groups=np.arange(11))
+    with pytest.raises(ValueError, match="at least 2"):
+        cross_val_predict(X, Y, n_folds=1, groups=np.arange(12))

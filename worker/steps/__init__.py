@@ -22,6 +22,10 @@ Rules: functions are module-level and take only the context; heavy imports
 device; call ``ctx.progress`` or ``ctx.check_cancelled`` in long loops; write
 objects through ``ctx.store``. ``night.select`` fans out synthesis by returning
 ``{"shards": [{...}, ...]}``: one ``night.synthesize`` job runs per shard.
+
+A stage loads (rows, the night's shared data from :mod:`worker.steps.night_data`, pixels),
+makes one call into ``models/`` (the science: fitting, case planning, synthesis, sensitivity)
+and stores what comes back; science written here instead belongs in ``models/``.
 """
 
 from worker.steps import analyze, choose, fit, publish, synth  # noqa: F401  (registers the kinds)

@@ -7,6 +7,7 @@ the choice and its evidence are written on the site metrics of the chosen versio
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -185,13 +186,23 @@ def plan_shards(
     return shards
 
 
-@job(SELECT, timeout_s=1800)
-def select_model(ctx: JobContext) -> dict[str, Any]:
-    """Choose each site's source by measured transfer (predictivity before twins) and plan the shards."""
-    from models.selection import choose_per_site
-    from server.modeling.tables import SiteMetric
+@dataclass
+class Sources:
+    """The night's fitted sources: artifacts by version, the search's version, the surrogates proper."""
 
-    cfg = night_config(ctx)
+    arts: dict[str, Any]
+    search: str | None
+    members: list[str]
+    candidate_of: dict[str, str]
+    skipped: list[str]
+
+    @property
+    def site_ids(self) -> list[str]:
+        return list(self.arts[self.members[0]].site_ids)
+
+
+def _sources(ctx: JobContext) -> Sources:
+    """Every refit that produced a version (a skipped one is noted), loaded."""
     everything = ctx.results_of(REFIT)
     results = [r for r in everything if r.get("model_version")]
     if not results:
@@ -202,9 +213,14 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
     members = [v for v in arts if v != search]  # surrogates proper: they predict clean responses
     if not members:
         raise Conflict("no candidate surrogate was fitted (the search alone cannot start a night)")
-    site_ids = list(arts[members[0]].site_ids)
     candidate_of = {r["model_version"]: r.get("candidate", "") for r in results}
-    ref = max((arts[v] for v in members), key=lambda a: len(a.metrics.get("pair_child_id", [])))
+    return Sources(arts, search, members, candidate_of, skipped)
+
+
+def _all_evidence(ctx: JobContext, cfg: NightConfig, src: Sources) -> list[Any]:
+    """Each source's per-site evidence (the ensemble's last, when offered)."""
+    site_ids = src.site_ids
+    ref = max((src.arts[v] for v in src.members), key=lambda a: len(a.metrics.get("pair_child_id", [])))
     with ctx.session() as session:
         obs, l2, direction, target, made_by = _own_twins(session, ref, site_ids)
 
@@ -213,61 +229,90 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
         mean, sd = shrink_to_population(effect, se)  # one day per site is noisy: borrow the sites'
         return mean, sd, n
 
-    evidence = [_evidence(v, a, site_ids, own(candidate_of[v])) for v, a in arts.items()]
-    ens_arts = {v: arts[v] for v in members}
-    ens_changes = _ensemble_changes(ens_arts) if cfg.ensemble and len(members) > 1 else None
+    evidence = [_evidence(v, a, site_ids, own(src.candidate_of[v])) for v, a in src.arts.items()]
+    ens_arts = {v: src.arts[v] for v in src.members}
+    ens_changes = _ensemble_changes(ens_arts) if cfg.ensemble and len(src.members) > 1 else None
     if ens_changes is not None:
-        evidence.append(_evidence(ENSEMBLE, arts[members[0]], site_ids, own(ENSEMBLE), ens_changes[:2]))
-    choices = choose_per_site(evidence, min_pairs=cfg.min_transfer_pairs)
+        first = src.arts[src.members[0]]
+        evidence.append(_evidence(ENSEMBLE, first, site_ids, own(ENSEMBLE), ens_changes[:2]))
+    return evidence
+
+
+def _mark_site_choices(
+    session: Any, version_of: dict[str, str], site_ids: list[str], choices: list[Any]
+) -> None:
+    """The per-site choice and its evidence, on the chosen version's site metric rows."""
+    from server.modeling.tables import SiteMetric
+
+    ids = {v: modeling.get(session=session, version=v).id for v in version_of.values()}
+    site_pk = site_pks_of(session, site_ids)
+    for sid, choice in zip(site_ids, choices, strict=True):
+        row = session.scalar(
+            select(SiteMetric).where(
+                SiteMetric.model_version_id == ids[version_of[choice.source]],
+                SiteMetric.site_pk == site_pk[sid],
+            )
+        )
+        if row is not None:
+            row.chosen_for_site = True
+            row.choice_reason = f"{choice.by}: {choice.reason}"
+
+
+def _record_choice(
+    ctx: JobContext, session: Any, src: Sources, evidence: list[Any], choices: list[Any]
+) -> tuple[Any, dict[str, str]]:
+    """Choose the night's headline version, note why, mark each site's source; (version, names)."""
     counts: dict[str, int] = {}
     for c in choices:
         counts[c.source] = counts.get(c.source, 0) + 1
+    version_of = {v: v for v in src.arts}
+    if any(c.source == ENSEMBLE for c in choices):
+        version_of[ENSEMBLE] = _record_ensemble(ctx, session, src.members, evidence[-1], src.site_ids).version
+    top = max(counts, key=lambda k: (counts[k], k not in (ENSEMBLE, src.search)))
+    summary = ", ".join(f"{version_of[k]} for {n} site(s)" for k, n in sorted(counts.items()))
+    mv = modeling.get(session=session, version=version_of[top])
+    by_evidence = sum(c.by != "predictivity" for c in choices)
+    modeling.choose(
+        session=session,
+        model_version=mv,
+        reason=(
+            f"chosen per site: {summary}; {by_evidence} site(s) by their own recorded twins or "
+            f"exploration, {len(choices) - by_evidence} by ceiled predictivity (no twins yet)"
+        ),
+    )
+    night_row = _night(session, ctx.params["night_id"])
+    night_row.model_version_id = mv.id
+    if src.skipped:  # e.g. a surrogate that failed to train: the others stood in, and the note says so
+        note = "; ".join(src.skipped)
+        night_row.note = f"{night_row.note}; {note}" if night_row.note else note
+    _mark_site_choices(session, version_of, src.site_ids, choices)
+    return mv, version_of
+
+
+@job(SELECT, timeout_s=1800)
+def select_model(ctx: JobContext) -> dict[str, Any]:
+    """Choose each site's source by measured transfer (predictivity before twins) and plan the shards."""
+    from models.selection import choose_per_site
+
+    cfg = night_config(ctx)
+    src = _sources(ctx)
+    site_ids = src.site_ids
+    evidence = _all_evidence(ctx, cfg, src)
+    choices = choose_per_site(evidence, min_pairs=cfg.min_transfer_pairs)
     with ctx.session() as session:
-        version_of = {v: v for v in arts}
-        if any(c.source == ENSEMBLE for c in choices):
-            ens = _record_ensemble(ctx, session, members, evidence[-1], site_ids)
-            version_of[ENSEMBLE] = ens.version
-        top = max(counts, key=lambda k: (counts[k], k not in (ENSEMBLE, search)))
-        summary = ", ".join(f"{version_of[k]} for {n} site(s)" for k, n in sorted(counts.items()))
-        mv = modeling.get(session=session, version=version_of[top])
-        by_evidence = sum(c.by != "predictivity" for c in choices)
-        modeling.choose(
-            session=session,
-            model_version=mv,
-            reason=(
-                f"chosen per site: {summary}; {by_evidence} site(s) by their own recorded twins or "
-                f"exploration, {len(choices) - by_evidence} by ceiled predictivity (no twins yet)"
-            ),
-        )
-        night_row = _night(session, ctx.params["night_id"])
-        night_row.model_version_id = mv.id
-        if skipped:  # e.g. a surrogate that failed to train: the others stood in, and the note says so
-            note = "; ".join(skipped)
-            night_row.note = f"{night_row.note}; {note}" if night_row.note else note
-        # The per-site choice and its evidence, on the chosen version's site metric rows.
-        ids = {v: modeling.get(session=session, version=v).id for v in version_of.values()}
-        site_pk = site_pks_of(session, site_ids)
-        for sid, choice in zip(site_ids, choices, strict=True):
-            row = session.scalar(
-                select(SiteMetric).where(
-                    SiteMetric.model_version_id == ids[version_of[choice.source]],
-                    SiteMetric.site_pk == site_pk[sid],
-                )
-            )
-            if row is not None:
-                row.chosen_for_site = True
-                row.choice_reason = f"{choice.by}: {choice.reason}"
+        mv, version_of = _record_choice(ctx, session, src, evidence, choices)
         gate_rows = modeling.site_metrics(
-            session=session, mv=modeling.get(session=session, version=members[0])
+            session=session, mv=modeling.get(session=session, version=src.members[0])
         )
         clean, _ = clean_pool(session)
         clean_ids = [im.id for im in clean]
+        chosen = {"model_version": mv.version, "model_version_id": mv.id}
     gated = {m["site_id"]: m.get("gate_reason") or "gated" for m in gate_rows if m.get("gated")}
     eligible = [sid for sid in site_ids if sid not in gated]
     if not clean_ids:
         raise Conflict("no clean image set is registered; nothing to perturb")
     source_of = {sid: version_of[c.source] for sid, c in zip(site_ids, choices, strict=True)}
-    search_ev = next((e for e in evidence if e.name == search), None)
+    search_ev = next((e for e in evidence if e.name == src.search), None)
     # Adaptive allocation: the search's share of a site's twins is spent only where the chosen
     # source's own twins have not clearly moved the site; where they have, every slot exploits it.
     ready = {
@@ -275,11 +320,9 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
         for i, (sid, choice) in enumerate(zip(site_ids, choices, strict=True))
         if search_ev and search_ev.transfer.n[i] >= cfg.min_transfer_pairs and choice.by != "own twins"
     }
-    shards = plan_shards(eligible, source_of, search, cfg, clean_ids, search_ready=ready)
     return {
-        "model_version": mv.version,
-        "model_version_id": mv.id,
-        "shards": shards,
+        **chosen,
+        "shards": plan_shards(eligible, source_of, src.search, cfg, clean_ids, search_ready=ready),
         "gated": gated,
         "eligible": eligible,
         "site_sources": {

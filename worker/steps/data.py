@@ -5,8 +5,6 @@ Only the worker joins SQL and tensors; these helpers keep that join in one place
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,8 +15,6 @@ from itloop.errors import InvalidInput
 from server.images import service as image_service
 from server.images.tables import Image
 from server.lab.tables import Site
-from server.recordings.queries import ResponseTable, responses_by_image
-from server.recordings.tables import Presentation, RecordingSession
 
 if TYPE_CHECKING:
     import torch
@@ -53,56 +49,6 @@ def pixels(store: ObjectStore, images: list[Image]) -> torch.Tensor:
 
 def site_pks(session: Session, site_ids: list[str]) -> dict[str, int]:
     return dict(session.execute(select(Site.site_id, Site.id).where(Site.site_id.in_(site_ids))).all())
-
-
-@dataclass
-class TrainingSet:
-    """Repeat-averaged responses of today's sites to every image seen so far."""
-
-    images: list[Image]
-    site_ids: list[str]
-    mean: np.ndarray  # (n_images, n_sites)
-    today: ResponseTable
-    sessions: list[str]
-
-
-def training_set(
-    session: Session,
-    rec: RecordingSession,
-    window_ms: tuple[float, float] | None,
-    train_days: int | None = None,
-) -> TrainingSet:
-    """Pool every day of this subject up to ``rec`` (chronic sites keep their ids across days)."""
-    today = responses_by_image(session=session, session_pk=rec.id, window_ms=window_ms)
-    if not today.trials:
-        raise InvalidInput(f"session {rec.session_id!r} has no responses; upload its spikes first")
-    query = select(RecordingSession).where(
-        RecordingSession.subject_id == rec.subject_id, RecordingSession.day <= rec.day
-    )
-    if train_days is not None:
-        query = query.where(RecordingSession.day > rec.day - train_days)
-    sums: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(len(today.site_ids)))
-    counts: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(len(today.site_ids)))
-    used = []
-    for other in session.scalars(query.order_by(RecordingSession.day, RecordingSession.id)):
-        has_data = session.scalar(select(Presentation.id).where(Presentation.session_pk == other.id).limit(1))
-        if has_data is None:
-            continue
-        table = (
-            today
-            if other.id == rec.id
-            else responses_by_image(session=session, session_pk=other.id, window_ms=window_ms)
-        )
-        cols = [table.site_ids.index(s) if s in table.site_ids else -1 for s in today.site_ids]
-        for image_id, trials in zip(table.image_ids, table.trials, strict=True):
-            for j, c in enumerate(cols):
-                if c >= 0:
-                    sums[image_id][j] += trials[:, c].sum()
-                    counts[image_id][j] += len(trials)
-        used.append(other.session_id)
-    ids = sorted(i for i in sums if np.all(counts[i] > 0))
-    mean = np.stack([sums[i] / counts[i] for i in ids]) if ids else np.empty((0, len(today.site_ids)))
-    return TrainingSet(images_by_id(session, ids), list(today.site_ids), mean, today, used)
 
 
 def features(

@@ -10,25 +10,29 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
 
+from itloop.errors import InvalidInput
 from itloop.night_params import NightConfig
 from jobs.context import JobContext
 from jobs.registry import job
-from models.transfer import SiteTransfer, site_transfer
+from models.transfer import SiteTransfer
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
 from server.recordings.ingest.responses import resolve_window
-from server.recordings.queries import responses_by_image
-from server.recordings.tables import RecordingSession
 from worker.night import REFIT, RESPONSES
-from worker.steps.candidates import ENSEMBLE, resolve
-from worker.steps.data import features, training_set
+from worker.steps import night_data
+from worker.steps.candidates import ENSEMBLE, Candidate, resolve
+from worker.steps.data import features
+
+if TYPE_CHECKING:
+    from models.candidate_fit import CandidateFit
 
 log = logging.getLogger(__name__)
 
@@ -54,80 +58,65 @@ def night_result(ctx: JobContext, kind: str) -> dict[str, Any]:
 
 @job(RESPONSES, timeout_s=3600)
 def responses(ctx: JobContext) -> dict[str, Any]:
-    """Make sure the day's responses exist in the night's window (ingest wrote the default one)."""
+    """The day's responses in the night's window, and the night's data every later stage shares."""
     cfg = night_config(ctx)
     with ctx.session() as session:
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
         window = resolve_window(cfg.window_ms)
         if cfg.window_ms is not None:
             recordings.compute_responses(session=session, recording=rec, window_ms=window)
-        table = responses_by_image(session=session, session_pk=rec.id, window_ms=window)
-    if not table.trials:
-        raise ValueError(f"session {rec.session_id!r} has no responses in window {window}")
+        try:
+            data = night_data.load_or_build(
+                session, ctx.store, ctx.params["night_id"], rec, window, cfg.train_days
+            )
+        except InvalidInput:
+            raise ValueError(f"session {rec.session_id!r} has no responses in window {window}") from None
+    trials = data.today_trials
     return {
-        "images": len(table.image_ids),
-        "sites": len(table.site_ids),
-        "presentations": int(table.n_repeats.sum()),
+        "images": len(data.today_image_ids),
+        "sites": len(data.site_ids),
+        "presentations": int(np.isfinite(trials[:, 0, :]).sum()) if trials.size else 0,
         "window_ms": list(window),
+        "training_images": len(data.image_ids),
+        "days": len(data.sessions),
     }
 
 
-def family_cv_predict(
-    X: np.ndarray, Y: np.ndarray, family: list[int], estimator: Any, n_folds: int = 5
-) -> np.ndarray:
-    """Out-of-sample predictions where a clean image and all its perturbed twins share a fold.
-
-    Plain leave-one-out is wrong here: a perturbed image is predicted from its near-identical
-    clean twin's *observed* response (and vice versa), so predicted changes come out
-    anti-correlated with observed ones and predictivity is inflated.
-    """
-    fams = np.asarray(family)
-    uniq = np.unique(fams)
-    fold_of = {f: i % n_folds for i, f in enumerate(np.random.default_rng(0).permutation(uniq))}
-    fold = np.array([fold_of[f] for f in fams])
-    pred = np.full(Y.shape, np.nan)
-    for k in range(min(n_folds, len(uniq))):
-        test = fold == k
-        if test.all() or not test.any():
-            continue
-        pred[test] = estimator().fit(X[~test], Y[~test]).predict(X[test])
-    return pred
+def load_night_data(ctx: JobContext, *, with_images: bool = True) -> tuple[night_data.NightData, list[Any]]:
+    """The night's shared data (built by ``night.responses``) and, unless told not to, its images' rows."""
+    cfg = night_config(ctx)
+    with ctx.session() as session:
+        rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
+        window = resolve_window(cfg.window_ms)
+        data = night_data.load_or_build(
+            session, ctx.store, ctx.params["night_id"], rec, window, cfg.train_days
+        )
+        return data, data.images(session) if with_images else []
 
 
-def _metric_rows(
-    site_ids: list[str],
-    report: Any,
-    alpha: np.ndarray,
-    drift: Any,
-    gate: tuple[np.ndarray, list[str]],
-    site_tr: SiteTransfer | None = None,
-) -> list[dict[str, Any]]:
-    passed, reasons = gate
+def _metric_rows(data: night_data.NightData, fit: CandidateFit) -> list[dict[str, Any]]:
+    """One site-metric row per site: predictivity, penalty, gate and drift, transfer evidence."""
+    report, (passed, reasons) = fit.report, fit.gate
+    flagged, drift_reasons = data.drift_flagged, data.drift_reasons or []
     rows = []
-    for i, sid in enumerate(site_ids):
+    for i, sid in enumerate(data.site_ids):
+        drifted = flagged is not None and bool(flagged[i])
         row: dict[str, Any] = {
             "site_id": sid,
             "predictivity": float(report.r[i]),
             "ceiled_predictivity": float(report.r_ceiled[i]),
             "noise_ceiling": float(report.ceiling[i]),
-            "alpha": float(alpha[i]),
-            "drift": bool(drift.flagged[i]) if drift is not None else False,
+            "alpha": float(fit.readout.alpha_[i]),
+            "drift": drifted,
             "gated": not bool(passed[i]),
             "gate_reason": reasons[i] if not passed[i] else "",
         }
-        if drift is not None and drift.flagged[i]:
-            row["gate_reason"] = (row["gate_reason"] + "; " if row["gate_reason"] else "") + drift.reasons[i]
-        if site_tr is not None:
-            row.update(transfer_fields(site_tr, i))
+        if drifted:
+            row["gate_reason"] = (row["gate_reason"] + "; " if row["gate_reason"] else "") + drift_reasons[i]
+        if fit.transfer is not None:
+            row.update(transfer_fields(fit.transfer, i))
         rows.append(row)
     return rows
-
-
-def _pair_l2(images: list[Any], children: Any) -> np.ndarray:
-    """Each pair's L2 distance as recorded in the twin's lineage (NaN where unknown)."""
-    return np.array(
-        [np.nan if images[c].achieved_l2 is None else float(images[c].achieved_l2) for c in children]
-    )
 
 
 def transfer_fields(tr: SiteTransfer, i: int) -> dict[str, Any]:
@@ -144,38 +133,15 @@ def transfer_fields(tr: SiteTransfer, i: int) -> dict[str, Any]:
     }
 
 
-def _drift(session: Any, rec: RecordingSession, today: Any, window: Any) -> Any:
-    """Reference-set drift against the subject's first recorded day (None on that day)."""
-    from models.tracking import detect_drift
-    from server.images.service import clean_pool as pool
-
-    _, reference = pool(session)
-    ref_ids = {im.id for im in reference}
-    first = session.scalar(
-        select(RecordingSession)
-        .where(RecordingSession.subject_id == rec.subject_id, RecordingSession.day < rec.day)
-        .order_by(RecordingSession.day, RecordingSession.id)
-    )
-    if first is None or not ref_ids:
-        return None
-    base = responses_by_image(session=session, session_pk=first.id, window_ms=window)
-    shared = [i for i in today.image_ids if i in ref_ids and i in base.image_ids]
-    if len(shared) < 3 or base.site_ids != today.site_ids:
-        return None
-    t_pad, b_pad = today.padded(), base.padded()
-    t_rows = [today.image_ids.index(i) for i in shared]
-    b_rows = [base.image_ids.index(i) for i in shared]
-    return detect_drift(t_pad[t_rows], b_pad[b_rows])
+def refit_result(version: str | None, mv_id: int | None, cand: str, **extra: Any) -> dict[str, Any]:
+    """What a refit job returns (``night.select`` reads it)."""
+    return {"model_version": version, "model_version_id": mv_id, "candidate": cand, **extra}
 
 
 @job(REFIT, queue="itloop-gpu", timeout_s=3 * 3600, max_attempts=2)
 def refit(ctx: JobContext) -> dict[str, Any]:
-    """Fit, screen and store one candidate model on every day seen so far."""
-    from models.artifacts import ModelArtifact
-    from models.backbones import build_backbone, checkpoint_sha256
-    from models.readout import MultiRidgeCV
-    from models.screening import screen_model, split_half_reliability
-    from models.tracking import quality_gate
+    """Fit, screen and store one candidate model on every day seen so far (the night's shared data)."""
+    from models.candidate_fit import fit_candidate
 
     cfg = night_config(ctx)
     cand = resolve(ctx.params["candidate"])
@@ -183,118 +149,170 @@ def refit(ctx: JobContext) -> dict[str, Any]:
     with ctx.session() as session:
         existing = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
         if existing is not None:  # a retry after the commit: the version is immutable, reuse it
-            return {
-                "model_version": version,
-                "model_version_id": existing.id,
-                "score": existing.score,
-                "transfer_score": existing.metrics.get("transfer_score"),
-                "candidate": cand.name,
-            }
-        rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
-        window = resolve_window(cfg.window_ms)
-        ts = training_set(session, rec, window, cfg.train_days)
-        drift = _drift(session, rec, ts.today, window)
-        parents = {im.id: im.parent_id for im in ts.images}
-    ctx.progress(0.1, f"{len(ts.images)} images x {len(ts.site_ids)} sites from {len(ts.sessions)} day(s)")
+            tr = existing.metrics.get("transfer_score")
+            return refit_result(version, existing.id, cand.name, score=existing.score, transfer_score=tr)
+    data, images = load_night_data(ctx)
+    ctx.progress(0.1, f"{len(images)} images x {len(data.site_ids)} sites from {len(data.sessions)} day(s)")
     if cand.fit == "pairs":
         from worker.steps.search_fit import refit_search
 
-        return refit_search(ctx, cfg, cand, version, ts, parents, window)
+        return refit_search(ctx, cfg, cand, version, data, images)
+    try:
+        features_of = candidate_features(ctx, cand, data, images)
+    except TrainingFailed as exc:
+        return refit_result(None, None, cand.name, skipped=f"training failed ({exc})")
+    ctx.progress(0.5, f"features {features_of.X.shape}; fitting readouts")
+    ctx.check_cancelled()
+    fit = fit_candidate(
+        features_of.X,
+        data.mean,
+        night_data.families(images),
+        data.today_trials,
+        night_data.twin_pairs(images),
+        ceiling_threshold=cfg.ceiling_threshold,
+        held_out=features_of.held_out,
+    )
+    mv_id = _store_version(ctx, version, features_of, data, images, fit)
+    ctx.progress(1.0, f"{version}: median ceiled r {fit.report.score:.3f}")
+    return refit_result(
+        version,
+        mv_id,
+        features_of.cand.name,
+        score=fit.report.score,
+        transfer_score=fit.report.transfer_score,
+    )
 
-    device = ctx.device()
-    held_out = None
-    warm: dict[str, Any] = {}
+
+class TrainingFailed(Exception):
+    """A data-driven candidate could not be trained; the night goes on with the others."""
+
+
+@dataclass
+class CandidateFeatures:
+    """A candidate's features of the night's images, and what its stored version must record."""
+
+    cand: Candidate
+    X: np.ndarray
+    checkpoint_sha: str | None
+    held_out: np.ndarray | None = None  # a trained core saw the other families
+    warm: dict[str, Any] = field(default_factory=dict)
+
+
+def candidate_features(
+    ctx: JobContext, cand: Candidate, data: night_data.NightData, images: list[Any]
+) -> CandidateFeatures:
+    """Frozen-backbone features (cached per image hash), or a trained core's outputs."""
+    from models.backbones import build_backbone, checkpoint_sha256
+
     if cand.fit == "trained":
         from worker.steps.trained import train_candidate
 
         try:
-            cand, backbone, ckpt_sha, X, held_out, warm = train_candidate(ctx, cand, ts, parents)
-        except Exception as exc:  # the night goes on with the other candidates
+            trained, _, sha, X, held_out, warm = train_candidate(ctx, cand, data, images)
+        except Exception as exc:
             log.warning("training %s failed; the night uses the other candidates", cand.name, exc_info=True)
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            return {"model_version": None, "candidate": cand.name, "skipped": f"training failed ({reason})"}
-    else:
-        ckpt = cand.checkpoint_path(ctx.settings.data_dir)
-        ckpt_sha = checkpoint_sha256(ckpt) if ckpt is not None else None
-        backbone = build_backbone(cand.backbone, ckpt, **cand.kwargs).to(device)
-        cache_root = Path(ctx.settings.data_dir) / "cache" / "features"
-        X = features(ctx.store, cache_root, cand, backbone, ckpt_sha, ts.images, device)
-    ctx.progress(0.5, f"features {X.shape}; fitting readouts")
-    ctx.check_cancelled()
+            raise TrainingFailed(
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            ) from exc
+        return CandidateFeatures(trained, X, sha, held_out, warm)
+    device = ctx.device()
+    ckpt = cand.checkpoint_path(ctx.settings.data_dir)
+    ckpt_sha = checkpoint_sha256(ckpt) if ckpt is not None else None
+    backbone = build_backbone(cand.backbone, ckpt, **cand.kwargs).to(device)
+    cache_root = Path(ctx.settings.data_dir) / "cache" / "features"
+    return CandidateFeatures(
+        cand, features(ctx.store, cache_root, cand, backbone, ckpt_sha, images, device), ckpt_sha
+    )
 
-    readout = MultiRidgeCV().fit(X, ts.mean)
-    pred = family_cv_predict(X, ts.mean, [parents[im.id] or im.id for im in ts.images], MultiRidgeCV)
-    ceiling = split_half_reliability(ts.today.padded())
-    row_of = {im.id: k for k, im in enumerate(ts.images)}
-    # Every twin on record (any day, any target site) is a held-out test of this candidate: its
-    # family-grouped prediction never saw the pair's parent or twin.
-    pairs = sorted((row_of[p], row_of[c]) for c, p in parents.items() if p is not None and p in row_of)
-    if held_out is not None:  # a trained core saw the other families: only these are held out
-        pairs = [(p, c) for p, c in pairs if held_out[c]]
-    transfer: dict[str, Any] = {}
-    pair_arrays: dict[str, np.ndarray] = {}
-    site_tr = None
-    if pairs:
-        pc, cc = (np.array(x) for x in zip(*pairs, strict=True))
-        pred_change, obs_change = pred[cc] - pred[pc], ts.mean[cc] - ts.mean[pc]
-        site_tr = site_transfer(pred_change, obs_change)
-        pair_arrays = {
-            "pair_parent_id": np.array([ts.images[i].id for i in pc]),
-            "pair_child_id": np.array([ts.images[i].id for i in cc]),
-            "pair_pred_change": pred_change,
-            "pair_obs_change": obs_change,
-            "pair_l2": _pair_l2(ts.images, cc),
-        }
-        if len(pairs) >= 3:
-            transfer = {"transfer_pred": (pred[pc], pred[cc]), "transfer_obs": (ts.mean[pc], ts.mean[cc])}
-    report = screen_model(pred, ts.mean, ceiling, model_features=X, **transfer)
-    gate = quality_gate(ceiling, cfg.ceiling_threshold)
 
-    metrics = {
+def _pair_arrays(images: list[Any], fit: CandidateFit) -> dict[str, np.ndarray]:
+    """The held-out twin pairs (ids, predicted and observed changes, L2) stored with the artifact."""
+    if not len(fit.pairs):
+        return {}
+    pc, cc = fit.pairs[:, 0], fit.pairs[:, 1]
+    return {
+        "pair_parent_id": np.array([images[i].id for i in pc]),
+        "pair_child_id": np.array([images[i].id for i in cc]),
+        "pair_pred_change": fit.pred_change,
+        "pair_obs_change": fit.obs_change,
+        # each pair's L2 distance as recorded in the twin's lineage (NaN where unknown)
+        "pair_l2": np.array(
+            [np.nan if images[c].achieved_l2 is None else float(images[c].achieved_l2) for c in cc]
+        ),
+    }
+
+
+def candidate_spec(cand: Candidate) -> dict[str, Any]:
+    return {
+        "name": cand.name,
+        "backbone": cand.backbone,
+        "layer": cand.layer,
+        "pool": cand.pool,
+        "checkpoint": cand.checkpoint,
+        "kwargs": cand.kwargs,
+        "fit": cand.fit,
+    }
+
+
+def store_artifact(ctx: JobContext, version: str, artifact: Any) -> str:
+    """Write a model artifact to the object store; returns its key."""
+    key = f"models/{version}.npz"
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx.store.put(key, artifact.save(Path(tmp) / "m.npz").read_bytes())
+    return key
+
+
+def _version_metrics(data: night_data.NightData, images: list[Any], fit: CandidateFit) -> dict[str, Any]:
+    """The model version's headline metrics (the per-site ones are its site metric rows)."""
+    report = fit.report
+    return {
         "score": report.score,
         "transfer_score": report.transfer_score,
         "cka": report.cka,
         "median_r": float(np.nanmedian(report.r)),
-        "n_images": len(ts.images),
-        "n_transfer_pairs": len(pairs),
-        "n_gated": int((~gate[0]).sum()),
-        "n_drift": int(drift.flagged.sum()) if drift is not None else 0,
+        "n_images": len(images),
+        "n_transfer_pairs": len(fit.pairs),
+        "n_gated": int((~fit.gate[0]).sum()),
+        "n_drift": int(data.drift_flagged.sum()) if data.drift_flagged is not None else 0,
     }
+
+
+def _store_version(
+    ctx: JobContext,
+    version: str,
+    cf: CandidateFeatures,
+    data: night_data.NightData,
+    images: list[Any],
+    fit: CandidateFit,
+) -> int:
+    """Store the fitted candidate's artifact and record it as a model version; returns its id."""
+    from models.artifacts import ModelArtifact
+
+    cand, night, report = cf.cand, ctx.params["night_id"], fit.report
+    metrics = {"r": report.r, "r_ceiled": report.r_ceiled, "ceiling": fit.ceiling}
+    metrics |= {"response_low": np.nanmin(data.mean, axis=0), "response_high": np.nanmax(data.mean, axis=0)}
+    training = {"sessions": data.sessions, "images": [im.sha256 for im in images], "night": night}
+    training |= {"window_ms": list(data.window_ms), "candidate": candidate_spec(cand)}
     artifact = ModelArtifact.from_readout(
-        readout,
+        fit.readout,
         backbone=cand.backbone,
         layer=cand.layer,
         pool=cand.pool,
-        site_ids=ts.site_ids,
-        checkpoint_sha256=ckpt_sha,
+        site_ids=data.site_ids,
+        checkpoint_sha256=cf.checkpoint_sha,
         backbone_kwargs=cand.kwargs,
-        metrics={
-            "r": report.r,
-            "r_ceiled": report.r_ceiled,
-            "ceiling": ceiling,
-            "response_low": np.nanmin(ts.mean, axis=0),
-            "response_high": np.nanmax(ts.mean, axis=0),
-            **pair_arrays,
-        },
-        training={
-            "sessions": ts.sessions,
-            "images": [im.sha256 for im in ts.images],
-            "night": ctx.params["night_id"],
-            "window_ms": list(window),
-            "candidate": {
-                "name": cand.name,
-                "backbone": cand.backbone,
-                "layer": cand.layer,
-                "pool": cand.pool,
-                "checkpoint": cand.checkpoint,
-                "kwargs": cand.kwargs,
-                "fit": cand.fit,
-            },
-        },
+        metrics={**metrics, **_pair_arrays(images, fit)},
+        training=training,
     )
-    key = f"models/{version}.npz"
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx.store.put(key, artifact.save(Path(tmp) / "m.npz").read_bytes())
+    key = store_artifact(ctx, version, artifact)
+    trained_on = {
+        "night": night,
+        "sessions": data.sessions,
+        "n_images": len(images),
+        "window_ms": list(data.window_ms),
+    }
+    if cand.fit == "trained":
+        trained_on |= {"weights_key": cand.checkpoint, **cf.warm}
     with ctx.session() as session:
         parent = session.scalar(
             select(ModelVersion.id)
@@ -306,31 +324,17 @@ def refit(ctx: JobContext) -> dict[str, Any]:
             version=version,
             candidate=cand.name,
             backbone=cand.backbone,
-            checkpoint_sha256=ckpt_sha,
+            checkpoint_sha256=cf.checkpoint_sha,
             layer=cand.layer,
             pool=cand.pool,
             artifact_key=key,
-            trained_on={
-                "night": ctx.params["night_id"],
-                "sessions": ts.sessions,
-                "n_images": len(ts.images),
-                "window_ms": list(window),
-                **({"weights_key": cand.checkpoint, **warm} if cand.fit == "trained" else {}),
-            },
-            metrics=metrics,
+            trained_on=trained_on,
+            metrics=_version_metrics(data, images, fit),
             score=report.score,
-            site_metrics=_metric_rows(ts.site_ids, report, readout.alpha_, drift, gate, site_tr),
+            site_metrics=_metric_rows(data, fit),
             parent_id=parent,
         )
-        mv_id = mv.id
-    ctx.progress(1.0, f"{version}: median ceiled r {report.score:.3f}")
-    return {
-        "model_version": version,
-        "model_version_id": mv_id,
-        "score": report.score,
-        "transfer_score": report.transfer_score,
-        "candidate": cand.name,
-    }
+        return int(mv.id)
 
 
 def load_artifact(ctx: JobContext, version: str) -> Any:

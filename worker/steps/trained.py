@@ -17,16 +17,18 @@ from sqlalchemy import select
 from jobs.context import JobContext
 from server.modeling.tables import ModelVersion
 from worker.steps.data import pixels
+from worker.steps.night_data import families
 
 log = logging.getLogger(__name__)
 
 
-def train_candidate(ctx: JobContext, cand: Any, ts: Any, parents: dict[int, int | None]) -> tuple[Any, ...]:
+def train_candidate(ctx: JobContext, cand: Any, data: Any, images: list[Any]) -> tuple[Any, ...]:
     """Train the data-driven candidate's core (warm from its last version); returns what refit needs.
 
     The trained weights are a checkpoint of their own, stored with the model version, so the
     version can be rebuilt anywhere. Returns ``(candidate, backbone, checkpoint sha256, features,
-    held-out mask)`` where the features are the trained sites' outputs for every image.
+    held-out mask, warm-start record)`` where the features are the trained sites' outputs for every
+    image. ``data`` is the night's shared data (worker.steps.night_data), ``images`` its rows.
     """
     import hashlib
     import io
@@ -37,8 +39,8 @@ def train_candidate(ctx: JobContext, cand: Any, ts: Any, parents: dict[int, int 
     from models.trainable import train_core
 
     device = ctx.device()
-    x = pixels(ctx.store, ts.images)
-    size, n_sites = int(x.shape[-1]), len(ts.site_ids)
+    x = pixels(ctx.store, images)
+    size, n_sites = int(x.shape[-1]), len(data.site_ids)
     kwargs = {**cand.kwargs, "n_sites": n_sites, "image_size": size}
     backbone = build_backbone(cand.backbone, None, **kwargs).to(device)
     with torch.no_grad():
@@ -49,8 +51,7 @@ def train_candidate(ctx: JobContext, cand: Any, ts: Any, parents: dict[int, int 
             ]
         )
     init = previous_weights(ctx, cand.name)
-    families = np.array([parents[im.id] or im.id for im in ts.images])
-    report = train_core(backbone.net.cpu(), front, ts.mean, families, init_state=init, seed=0)
+    report = train_core(backbone.net.cpu(), front, data.mean, families(images), init_state=init, seed=0)
     backbone = backbone.to(device).eval()
     buf = io.BytesIO()
     torch.save(backbone.net.state_dict(), buf)

@@ -1,0 +1,70 @@
+"""Fit and screen one frozen-feature candidate on the night's data.
+
+The readout is fitted on every image; its held-out predictions come from cross-validation in
+which a clean image and all its twins share a fold (models.readout ``groups=``), so every twin on
+record is an honest test of how well the candidate predicts perturbation effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.readout import MultiRidgeCV, cross_val_predict
+from models.screening import ScreeningReport, screen_model, split_half_reliability
+from models.tracking import quality_gate
+from models.transfer import SiteTransfer, site_transfer
+
+
+@dataclass
+class CandidateFit:
+    """A fitted readout with its screening.
+
+    ``pairs`` (n_pairs, 2) are the (parent, twin) rows that were held out; ``pred_change`` and
+    ``obs_change`` (n_pairs, n_sites) are their predicted and observed response changes.
+    ``gate`` is the quality gate's (passed, reasons) per site.
+    """
+
+    readout: MultiRidgeCV
+    report: ScreeningReport
+    ceiling: np.ndarray
+    gate: tuple[np.ndarray, list[str]]
+    pairs: np.ndarray
+    pred_change: np.ndarray
+    obs_change: np.ndarray
+    transfer: SiteTransfer | None
+
+
+def fit_candidate(
+    X: np.ndarray,
+    mean: np.ndarray,
+    groups: np.ndarray,
+    today_trials: np.ndarray,
+    pairs: list[tuple[int, int]],
+    *,
+    ceiling_threshold: float,
+    held_out: np.ndarray | None = None,
+) -> CandidateFit:
+    """Fit ``mean`` (images x sites) from features ``X`` and screen the fit.
+
+    ``groups`` gives each image's family (the clean parent's id); ``today_trials`` (images x sites
+    x repeats, NaN-padded) gives the noise ceiling; ``pairs`` are (parent row, twin row) of every
+    twin on record. With ``held_out`` (a trained core saw the other families), only twins marked
+    there count as held out.
+    """
+    readout = MultiRidgeCV().fit(X, mean)
+    pred = cross_val_predict(X, mean, groups=groups)
+    ceiling = split_half_reliability(today_trials)
+    if held_out is not None:
+        pairs = [(p, c) for p, c in pairs if held_out[c]]
+    arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    pc, cc = arr[:, 0], arr[:, 1]
+    pred_change, obs_change = pred[cc] - pred[pc], mean[cc] - mean[pc]
+    transfer = site_transfer(pred_change, obs_change) if len(arr) else None
+    kwargs = {}
+    if len(arr) >= 3:
+        kwargs = {"transfer_pred": (pred[pc], pred[cc]), "transfer_obs": (mean[pc], mean[cc])}
+    report = screen_model(pred, mean, ceiling, model_features=X, **kwargs)
+    gate = quality_gate(ceiling, ceiling_threshold)
+    return CandidateFit(readout, report, ceiling, gate, arr, pred_change, obs_change, transfer)
