@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import MetaData, func, insert, select
 
 from demo.server import BackgroundServer
 from itloop.settings import Settings
@@ -130,15 +131,24 @@ def test_upgrading_a_database_with_duplicate_active_nights_keeps_the_oldest(
     url, cleanup = new_database(backend, tmp_path, f"dup_{uuid.uuid4().hex[:8]}")
     try:
         migrate.downgrade(url, "0001")
+        # Subjects and sessions as revision 0001 has them (later revisions add columns the ORM
+        # classes already know): rows written through the tables reflected from the database.
+        old = MetaData()
+        old.reflect(get_engine(url), only=["subjects", "recording_sessions"])
+        now = datetime.now(UTC)
         with session_scope(url) as session:
-            subject = Subject(name="monkey-dup")
-            session.add(subject)
-            session.flush()
-            rec = RecordingSession(session_id="dup", subject_id=subject.id, day=1)
-            session.add(rec)
-            session.flush()
+            subject_id = session.execute(
+                insert(old.tables["subjects"])
+                .values(name="monkey-dup", species="Macaca mulatta", notes="", created_at=now)
+                .returning(old.tables["subjects"].c.id)
+            ).scalar_one()
+            rec_id = session.execute(
+                insert(old.tables["recording_sessions"])
+                .values(session_id="dup", subject_id=subject_id, day=1, state="open", meta={}, created_at=now)
+                .returning(old.tables["recording_sessions"].c.id)
+            ).scalar_one()
             nights = [
-                Night(session_pk=rec.id, state=s) for s in ("running", "queued", "succeeded", "running")
+                Night(session_pk=rec_id, state=s) for s in ("running", "queued", "succeeded", "running")
             ]
             session.add_all(nights)
             session.flush()

@@ -206,11 +206,20 @@ def test_night_records_its_model_and_analysis(two_nights: TwoNights) -> None:
         batch = batch_of_night(lab, night_id)
         with session_scope(lab.url) as session:
             mv = session.get(ModelVersion, night.model_version_id)
-            assert mv is not None and mv.version == f"night{night_id}-tiny_cnn"
-            assert mv.chosen and "predictivity" in mv.chosen_reason
-            assert mv.trained_on["sessions"] and mv.score is not None and np.isfinite(mv.score)
-            metrics = modeling.site_metrics(session=session, mv=mv)
-            transfer_pairs = mv.metrics["n_transfer_pairs"]
+            # The headline is the source chosen for the most sites: the only candidate on the first
+            # night; afterwards the across-day search may take sites whose twins moved nothing.
+            first = night_id == two.nights[0]
+            allowed = {f"night{night_id}-tiny_cnn"} | (set() if first else {f"night{night_id}-search"})
+            assert mv is not None and mv.version in allowed, mv and mv.version
+            assert mv.chosen and "chosen per site" in mv.chosen_reason
+            if first:
+                assert f"{mv.version} for {len(lab.site_ids)} site(s)" in mv.chosen_reason
+            assert mv.trained_on["sessions"]
+            if mv.version.endswith("tiny_cnn"):  # the search is fitted on pairs: no predictivity score
+                assert mv.score is not None and np.isfinite(mv.score)
+            refit = modeling.get(session=session, version=f"night{night_id}-tiny_cnn")
+            metrics = modeling.site_metrics(session=session, mv=refit)
+            transfer_pairs = refit.metrics["n_transfer_pairs"]
             assert batch is not None and batch.model_version_id == mv.id
         assert sorted(m["site_id"] for m in metrics) == lab.site_ids
         for m in metrics:
