@@ -88,8 +88,9 @@ def test_every_page_renders_demo_data(demo_page: Any) -> None:
         SMALL_NIGHT["candidates"]
     ), rows
     assert "Night " in page.inner_text("#headline-night")
-    # The demo's virtual rig uploads spikes but never closes its sessions: shown as such.
-    assert "spike data uploaded; not marked complete" in page.inner_text("#sessions-table")
+    # The demo completes each recording day as a lab does: every session reads complete, none open.
+    sessions = page.inner_text("#sessions-table")
+    assert "complete 20" in sessions and "not marked complete" not in sessions, sessions
     shot(page, "demo-overview", "sqlite")
 
     page.goto("/dashboard/sensitivity")
