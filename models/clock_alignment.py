@@ -39,7 +39,7 @@ could not be matched. No I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -198,6 +198,247 @@ def _refine(
     return a, b, m
 
 
+class _Events(NamedTuple):
+    """Per rig event, in rig-time order: what the pulses say about it once the clock is fitted."""
+
+    has: np.ndarray  # a pulse is matched (on time or late)
+    onset: np.ndarray
+    stop: np.ndarray
+    residual_ms: np.ndarray
+    duration_ms: np.ndarray
+    measured: np.ndarray
+    dropped: np.ndarray
+
+
+def _check_counts(n: int, m: int, min_match_fraction: float) -> None:
+    """Refuse before any work when there are too few events or too few pulses to match them."""
+    if n < MIN_EVENTS:
+        raise AlignmentError(f"too few rig events: {n}; alignment needs at least {MIN_EVENTS}")
+    if m < max(MIN_EVENTS, int(np.ceil(min_match_fraction * n))):
+        raise AlignmentError(
+            f"too few sync pulses: {m} for {n} rig events; at least {min_match_fraction:.0%} of the events "
+            "need their pulse (is this the right sync channel and the whole recording?)"
+        )
+
+
+def _falling_edges(pulse_off_s: Any | None, p_in: np.ndarray) -> np.ndarray:
+    """Falling edges, one per rising edge (all NaN when not given); a pulse may not fall before it rises."""
+    m = len(p_in)
+    if pulse_off_s is None:
+        return np.full(m, np.nan)
+    off_in = np.asarray(pulse_off_s, dtype=np.float64).ravel()
+    if len(off_in) != m:
+        raise AlignmentError(f"sync pulses: {m} rising edges but {len(off_in)} falling edges")
+    bad = np.isfinite(off_in) & (off_in < p_in)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise AlignmentError(
+            f"sync pulses: pulse {i + 1} falls ({off_in[i]:.6f} s) before it rises ({p_in[i]:.6f} s)"
+        )
+    return off_in
+
+
+def _planned_durations(planned_on_s: Any | None, n: int) -> np.ndarray | None:
+    """Planned durations as floats, one per rig event, or None when not given."""
+    if planned_on_s is None:
+        return None
+    planned = np.asarray(planned_on_s, dtype=np.float64).ravel()
+    if len(planned) != n:
+        raise AlignmentError(f"planned durations: {len(planned)} for {n} rig events")
+    return planned
+
+
+def _frame_and_tolerance(refresh_hz: float | None, tolerance_s: float | None) -> tuple[float | None, float]:
+    """Frame length (None without a refresh rate) and the matching tolerance (under half a frame)."""
+    frame = 1.0 / refresh_hz if refresh_hz else None
+    if frame is not None and not (0 < frame < 1):
+        raise AlignmentError(f"refresh rate {refresh_hz!r} Hz is not plausible")
+    if tolerance_s is None:
+        tolerance_s = min(DEFAULT_TOLERANCE_S, 0.45 * frame) if frame is not None else DEFAULT_TOLERANCE_S
+    return frame, tolerance_s
+
+
+def _candidate_fits(
+    r: np.ndarray, p: np.ndarray, tolerance_s: float, max_drift_ppm: float, anchor_s: float
+) -> list[tuple[int, float, float, np.ndarray]]:
+    """(matched events, offset, slope, match) per plausible coarse offset, most matches first."""
+    n = len(r)
+    anchor = int(np.searchsorted(r, r[0] + anchor_s, side="right"))
+    anchor = min(n, max(anchor, 40))
+    anchor_span = max(float(r[anchor - 1] - r[0]), 1e-3)
+    coarse_tol = tolerance_s + max_drift_ppm * 1e-6 * anchor_span
+    proposals = _propose(r, p, anchor, coarse_tol)
+    if not proposals:
+        raise AlignmentError(
+            f"inconsistent sync pulses: no offset puts even half of the first {anchor} rig events within "
+            f"{coarse_tol * 1e3:.1f} ms of a pulse; the pulse pattern does not follow the rig's onsets "
+            "(another channel or session, or onsets not in seconds?)"
+        )
+    fits = []
+    for _, d0 in proposals:
+        a, b, mt = _refine(r, p, d0, tolerance_s, coarse_tol, anchor_s)
+        if abs(b - 1.0) * 1e6 > max_drift_ppm:
+            continue
+        fits.append((int((mt >= 0).sum()), a, b, mt))
+    if not fits:
+        raise AlignmentError(
+            f"inconsistent sync pulses: every candidate fit drifts by more than {max_drift_ppm:g} ppm"
+        )
+    fits.sort(key=lambda f: -f[0])
+    return fits
+
+
+def _pick_fit(
+    fits: list[tuple[int, float, float, np.ndarray]],
+    r: np.ndarray,
+    tolerance_s: float,
+    min_match_fraction: float,
+) -> tuple[float, float, np.ndarray]:
+    """The best fit, unless a different one matches nearly as many events or it matches too few."""
+    n = len(r)
+    best_n, a, b, match = fits[0]
+    margin = max(3, int(0.01 * n))
+    for other_n, oa, ob, _ in fits[1:]:
+        if abs((oa + ob * r[0]) - (a + b * r[0])) > tolerance_s and other_n > best_n - margin:
+            raise AlignmentError(
+                f"ambiguous sync pulses: two clock maps differing by {abs(oa - a) * 1e3:.1f} ms match "
+                f"{best_n} and {other_n} of {n} events; the onsets are too regular to tell which pulse is "
+                "which (include gaps, e.g. inter-trial intervals, or a distinct start pattern)"
+            )
+    if best_n < min_match_fraction * n:
+        raise AlignmentError(
+            f"inconsistent sync pulses: only {best_n} of {n} rig events have a pulse within "
+            f"{tolerance_s * 1e3:g} ms of the best clock map (offset {a:.6f} s, drift "
+            f"{(b - 1) * 1e6:.1f} ppm); "
+            f"at least {min_match_fraction:.0%} are needed"
+        )
+    return a, b, match
+
+
+def _late_frames(
+    p: np.ndarray,
+    pred: np.ndarray,
+    match: np.ndarray,
+    used: np.ndarray,
+    frame: float | None,
+    slope: float,
+    tolerance_s: float,
+) -> np.ndarray:
+    """Frames late per event: no pulse where predicted, but an unused one whole frames later.
+
+    Matches such an event to that pulse in place (``match`` and ``used`` are updated).
+    """
+    late = np.zeros(len(pred), dtype=np.int64)
+    if frame is None:
+        return late
+    for i in map(int, np.flatnonzero(match < 0)):
+        lo = int(np.searchsorted(p, pred[i] + 0.5 * frame))
+        hi = int(np.searchsorted(p, pred[i] + (MAX_LATE_FRAMES + 0.5) * frame, side="right"))
+        free = [j for j in range(lo, hi) if not used[j]]
+        if free:
+            j = free[0]
+            k = int(round((p[j] - pred[i]) / (frame * slope)))
+            if k >= 1 and abs(p[j] - pred[i] - k * frame * slope) <= tolerance_s:
+                match[i], used[j], late[i] = j, True, k
+    return late
+
+
+def _events(
+    p: np.ndarray,
+    off: np.ndarray,
+    pred: np.ndarray,
+    match: np.ndarray,
+    late: np.ndarray,
+    slope: float,
+    planned: np.ndarray | None,
+    frame: float | None,
+) -> _Events:
+    """Onsets, stops, residuals and durations per event; dropped frames where durations are measured."""
+    n = len(pred)
+    has = match >= 0
+    residual = np.full(n, np.nan)
+    on_time = has & (late == 0)
+    residual[on_time] = (p[match[on_time]] - pred[on_time]) * 1e3
+    onset = np.where(has, p[np.maximum(match, 0)], pred)
+    width = np.where(has, off[np.maximum(match, 0)] - p[np.maximum(match, 0)], np.nan)
+    measured = np.isfinite(width)
+    duration_ms = width / slope * 1e3
+    stop = np.where(measured, onset + np.nan_to_num(width), np.nan)
+    dropped = np.zeros(n, dtype=np.int64)
+    if planned is not None:
+        planned_s = np.round(planned / frame) * frame if frame is not None else planned
+        stop = np.where(measured, stop, onset + planned_s * slope)
+        if frame is not None:
+            extra = np.where(measured, width / slope - planned_s, 0.0)
+            flag = measured & (np.abs(extra) >= 0.5 * frame)
+            dropped[flag] = np.round(extra[flag] / frame).astype(np.int64)
+            dropped[flag & (dropped == 0)] = np.sign(extra[flag & (dropped == 0)]).astype(np.int64)
+    return _Events(has, onset, stop, residual, duration_ms, measured, dropped)
+
+
+def _report(
+    clock: ClockMap,
+    p: np.ndarray,
+    pred: np.ndarray,
+    used: np.ndarray,
+    ev: _Events,
+    late: np.ndarray,
+    tolerance_s: float,
+    refresh_hz: float | None,
+    frame: float | None,
+) -> dict[str, Any]:
+    """Counts and residual summary of an alignment, for the caller to log or store."""
+    span_lo, span_hi = pred[0] - tolerance_s, pred[-1] + tolerance_s + (MAX_LATE_FRAMES * (frame or 0))
+    in_span = (p >= span_lo) & (p <= span_hi)
+    res_ok = ev.residual_ms[np.isfinite(ev.residual_ms)]
+    return {
+        "n_events": len(pred),
+        "n_pulses": len(p),
+        "n_matched": int(ev.has.sum()),
+        "n_missing_pulses": int((~ev.has).sum()),
+        "n_extra_pulses": int((in_span & ~used).sum()),
+        "offset_s": clock.offset_s,
+        "drift_ppm": clock.drift_ppm,
+        "residual_rms_ms": float(np.sqrt(np.mean(res_ok**2))) if len(res_ok) else None,
+        "residual_max_ms": float(np.max(np.abs(res_ok))) if len(res_ok) else None,
+        "tolerance_ms": tolerance_s * 1e3,
+        "refresh_hz": refresh_hz,
+        "frame_ms": frame * 1e3 if frame else None,
+        "n_late": int((late > 0).sum()),
+        "n_dropped": int((ev.dropped != 0).sum()),
+        "n_duration_measured": int(ev.measured.sum()),
+    }
+
+
+def _in_caller_order(
+    clock: ClockMap,
+    ev: _Events,
+    late: np.ndarray,
+    match: np.ndarray,
+    r_order: np.ndarray,
+    p_order: np.ndarray,
+    report: dict[str, Any],
+) -> Alignment:
+    """The alignment with events back in the order the caller gave them, pulses by their given index."""
+    n = len(r_order)
+    inv = np.empty(n, dtype=np.int64)
+    inv[r_order] = np.arange(n)
+    pulse_idx = np.where(ev.has, p_order[np.maximum(match, 0)], -1)
+    return Alignment(
+        clock=clock,
+        onset_s=ev.onset[inv],
+        stop_s=ev.stop[inv],
+        onset_source=np.where(ev.has, "pulse", "fit")[inv],
+        pulse=pulse_idx[inv],
+        residual_ms=ev.residual_ms[inv],
+        duration_ms=ev.duration_ms[inv],
+        late_frames=late[inv],
+        dropped_frames=ev.dropped[inv],
+        measured=ev.measured[inv],
+        report=report,
+    )
+
+
 def align(
     rig_onset_s: Any,
     pulse_on_s: Any,
@@ -226,154 +467,28 @@ def align(
     r_in = _as_times("rig onsets", rig_onset_s)
     p_in = _as_times("sync pulses", pulse_on_s)
     n, m = len(r_in), len(p_in)
-    if n < MIN_EVENTS:
-        raise AlignmentError(f"too few rig events: {n}; alignment needs at least {MIN_EVENTS}")
-    if m < max(MIN_EVENTS, int(np.ceil(min_match_fraction * n))):
-        raise AlignmentError(
-            f"too few sync pulses: {m} for {n} rig events; at least {min_match_fraction:.0%} of the events "
-            "need their pulse (is this the right sync channel and the whole recording?)"
-        )
-    if pulse_off_s is not None:
-        off_in = np.asarray(pulse_off_s, dtype=np.float64).ravel()
-        if len(off_in) != m:
-            raise AlignmentError(f"sync pulses: {m} rising edges but {len(off_in)} falling edges")
-        bad = np.isfinite(off_in) & (off_in < p_in)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise AlignmentError(
-                f"sync pulses: pulse {i + 1} falls ({off_in[i]:.6f} s) before it rises ({p_in[i]:.6f} s)"
-            )
-    else:
-        off_in = np.full(m, np.nan)
-    planned = None
-    if planned_on_s is not None:
-        planned = np.asarray(planned_on_s, dtype=np.float64).ravel()
-        if len(planned) != n:
-            raise AlignmentError(f"planned durations: {len(planned)} for {n} rig events")
-    frame = 1.0 / refresh_hz if refresh_hz else None
-    if frame is not None and not (0 < frame < 1):
-        raise AlignmentError(f"refresh rate {refresh_hz!r} Hz is not plausible")
-    if tolerance_s is None:
-        tolerance_s = min(DEFAULT_TOLERANCE_S, 0.45 * frame) if frame is not None else DEFAULT_TOLERANCE_S
+    _check_counts(n, m, min_match_fraction)
+    off_in = _falling_edges(pulse_off_s, p_in)
+    planned = _planned_durations(planned_on_s, n)
+    frame, tolerance_s = _frame_and_tolerance(refresh_hz, tolerance_s)
 
     r_order = np.argsort(r_in, kind="stable")
     r = r_in[r_order]
     p_order = np.argsort(p_in, kind="stable")
     p = p_in[p_order]
-    off = off_in[p_order]
 
-    anchor = int(np.searchsorted(r, r[0] + anchor_s, side="right"))
-    anchor = min(n, max(anchor, 40))
-    anchor_span = max(float(r[anchor - 1] - r[0]), 1e-3)
-    coarse_tol = tolerance_s + max_drift_ppm * 1e-6 * anchor_span
-    proposals = _propose(r, p, anchor, coarse_tol)
-    if not proposals:
-        raise AlignmentError(
-            f"inconsistent sync pulses: no offset puts even half of the first {anchor} rig events within "
-            f"{coarse_tol * 1e3:.1f} ms of a pulse; the pulse pattern does not follow the rig's onsets "
-            "(another channel or session, or onsets not in seconds?)"
-        )
-    fits = []
-    for _, d0 in proposals:
-        a, b, mt = _refine(r, p, d0, tolerance_s, coarse_tol, anchor_s)
-        if abs(b - 1.0) * 1e6 > max_drift_ppm:
-            continue
-        fits.append((int((mt >= 0).sum()), a, b, mt))
-    if not fits:
-        raise AlignmentError(
-            f"inconsistent sync pulses: every candidate fit drifts by more than {max_drift_ppm:g} ppm"
-        )
-    fits.sort(key=lambda f: -f[0])
-    best_n, a, b, match = fits[0]
-    margin = max(3, int(0.01 * n))
-    for other_n, oa, ob, _ in fits[1:]:
-        if abs((oa + ob * r[0]) - (a + b * r[0])) > tolerance_s and other_n > best_n - margin:
-            raise AlignmentError(
-                f"ambiguous sync pulses: two clock maps differing by {abs(oa - a) * 1e3:.1f} ms match "
-                f"{best_n} and {other_n} of {n} events; the onsets are too regular to tell which pulse is "
-                "which (include gaps, e.g. inter-trial intervals, or a distinct start pattern)"
-            )
-    if best_n < min_match_fraction * n:
-        raise AlignmentError(
-            f"inconsistent sync pulses: only {best_n} of {n} rig events have a pulse within "
-            f"{tolerance_s * 1e3:g} ms of the best clock map (offset {a:.6f} s, drift "
-            f"{(b - 1) * 1e6:.1f} ppm); "
-            f"at least {min_match_fraction:.0%} are needed"
-        )
+    fits = _candidate_fits(r, p, tolerance_s, max_drift_ppm, anchor_s)
+    a, b, match = _pick_fit(fits, r, tolerance_s, min_match_fraction)
     clock = ClockMap(float(a), float(b))
     pred = clock(r)
     used = np.zeros(m, dtype=bool)
     used[match[match >= 0]] = True
-
-    # Late frames: no pulse where predicted, but an unused one whole frames later.
-    late = np.zeros(n, dtype=np.int64)
-    if frame is not None:
-        for i in map(int, np.flatnonzero(match < 0)):
-            lo = int(np.searchsorted(p, pred[i] + 0.5 * frame))
-            hi = int(np.searchsorted(p, pred[i] + (MAX_LATE_FRAMES + 0.5) * frame, side="right"))
-            free = [j for j in range(lo, hi) if not used[j]]
-            if free:
-                j = free[0]
-                k = int(round((p[j] - pred[i]) / (frame * b)))
-                if k >= 1 and abs(p[j] - pred[i] - k * frame * b) <= tolerance_s:
-                    match[i], used[j], late[i] = j, True, k
-    has = match >= 0
-    residual = np.full(n, np.nan)
-    on_time = has & (late == 0)
-    residual[on_time] = (p[match[on_time]] - pred[on_time]) * 1e3
-    onset = np.where(has, p[np.maximum(match, 0)], pred)
-    width = np.where(has, off[np.maximum(match, 0)] - p[np.maximum(match, 0)], np.nan)
-    measured = np.isfinite(width)
-    duration_ms = width / b * 1e3
-    stop = np.where(measured, onset + np.nan_to_num(width), np.nan)
-    dropped = np.zeros(n, dtype=np.int64)
-    if planned is not None:
-        pl = planned[r_order]
-        planned_s = np.round(pl / frame) * frame if frame is not None else pl
-        stop = np.where(measured, stop, onset + planned_s * b)
-        if frame is not None:
-            extra = np.where(measured, width / b - planned_s, 0.0)
-            flag = measured & (np.abs(extra) >= 0.5 * frame)
-            dropped[flag] = np.round(extra[flag] / frame).astype(np.int64)
-            dropped[flag & (dropped == 0)] = np.sign(extra[flag & (dropped == 0)]).astype(np.int64)
-
-    span_lo, span_hi = pred[0] - tolerance_s, pred[-1] + tolerance_s + (MAX_LATE_FRAMES * (frame or 0))
-    in_span = (p >= span_lo) & (p <= span_hi)
-    res_ok = residual[np.isfinite(residual)]
-    report: dict[str, Any] = {
-        "n_events": n,
-        "n_pulses": m,
-        "n_matched": int(has.sum()),
-        "n_missing_pulses": int((~has).sum()),
-        "n_extra_pulses": int((in_span & ~used).sum()),
-        "offset_s": clock.offset_s,
-        "drift_ppm": clock.drift_ppm,
-        "residual_rms_ms": float(np.sqrt(np.mean(res_ok**2))) if len(res_ok) else None,
-        "residual_max_ms": float(np.max(np.abs(res_ok))) if len(res_ok) else None,
-        "tolerance_ms": tolerance_s * 1e3,
-        "refresh_hz": refresh_hz,
-        "frame_ms": frame * 1e3 if frame else None,
-        "n_late": int((late > 0).sum()),
-        "n_dropped": int((dropped != 0).sum()),
-        "n_duration_measured": int(measured.sum()),
-    }
-    # Back to the caller's order.
-    inv = np.empty(n, dtype=np.int64)
-    inv[r_order] = np.arange(n)
-    pulse_idx = np.where(has, p_order[np.maximum(match, 0)], -1)
-    return Alignment(
-        clock=clock,
-        onset_s=onset[inv],
-        stop_s=stop[inv],
-        onset_source=np.where(has, "pulse", "fit")[inv],
-        pulse=pulse_idx[inv],
-        residual_ms=residual[inv],
-        duration_ms=duration_ms[inv],
-        late_frames=late[inv],
-        dropped_frames=dropped[inv],
-        measured=measured[inv],
-        report=report,
+    late = _late_frames(p, pred, match, used, frame, b, tolerance_s)
+    ev = _events(
+        p, off_in[p_order], pred, match, late, b, None if planned is None else planned[r_order], frame
     )
+    report = _report(clock, p, pred, used, ev, late, tolerance_s, refresh_hz, frame)
+    return _in_caller_order(clock, ev, late, match, r_order, p_order, report)
 
 
 def cross_check(
