@@ -245,6 +245,121 @@ def _unit_sigma(shape: tuple[int, ...]) -> _Stats:
     return {"sigma": np.ones(shape), "n": np.zeros(shape), "var": np.ones(shape)}
 
 
+def _check_inputs(
+    kind: str, clean: CleanBootstrap, pair_items: Items | None, n_sites: int, n_boot: int
+) -> None:
+    """Refuse a pair estimator without pairs, or clean resamples made for other sites or ``n_boot``."""
+    if pair_items is None and _KINDS[kind][0] is not None:
+        raise ValueError(f"estimator {kind!r} needs pairs")
+    if clean.n_boot != n_boot or clean.n_sites != n_sites:
+        raise ValueError("clean bootstrap does not match the estimator's sites or n_boot")
+
+
+def _draw_pair_stats(
+    pair_items: Items | None, pair_names: tuple[str, ...], idx: IntArray, rng: np.random.Generator | None
+) -> _Stats:
+    """Pair statistics of the drawn sites (``rng`` None: each site's items as they are), if any pairs."""
+    if pair_items is None or not pair_names:
+        return {}
+    return _pair_stats(draw(pair_items, idx, rng, pair_names))
+
+
+def _site_points(
+    kind: str, c0: _Stats, p0: _Stats, sigma: Sigma, min_pairs: int, min_images: int
+) -> tuple[FloatArray, list[str | None], np.ndarray, FloatArray]:
+    """Per site: point value (NaN where undefined), why undefined, whether defined, and its item count."""
+    feature, value_fn = _KINDS[kind]
+    point = value_fn(c0, p0)[0]
+    reasons = site_reasons(kind, c0, p0 if feature is not None else None, sigma, min_pairs, min_images)
+    reasons = [
+        r if r is not None or np.isfinite(v) else "undefined value"
+        for r, v in zip(reasons, point, strict=True)
+    ]
+    defined = np.array([r is None for r in reasons], dtype=bool)
+    point = np.where(defined, point, np.nan)
+    counts = (p0[f"n_{feature}"] if feature is not None else c0["n"])[0]
+    return point, reasons, defined, counts
+
+
+def _site_bounds(
+    value_fn: Callable[[_Stats, _Stats], FloatArray],
+    cboot: _Stats,
+    pair_stats: Callable[[IntArray, np.random.Generator | None], _Stats],
+    rng: np.random.Generator,
+    n_boot: int,
+    width: int,
+    n_sites: int,
+    ci: float,
+) -> tuple[FloatArray, FloatArray]:
+    """Per-site percentile interval: pairs resampled within each site, next to the cached clean resamples."""
+    ident = np.arange(n_sites)[None, :]
+    parts, start = [], 0
+    for b in chunk_sizes(n_boot, width * max(n_sites, 1)):
+        c = {k: v[start : start + b] for k, v in cboot.items()}
+        parts.append(value_fn(c, pair_stats(np.repeat(ident, b, axis=0), rng)))
+        start += b
+    return percentile_interval(np.concatenate(parts), ci)
+
+
+def _population_bounds(
+    value_fn: Callable[[_Stats, _Stats], FloatArray],
+    clean_slots: Callable[[IntArray], _Stats],
+    pair_stats: Callable[[IntArray, np.random.Generator | None], _Stats],
+    sites: IntArray,
+    rng: np.random.Generator,
+    n_boot: int,
+    width: int,
+    ci: float,
+) -> tuple[FloatArray, FloatArray]:
+    """Population percentile interval: defined sites resampled, then each drawn site's items."""
+    parts = []
+    for b in chunk_sizes(n_boot, width * sites.size):
+        idx = sites[rng.integers(0, sites.size, (b, sites.size))]
+        c = clean_slots(idx)
+        parts.append(finite_mean(value_fn(c, pair_stats(idx, rng)), axis=1))
+    return percentile_interval(np.concatenate(parts), ci)
+
+
+def _site_records(
+    site_ids: tuple[Hashable, ...],
+    point: FloatArray,
+    lo: FloatArray,
+    hi: FloatArray,
+    defined: np.ndarray,
+    counts: FloatArray,
+    reasons: list[str | None],
+    common: dict[str, Any],
+) -> list[SensitivityEstimate]:
+    """One row per site; an undefined site keeps its reason and gets no interval."""
+    return [
+        SensitivityEstimate(
+            site_id=site_ids[i],
+            value=float(point[i]),
+            ci_low=float(lo[i]) if defined[i] else math.nan,
+            ci_high=float(hi[i]) if defined[i] else math.nan,
+            n_pairs=int(counts[i]),
+            n_sites=int(defined[i]),
+            undefined_reason=reasons[i],
+            **common,
+        )
+        for i in range(len(site_ids))
+    ]
+
+
+def _undefined_population(common: dict[str, Any]) -> SensitivityEstimate:
+    """The population row when no site has a defined value."""
+    return SensitivityEstimate(
+        None,
+        value=math.nan,
+        ci_low=math.nan,
+        ci_high=math.nan,
+        n_pairs=0,
+        n_sites=0,
+        undefined_reason="no site with a defined value",
+        **common,
+    )
+
+
 def estimate(
     *,
     kind: str,
@@ -264,94 +379,47 @@ def estimate(
     site_intervals: bool = True,
 ) -> list[SensitivityEstimate]:
     """Point estimates, per-site and population intervals for one estimator."""
+    _check_inputs(kind, clean, pair_items, len(site_ids), n_boot)
     feature, value_fn = _KINDS[kind]
-    if pair_items is None and feature is not None:
-        raise ValueError(f"estimator {kind!r} needs pairs")
-    if clean.n_boot != n_boot or clean.n_sites != len(site_ids):
-        raise ValueError("clean bootstrap does not match the estimator's sites or n_boot")
     pair_names = (feature,) if feature is not None else ()
     n_sites = len(site_ids)
     gmd = kind == "random_pair"
     uses_clean = _needs_clean(kind, sigma)
 
     def pair_stats(idx: IntArray, r: np.random.Generator | None) -> _Stats:
-        return (
-            _pair_stats(draw(pair_items, idx, r, pair_names)) if pair_items is not None and pair_names else {}
-        )
+        return _draw_pair_stats(pair_items, pair_names, idx, r)
 
-    ident = np.arange(n_sites)[None, :]
     c0 = clean.point(sigma, gmd) if uses_clean else _unit_sigma((1, n_sites))
-    p0 = pair_stats(ident, None)
-    point = value_fn(c0, p0)[0]
-    reasons = site_reasons(kind, c0, p0 if feature is not None else None, sigma, min_pairs, min_images)
-    reasons = [
-        r if r is not None or np.isfinite(v) else "undefined value"
-        for r, v in zip(reasons, point, strict=True)
-    ]
-    defined = np.array([r is None for r in reasons], dtype=bool)
-    point = np.where(defined, point, np.nan)
-    counts = (p0[f"n_{feature}"] if feature is not None else c0["n"])[0]
+    p0 = pair_stats(np.arange(n_sites)[None, :], None)
+    point, reasons, defined, counts = _site_points(kind, c0, p0, sigma, min_pairs, min_images)
 
     width = pair_items.max_items * len(pair_names) if pair_items is not None else 1
     lo = hi = np.full(n_sites, np.nan)
     if site_intervals:
         cboot = clean.boot(sigma, gmd) if uses_clean else _unit_sigma((n_boot, n_sites))
-        parts, start = [], 0
-        for b in chunk_sizes(n_boot, width * max(n_sites, 1)):
-            c = {k: v[start : start + b] for k, v in cboot.items()}
-            parts.append(value_fn(c, pair_stats(np.repeat(ident, b, axis=0), rng)))
-            start += b
-        lo, hi = percentile_interval(np.concatenate(parts), ci)
+        lo, hi = _site_bounds(value_fn, cboot, pair_stats, rng, n_boot, width, n_sites, ci)
 
     common: dict[str, Any] = {"epsilon": epsilon, "estimator": label, "day": day, "model": model}
-    records = [
-        SensitivityEstimate(
-            site_id=site_ids[i],
-            value=float(point[i]),
-            ci_low=float(lo[i]) if defined[i] else math.nan,
-            ci_high=float(hi[i]) if defined[i] else math.nan,
-            n_pairs=int(counts[i]),
-            n_sites=int(defined[i]),
-            undefined_reason=reasons[i],
-            **common,
-        )
-        for i in range(n_sites)
-    ]
+    records = _site_records(site_ids, point, lo, hi, defined, counts, reasons, common)
 
     sites = np.flatnonzero(defined)
     if sites.size == 0:
-        records.append(
-            SensitivityEstimate(
-                None,
-                value=math.nan,
-                ci_low=math.nan,
-                ci_high=math.nan,
-                n_pairs=0,
-                n_sites=0,
-                undefined_reason="no site with a defined value",
-                **common,
-            )
-        )
-        return records
-    parts = []
-    for b in chunk_sizes(n_boot, width * sites.size):
-        idx = sites[rng.integers(0, sites.size, (b, sites.size))]
-        c = clean.slots(sigma, gmd, idx, rng) if uses_clean else _unit_sigma(idx.shape)
-        parts.append(finite_mean(value_fn(c, pair_stats(idx, rng)), axis=1))
-    pop_boot = np.concatenate(parts)
-    plo, phi = percentile_interval(pop_boot, ci)
-    records.append(
-        SensitivityEstimate(
-            site_id=None,
-            value=float(point[sites].mean()),
-            ci_low=float(plo),
-            ci_high=float(phi),
-            n_pairs=int(counts[sites].sum()),
-            n_sites=int(sites.size),
-            **common,
-        )
+        return [*records, _undefined_population(common)]
+
+    def clean_slots(idx: IntArray) -> _Stats:
+        return clean.slots(sigma, gmd, idx, rng) if uses_clean else _unit_sigma(idx.shape)
+
+    plo, phi = _population_bounds(value_fn, clean_slots, pair_stats, sites, rng, n_boot, width, ci)
+    population = SensitivityEstimate(
+        site_id=None,
+        value=float(point[sites].mean()),
+        ci_low=float(plo),
+        ci_high=float(phi),
+        n_pairs=int(counts[sites].sum()),
+        n_sites=int(sites.size),
+        **common,
     )
-    return records
+    return [*records, population]
 
 
 def align_clean(clean: CleanResponses, site_ids: tuple[Hashable, ...]) -> CleanResponses:

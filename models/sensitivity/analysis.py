@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,47 +144,12 @@ def analyze_day(
     DayAnalysis
     """
     g = as_generator(rng)
-    by_eps: dict[float, list[PairedResponses]] = {}
-    for p in pairs:
-        by_eps.setdefault(round(p.epsilon, 9), []).append(p)
-    joined = [PairedResponses.concat(v) for _, v in sorted(by_eps.items())]
-
-    items_cache: dict[tuple[Hashable, ...], CleanBootstrap] = {}
-
-    def clean_items_for(site_ids: tuple[Hashable, ...]) -> CleanBootstrap:
-        if site_ids not in items_cache:
-            items = clean_item_features(align_clean(clean, site_ids), g, n_splits)
-            items_cache[site_ids] = CleanBootstrap(items, g, n_boot)
-        return items_cache[site_ids]
-
+    joined = _join_by_epsilon(pairs)
+    clean_items_for = _clean_bootstraps(clean, g, n_splits, n_boot)
     opts = {"sigma": sigma, "rng": g, "n_boot": n_boot, "ci": ci, "min_images": min_images, "day": day}
-    estimates: list[SensitivityEstimate] = estimate(
-        kind="random_pair",
-        label="random_pair",
-        clean=clean_items_for(clean.site_ids),
-        pair_items=None,
-        site_ids=clean.site_ids,
-        epsilon=None,
-        min_pairs=0,
-        **opts,  # type: ignore[arg-type]
-    )
+    estimates = _random_pair_estimates(clean_items_for(clean.site_ids), clean.site_ids, opts)
     for p in joined:
-        citems = clean_items_for(p.site_ids)
-        for pair_set, kinds, prefix in (("guided", _GUIDED, ""), ("random", _MODEL_FREE, "model_free_")):
-            pitems = pair_item_features(p, pair_set)  # type: ignore[arg-type]
-            if pitems.counts.sum() == 0:
-                continue
-            for kind in kinds:
-                estimates += estimate(
-                    kind=kind,
-                    label=prefix + kind,
-                    clean=citems,
-                    pair_items=pitems,
-                    site_ids=p.site_ids,
-                    epsilon=p.epsilon,
-                    min_pairs=min_pairs,
-                    **opts,  # type: ignore[arg-type]
-                )
+        estimates += _pair_estimates(p, clean_items_for(p.site_ids), min_pairs, opts)
     for m in models:
         estimates += model_sensitivity(
             m, n_boot=n_boot, ci=ci, rng=g, min_pairs=min_pairs, min_images=min_images, day=day
@@ -194,10 +159,7 @@ def analyze_day(
     result = DayAnalysis(day, estimates, {}, epsilons)
     names = list(dict.fromkeys(m.name for m in models))
     if names:
-        model_curves = {n: result.curve("model", n) for n in names}
-        std = standard_model if standard_model in model_curves else None
-        for est in compare:
-            result.comparisons[est] = compare_curves(result.curve(est), model_curves, standard=std)
+        _compare_with_models(result, names, standard_model, compare)
     logger.info(
         "sensitivity day=%s: %d epsilons, %d models, %d figures",
         day,
@@ -206,6 +168,78 @@ def analyze_day(
         len(estimates),
     )
     return result
+
+
+def _join_by_epsilon(pairs: Sequence[PairedResponses]) -> list[PairedResponses]:
+    """One PairedResponses per epsilon (every batch at that epsilon joined), by ascending epsilon."""
+    by_eps: dict[float, list[PairedResponses]] = {}
+    for p in pairs:
+        by_eps.setdefault(round(p.epsilon, 9), []).append(p)
+    return [PairedResponses.concat(v) for _, v in sorted(by_eps.items())]
+
+
+def _clean_bootstraps(
+    clean: CleanResponses, g: np.random.Generator, n_splits: int, n_boot: int
+) -> Callable[[tuple[Hashable, ...]], CleanBootstrap]:
+    """Clean resamples per site order, made on first use and shared by every estimator after."""
+    cache: dict[tuple[Hashable, ...], CleanBootstrap] = {}
+
+    def clean_items_for(site_ids: tuple[Hashable, ...]) -> CleanBootstrap:
+        if site_ids not in cache:
+            items = clean_item_features(align_clean(clean, site_ids), g, n_splits)
+            cache[site_ids] = CleanBootstrap(items, g, n_boot)
+        return cache[site_ids]
+
+    return clean_items_for
+
+
+def _random_pair_estimates(
+    citems: CleanBootstrap, site_ids: tuple[Hashable, ...], opts: dict[str, Any]
+) -> list[SensitivityEstimate]:
+    """The random-pair baseline over the day's clean images (no epsilon, no pairs)."""
+    return estimate(
+        kind="random_pair",
+        label="random_pair",
+        clean=citems,
+        pair_items=None,
+        site_ids=site_ids,
+        epsilon=None,
+        min_pairs=0,
+        **opts,
+    )
+
+
+def _pair_estimates(
+    p: PairedResponses, citems: CleanBootstrap, min_pairs: int, opts: dict[str, Any]
+) -> list[SensitivityEstimate]:
+    """The IT figures of one epsilon: guided estimators on guided pairs, model-free on random ones."""
+    out: list[SensitivityEstimate] = []
+    for pair_set, kinds, prefix in (("guided", _GUIDED, ""), ("random", _MODEL_FREE, "model_free_")):
+        pitems = pair_item_features(p, pair_set)  # type: ignore[arg-type]
+        if pitems.counts.sum() == 0:
+            continue
+        for kind in kinds:
+            out += estimate(
+                kind=kind,
+                label=prefix + kind,
+                clean=citems,
+                pair_items=pitems,
+                site_ids=p.site_ids,
+                epsilon=p.epsilon,
+                min_pairs=min_pairs,
+                **opts,
+            )
+    return out
+
+
+def _compare_with_models(
+    result: DayAnalysis, names: list[str], standard_model: str | None, compare: Sequence[str]
+) -> None:
+    """Fill ``result.comparisons``: each compared IT curve against every model's curve."""
+    model_curves = {n: result.curve("model", n) for n in names}
+    std = standard_model if standard_model in model_curves else None
+    for est in compare:
+        result.comparisons[est] = compare_curves(result.curve(est), model_curves, standard=std)
 
 
 def analyze_days(
