@@ -96,6 +96,35 @@ def simulate_presentation_spikes(
     Response windows of one site are assumed not to overlap (RSVP onsets at least
     ``duration_s`` apart). Where they do, the driven excess over spontaneous adds up.
     """
+    rates, onsets = _checked_inputs(rates, onsets_s, duration_s, rate_cv)
+    n_pres, n_sites = rates.shape
+    latency = _per_site(latency_s, n_sites, "latency_s")
+    spont = _per_site(spontaneous_rate, n_sites, "spontaneous_rate")
+    driven = _driven_rates(rates, spont, fixation_ok, rate_cv, rng)
+    t0, t1 = _firing_span(onsets, latency, duration_s, t_start_s, t_stop_s)
+
+    # 1. Spontaneous firing over the whole span.
+    n_sp = rng.poisson(spont * max(t1 - t0, 0.0))
+    sp_site = np.repeat(np.arange(n_sites), n_sp)
+    sp_time = t0 + (t1 - t0) * rng.random(sp_site.size)
+
+    # 2. Inside a response window, rate r instead of spont: thin spontaneous spikes where
+    #    r < spont, add a Poisson(r - spont) excess where r > spont.
+    if n_pres and sp_site.size:
+        keep = _thinning_mask(sp_site, sp_time, onsets, latency, driven, spont, duration_s, rng)
+        sp_site, sp_time = sp_site[keep], sp_time[keep]
+    ex_site, ex_time = _excess_spikes(driven, spont, onsets, latency, duration_s, rng)
+
+    site = np.concatenate([sp_site, ex_site]).astype(np.int64)
+    time = np.concatenate([sp_time, ex_time])
+    idx = np.argsort(time, kind="stable")
+    return SpikeData(site_index=site[idx], time_s=time[idx])
+
+
+def _checked_inputs(
+    rates: np.ndarray, onsets_s: np.ndarray, duration_s: float, rate_cv: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rates and onsets as float arrays, after checking their shapes and signs."""
     rates = np.asarray(rates, dtype=np.float64)
     onsets = np.asarray(onsets_s, dtype=np.float64)
     if rates.ndim != 2 or onsets.shape != (rates.shape[0],):
@@ -104,9 +133,18 @@ def simulate_presentation_spikes(
         )
     if np.any(rates < 0) or duration_s <= 0 or rate_cv < 0:
         raise ValueError("rates must be >= 0, duration_s > 0 and rate_cv >= 0")
-    n_pres, n_sites = rates.shape
-    latency = _per_site(latency_s, n_sites, "latency_s")
-    spont = _per_site(spontaneous_rate, n_sites, "spontaneous_rate")
+    return rates, onsets
+
+
+def _driven_rates(
+    rates: np.ndarray,
+    spont: np.ndarray,
+    fixation_ok: np.ndarray | None,
+    rate_cv: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Rate during each response: spontaneous where fixation broke, times a gamma gain if ``rate_cv``."""
+    n_pres = rates.shape[0]
     driven = rates.copy()
     if fixation_ok is not None:
         ok = np.asarray(fixation_ok, dtype=bool)
@@ -116,40 +154,62 @@ def simulate_presentation_spikes(
     if rate_cv > 0:
         shape = 1.0 / rate_cv**2
         driven *= rng.gamma(shape, 1.0 / shape, size=(n_pres, 1))
-    if n_pres:
+    return driven
+
+
+def _firing_span(
+    onsets: np.ndarray,
+    latency: np.ndarray,
+    duration_s: float,
+    t_start_s: float | None,
+    t_stop_s: float | None,
+) -> tuple[float, float]:
+    """Span of spontaneous firing: as given, else 0.5 s around the presentations' responses."""
+    if len(onsets):
         t0 = onsets.min() - 0.5 if t_start_s is None else t_start_s
         t1 = onsets.max() + latency.max() + duration_s + 0.5 if t_stop_s is None else t_stop_s
     else:
         t0, t1 = (t_start_s or 0.0), (t_stop_s or 0.0)
+    return t0, t1
 
-    # 1. Spontaneous firing over the whole span.
-    n_sp = rng.poisson(spont * max(t1 - t0, 0.0))
-    sp_site = np.repeat(np.arange(n_sites), n_sp)
-    sp_time = t0 + (t1 - t0) * rng.random(sp_site.size)
 
-    # 2. Inside a response window, rate r instead of spont: thin spontaneous spikes where
-    #    r < spont, add a Poisson(r - spont) excess where r > spont.
+def _thinning_mask(
+    sp_site: np.ndarray,
+    sp_time: np.ndarray,
+    onsets: np.ndarray,
+    latency: np.ndarray,
+    driven: np.ndarray,
+    spont: np.ndarray,
+    duration_s: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Which spontaneous spikes survive: inside a response with r < spont, each is kept with r / spont."""
     order = np.argsort(onsets, kind="stable")
     sorted_onsets = onsets[order]
-    if n_pres and sp_site.size:
-        rel = sp_time - latency[sp_site]
-        k = np.searchsorted(sorted_onsets, rel, side="right") - 1
-        inside = (k >= 0) & (rel - sorted_onsets[np.clip(k, 0, None)] < duration_s)
-        r_here = driven[order[np.clip(k, 0, None)], sp_site]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            keep_p = np.where(inside & (r_here < spont[sp_site]), r_here / spont[sp_site], 1.0)
-        keep = rng.random(sp_site.size) < keep_p
-        sp_site, sp_time = sp_site[keep], sp_time[keep]
+    rel = sp_time - latency[sp_site]
+    k = np.searchsorted(sorted_onsets, rel, side="right") - 1
+    inside = (k >= 0) & (rel - sorted_onsets[np.clip(k, 0, None)] < duration_s)
+    r_here = driven[order[np.clip(k, 0, None)], sp_site]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep_p = np.where(inside & (r_here < spont[sp_site]), r_here / spont[sp_site], 1.0)
+    return rng.random(sp_site.size) < keep_p
+
+
+def _excess_spikes(
+    driven: np.ndarray,
+    spont: np.ndarray,
+    onsets: np.ndarray,
+    latency: np.ndarray,
+    duration_s: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sites and times of the Poisson(r - spont) spikes added inside each response where r > spont."""
+    n_pres, n_sites = driven.shape
     excess = np.clip(driven - spont[None, :], 0.0, None)
     n_ex = rng.poisson(excess * duration_s)  # (n_pres, n_sites)
     ex_site = np.repeat(np.tile(np.arange(n_sites), n_pres), n_ex.ravel())
     ex_start = np.repeat((onsets[:, None] + latency[None, :]).ravel(), n_ex.ravel())
-    ex_time = ex_start + duration_s * rng.random(ex_site.size)
-
-    site = np.concatenate([sp_site, ex_site]).astype(np.int64)
-    time = np.concatenate([sp_time, ex_time])
-    idx = np.argsort(time, kind="stable")
-    return SpikeData(site_index=site[idx], time_s=time[idx])
+    return ex_site, ex_start + duration_s * rng.random(ex_site.size)
 
 
 def expected_window_count(
