@@ -85,6 +85,41 @@ def schedule_rsvp(
         Items in presentation order, with the achieved mean and minimum
         clean/twin separation (seconds, within a block).
     """
+    unique, index = _checked_batch(images, pairs, config)
+    n = len(unique)
+    slot_s = (config.on_ms + config.off_ms) / 1000.0
+    target_slots = config.pair_separation_s / slot_s
+    twins: dict[int, list[int]] = {}
+    for clean, pert in pairs:
+        twins.setdefault(index[clean], []).append(index[pert])
+
+    rng = np.random.default_rng(config.seed)
+    members = _block_members(unique, config.repeats, repeats_of, rng)
+    order: list[int] = []
+    blocks: list[int] = []
+    for block, present in enumerate(members):
+        m = len(present)
+        block_order = _block_order(present, twins, min(target_slots, m / 2.0), target_slots > m / 2.0, rng)
+        if order and block_order[0] == order[-1] and m > 1:  # no back-to-back repeat across blocks
+            block_order[0], block_order[1] = block_order[1], block_order[0]
+        order.extend(int(i) for i in block_order)
+        blocks.extend([block] * m)
+
+    items = _items(unique, order, blocks, config)
+    seps = pair_separations(items, pairs, slot_s)
+    return Schedule(
+        items=items,
+        target_separation_s=config.pair_separation_s,
+        mean_pair_separation_s=float(np.mean(seps)) if len(seps) else float("nan"),
+        min_pair_separation_s=float(np.min(seps)) if len(seps) else float("nan"),
+        capped=target_slots > n / 2.0,
+    )
+
+
+def _checked_batch(
+    images: Sequence[str], pairs: Sequence[tuple[str, str]], config: ScheduleConfig
+) -> tuple[list[str], dict[str, int]]:
+    """The batch's images and their indices, after refusing duplicates, bad knobs and bad pairs."""
     unique = list(dict.fromkeys(images))
     if len(unique) != len(images):
         raise ValueError("images must be unique ids; repeats come from config.repeats")
@@ -96,48 +131,41 @@ def schedule_rsvp(
             raise ValueError(f"pair ({clean}, {pert}) names an image that is not in the batch")
         if clean == pert:
             raise ValueError(f"image {clean} is paired with itself")
-    n = len(unique)
-    slot_s = (config.on_ms + config.off_ms) / 1000.0
-    target_slots = config.pair_separation_s / slot_s
-    max_slots = n / 2.0
-    capped = target_slots > max_slots
-    offset = min(target_slots, max_slots)
-    twins: dict[int, list[int]] = {}
-    is_twin = np.zeros(n, dtype=bool)
-    for clean, pert in pairs:
-        twins.setdefault(index[clean], []).append(index[pert])
-        is_twin[index[pert]] = True
+    return unique, index
 
-    rng = np.random.default_rng(config.seed)
-    members = _block_members(unique, config.repeats, repeats_of, rng)
-    order: list[int] = []
-    blocks: list[int] = []
-    for block, present in enumerate(members):
-        m = len(present)
-        local = {j: k for k, j in enumerate(present)}
-        keys = rng.uniform(0, m, size=m)
-        offset_b = offset if m == n else min(target_slots, m / 2.0)
-        capped_b = target_slots > m / 2.0
-        for clean_i, pert_ids in twins.items():
-            if clean_i not in local:
+
+def _block_order(
+    present: list[int],
+    twins: dict[int, list[int]],
+    offset: float,
+    capped: bool,
+    rng: np.random.Generator,
+) -> list[int]:
+    """One block's presentation order: random keys, each twin ``offset`` slots (jittered) from its clean."""
+    m = len(present)
+    local = {j: k for k, j in enumerate(present)}
+    keys = rng.uniform(0, m, size=m)
+    for clean_i, pert_ids in twins.items():
+        if clean_i not in local:
+            continue
+        p = keys[local[clean_i]]
+        for pert_i in pert_ids:
+            if pert_i not in local:
                 continue
-            p = keys[local[clean_i]]
-            for pert_i in pert_ids:
-                if pert_i not in local:
-                    continue
-                o = offset_b * rng.uniform(0.8, 1.2) if not capped_b else offset_b * rng.uniform(0.9, 1.0)
-                candidates = [x for x in (p + o, p - o) if 0 <= x < m]
-                if not candidates:  # offset too long for this clean position: go to the far end
-                    candidates = [m - 1e-6 if p < m / 2 else 0.0]
-                keys[local[pert_i]] = candidates[rng.integers(len(candidates))]
-        # Random tie-breaking, then sort.
-        block_order = [present[k] for k in np.lexsort((rng.random(m), keys))]
-        if order and block_order[0] == order[-1] and m > 1:  # no back-to-back repeat across blocks
-            block_order[0], block_order[1] = block_order[1], block_order[0]
-        order.extend(int(i) for i in block_order)
-        blocks.extend([block] * m)
+            o = offset * rng.uniform(0.8, 1.2) if not capped else offset * rng.uniform(0.9, 1.0)
+            candidates = [x for x in (p + o, p - o) if 0 <= x < m]
+            if not candidates:  # offset too long for this clean position: go to the far end
+                candidates = [m - 1e-6 if p < m / 2 else 0.0]
+            keys[local[pert_i]] = candidates[rng.integers(len(candidates))]
+    # Random tie-breaking, then sort.
+    return [present[k] for k in np.lexsort((rng.random(m), keys))]
 
-    items = [
+
+def _items(
+    unique: list[str], order: list[int], blocks: list[int], config: ScheduleConfig
+) -> list[ScheduleItem]:
+    """Schedule items in presentation order, cut into trials of ``config.images_per_trial``."""
+    return [
         ScheduleItem(
             seq=s,
             image=unique[i],
@@ -148,14 +176,6 @@ def schedule_rsvp(
         )
         for s, i in enumerate(order)
     ]
-    seps = pair_separations(items, pairs, slot_s)
-    return Schedule(
-        items=items,
-        target_separation_s=config.pair_separation_s,
-        mean_pair_separation_s=float(np.mean(seps)) if len(seps) else float("nan"),
-        min_pair_separation_s=float(np.min(seps)) if len(seps) else float("nan"),
-        capped=capped,
-    )
 
 
 def _block_members(
