@@ -104,22 +104,59 @@ def detect_drift(
     DriftReport
     """
     m_t, se_t = _mean_se(ref_today)
+    m_b, se_b = _baseline_mean_se(ref_baseline, m_t.shape)
+    n_sites = m_t.shape[1]
+    level = alpha / max(n_sites, 1)
+    ok, chi2, dof, p = _level_test(m_t, se_t, m_b, se_b)
+    tuning_r, expected_r = _tuning_correlations(m_t, se_t, m_b, se_b, ok)
+    z_crit = stats.norm.isf(level)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bound = np.tanh(
+            np.arctanh(np.clip(expected_r, 0.0, 0.999999)) - z_crit / np.sqrt(np.maximum(dof - 3, 1))
+        )
+    flagged, reasons = _verdicts(chi2, dof, p, tuning_r, expected_r, bound, level)
+    return DriftReport(
+        flagged=flagged,
+        statistic=chi2,
+        dof=dof,
+        p_value=p,
+        tuning_r=tuning_r,
+        expected_r=expected_r,
+        reasons=reasons,
+    )
+
+
+def _baseline_mean_se(
+    ref_baseline: np.ndarray | tuple[np.ndarray, np.ndarray], shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline means and standard errors, from its trials or as given; their shape must be today's."""
     if isinstance(ref_baseline, tuple):
         m_b, se_b = (np.asarray(a, dtype=np.float64) for a in ref_baseline)
     else:
         m_b, se_b = _mean_se(ref_baseline)
-    if m_b.shape != m_t.shape or se_b.shape != m_t.shape:
-        raise ValueError(f"baseline shape {m_b.shape} does not match today's {m_t.shape}")
-    n_sites = m_t.shape[1]
-    level = alpha / max(n_sites, 1)
+    if m_b.shape != shape or se_b.shape != shape:
+        raise ValueError(f"baseline shape {m_b.shape} does not match today's {shape}")
+    return m_b, se_b
 
+
+def _level_test(
+    m_t: np.ndarray, se_t: np.ndarray, m_b: np.ndarray, se_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images usable on both days, and per site the chi-square statistic, its dof and p-value."""
     var = se_t**2 + se_b**2
     ok = np.isfinite(m_t) & np.isfinite(m_b) & np.isfinite(var) & (var > 0)
     z2 = np.where(ok, (m_t - m_b) ** 2 / np.where(ok, var, 1.0), 0.0)
     chi2 = z2.sum(axis=0)
     dof = ok.sum(axis=0)
     p = np.where(dof > 0, stats.chi2.sf(chi2, np.maximum(dof, 1)), np.nan)
+    return ok, chi2, dof, p
 
+
+def _tuning_correlations(
+    m_t: np.ndarray, se_t: np.ndarray, m_b: np.ndarray, se_b: np.ndarray, ok: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per site: today's vs baseline correlation over usable images, and what noise alone would leave."""
+    n_sites = m_t.shape[1]
     tuning_r = np.full(n_sites, np.nan)
     expected_r = np.full(n_sites, np.nan)
     for s in range(n_sites):
@@ -131,12 +168,20 @@ def detect_drift(
             rel_t = _reliability(m_t[rows, s : s + 1], se_t[rows, s : s + 1])[0]
             rel_b = _reliability(m_b[rows, s : s + 1], se_b[rows, s : s + 1])[0]
             expected_r[s] = float(np.sqrt(rel_t * rel_b))
-    z_crit = stats.norm.isf(level)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        bound = np.tanh(
-            np.arctanh(np.clip(expected_r, 0.0, 0.999999)) - z_crit / np.sqrt(np.maximum(dof - 3, 1))
-        )
+    return tuning_r, expected_r
 
+
+def _verdicts(
+    chi2: np.ndarray,
+    dof: np.ndarray,
+    p: np.ndarray,
+    tuning_r: np.ndarray,
+    expected_r: np.ndarray,
+    bound: np.ndarray,
+    level: float,
+) -> tuple[np.ndarray, list[str]]:
+    """Per site: flagged or not, and why (untestable, level change, tuning change, or "stable")."""
+    n_sites = len(dof)
     flagged = np.zeros(n_sites, dtype=bool)
     reasons: list[str] = []
     for s in range(n_sites):
@@ -153,15 +198,7 @@ def detect_drift(
             why.append(f"tuning correlation {tuning_r[s]:.2f} below noise bound {bound[s]:.2f}")
         flagged[s] = bool(why)
         reasons.append("; ".join(why) if why else "stable")
-    return DriftReport(
-        flagged=flagged,
-        statistic=chi2,
-        dof=dof,
-        p_value=p,
-        tuning_r=tuning_r,
-        expected_r=expected_r,
-        reasons=reasons,
-    )
+    return flagged, reasons
 
 
 def quality_gate(ceiling: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, list[str]]:
