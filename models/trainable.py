@@ -131,40 +131,16 @@ def train_core(
         differences (a cheap stand-in for input-noise training, since the front end is fixed).
     """
     torch.manual_seed(seed)
-    warm = False
-    if init_state:
-        own = net.state_dict()
-        usable = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
-        own.update(usable)
-        net.load_state_dict(own)
-        warm = bool(usable)
-    y = np.asarray(responses, dtype=np.float64)
-    mu, sd = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
-    yz = torch.from_numpy(np.nan_to_num((y - mu) / np.where(sd > 0, sd, 1.0))).float()
-    uniq = np.unique(families)
-    rng = np.random.default_rng(seed)
-    val_fams = set(rng.choice(uniq, size=max(1, int(round(val_share * len(uniq)))), replace=False).tolist())
-    held = np.array([f in val_fams for f in families])
+    warm = _warm_start(net, init_state)
+    yz = _standardised(responses)
+    held = _held_out_families(families, val_share, seed)
     tr, va = torch.from_numpy(~held), torch.from_numpy(held)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, best_epoch, since = -np.inf, None, 0, 0
-    n_tr = int(tr.sum())
     channel_sd = front[tr].std(dim=(0, 2, 3), keepdim=True) if feature_noise > 0 else torch.zeros(())
-    batch = 128
     epoch = 0
     for epoch in range(1, max_epochs + 1):
-        net.train()
-        order = torch.randperm(n_tr)
-        x_tr, y_tr = front[tr], yz[tr]
-        for i in range(0, n_tr, batch):
-            idx = order[i : i + batch]
-            xb = x_tr[idx]
-            if feature_noise > 0:
-                xb = xb + feature_noise * channel_sd * torch.randn_like(xb)
-            loss = F.mse_loss(net.from_front(xb), y_tr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _train_epoch(net, opt, front[tr], yz[tr], feature_noise, channel_sd)
         net.eval()
         with torch.no_grad():
             pred = net.from_front(front[va]).numpy()
@@ -183,6 +159,56 @@ def train_core(
         "trained core: %d epochs (best %d), held-out median r %.3f, warm %s", epoch, best_epoch, best, warm
     )
     return TrainReport(epoch, best_epoch, float(best), warm, held)
+
+
+def _warm_start(net: TrainedVOne, init_state: dict[str, torch.Tensor] | None) -> bool:
+    """Load every tensor of ``init_state`` whose name and shape match; True if any did."""
+    if not init_state:
+        return False
+    own = net.state_dict()
+    usable = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
+    own.update(usable)
+    net.load_state_dict(own)
+    return bool(usable)
+
+
+def _standardised(responses: np.ndarray) -> torch.Tensor:
+    """Responses z-scored per site (a constant site only centred), NaN as 0, as float32."""
+    y = np.asarray(responses, dtype=np.float64)
+    mu, sd = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+    return torch.from_numpy(np.nan_to_num((y - mu) / np.where(sd > 0, sd, 1.0))).float()
+
+
+def _held_out_families(families: np.ndarray, val_share: float, seed: int) -> np.ndarray:
+    """Images whose family is drawn (seeded) into the validation share, so no twin leaks into training."""
+    uniq = np.unique(families)
+    rng = np.random.default_rng(seed)
+    val_fams = set(rng.choice(uniq, size=max(1, int(round(val_share * len(uniq)))), replace=False).tolist())
+    return np.array([f in val_fams for f in families])
+
+
+def _train_epoch(
+    net: TrainedVOne,
+    opt: torch.optim.Optimizer,
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    feature_noise: float,
+    channel_sd: torch.Tensor,
+    batch: int = 128,
+) -> None:
+    """One pass over the training images in a random order, in mini-batches (noise added if asked)."""
+    net.train()
+    n_tr = x_tr.shape[0]
+    order = torch.randperm(n_tr)
+    for i in range(0, n_tr, batch):
+        idx = order[i : i + batch]
+        xb = x_tr[idx]
+        if feature_noise > 0:
+            xb = xb + feature_noise * channel_sd * torch.randn_like(xb)
+        loss = F.mse_loss(net.from_front(xb), y_tr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 def _median_r(pred: np.ndarray, y: np.ndarray) -> float:
