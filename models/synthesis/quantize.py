@@ -78,33 +78,57 @@ def quantize_in_ball(
         if not bool(bad.any()):
             break
         idx = bad.nonzero().squeeze(1)
-        db, qb, xb = d[idx], qf[idx], xf[idx]
-        s = torch.sign(db)
-        red = db.square() - (db - s / 255.0).square()  # norm^2 saved by one grey level toward clean
-        useful = red > 0
-        if not bool(useful.any(dim=1).all()):
-            raise QuantizationError(
-                "no 8-bit image lies within eps of the clean image (clean image is off the 8-bit grid "
-                "and eps is smaller than its rounding distance)"
-            )
-        if gf is None:
-            outward = torch.sign(qb / 255.0 - xb) == s  # rounded away from the clean image
-            key = red + outward.double()
-        else:
-            cost = (gf[idx] * s / 255.0).clamp_min(0.0)  # first-order objective loss of the move
-            key = red / (cost + 1e-30)
-        key = torch.where(useful, key, torch.full_like(red, -1.0))
-        key_sorted, order = key.sort(dim=1, descending=True)
-        red_sorted = torch.where(key_sorted > 0, red.gather(1, order), torch.zeros_like(key_sorted))
-        need = (n2[idx] - lim2[idx]).unsqueeze(1)
-        csum = red_sorted.cumsum(dim=1)
-        # Smallest k with cumulative saving >= need (all useful ones if not enough this pass).
-        k = (csum < need).sum(dim=1) + 1
-        k = torch.minimum(k, useful.sum(dim=1))
-        take_sorted = torch.arange(order.shape[1], device=x.device).unsqueeze(0) < k.unsqueeze(1)
-        take = torch.zeros_like(take_sorted).scatter(1, order, take_sorted)
+        qb = qf[idx]
+        s, red, useful = _savings(d[idx])
+        key = _move_priority(red, useful, s, qb, xf[idx], None if gf is None else gf[idx])
+        take = _pixels_to_move(red, useful, key, (n2[idx] - lim2[idx]).unsqueeze(1))
         qf[idx] = (qb - torch.where(take, s, torch.zeros_like(s))).clamp(0, 255)
     else:
         raise QuantizationError("quantisation repair did not converge")
     delta = diff(qf).norm(dim=1)
     return qf.to(torch.uint8).reshape(x.shape), delta
+
+
+def _savings(db: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per pixel: direction away from clean, norm^2 saved by one grey level back, and whether that saves.
+
+    Raises :class:`QuantizationError` when some row has no pixel whose move would save anything.
+    """
+    s = torch.sign(db)
+    red = db.square() - (db - s / 255.0).square()  # norm^2 saved by one grey level toward clean
+    useful = red > 0
+    if not bool(useful.any(dim=1).all()):
+        raise QuantizationError(
+            "no 8-bit image lies within eps of the clean image (clean image is off the 8-bit grid "
+            "and eps is smaller than its rounding distance)"
+        )
+    return s, red, useful
+
+
+def _move_priority(
+    red: Tensor, useful: Tensor, s: Tensor, qb: Tensor, xb: Tensor, gb: Tensor | None
+) -> Tensor:
+    """Order in which pixels move one grey level toward clean (higher first; -1 where useless).
+
+    With a gradient: norm saved per unit of first-order objective lost.  Without one: norm saved,
+    plus one for pixels that rounding pushed away from the clean image (moving them back is free).
+    """
+    if gb is None:
+        outward = torch.sign(qb / 255.0 - xb) == s  # rounded away from the clean image
+        key = red + outward.double()
+    else:
+        cost = (gb * s / 255.0).clamp_min(0.0)  # first-order objective loss of the move
+        key = red / (cost + 1e-30)
+    return torch.where(useful, key, torch.full_like(red, -1.0))
+
+
+def _pixels_to_move(red: Tensor, useful: Tensor, key: Tensor, need: Tensor) -> Tensor:
+    """Mask of the fewest top-priority pixels whose savings cover ``need`` (all useful ones if short)."""
+    key_sorted, order = key.sort(dim=1, descending=True)
+    red_sorted = torch.where(key_sorted > 0, red.gather(1, order), torch.zeros_like(key_sorted))
+    csum = red_sorted.cumsum(dim=1)
+    # Smallest k with cumulative saving >= need (all useful ones if not enough this pass).
+    k = (csum < need).sum(dim=1) + 1
+    k = torch.minimum(k, useful.sum(dim=1))
+    take_sorted = torch.arange(order.shape[1], device=order.device).unsqueeze(0) < k.unsqueeze(1)
+    return torch.zeros_like(take_sorted).scatter(1, order, take_sorted)
