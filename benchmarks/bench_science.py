@@ -86,6 +86,8 @@ def _day_figures(day: dict[str, Any]) -> dict[str, Any]:
         "shipped_over_random": y.get("shipped_over_random"),
         "spearman": y.get("spearman_mean"),
         "spearman_to_date": y.get("spearman_to_date_mean"),
+        "spearman_true_effect": y.get("spearman_true_effect_mean"),
+        "spearman_estimate_vs_effect": y.get("spearman_estimate_vs_effect_mean"),
         "whitebox_beaten": y.get("whitebox_beaten"),
         "by_epsilon": [
             {
@@ -177,6 +179,10 @@ def aggregate(runs: list[dict[str, Any]], family: str, share: float, days: int) 
         "random_day_last": _mean([at(r, last, "random_median") for r in ok]),
         "spearman_day_last": _mean([at(r, last, "spearman") for r in ok]),
         "spearman_to_date_day_last": _mean([at(r, last, "spearman_to_date") for r in ok]),
+        "spearman_true_effect_day_last": _mean([at(r, last, "spearman_true_effect") for r in ok]),
+        "spearman_estimate_vs_effect_day_last": _mean(
+            [at(r, last, "spearman_estimate_vs_effect") for r in ok]
+        ),
         "shipped_over_random_day_last": _mean([at(r, last, "shipped_over_random") for r in ok]),
         "wall_s_mean": _mean([r["wall_s"] for r in ok]),
     }

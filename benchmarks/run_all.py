@@ -187,10 +187,13 @@ def _science(r: dict) -> list[Row]:
         rows.append(
             _row(b, f"{tag}: random-direction found fraction day {last}", f["random_day_last"] or 0.0)
         )
-        if f["spearman_day_last"] is not None:
-            rows.append(
-                _row(b, f"{tag}: spearman of the day's own estimate day {last}", f["spearman_day_last"])
-            )
+        for key, figure in (
+            ("spearman_day_last", "spearman of the day's own estimate"),
+            ("spearman_true_effect_day_last", "spearman targeting ceiling (true change of the twins)"),
+            ("spearman_estimate_vs_effect_day_last", "spearman of the estimate vs the true change (noise)"),
+        ):
+            if f.get(key) is not None:
+                rows.append(_row(b, f"{tag}: {figure} day {last}", f[key]))
         if f["failed_runs"]:
             rows.append(Row(b, f"{tag}: failed runs", float(f["failed_runs"]), "<= 0", None, False))
     return rows

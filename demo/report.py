@@ -358,7 +358,9 @@ def _yardstick_html(summary: dict[str, Any]) -> str:
                 f"<tr><td>{d['day']}</td><td>{e['epsilon']:g}</td><td>{_fmt(e['found_median'])}</td>"
                 f"<td>{_fmt(e['found_mean'])}</td><td>{_fmt(e['random_median'])}</td>"
                 f"<td>{_fmt(e['random_mean'])}</td><td>{_fmt(e['shipped_over_random'])}</td>"
-                f"<td>{_fmt(e['spearman'])}</td><td>{_fmt(e.get('spearman_to_date'))}</td></tr>"
+                f"<td>{_fmt(e['spearman'])}</td><td>{_fmt(e.get('spearman_to_date'))}</td>"
+                f"<td>{_fmt(e.get('spearman_true_effect'))}</td>"
+                f"<td>{_fmt(e.get('spearman_estimate_vs_effect'))}</td></tr>"
             )
         if y.get("sites"):
             last = y
@@ -373,9 +375,13 @@ def _yardstick_html(summary: dict[str, Any]) -> str:
 {html.escape(str(b["whitebox"]))}. Found fraction: the brain's true change at a twin's target site divided by
 the white-box change at the same parent, site and epsilon (1 = the brain's own worst case); random twins
 give the floor. Spearman: per-site sign-corrected estimate against per-site white-box sensitivity, from
-the day's twins alone and to date (every day's twins so far).</p>
+the day's twins alone and to date (every day's twins so far, against the white-box values at every parent
+used so far). Two more columns say why a Spearman is low: "targeting ceiling" ranks sites by the brain's
+true, noise-free change under the shipped twins (what perfect recordings of these twins would reach);
+"noise" compares the estimate with that true change (what recording noise leaves of the ranking).</p>
 <table><tr><th>day</th><th>epsilon</th><th>found median</th><th>found mean</th><th>random median</th>
-<th>random mean</th><th>shipped / random</th><th>Spearman vs white-box</th><th>Spearman to date</th></tr>
+<th>random mean</th><th>shipped / random</th><th>Spearman vs white-box</th><th>Spearman to date</th>
+<th>targeting ceiling</th><th>noise</th></tr>
 {"".join(rows)}</table>
 <h3>Who made each site's twins{f" (day {last['day']})" if last else ""}</h3>
 <table><tr><th>site</th><th>candidate</th><th>model version</th><th>transfer sign</th><th>transfer r</th>

@@ -211,6 +211,8 @@ def run_demo(
         for role, tok in tokens.items()
     }
     days_log: list[dict[str, Any]] = []
+    # The yardstick's white-box value per (site, epsilon) and parent, for the to-date Spearman.
+    whitebox_history: dict[tuple[str, float], dict[str, float]] = {}
     try:
         # Site ids seed the image choice: derive them from the seed (and how many demo labs this
         # data folder already holds), not from the clock, so a fresh run is reproducible.
@@ -251,7 +253,7 @@ def run_demo(
             night = _wait_night(api["viewer"], night["id"], bar)
             if night["state"] != "succeeded":
                 raise RuntimeError(f"night of day {day} {night['state']}: {night.get('error')}")
-            truth = evaluate_day(api["viewer"], rig, run, lab["site_ids"], day)
+            truth = evaluate_day(api["viewer"], rig, run, lab["site_ids"], day, whitebox_history)
             days_log.append(
                 {
                     "day": day,

@@ -32,7 +32,15 @@ def sensitivity_records(viewer: httpx.Client, **params: Any) -> list[dict[str, A
             return items
 
 
-def evaluate_day(viewer: httpx.Client, rig: Any, run: Any, site_ids: list[str], day: int) -> dict[str, Any]:
+def evaluate_day(
+    viewer: httpx.Client,
+    rig: Any,
+    run: Any,
+    site_ids: list[str],
+    day: int,
+    history: dict[tuple[str, float], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """The day's truth; ``history`` carries the yardstick's white-box values across days."""
     brain = rig.brain
     shas = sorted({im.sha256 for im in run.manifest.images})
     lineage = {}
@@ -47,7 +55,7 @@ def evaluate_day(viewer: httpx.Client, rig: Any, run: Any, site_ids: list[str], 
     guided = [s for s in shas if lineage[s]["kind"] == "perturbed"]
     from demo.yardstick import evaluate_yardstick
 
-    yardstick = evaluate_yardstick(viewer, brain, lineage, pix, site_ids, day)
+    yardstick = evaluate_yardstick(viewer, brain, lineage, pix, site_ids, day, history)
     if not guided:
         return {"day": day, "epsilons": [], "pairs": 0, "yardstick": yardstick}
     parent_sha = {s: lineage[s]["parent_sha256"] for s in guided}

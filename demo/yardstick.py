@@ -11,7 +11,13 @@ virtual brain itself, as an outside client would:
   own change (counted in ``whitebox_beaten``), so the fraction never exceeds 1.
 * the same for random-direction twins (kind ``random``): the floor;
 * **Spearman** over sites between the sign-corrected estimate (``GET /analysis/sensitivity``,
-  source ``it``) and the site's white-box sensitivity at the parents its twins used;
+  source ``it``) and the site's white-box sensitivity at the parents its twins used; to date
+  (source ``it_to_date``) against the white-box sensitivity at every parent used so far;
+* why a Spearman is low, split in two: ``spearman_true_effect`` ranks sites by the brain's true
+  (noise-free) change under the shipped twins, so it is what perfect recordings of these twins
+  would reach (the targeting ceiling: sites whose twins found less of their worst case fall out
+  of order); ``spearman_estimate_vs_effect`` compares the estimate with that true change, so it
+  is what recording noise leaves of the ranking;
 * per site, which **surrogate** made its twins (lineage -> ``GET /model-versions/{version}``:
   candidate) and that version's measured transfer on the site (``transfer_sign``, ``transfer_r``).
 
@@ -83,6 +89,11 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(spearmanr(x[ok], y[ok]).statistic)
 
 
+def _listed(values: np.ndarray) -> list[float | None]:
+    """Plain JSON: NaN (no twins at a site) becomes None."""
+    return [None if not np.isfinite(v) else float(v) for v in values]
+
+
 def _surrogates(viewer: httpx.Client, versions: dict[str, str | None]) -> dict[str, dict[str, Any]]:
     """Per site: the model version that made its guided twins, its candidate and its measured transfer."""
     details: dict[str, dict[str, Any] | None] = {}
@@ -112,6 +123,7 @@ def evaluate_yardstick(
     pixels: dict[str, np.ndarray],
     site_ids: list[str],
     day: int,
+    history: dict[tuple[str, float], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The day's yardstick (see the module doc) from the day's images and their lineage.
 
@@ -127,6 +139,10 @@ def evaluate_yardstick(
     site_ids : list of str
         Site ids in the brain's column order.
     day : int
+    history : dict, optional
+        Normalised white-box value per (site, epsilon) and parent of every earlier day, updated
+        in place with today's; the to-date Spearman compares against its mean. Without it the
+        to-date estimate is compared with today's parents only.
     """
     col = {sid: i for i, sid in enumerate(site_ids)}
     clean = [s for s, lin in lineage.items() if lin["kind"] not in ("perturbed", "targeted", "random")]
@@ -192,9 +208,7 @@ def evaluate_yardstick(
             )
         fm, rm = row["found_mean"], row["random_mean"]
         row["shipped_over_random"] = fm / rm if fm is not None and rm else None
-        wb = np.full(len(site_ids), np.nan)
-        sc = np.full(len(site_ids), np.nan)
-        sc_to_date = np.full(len(site_ids), np.nan)
+        wb, wb_to_date, effect, sc, sc_to_date = (np.full(len(site_ids), np.nan) for _ in range(5))
         for sid, i in col.items():
             pick = [
                 k
@@ -203,15 +217,27 @@ def evaluate_yardstick(
             ]
             if pick and sigma is not None and sigma[i] > 0:
                 # One white-box value per distinct parent (its up and down twins share it).
-                per_parent = {lineage[twins["perturbed"][k]]["parent_sha256"]: g["whitebox"][k] for k in pick}
-                wb[i] = float(np.mean(list(per_parent.values()))) / sigma[i]
+                per_parent = {
+                    lineage[twins["perturbed"][k]]["parent_sha256"]: float(g["whitebox"][k]) / sigma[i]
+                    for k in pick
+                }
+                wb[i] = float(np.mean(list(per_parent.values())))
+                effect[i] = float(np.mean(g["change"][pick])) / sigma[i]
                 site_wb[sid].append(wb[i])
+                seen = per_parent
+                if history is not None:
+                    seen = history.setdefault((sid, e), {})
+                    seen.update(per_parent)
+                wb_to_date[i] = float(np.mean(list(seen.values())))
             sc[i] = est.get((sid, e), np.nan)
             sc_to_date[i] = est_to_date.get((sid, e), np.nan)
         row["spearman"] = _spearman(sc, wb)
-        row["spearman_to_date"] = _spearman(sc_to_date, wb)
-        row["whitebox_per_site"] = [None if not np.isfinite(v) else float(v) for v in wb]
-        row["sign_corrected_per_site"] = [None if not np.isfinite(v) else float(v) for v in sc]
+        row["spearman_to_date"] = _spearman(sc_to_date, wb_to_date)
+        row["spearman_true_effect"] = _spearman(effect, wb)
+        row["spearman_estimate_vs_effect"] = _spearman(sc, effect)
+        row["whitebox_per_site"] = _listed(wb)
+        row["true_effect_per_site"] = _listed(effect)
+        row["sign_corrected_per_site"] = _listed(sc)
         by_eps.append(row)
 
     made_by: dict[str, Counter] = defaultdict(Counter)
@@ -237,8 +263,9 @@ def evaluate_yardstick(
     overall["shipped_over_random"] = overall["found_mean"] / rm if rm else None
     rhos = [r["spearman"] for r in by_eps if r["spearman"] is not None]
     overall["spearman_mean"] = float(np.mean(rhos)) if rhos else None
-    rhos = [r["spearman_to_date"] for r in by_eps if r["spearman_to_date"] is not None]
-    overall["spearman_to_date_mean"] = float(np.mean(rhos)) if rhos else None
+    for key in ("spearman_to_date", "spearman_true_effect", "spearman_estimate_vs_effect"):
+        rhos = [r[key] for r in by_eps if r[key] is not None]
+        overall[f"{key}_mean"] = float(np.mean(rhos)) if rhos else None
     return {
         **out,
         **overall,

@@ -138,9 +138,59 @@ def test_day_report_per_epsilon_spearman_and_surrogates(brain: Any, clean: np.nd
     assert row["spearman_to_date"] == pytest.approx(-1.0)  # read from its own source
     assert day["spearman_to_date_mean"] == pytest.approx(-1.0)
     np.testing.assert_allclose(row["whitebox_per_site"], truth, rtol=1e-9)
+    # White-box twins: their true change is the white-box value, so targeting costs nothing and
+    # estimates equal to it are noise-free.
+    np.testing.assert_allclose(row["true_effect_per_site"], truth, rtol=1e-9)
+    assert row["spearman_true_effect"] == pytest.approx(1.0)
+    assert row["spearman_estimate_vs_effect"] == pytest.approx(1.0)
     assert [s["candidate"] for s in day["sites"]] == ["small_cnn"] * 4
     assert [s["transfer_sign"] for s in day["sites"]] == pytest.approx([0.5, 0.6, 0.7, 0.8])
     json.dumps(day)  # summary.json material: plain JSON
+
+
+def _day_of_twins(brain: Any, clean: np.ndarray, parents: list[int], eps: float, weak_site: int | None):
+    """Pixels and lineage of one day: site i's twin on parent ``parents[i]``.
+
+    The twin of ``weak_site`` moves only a tenth of the way to the white-box optimum.
+    """
+    pixels: dict[str, np.ndarray] = {f"c{k}": clean[k] for k in range(len(clean))}
+    lineage: dict[str, dict[str, Any]] = {f"c{k}": {"kind": "clean"} for k in range(len(clean))}
+    for i, p in enumerate(parents):
+        best = _optimal(brain, clean[p], i, eps)
+        pixels[f"g{i}-{p}"] = clean[p] + 0.1 * (best - clean[p]) if i == weak_site else best
+        lineage[f"g{i}-{p}"] = {
+            "kind": "perturbed",
+            "site_id": f"s{i}",
+            "epsilon": eps,
+            "parent_sha256": f"c{p}",
+            "model_version": "mv-small",
+        }
+    return pixels, lineage
+
+
+def test_targeting_ceiling_and_to_date_whitebox_over_every_parent(brain: Any, clean: np.ndarray) -> None:
+    """A weak twin lowers the targeting ceiling; to date is judged at every parent used so far."""
+    eps, site_ids = 1.0, [f"s{i}" for i in range(4)]
+    sigma = brain.rates(clean).std(axis=0, ddof=1)
+    history: dict[tuple[str, float], dict[str, float]] = {}
+    days = [[0, 1, 2, 3], [4, 5, 0, 1]]
+    wb = [brain.true_sensitivity_cases(clean[p], np.arange(4), eps).max / sigma for p in days]
+    to_date = (wb[0] + wb[1]) / 2
+    # Give the weak twin to the site whose white-box value is highest on day 2, so ranking
+    # sites by its true change cannot be perfect.
+    weak = int(np.argmax(wb[1]))
+    for day, parents in enumerate(days):
+        pixels, lineage = _day_of_twins(brain, clean, parents, eps, weak if day == 1 else None)
+        estimates = {(sid, eps): float(wb[day][i]) for i, sid in enumerate(site_ids)}
+        pooled = {(sid, eps): float(to_date[i]) for i, sid in enumerate(site_ids)}
+        with _viewer(estimates, to_date=pooled) as viewer:
+            out = evaluate_yardstick(viewer, brain, lineage, pixels, site_ids, day=day, history=history)
+    (row,) = out["by_epsilon"]
+    assert [len(history[(sid, eps)]) for sid in site_ids] == [2, 2, 2, 2]
+    assert row["spearman_to_date"] == pytest.approx(1.0)  # the pooled estimate vs the pooled truth
+    assert row["spearman"] == pytest.approx(1.0)
+    assert row["spearman_true_effect"] < 1.0  # the weak twin put its site out of order
+    assert row["true_effect_per_site"][weak] < 0.2 * row["whitebox_per_site"][weak]
 
 
 def test_a_day_without_guided_twins_reports_nothing_to_judge(brain: Any, clean: np.ndarray) -> None:
