@@ -3,8 +3,14 @@
 The database's ``jobs`` table is the truth; a queue only carries job ids.
 
 =================  ==========================================================================
-``state``          the state machine on the job rows: submit, claim, heartbeat, finish,
-                   settle dependents, reap stale rows, derive a night's state, worker beats
+``state``          the entry point: submit, read and cancel jobs; re-exports the modules below
+``handoff``        tickets collected on a session and enqueued after it commits
+``locking``        the SQLite write lock and the compare-and-set on job rows
+``lease``          claim, heartbeat and outcome of an attempt, fenced by its number
+``dependencies``   the DAG: waiting jobs released or failed as their dependencies settle
+``nights``         a night's state derived from its jobs
+``recovery``       the rows side of the reaper: stale running jobs, queued jobs to re-send
+``beats``          worker liveness rows
 ``registry``       job kinds: ``@job("kind", queue=..., timeout_s=..., max_attempts=...)``
 ``queue``          runners behind one interface (in-process pool, RQ) and the after-commit
                    hand-over of new queued jobs to the runner

@@ -21,7 +21,7 @@ from itloop.settings import Settings
 from jobs import state as jobstate
 from jobs.config import get_worker_config
 from jobs.execute import execute_job, run_job
-from jobs.state import Ticket
+from jobs.handoff import Ticket
 from server.db.engine import session_scope
 
 log = logging.getLogger(__name__)

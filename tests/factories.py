@@ -262,6 +262,7 @@ class Lab(SimulatedLab):
 def seed_lab(
     settings: Settings,
     *,
+    name: str = "n",
     n_sites: int = 4,
     n_clean: int = 12,
     n_reference: int = 6,
@@ -279,7 +280,7 @@ def seed_lab(
         sim = seed_simulated_lab(
             session,
             store,
-            name="n",
+            name=name,
             n_sites=n_sites,
             n_clean=n_clean,
             n_reference=n_reference,

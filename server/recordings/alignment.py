@@ -35,6 +35,8 @@ from server.batches.tables import Batch
 from server.lab.tables import Rig
 from server.recordings.ingest.sync import parse_sync_upload
 from server.recordings.ingest.validate import ParsedUpload
+from server.recordings.sessions import INGEST_KEY, get_session
+from server.recordings.store import ingest
 from server.recordings.tables import RecordingSession, RigEvent
 
 log = logging.getLogger(__name__)
@@ -230,10 +232,8 @@ def ingest_with_sync(
     site_map: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Parse spikes and pulses, build the presentations from the rig's events, ingest, keep the report."""
-    from server.recordings import service
-
     spikes, pulses, fmt = parse_sync_upload(files, sync_series)  # before the database is touched
-    recording = service.get_session(session=session, session_id=session_id)
+    recording = get_session(session=session, session_id=session_id)
     upload, report = presentations_from_sync(
         session=session,
         recording=recording,
@@ -242,7 +242,7 @@ def ingest_with_sync(
         refresh_hz=refresh_hz,
         tolerance_ms=tolerance_ms,
     )
-    result = service.ingest(
+    result = ingest(
         session=session,
         recording=recording,
         upload=upload,
@@ -258,8 +258,6 @@ def ingest_with_sync(
 
 def record_in_ingest(recording: RecordingSession, key: str, value: Any) -> None:
     """Keep ``value`` under ``key`` in the session's ingest record (reassigned so the JSON column saves)."""
-    from server.recordings.service import INGEST_KEY
-
     meta = dict(recording.meta or {})
     meta[INGEST_KEY] = {**meta.get(INGEST_KEY, {}), key: value}
     recording.meta = meta

@@ -21,24 +21,15 @@ from sqlalchemy.orm import Session
 
 from server.lab.tables import Array, Site, Subject
 from server.recordings.export_nwb import build_nwb, require_data
-from server.recordings.lineage import image_lineage
+from server.recordings.lineage import LINEAGE_FIELDS, image_lineage
 from server.recordings.queries import response_matrix
 from server.recordings.tables import RecordingSession
 
 __all__ = ["assembly_netcdf", "build_assembly", "build_nwb"]
 
-LINEAGE_COORDS = (
-    "kind",
-    "category",
-    "parent_sha256",
-    "model_version",
-    "perturbed_site",
-    "epsilon",
-    "direction",
-    "seed",
-    "predicted_change",
-    "achieved_l2",
-)
+#: Per-presentation lineage coordinates: the lineage record's fields but the source set's name,
+#: which only the StimulusSet CSV carries.
+LINEAGE_COORDS = tuple(key for key in LINEAGE_FIELDS if key != "source_name")
 
 
 def _site_rows(session: Session, site_ids: list[str]) -> dict[str, dict[str, Any]]:

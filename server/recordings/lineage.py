@@ -17,6 +17,22 @@ from server.images.tables import Image
 from server.lab.tables import Site
 from server.modeling.tables import ModelVersion
 
+#: The lineage keys of an :func:`image_lineage` record, in the order every export lists them (after
+#: the image's own ``image_sha256``, ``width`` and ``height``).
+LINEAGE_FIELDS = (
+    "kind",
+    "category",
+    "source_name",
+    "parent_sha256",
+    "model_version",
+    "perturbed_site",
+    "epsilon",
+    "direction",
+    "seed",
+    "predicted_change",
+    "achieved_l2",
+)
+
 
 def _float(value: float | None) -> float:
     return math.nan if value is None else float(value)

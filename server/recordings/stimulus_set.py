@@ -22,28 +22,11 @@ from sqlalchemy.orm import Session
 from itloop.errors import NotFound
 from itloop.storage import ObjectStore, image_key
 from server.recordings.export_nwb import require_data
-from server.recordings.lineage import image_lineage
+from server.recordings.lineage import LINEAGE_FIELDS, image_lineage
 from server.recordings.tables import Presentation, RecordingSession
 
-COLUMNS = (
-    "stimulus_id",
-    "filename",
-    "image_sha256",
-    "width",
-    "height",
-    "n_presentations",
-    "kind",
-    "category",
-    "source_name",
-    "parent_sha256",
-    "model_version",
-    "perturbed_site",
-    "epsilon",
-    "direction",
-    "seed",
-    "predicted_change",
-    "achieved_l2",
-)
+#: The CSV's columns: the image and how often it was shown, then its whole lineage record.
+COLUMNS = ("stimulus_id", "filename", "image_sha256", "width", "height", "n_presentations", *LINEAGE_FIELDS)
 
 
 def _shown(session: Session, recording: RecordingSession) -> dict[int, int]:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from itloop.errors import Conflict, InvalidInput, NotFound
 from itloop.settings import Settings
 from itloop.storage import ObjectStore, get_store, image_key
+from server.batches import manifest as manifests
 from server.batches import service
 from server.batches.tables import Batch, BatchImage, BatchState, SequenceItem
 from server.images.png import encode_png
@@ -174,13 +175,13 @@ def test_published_manifest_is_rendered_once_and_withdrawal_still_applies(
 ) -> None:
     rig = make_rig(db_session)
     batch = make_batch(db_session, store, rig_id=rig)
-    service._manifest_cache.clear()
+    manifests._manifest_cache.clear()
     body, etag = service.published_manifest_json(session=db_session, batch_id=batch.batch_id)
-    assert len(service._manifest_cache) == 1
+    assert len(manifests._manifest_cache) == 1
     again = service.published_manifest_json(session=db_session, batch_id=batch.batch_id)
-    assert again == (body, etag) and len(service._manifest_cache) == 1  # a hit, on both backends
+    assert again == (body, etag) and len(manifests._manifest_cache) == 1  # a hit, on both backends
     assert service.manifest_json(batch=batch) == (body, etag)  # ORM and core paths share the key
-    assert len(service._manifest_cache) == 1
+    assert len(manifests._manifest_cache) == 1
     service.withdraw(session=db_session, batch=batch, reason="bad night")
     with pytest.raises(NotFound, match="not published"):
         service.published_manifest_json(session=db_session, batch_id=batch.batch_id)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from itloop.settings import Settings
@@ -28,13 +27,12 @@ from server.batches import service as batches
 from server.db.engine import get_engine, session_scope
 from server.jobs.tables import Job, JobState, Night
 from tests.conftest import BACKENDS, make_settings, new_database
-from tests.factories import record_simulated_day, seed_simulated_lab, wait_for
+from tests.factories import record_simulated_day, seed_lab, wait_for
 from tests.worker.conftest import ITLOOP_CLI, WORKER_ENV, WorkerProcess
 
 # Whole nights on subprocess workers (about 90 s each here): left out of `make test-fast`.
 pytestmark = pytest.mark.slow
 
-SIZE = 32
 N_SITES = 4
 NIGHT: dict[str, Any] = {
     "candidates": ["tiny_cnn"],
@@ -86,7 +84,7 @@ def pg_lab(tmp_path: Path, redis_url: str) -> Iterator[Callable[[str], Lab]]:
         url, cleanup = new_database(backend, tmp_path / name, f"mw_{name}_{uuid.uuid4().hex[:8]}")
         cleanups.append((url, cleanup))
         settings = make_settings(url, tmp_path / name, redis_url=redis_url)
-        return seed_lab(settings)
+        return seed_lab_with_day0(settings)
 
     (tmp_path / "one").mkdir()
     (tmp_path / "many").mkdir()
@@ -98,31 +96,19 @@ def pg_lab(tmp_path: Path, redis_url: str) -> Iterator[Callable[[str], Lab]]:
         cleanup()
 
 
-def seed_lab(settings: Settings, seed: int = 0) -> Lab:
-    """Sites, rig, clean + reference sets, the day-0 batch, and that day's spikes: same seed, same lab."""
-    settings.ensure_dirs()
-    store = get_store(settings.resolved_store_url)
-    with session_scope(settings.resolved_database_url) as session:
-        sim = seed_simulated_lab(
-            session,
-            store,
-            name="mw",
-            n_sites=N_SITES,
-            n_clean=8,
-            n_reference=4,
-            repeats=2,
-            size=SIZE,
-            seed=seed,
-        )
-        session_id = f"{sim.subject}-day0"
+def seed_lab_with_day0(settings: Settings, seed: int = 0) -> Lab:
+    """The seeded lab of :func:`tests.factories.seed_lab` and its day-0 spikes: same seed, same lab."""
+    sim = seed_lab(settings, name="mw", n_sites=N_SITES, n_clean=8, n_reference=4, repeats=2, seed=seed)
+    session_id = f"{sim.subject}-day0"
+    with session_scope(sim.url) as session:
         record_simulated_day(
             session,
-            store,
+            get_store(settings.resolved_store_url),
             sim,
             batch_id=sim.day0_batch_id,
             session_id=session_id,
             day=0,
-            rng=np.random.default_rng([seed, 1]),
+            rng=sim.rng,
         )
     return Lab(settings, sim.rig_id, session_id)
 

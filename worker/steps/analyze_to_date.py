@@ -46,8 +46,8 @@ def day_inputs(session: Any, session_pk: int, window_ms: Any) -> DayInputs | Non
     padded = table.padded()  # (n_images, n_sites, reps)
     row_of = {im.id: k for k, im in enumerate(images)}
     clean_rows = [k for k, im in enumerate(images) if im.kind not in (*PAIR_KINDS, "targeted")]
-    pairs = [
-        (row_of[im.parent_id], k, im)
+    pairs = [  # (clean row, twin row, twin, its epsilon rounded so that equal budgets group)
+        (row_of[im.parent_id], k, im, round(float(im.epsilon), 9))
         for k, im in enumerate(images)
         if im.kind in PAIR_KINDS
         and im.parent_id in row_of
@@ -58,8 +58,8 @@ def day_inputs(session: Any, session_pk: int, window_ms: Any) -> DayInputs | Non
         return None
     clean = CleanResponses(site_ids=tuple(site_ids), trials=padded[clean_rows].transpose(1, 0, 2))
     out = []
-    for eps in sorted({round(float(im.epsilon), 9) for _, _, im in pairs}):
-        rows = [(p, c, im) for p, c, im in pairs if round(float(im.epsilon), 9) == eps]
+    for eps in sorted({e for *_, e in pairs}):
+        rows = [(p, c, im) for p, c, im, e in pairs if e == eps]
         owner = np.array([col[site_name[im.site_pk]] for _, _, im in rows])
         change = np.array(
             [np.nan if im.predicted_change is None else float(im.predicted_change) for *_, im in rows]

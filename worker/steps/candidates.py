@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itloop.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from models.features import Pool  # typing only: resolving a candidate must not import torch
 
 SEARCH = "search"
 ENSEMBLE = "ensemble"  # the mean of the night's candidates: a source, not a refitted candidate
@@ -53,7 +56,7 @@ class Candidate:
     name: str
     backbone: str
     layer: str
-    pool: str = "avg"
+    pool: Pool = "avg"  # checked when the features are extracted (a dict spec may say anything)
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     # "ridge": readout on frozen backbone features; "pairs": models.search on twin pairs;

@@ -48,7 +48,10 @@ def pixels(store: ObjectStore, images: list[Image]) -> torch.Tensor:
 
 
 def site_pks(session: Session, site_ids: list[str]) -> dict[str, int]:
-    return dict(session.execute(select(Site.site_id, Site.id).where(Site.site_id.in_(site_ids))).all())
+    return {
+        sid: pk
+        for sid, pk in session.execute(select(Site.site_id, Site.id).where(Site.site_id.in_(site_ids)))
+    }
 
 
 def features(

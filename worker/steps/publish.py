@@ -156,9 +156,9 @@ def publish(ctx: JobContext) -> dict[str, Any]:
         rec = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"])
         if rec.rig_pk is None:
             raise ValueError(f"session {rec.session_id!r} has no rig; cannot address tomorrow's batch")
-        rig = session.get(Rig, rec.rig_pk)
+        rig = session.get_one(Rig, rec.rig_pk)
         batch_id = f"{rig.rig_id}-day{rec.day + 1}-night{night_id}"
-        night = session.get(Night, night_id)
+        night = session.get_one(Night, night_id)
         existing = session.scalar(select(Batch).where(Batch.batch_id == batch_id))
         if existing is not None and existing.state == BatchState.published:
             return {"batch_id": batch_id, "already": True}

@@ -36,22 +36,22 @@ def train_candidate(ctx: JobContext, cand: Any, data: Any, images: list[Any]) ->
     import torch
 
     from models.backbones import build_backbone
-    from models.trainable import train_core
+    from models.trainable import TrainedVOne, train_core
 
     device = ctx.device()
     x = pixels(ctx.store, images)
     size, n_sites = int(x.shape[-1]), len(data.site_ids)
     kwargs = {**cand.kwargs, "n_sites": n_sites, "image_size": size}
     backbone = build_backbone(cand.backbone, None, **kwargs).to(device)
+    net = backbone.net  # moved with the backbone: .to() and .cpu() act in place on modules
+    if not isinstance(net, TrainedVOne):
+        raise TypeError(f"candidate {cand.name!r}: backbone {cand.backbone!r} has no trainable core")
     with torch.no_grad():
         front = torch.cat(
-            [
-                backbone.net.front(backbone.normalize(x[i : i + 64].to(device))).cpu()
-                for i in range(0, len(x), 64)
-            ]
+            [net.front(backbone.normalize(x[i : i + 64].to(device))).cpu() for i in range(0, len(x), 64)]
         )
     init = previous_weights(ctx, cand.name)
-    report = train_core(backbone.net.cpu(), front, data.mean, families(images), init_state=init, seed=0)
+    report = train_core(net.cpu(), front, data.mean, families(images), init_state=init, seed=0)
     backbone = backbone.to(device).eval()
     buf = io.BytesIO()
     torch.save(backbone.net.state_dict(), buf)
@@ -62,7 +62,7 @@ def train_candidate(ctx: JobContext, cand: Any, data: Any, images: list[Any]) ->
     ctx.progress(0.5, f"core trained: {report.epochs} epochs, held-out median r {report.val_r:.3f}")
     with torch.no_grad():
         out = torch.cat(
-            [backbone.net.from_front(front[i : i + 256].to(device)).cpu() for i in range(0, len(front), 256)]
+            [net.from_front(front[i : i + 256].to(device)).cpu() for i in range(0, len(front), 256)]
         )
     trained = replace(cand, checkpoint=key, kwargs=kwargs)
     record = {"warm_started": report.warm_started, "epochs": report.epochs, "held_out_r": report.val_r}

@@ -11,7 +11,7 @@ Rules (all-or-nothing: one failure rejects the whole upload with a 422 that says
 - event ids and site ids are 1 to ``MAX_EVENT_ID_CHARS`` (120) characters without control
   characters (a NUL byte, a tab, a line break): what both databases can store and compare alike;
 - every site id is a registered site of the session's subject, every image hash a registered image
-  (checked against the database in :mod:`server.recordings.service`).
+  (checked against the database in :mod:`server.recordings.store`).
 """
 
 from __future__ import annotations
