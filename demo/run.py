@@ -180,6 +180,7 @@ def run_demo(
     from demo.server import BackgroundServer
     from demo.truth import evaluate_day
     from demo.virtual_rig import VirtualRig
+    from demo.yardstick import History
     from models.simulator import make_brain
     from server.db import migrate
 
@@ -211,8 +212,8 @@ def run_demo(
         for role, tok in tokens.items()
     }
     days_log: list[dict[str, Any]] = []
-    # The yardstick's white-box value per (site, epsilon) and parent, for the to-date Spearman.
-    whitebox_history: dict[tuple[str, float], dict[str, float]] = {}
+    # What the yardstick saw on earlier days, for its to-date figures.
+    yardstick_history = History()
     try:
         # Site ids seed the image choice: derive them from the seed (and how many demo labs this
         # data folder already holds), not from the clock, so a fresh run is reproducible.
@@ -253,7 +254,7 @@ def run_demo(
             night = _wait_night(api["viewer"], night["id"], bar)
             if night["state"] != "succeeded":
                 raise RuntimeError(f"night of day {day} {night['state']}: {night.get('error')}")
-            truth = evaluate_day(api["viewer"], rig, run, lab["site_ids"], day, whitebox_history)
+            truth = evaluate_day(api["viewer"], rig, run, lab["site_ids"], day, yardstick_history)
             days_log.append(
                 {
                     "day": day,

@@ -38,9 +38,9 @@ def evaluate_day(
     run: Any,
     site_ids: list[str],
     day: int,
-    history: dict[tuple[str, float], dict[str, float]] | None = None,
+    history: Any = None,
 ) -> dict[str, Any]:
-    """The day's truth; ``history`` carries the yardstick's white-box values across days."""
+    """The day's truth; ``history`` (demo.yardstick.History) carries the yardstick across days."""
     brain = rig.brain
     shas = sorted({im.sha256 for im in run.manifest.images})
     lineage = {}

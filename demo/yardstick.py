@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -36,7 +37,29 @@ from scipy.stats import spearmanr
 
 from demo.truth import sensitivity_records
 
-__all__ = ["evaluate_yardstick", "found_fractions"]
+__all__ = ["History", "evaluate_yardstick", "found_fractions"]
+
+_Key = tuple[str, float]
+
+
+@dataclass
+class History:
+    """What the yardstick saw on earlier days, per (site id, epsilon), to judge the to-date figures.
+
+    ``whitebox``: normalised white-box value by parent hash; ``effect``: normalised true change
+    by twin hash (the estimate to date is unbiased for the mean of the latter).
+    """
+
+    whitebox: dict[_Key, dict[str, float]] = field(default_factory=dict)
+    effect: dict[_Key, dict[str, float]] = field(default_factory=dict)
+
+    def add(self, key: _Key, whitebox: dict[str, float], effect: dict[str, float]) -> tuple[float, float]:
+        """Record a day's values; the means to date of the white-box value and the true change."""
+        seen_wb = self.whitebox.setdefault(key, {})
+        seen_wb.update(whitebox)
+        seen_effect = self.effect.setdefault(key, {})
+        seen_effect.update(effect)
+        return float(np.mean(list(seen_wb.values()))), float(np.mean(list(seen_effect.values())))
 
 
 def found_fractions(
@@ -123,7 +146,7 @@ def evaluate_yardstick(
     pixels: dict[str, np.ndarray],
     site_ids: list[str],
     day: int,
-    history: dict[tuple[str, float], dict[str, float]] | None = None,
+    history: History | None = None,
 ) -> dict[str, Any]:
     """The day's yardstick (see the module doc) from the day's images and their lineage.
 
@@ -139,10 +162,9 @@ def evaluate_yardstick(
     site_ids : list of str
         Site ids in the brain's column order.
     day : int
-    history : dict, optional
-        Normalised white-box value per (site, epsilon) and parent of every earlier day, updated
-        in place with today's; the to-date Spearman compares against its mean. Without it the
-        to-date estimate is compared with today's parents only.
+    history : History, optional
+        Earlier days' white-box values and true changes, updated in place with today's; the
+        to-date figures compare against their means. Without it they use today's twins only.
     """
     col = {sid: i for i, sid in enumerate(site_ids)}
     clean = [s for s, lin in lineage.items() if lin["kind"] not in ("perturbed", "targeted", "random")]
@@ -208,7 +230,9 @@ def evaluate_yardstick(
             )
         fm, rm = row["found_mean"], row["random_mean"]
         row["shipped_over_random"] = fm / rm if fm is not None and rm else None
-        wb, wb_to_date, effect, sc, sc_to_date = (np.full(len(site_ids), np.nan) for _ in range(5))
+        wb, wb_to_date, effect, effect_to_date, sc, sc_to_date = (
+            np.full(len(site_ids), np.nan) for _ in range(6)
+        )
         for sid, i in col.items():
             pick = [
                 k
@@ -221,20 +245,21 @@ def evaluate_yardstick(
                     lineage[twins["perturbed"][k]]["parent_sha256"]: float(g["whitebox"][k]) / sigma[i]
                     for k in pick
                 }
+                per_twin = {twins["perturbed"][k]: float(g["change"][k]) / sigma[i] for k in pick}
                 wb[i] = float(np.mean(list(per_parent.values())))
-                effect[i] = float(np.mean(g["change"][pick])) / sigma[i]
+                effect[i] = float(np.mean(list(per_twin.values())))
                 site_wb[sid].append(wb[i])
-                seen = per_parent
-                if history is not None:
-                    seen = history.setdefault((sid, e), {})
-                    seen.update(per_parent)
-                wb_to_date[i] = float(np.mean(list(seen.values())))
+                wb_to_date[i], effect_to_date[i] = (
+                    (wb[i], effect[i]) if history is None else history.add((sid, e), per_parent, per_twin)
+                )
             sc[i] = est.get((sid, e), np.nan)
             sc_to_date[i] = est_to_date.get((sid, e), np.nan)
         row["spearman"] = _spearman(sc, wb)
         row["spearman_to_date"] = _spearman(sc_to_date, wb_to_date)
         row["spearman_true_effect"] = _spearman(effect, wb)
         row["spearman_estimate_vs_effect"] = _spearman(sc, effect)
+        row["spearman_to_date_true_effect"] = _spearman(effect_to_date, wb_to_date)
+        row["spearman_to_date_estimate_vs_effect"] = _spearman(sc_to_date, effect_to_date)
         row["whitebox_per_site"] = _listed(wb)
         row["true_effect_per_site"] = _listed(effect)
         row["sign_corrected_per_site"] = _listed(sc)
@@ -263,7 +288,13 @@ def evaluate_yardstick(
     overall["shipped_over_random"] = overall["found_mean"] / rm if rm else None
     rhos = [r["spearman"] for r in by_eps if r["spearman"] is not None]
     overall["spearman_mean"] = float(np.mean(rhos)) if rhos else None
-    for key in ("spearman_to_date", "spearman_true_effect", "spearman_estimate_vs_effect"):
+    for key in (
+        "spearman_to_date",
+        "spearman_true_effect",
+        "spearman_estimate_vs_effect",
+        "spearman_to_date_true_effect",
+        "spearman_to_date_estimate_vs_effect",
+    ):
         rhos = [r[key] for r in by_eps if r[key] is not None]
         overall[f"{key}_mean"] = float(np.mean(rhos)) if rhos else None
     return {
