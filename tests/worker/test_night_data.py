@@ -20,7 +20,7 @@ from server.recordings import service as recordings
 from server.recordings.ingest.responses import resolve_window
 from tests.factories import Lab, night_row, run_night, show_day
 from tests.worker.test_night_pipeline import lab, one_torch_thread  # noqa: F401  (fixtures)
-from worker.steps import night_data
+from worker.stages import night_data
 
 
 def _count_spike_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:

@@ -27,9 +27,9 @@ from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
 from server.recordings.ingest.responses import resolve_window
 from worker.night import REFIT, RESPONSES
-from worker.steps import night_data
-from worker.steps.candidates import ENSEMBLE, Candidate, resolve
-from worker.steps.data import features
+from worker.stages import night_data
+from worker.stages.candidates import ENSEMBLE, Candidate, resolve
+from worker.stages.data import features
 
 if TYPE_CHECKING:
     from models.candidate_fit import CandidateFit
@@ -154,7 +154,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
     data, images = load_night_data(ctx)
     ctx.progress(0.1, f"{len(images)} images x {len(data.site_ids)} sites from {len(data.sessions)} day(s)")
     if cand.fit == "pairs":
-        from worker.steps.search_fit import refit_search
+        from worker.stages.search_fit import refit_search
 
         return refit_search(ctx, cfg, cand, version, data, images)
     try:
@@ -205,7 +205,7 @@ def candidate_features(
     from models.backbones import build_backbone, checkpoint_sha256
 
     if cand.fit == "trained":
-        from worker.steps.trained import train_candidate
+        from worker.stages.trained import train_candidate
 
         try:
             trained, _, sha, X, held_out, warm = train_candidate(ctx, cand, data, images)
@@ -373,7 +373,7 @@ def load_encoder(ctx: JobContext, version: str) -> Any:
     ckpt = None
     spec = dict(art.training.get("candidate") or {})
     if art.checkpoint_sha256 is not None and spec.get("fit") == "trained":
-        from worker.steps.trained import local_weights
+        from worker.stages.trained import local_weights
 
         ckpt = local_weights(ctx, spec["checkpoint"], art.checkpoint_sha256)
     elif art.checkpoint_sha256 is not None:
