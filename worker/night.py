@@ -43,6 +43,7 @@ from server.db.engine import session_scope
 from server.jobs.tables import Job, JobState, Night
 from server.recordings.tables import RecordingSession
 from worker import night_plan
+from worker.candidates import SEARCH, resolve
 
 if TYPE_CHECKING:
     from itloop.settings import Settings
@@ -154,8 +155,6 @@ def _check_params(params: dict[str, Any], settings: Settings) -> str:
     Unknown keys (a misspelt ``epsilon`` would otherwise silently run the default) and unknown
     candidate models are refused here, as are values out of range.
     """
-    from worker.stages.candidates import resolve  # late: worker.stages imports this module
-
     unknown = NightConfig.unknown_keys(params)
     if unknown:
         known = ", ".join(sorted(NightConfig.model_fields))
@@ -179,8 +178,6 @@ def _fall_back_without_checkpoints(params: dict[str, Any], settings: Settings) -
     ``ITLOOP_FALLBACK_CANDIDATES`` instead of failing hours later on a missing file, and its note
     says which file to put where. Candidates named explicitly are never replaced.
     """
-    from worker.stages.candidates import resolve  # late: worker.stages imports this module
-
     config = get_worker_config()
     missing = []
     for name in config.night_candidates:
@@ -214,8 +211,6 @@ def plan_night(session: Session, night: Night, settings: Settings) -> dict[str, 
     candidates = list(night.params.get("candidates") or get_worker_config().night_candidates)
     if not candidates:
         raise Conflict("a night needs at least one candidate model to refit")
-    from worker.stages.candidates import SEARCH  # late: worker.stages imports this module
-
     if _search_share(night.params, settings) > 0 and SEARCH not in candidates:
         candidates.append(SEARCH)  # the across-day search is fitted like a candidate
 

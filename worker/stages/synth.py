@@ -19,7 +19,8 @@ from server.images import service as image_service
 from worker.night import SYNTHESIZE
 from worker.night_plan import record_throughput
 from worker.stages.data import images_by_id, pixels, site_pks
-from worker.stages.fit import load_encoder, night_config
+from worker.stages.fit import night_config
+from worker.stages.versions import load_encoder
 
 log = logging.getLogger(__name__)
 
