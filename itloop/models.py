@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.steps.candidates import BUILTIN, SEARCH, resolve
+from worker.candidates import BUILTIN, SEARCH, resolve
 
 
 class ImportRefused(Exception):

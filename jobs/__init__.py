@@ -23,7 +23,7 @@ The database's ``jobs`` table is the truth; a queue only carries job ids.
 =================  ==========================================================================
 
 Job kinds are registered by the modules named in ``ITLOOP_JOB_MODULES`` (the night:
-``worker.night`` and ``worker.steps``); this package never imports them by name. ``server/``
+``worker.night`` and ``worker.stages``); this package never imports them by name. ``server/``
 does not import this package: HTTP routes go through the seam :mod:`worker.api`.
 """
 

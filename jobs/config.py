@@ -51,7 +51,7 @@ class WorkerConfig(BaseSettings):
     )
     inprocess_threads: int = Field(default=1, ge=1, description="embedded mode: background threads")
     job_modules: str = Field(
-        default="worker.night,worker.steps",
+        default="worker.night,worker.stages",
         description="comma-separated modules that register the night's job kinds (imported by name, "
         "so the job package never imports the night)",
     )

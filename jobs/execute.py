@@ -106,7 +106,7 @@ def run_job(job_id: int, settings: Settings, *, name: str | None = None) -> str 
         spec = get_spec(ctx.kind)
         if spec is None:
             raise LookupError(
-                f"no job function registered for kind {ctx.kind!r} (is worker.steps installed?)"
+                f"no job function registered for kind {ctx.kind!r} (is worker.stages installed?)"
             )
         result = spec.fn(ctx) or {}
         if not isinstance(result, dict):

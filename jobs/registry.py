@@ -12,7 +12,7 @@ dict::
 
 The queue names are logical: ``"itloop"`` maps to ``settings.queue_name`` and
 ``"itloop-gpu"`` to ``settings.gpu_queue_name``. Kinds are found by importing
-:mod:`worker.night` and :mod:`worker.steps` (``ITLOOP_JOB_MODULES``) and every module listed in
+:mod:`worker.night` and :mod:`worker.stages` (``ITLOOP_JOB_MODULES``) and every module listed in
 ``ITLOOP_EXTRA_JOB_MODULES``
 (comma-separated; tests use it to add kinds that sleep, fail or write markers).
 """

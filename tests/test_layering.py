@@ -98,7 +98,7 @@ def test_benchmarks_do_not_import_the_tests() -> None:
 
 def test_the_worker_side_never_loads_the_web_framework() -> None:
     code = (
-        "import sys, jobs.runner, jobs.liveness, worker.night, worker.steps\n"
+        "import sys, jobs.runner, jobs.liveness, worker.night, worker.stages\n"
         "web = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette'))\n"
         "print(','.join(web))\n"
     )

@@ -107,7 +107,7 @@ class AutoNight:
 def night_after_session_complete(session: Session, settings: Settings, *, session_id: str) -> AutoNight:
     """Start the session's night with the lab defaults when ``ITLOOP_AUTO_NIGHT`` is on.
 
-    Never blocks the completion: a night that cannot start (one already active, the steps
+    Never blocks the completion: a night that cannot start (one already active, the stages
     missing) is logged and reported in the answer's ``note`` instead.
     """
     if not settings.auto_night:

@@ -11,8 +11,8 @@ Stages (job kinds), each one job unless said otherwise::
       -> night.assemble             waits for every shard
       -> night.schedule -> night.publish -> night.analyze
 
-This module only wires the DAG. The step functions are registered under those
-kinds from :mod:`worker.steps` with :func:`jobs.registry.job`; each has the
+This module only wires the DAG. The stage functions are registered under those
+kinds from :mod:`worker.stages` with :func:`jobs.registry.job`; each has the
 signature ``fn(ctx: JobContext) -> dict`` and finds in ``ctx.params`` at least
 ``night_id``, ``session_id`` (the lab's id), ``session_pk`` and ``night_params``.
 Results of upstream stages come from ``ctx.results_of(kind)`` /
@@ -43,6 +43,7 @@ from server.db.engine import session_scope
 from server.jobs.tables import Job, JobState, Night
 from server.recordings.tables import RecordingSession
 from worker import night_plan
+from worker.candidates import SEARCH, resolve
 
 if TYPE_CHECKING:
     from itloop.settings import Settings
@@ -60,8 +61,8 @@ ANALYZE = "night.analyze"
 STAGES = (RESPONSES, REFIT, SELECT, SYNTHESIZE, ASSEMBLE, SCHEDULE, PUBLISH, ANALYZE)
 
 
-def missing_steps() -> list[str]:
-    """Stage kinds with no registered function (the steps are installed from worker.steps)."""
+def missing_stages() -> list[str]:
+    """Stage kinds with no registered function (the stages are installed from worker.stages)."""
     return [kind for kind in STAGES if get_spec(kind) is None]
 
 
@@ -78,7 +79,7 @@ def start_night(
 
     ``validate`` checks the params (:class:`~itloop.night_params.NightParams` and the candidate
     registry) and swaps missing-checkpoint default candidates for checkpoint-free ones (the
-    night's note says so); only tests that replace every step with stubs turn it off. Routes
+    night's note says so); only tests that replace every stage with stubs turn it off. Routes
     and session completion call this through :func:`worker.api.start_night`.
     ``refuse_late`` (``POST /nights``) refuses a night that cannot fit before its deadline
     (:mod:`worker.night_plan`); nights started on their own publish what is done in time.
@@ -87,9 +88,9 @@ def start_night(
     rec = session.scalar(select(RecordingSession).where(RecordingSession.session_id == session_id))
     if rec is None:
         raise NotFound(f"no recording session {session_id!r}")
-    missing = missing_steps()
+    missing = missing_stages()
     if missing:
-        raise Unavailable(f"the night's steps are not installed: no job function for {', '.join(missing)}")
+        raise Unavailable(f"the night's stages are not installed: no job function for {', '.join(missing)}")
     _refuse_if_active(session, rec.id, session_id)
     jobstate.bind(session, settings)
     params = dict(params or {})
@@ -154,8 +155,6 @@ def _check_params(params: dict[str, Any], settings: Settings) -> str:
     Unknown keys (a misspelt ``epsilon`` would otherwise silently run the default) and unknown
     candidate models are refused here, as are values out of range.
     """
-    from worker.steps.candidates import resolve  # late: worker.steps imports this module
-
     unknown = NightConfig.unknown_keys(params)
     if unknown:
         known = ", ".join(sorted(NightConfig.model_fields))
@@ -179,8 +178,6 @@ def _fall_back_without_checkpoints(params: dict[str, Any], settings: Settings) -
     ``ITLOOP_FALLBACK_CANDIDATES`` instead of failing hours later on a missing file, and its note
     says which file to put where. Candidates named explicitly are never replaced.
     """
-    from worker.steps.candidates import resolve  # late: worker.steps imports this module
-
     config = get_worker_config()
     missing = []
     for name in config.night_candidates:
@@ -214,8 +211,6 @@ def plan_night(session: Session, night: Night, settings: Settings) -> dict[str, 
     candidates = list(night.params.get("candidates") or get_worker_config().night_candidates)
     if not candidates:
         raise Conflict("a night needs at least one candidate model to refit")
-    from worker.steps.candidates import SEARCH  # late: worker.steps imports this module
-
     if _search_share(night.params, settings) > 0 and SEARCH not in candidates:
         candidates.append(SEARCH)  # the across-day search is fitted like a candidate
 

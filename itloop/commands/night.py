@@ -79,7 +79,7 @@ def night_params(params: list[str], params_file: Path | None) -> dict[str, Any]:
         )
         fail(f"night parameters: {problems}", EXIT_USAGE)
     from itloop.errors import InvalidInput
-    from worker.steps.candidates import resolve
+    from worker.candidates import resolve
 
     for spec in cfg.candidates or []:
         try:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from itloop.errors import InvalidInput
 from itloop.storage import ObjectStore
-from models.schedule import ScheduleConfig, schedule_rsvp
+from models.rsvp_schedule import ScheduleConfig, schedule_rsvp
 from server.batches.service import create_batch, publish
 from server.batches.tables import Batch
 from server.images.service import clean_pool

@@ -73,6 +73,21 @@ class ResponseMatrix:
     window_ms: tuple[float, float]
 
 
+def load_sites(*, session: Session, session_pk: int) -> tuple[list[str], list[int]]:
+    """Site ids and site keys of a session's spike trains, by site id, without the spike times.
+
+    The same rows in the same order as :func:`load_trains`; what a reader of stored responses
+    needs, so it does not pull every spike blob of the session out of the database.
+    """
+    rows = session.execute(
+        select(Site.site_id, SpikeTrain.site_pk)
+        .join(Site, Site.id == SpikeTrain.site_pk)
+        .where(SpikeTrain.session_pk == session_pk)
+        .order_by(Site.site_id)
+    ).all()
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
 def load_trains(*, session: Session, session_pk: int) -> tuple[list[str], list[int], list[np.ndarray]]:
     """Site ids, site keys and spike trains (sorted float64 seconds) of a session, by site id."""
     rows = session.execute(
@@ -87,9 +102,14 @@ def load_trains(*, session: Session, session_pk: int) -> tuple[list[str], list[i
 def response_matrix(
     *, session: Session, session_pk: int, window_ms: tuple[float, float] | None = None
 ) -> ResponseMatrix:
-    """Counts and rates of all presentations (by onset) and sites (by site id)."""
+    """Counts and rates of all presentations (by onset) and sites (by site id).
+
+    The spike trains are read only when the window's responses are not stored: every night reads
+    every past day's table (the night's data, the to-date analysis), and those days' responses
+    are stored, so a night's reads do not include every spike of every day.
+    """
     window = resolve_window(window_ms)
-    site_ids, site_pks, trains = load_trains(session=session, session_pk=session_pk)
+    site_ids, site_pks = load_sites(session=session, session_pk=session_pk)
     pres = session.execute(
         select(
             Presentation.id,
@@ -120,6 +140,7 @@ def response_matrix(
         ):
             counts[row_of[pid], col_of[spk]] = c
     else:
+        site_ids, site_pks, trains = load_trains(session=session, session_pk=session_pk)
         counts = count_spikes(trains, onset, window)
     length_s = (window[1] - window[0]) / 1000.0
     return ResponseMatrix(

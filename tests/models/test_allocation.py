@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.allocation import allocate_repeats, plan_twin_repeats
-from models.schedule import ScheduleConfig, pair_separations, schedule_rsvp
+from models.rsvp_schedule import ScheduleConfig, pair_separations, schedule_rsvp
 
 
 def test_repeats_follow_the_weights_within_bounds_and_keep_the_total() -> None:

@@ -97,7 +97,7 @@ def test_cross_val_predict_is_out_of_fold(rng):
 
 
 def _family_cv_reference(X, Y, family, n_folds=5):
-    """The night's former grouped CV (worker/steps/fit.py), kept here to pin the folded-in version."""
+    """The night's former grouped CV (worker/stages/fit.py), kept here to pin the folded-in version."""
     fams = np.asarray(family)
     uniq = np.unique(fams)
     fold_of = {f: i % n_folds for i, f in enumerate(np.random.default_rng(0).permutation(uniq))}

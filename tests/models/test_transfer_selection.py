@@ -154,7 +154,7 @@ def test_ensemble_is_the_mean_of_its_members() -> None:
 
 def test_plan_shards_gives_the_search_its_share_of_each_site() -> None:
     from itloop.night_params import NightConfig
-    from worker.steps.choose import plan_shards
+    from worker.stages.choose import plan_shards
 
     cfg = NightConfig(clean_per_site=3, search_share=0.34, sites_per_shard=2)
     sources = {"a": "m1", "b": "m1", "c": "search-v", "d": "m2"}

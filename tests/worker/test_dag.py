@@ -110,7 +110,7 @@ def test_night_dag_runs_every_stage_in_order(job_settings: Settings, tmp_path: P
                 job_settings,
                 session_id="day1",
                 params={"candidates": ["m1", "m2"], "marker": str(marker), "search_share": 0},
-                validate=False,  # stub steps with stub params
+                validate=False,  # stub stages with stub params
             )
             night_id = night.id
         runner(job_settings).run_until_idle()
@@ -146,7 +146,7 @@ def test_a_failing_stage_fails_the_night_and_says_why(job_settings: Settings) ->
                 job_settings,
                 session_id="day2",
                 params={"candidates": ["m1"], "search_share": 0},
-                validate=False,  # stub steps with stub candidates
+                validate=False,  # stub stages with stub candidates
             ).id
         runner(job_settings).run_until_idle()
         with session_scope(job_settings.resolved_database_url) as session:

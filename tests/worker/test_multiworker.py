@@ -1,6 +1,6 @@
 """Scale-out: several RQ worker processes share one PostgreSQL, one Redis and one night.
 
-The real nightly pipeline (worker.steps) runs on a tiny simulated lab twice, from the
+The real nightly pipeline (worker.stages) runs on a tiny simulated lab twice, from the
 same seeded content in two fresh databases: once with one worker, once with a
 CPU-only worker plus two GPU-queue workers. The second night's synthesis shards must
 spread over both GPU workers, no shard may run twice, the CPU-only worker must never

@@ -1,6 +1,6 @@
 """The real nightly pipeline, end to end: responses -> refit -> select -> synthesize -> publish -> analyze.
 
-Every step is the production one (worker.steps) on a tiny simulated lab
+Every stage is the production one (worker.stages) on a tiny simulated lab
 (tests.factories: 4 sites, 32x32 images, one tiny CNN candidate), with
 real databases, a real object store and the real API. In-process tests run on every
 backend; the RQ tests run on PostgreSQL + Redis with workers in subprocesses, as
@@ -286,8 +286,8 @@ def _publish_after_losing_an_image(real: Callable[[JobContext], Any]) -> Callabl
     """The real publish, after one perturbed image's object vanished from the store."""
 
     def publish(ctx: JobContext) -> Any:
-        from worker.steps.data import images_by_id
-        from worker.steps.fit import night_result
+        from worker.stages.data import images_by_id
+        from worker.stages.fit import night_result
 
         roles = night_result(ctx, "night.assemble")["roles"]
         perturbed = sorted(int(i) for i, r in roles.items() if r == "perturbed")

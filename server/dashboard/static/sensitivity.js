@@ -20,7 +20,7 @@
   };
   const ORDER = ["sign_corrected", "plain", "plain_noise_corrected", "noise_floor", "model_free_sign_corrected", "model_free_plain", "random_pair", "model"];
 
-  // IT figures pooled over every day so far (worker/steps/analyze_to_date.py): the estimators a
+  // IT figures pooled over every day so far (worker/stages/analyze_to_date.py): the estimators a
   // site is ranked by; the day's own baselines stay under "it".
   const TO_DATE = "it_to_date";
   const TO_DATE_SHOWN = new Set(["sign_corrected", "plain_noise_corrected"]);

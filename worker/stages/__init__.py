@@ -1,9 +1,9 @@
-"""The science steps of the night, registered as job kinds (owned by the pipeline engineers).
+"""The science stages of the night, registered as job kinds (owned by the pipeline engineers).
 
 Each module here registers one or more of the kinds wired by :mod:`worker.night`
 (``night.responses``, ``night.refit``, ``night.select``, ``night.synthesize``,
 ``night.assemble``, ``night.schedule``, ``night.publish``, ``night.analyze``) and
-is imported from this ``__init__`` so that importing ``worker.steps`` registers
+is imported from this ``__init__`` so that importing ``worker.stages`` registers
 them all::
 
     from jobs.context import JobContext
@@ -23,9 +23,9 @@ device; call ``ctx.progress`` or ``ctx.check_cancelled`` in long loops; write
 objects through ``ctx.store``. ``night.select`` fans out synthesis by returning
 ``{"shards": [{...}, ...]}``: one ``night.synthesize`` job runs per shard.
 
-A stage loads (rows, the night's shared data from :mod:`worker.steps.night_data`, pixels),
+A stage loads (rows, the night's shared data from :mod:`worker.stages.night_data`, pixels),
 makes one call into ``models/`` (the science: fitting, case planning, synthesis, sensitivity)
 and stores what comes back; science written here instead belongs in ``models/``.
 """
 
-from worker.steps import analyze, choose, fit, publish, synth  # noqa: F401  (registers the kinds)
+from worker.stages import analyze, choose, fit, publish, synth  # noqa: F401  (registers the kinds)

@@ -22,10 +22,11 @@ from server.images.service import clean_pool
 from server.images.tables import Direction
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
+from worker.candidates import ENSEMBLE, SEARCH
 from worker.night import REFIT, SELECT
-from worker.steps.candidates import ENSEMBLE, SEARCH
-from worker.steps.data import site_pks as site_pks_of
-from worker.steps.fit import load_artifact, nanmedian_or_none, night_config, transfer_fields
+from worker.stages.data import site_pks as site_pks_of
+from worker.stages.fit import night_config
+from worker.stages.versions import load_artifact, nanmedian_or_none, transfer_fields
 
 
 def _evidence(

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from itloop.storage import ObjectStore
-    from worker.steps.candidates import Candidate
+    from worker.candidates import Candidate
 
 
 def images_by_id(session: Session, ids: list[int]) -> list[Image]:

@@ -24,7 +24,7 @@ from server.images.service import clean_pool
 from server.images.tables import Image
 from server.recordings.queries import ResponseTable, responses_by_image
 from server.recordings.tables import Presentation, RecordingSession
-from worker.steps.data import images_by_id
+from worker.stages.data import images_by_id
 
 if TYPE_CHECKING:
     from itloop.storage import ObjectStore

@@ -7,9 +7,7 @@ pairs shown today) and is stored as an immutable model version with its data.
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,15 +19,16 @@ from itloop.errors import InvalidInput
 from itloop.night_params import NightConfig
 from jobs.context import JobContext
 from jobs.registry import job
-from models.transfer import SiteTransfer
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
 from server.recordings.ingest.responses import resolve_window
+from worker.candidates import Candidate, resolve
 from worker.night import REFIT, RESPONSES
-from worker.steps import night_data
-from worker.steps.candidates import ENSEMBLE, Candidate, resolve
-from worker.steps.data import features
+from worker.stages import night_data
+from worker.stages.data import features
+from worker.stages.search_fit import refit_search
+from worker.stages.versions import refit_result, store_artifact, transfer_fields
 
 if TYPE_CHECKING:
     from models.candidate_fit import CandidateFit
@@ -119,25 +118,6 @@ def _metric_rows(data: night_data.NightData, fit: CandidateFit) -> list[dict[str
     return rows
 
 
-def transfer_fields(tr: SiteTransfer, i: int) -> dict[str, Any]:
-    """One site's transfer evidence as site-metric fields."""
-    return {
-        "transfer_n": int(tr.n[i]),
-        "transfer_r": float(tr.r[i]),
-        "transfer_r_low": float(tr.r_low[i]),
-        "transfer_r_high": float(tr.r_high[i]),
-        "transfer_slope": float(tr.slope[i]),
-        "transfer_sign": float(tr.sign_agreement[i]),
-        "transfer_sign_low": float(tr.sign_low[i]),
-        "transfer_sign_high": float(tr.sign_high[i]),
-    }
-
-
-def refit_result(version: str | None, mv_id: int | None, cand: str, **extra: Any) -> dict[str, Any]:
-    """What a refit job returns (``night.select`` reads it)."""
-    return {"model_version": version, "model_version_id": mv_id, "candidate": cand, **extra}
-
-
 @job(REFIT, queue="itloop-gpu", timeout_s=3 * 3600, max_attempts=2)
 def refit(ctx: JobContext) -> dict[str, Any]:
     """Fit, screen and store one candidate model on every day seen so far (the night's shared data)."""
@@ -154,8 +134,6 @@ def refit(ctx: JobContext) -> dict[str, Any]:
     data, images = load_night_data(ctx)
     ctx.progress(0.1, f"{len(images)} images x {len(data.site_ids)} sites from {len(data.sessions)} day(s)")
     if cand.fit == "pairs":
-        from worker.steps.search_fit import refit_search
-
         return refit_search(ctx, cfg, cand, version, data, images)
     try:
         features_of = candidate_features(ctx, cand, data, images)
@@ -205,7 +183,7 @@ def candidate_features(
     from models.backbones import build_backbone, checkpoint_sha256
 
     if cand.fit == "trained":
-        from worker.steps.trained import train_candidate
+        from worker.stages.trained import train_candidate
 
         try:
             trained, _, sha, X, held_out, warm = train_candidate(ctx, cand, data, images)
@@ -252,14 +230,6 @@ def candidate_spec(cand: Candidate) -> dict[str, Any]:
         "kwargs": cand.kwargs,
         "fit": cand.fit,
     }
-
-
-def store_artifact(ctx: JobContext, version: str, artifact: Any) -> str:
-    """Write a model artifact to the object store; returns its key."""
-    key = f"models/{version}.npz"
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx.store.put(key, artifact.save(Path(tmp) / "m.npz").read_bytes())
-    return key
 
 
 def _version_metrics(data: night_data.NightData, images: list[Any], fit: CandidateFit) -> dict[str, Any]:
@@ -335,47 +305,3 @@ def _store_version(
             parent_id=parent,
         )
         return int(mv.id)
-
-
-def load_artifact(ctx: JobContext, version: str) -> Any:
-    """The stored artifact of a model version, as a :class:`models.artifacts.ModelArtifact`."""
-    from models.artifacts import ModelArtifact
-
-    with ctx.session() as session:
-        mv = modeling.get(session=session, version=version)
-        key = mv.artifact_key
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.npz"
-        path.write_bytes(ctx.store.get(key))
-        return ModelArtifact.load(path)
-
-
-def nanmedian_or_none(a: np.ndarray) -> float | None:
-    return float(np.nanmedian(a)) if np.isfinite(a).any() else None
-
-
-def load_encoder(ctx: JobContext, version: str) -> Any:
-    """The differentiable surrogate of a stored version, on the job's device, eval mode.
-
-    Returns ``(encoder, artifact)``; for an ensemble version the artifact is its first member's
-    (all members share the site order).
-    """
-    with ctx.session() as session:
-        mv = modeling.get(session=session, version=version)
-        backbone, key = mv.backbone, mv.artifact_key
-    if backbone == ENSEMBLE:
-        from models.ensemble import EnsembleEncoder
-
-        members = json.loads(ctx.store.get(key))["members"]
-        loaded = [load_encoder(ctx, m) for m in members]
-        return EnsembleEncoder([e for e, _ in loaded]).to(ctx.device()).eval(), loaded[0][1]
-    art = load_artifact(ctx, version)
-    ckpt = None
-    spec = dict(art.training.get("candidate") or {})
-    if art.checkpoint_sha256 is not None and spec.get("fit") == "trained":
-        from worker.steps.trained import local_weights
-
-        ckpt = local_weights(ctx, spec["checkpoint"], art.checkpoint_sha256)
-    elif art.checkpoint_sha256 is not None:
-        ckpt = resolve(spec).checkpoint_path(ctx.settings.data_dir)
-    return art.to_encoder(ckpt).to(ctx.device()).eval(), art

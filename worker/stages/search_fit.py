@@ -14,9 +14,9 @@ from itloop.night_params import NightConfig
 from jobs.context import JobContext
 from models.transfer import site_transfer
 from server.modeling import service as modeling
-from worker.steps.data import pixels
-from worker.steps.fit import nanmedian_or_none, refit_result, store_artifact, transfer_fields
-from worker.steps.night_data import NightData, twin_pairs
+from worker.stages.data import pixels
+from worker.stages.night_data import NightData, twin_pairs
+from worker.stages.versions import nanmedian_or_none, refit_result, store_artifact, transfer_fields
 
 
 def refit_search(

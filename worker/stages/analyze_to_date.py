@@ -24,7 +24,7 @@ from models.sensitivity import CleanResponses, DayInputs, PairedResponses, analy
 from server.lab.tables import Site
 from server.recordings.queries import responses_by_image
 from server.recordings.tables import RecordingSession
-from worker.steps.data import images_by_id
+from worker.stages.data import images_by_id
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from server.lab.tables import Site
 from server.modeling.tables import ModelVersion
 from server.recordings import service as recordings
 from worker.night import ANALYZE, SELECT
-from worker.steps.analyze_to_date import to_date_records
-from worker.steps.data import images_by_id, pixels
-from worker.steps.fit import load_encoder, night_config
+from worker.stages.analyze_to_date import to_date_records
+from worker.stages.data import images_by_id, pixels
+from worker.stages.fit import load_night_data, night_config
+from worker.stages.versions import load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,6 @@ def _generating_predictions(
 
 def _load(ctx: JobContext) -> tuple[Any, list[Any], list[str], dict[int, str], dict[int, str], int]:
     """Today's trials (the night's shared data), their images, the night's models and the lookups."""
-    from worker.steps.fit import load_night_data
-
     data, _ = load_night_data(ctx, with_images=False)  # today's images are loaded below
     with ctx.session() as session:
         images = images_by_id(session, [int(i) for i in data.today_image_ids])

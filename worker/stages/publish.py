@@ -17,7 +17,7 @@ from sqlalchemy import select
 from jobs.context import JobContext
 from jobs.registry import job
 from models.allocation import RepeatPlan, plan_twin_repeats
-from models.schedule import ScheduleConfig, schedule_rsvp
+from models.rsvp_schedule import ScheduleConfig, schedule_rsvp
 from server.analysis.tables import AnalysisResult
 from server.batches import service as batches
 from server.batches.tables import Batch, BatchState
@@ -27,8 +27,8 @@ from server.lab.tables import Rig, Site
 from server.recordings import service as recordings
 from server.recordings.queries import responses_by_image
 from worker.night import ASSEMBLE, PUBLISH, SCHEDULE, SELECT, SYNTHESIZE
-from worker.steps.data import images_by_id
-from worker.steps.fit import night_config, night_result
+from worker.stages.data import images_by_id
+from worker.stages.fit import night_config, night_result
 
 log = logging.getLogger(__name__)
 

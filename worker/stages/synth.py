@@ -18,8 +18,9 @@ from jobs.registry import job
 from server.images import service as image_service
 from worker.night import SYNTHESIZE
 from worker.night_plan import record_throughput
-from worker.steps.data import images_by_id, pixels, site_pks
-from worker.steps.fit import load_encoder, night_config
+from worker.stages.data import images_by_id, pixels, site_pks
+from worker.stages.fit import night_config
+from worker.stages.versions import load_encoder
 
 log = logging.getLogger(__name__)
 

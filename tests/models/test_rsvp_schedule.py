@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from models.schedule import ScheduleConfig, pair_separations, schedule_rsvp
+from models.rsvp_schedule import ScheduleConfig, pair_separations, schedule_rsvp
 
 
 def _batch(n_clean: int, twins_per_clean: int) -> tuple[list[str], list[tuple[str, str]]]:

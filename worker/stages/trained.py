@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from jobs.context import JobContext
 from server.modeling.tables import ModelVersion
-from worker.steps.data import pixels
-from worker.steps.night_data import families
+from worker.stages.data import pixels
+from worker.stages.night_data import families
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def train_candidate(ctx: JobContext, cand: Any, data: Any, images: list[Any]) ->
     The trained weights are a checkpoint of their own, stored with the model version, so the
     version can be rebuilt anywhere. Returns ``(candidate, backbone, checkpoint sha256, features,
     held-out mask, warm-start record)`` where the features are the trained sites' outputs for every
-    image. ``data`` is the night's shared data (worker.steps.night_data), ``images`` its rows.
+    image. ``data`` is the night's shared data (worker.stages.night_data), ``images`` its rows.
     """
     import hashlib
     import io
