@@ -20,6 +20,7 @@ The queue names are logical: ``"itloop"`` maps to ``settings.queue_name`` and
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from jobs.config import get_worker_config
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -115,8 +118,21 @@ def load_job_modules() -> None:
             m.strip() for m in f"{config.job_modules},{config.extra_job_modules}".split(",") if m.strip()
         ]
         for name in names:
-            importlib.import_module(name)
+            importlib.import_module(_current_name(name))
         _loaded = True
+
+
+#: Modules that moved: a deployment that still names the old path in ``ITLOOP_JOB_MODULES`` keeps
+#: working (with a warning) instead of failing every night at the first job.
+_RENAMED_MODULES = {"worker.steps": "worker.stages"}
+
+
+def _current_name(name: str) -> str:
+    new = _RENAMED_MODULES.get(name)
+    if new is None:
+        return name
+    log.warning("ITLOOP_JOB_MODULES names %s, which is now %s; update the setting", name, new)
+    return new
 
 
 def get_spec(kind: str) -> JobSpec | None:

@@ -213,3 +213,23 @@ def test_background_runner_runs_submitted_jobs(job_settings: Settings) -> None:
     finally:
         assert isinstance(r, InProcessRunner)
         r.shutdown()
+
+
+def test_a_setting_that_names_the_old_stage_module_still_loads_the_night() -> None:
+    """``ITLOOP_JOB_MODULES=worker.night,worker.steps`` (the stages' old home) keeps a deployed
+    worker running: the stages load from their new module and the log says to update it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ITLOOP_")}
+    env["ITLOOP_JOB_MODULES"] = "worker.night,worker.steps"
+    code = (
+        "import logging; logging.basicConfig(level=logging.WARNING)\n"
+        "from jobs.registry import JOBS, load_job_modules\n"
+        "load_job_modules(); print(sorted(k for k in JOBS if k.startswith('night.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "night.synthesize" in out.stdout and "night.refit" in out.stdout
+    assert "now worker.stages" in out.stderr
