@@ -88,6 +88,7 @@ def _day_figures(day: dict[str, Any]) -> dict[str, Any]:
         "spearman_to_date": y.get("spearman_to_date_mean"),
         "spearman_true_effect": y.get("spearman_true_effect_mean"),
         "spearman_estimate_vs_effect": y.get("spearman_estimate_vs_effect_mean"),
+        "spearman_across_epsilons_to_date": y.get("spearman_across_epsilons_to_date"),
         "whitebox_beaten": y.get("whitebox_beaten"),
         "by_epsilon": [
             {

@@ -191,6 +191,10 @@ def _science(r: dict) -> list[Row]:
             ("spearman_day_last", "spearman of the day's own estimate"),
             ("spearman_true_effect_day_last", "spearman targeting ceiling (true change of the twins)"),
             ("spearman_estimate_vs_effect_day_last", "spearman of the estimate vs the true change (noise)"),
+            (
+                "spearman_across_epsilons_to_date_day_last",
+                "spearman to date, one slope per site over epsilons",
+            ),
         ):
             if f.get(key) is not None:
                 rows.append(_row(b, f"{tag}: {figure} day {last}", f[key]))

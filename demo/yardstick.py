@@ -112,6 +112,29 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(spearmanr(x[ok], y[ok]).statistic)
 
 
+def _spearman_across_epsilons(by_eps: list[dict[str, Any]], suffix: str) -> float | None:
+    """Spearman of one figure per site that pools every epsilon (a report-only view).
+
+    A site's change grows about linearly with epsilon at these radii, so its estimates at all
+    epsilons are pooled into one slope through the origin, ``sum_e e * s_e / sum_e e^2``, and the
+    white-box values likewise. Noise is about the same at every epsilon while the signal grows
+    with it, so the pooled slope is dominated by the largest radii: this ranks sites on what
+    the day's trials can resolve, where the smallest epsilon's figures alone cannot.
+    """
+    eps = np.array([r["epsilon"] for r in by_eps], dtype=float)
+
+    def slope(key: str) -> np.ndarray:
+        values = np.array([[np.nan if v is None else v for v in r[key]] for r in by_eps], dtype=float)
+        ok = np.isfinite(values)  # (n_eps, n_sites)
+        num = np.where(ok, values * eps[:, None], 0.0).sum(axis=0)
+        den = np.where(ok, eps[:, None] ** 2, 0.0).sum(axis=0)
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    if not by_eps:
+        return None
+    return _spearman(slope(f"sign_corrected{suffix}_per_site"), slope(f"whitebox{suffix}_per_site"))
+
+
 def _listed(values: np.ndarray) -> list[float | None]:
     """Plain JSON: NaN (no twins at a site) becomes None."""
     return [None if not np.isfinite(v) else float(v) for v in values]
@@ -263,6 +286,8 @@ def evaluate_yardstick(
         row["whitebox_per_site"] = _listed(wb)
         row["true_effect_per_site"] = _listed(effect)
         row["sign_corrected_per_site"] = _listed(sc)
+        row["whitebox_to_date_per_site"] = _listed(wb_to_date)
+        row["sign_corrected_to_date_per_site"] = _listed(sc_to_date)
         by_eps.append(row)
 
     made_by: dict[str, Counter] = defaultdict(Counter)
@@ -288,6 +313,8 @@ def evaluate_yardstick(
     overall["shipped_over_random"] = overall["found_mean"] / rm if rm else None
     rhos = [r["spearman"] for r in by_eps if r["spearman"] is not None]
     overall["spearman_mean"] = float(np.mean(rhos)) if rhos else None
+    overall["spearman_across_epsilons"] = _spearman_across_epsilons(by_eps, "")
+    overall["spearman_across_epsilons_to_date"] = _spearman_across_epsilons(by_eps, "_to_date")
     for key in (
         "spearman_to_date",
         "spearman_true_effect",

@@ -143,6 +143,8 @@ def test_day_report_per_epsilon_spearman_and_surrogates(brain: Any, clean: np.nd
     np.testing.assert_allclose(row["true_effect_per_site"], truth, rtol=1e-9)
     assert row["spearman_true_effect"] == pytest.approx(1.0)
     assert row["spearman_estimate_vs_effect"] == pytest.approx(1.0)
+    assert day["spearman_across_epsilons"] == pytest.approx(1.0)
+    assert day["spearman_across_epsilons_to_date"] == pytest.approx(-1.0)
     assert [s["candidate"] for s in day["sites"]] == ["small_cnn"] * 4
     assert [s["transfer_sign"] for s in day["sites"]] == pytest.approx([0.5, 0.6, 0.7, 0.8])
     json.dumps(day)  # summary.json material: plain JSON
@@ -189,6 +191,7 @@ def test_targeting_ceiling_and_to_date_whitebox_over_every_parent(brain: Any, cl
     assert [len(history.whitebox[(sid, eps)]) for sid in site_ids] == [2, 2, 2, 2]
     assert row["spearman_to_date_true_effect"] < 1.0
     assert row["spearman_to_date"] == pytest.approx(1.0)  # the pooled estimate vs the pooled truth
+    assert out["spearman_across_epsilons_to_date"] == pytest.approx(1.0)
     assert row["spearman"] == pytest.approx(1.0)
     assert row["spearman_true_effect"] < 1.0  # the weak twin put its site out of order
     assert row["true_effect_per_site"][weak] < 0.2 * row["whitebox_per_site"][weak]
@@ -220,3 +223,25 @@ def test_demo_command_refuses_an_unknown_brain_family(tmp_path: Any) -> None:
     assert r.returncode == 2, r.stderr
     assert "retina" in r.stderr and "natural" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "data" / "itloop.db").exists()
+
+
+def test_the_across_epsilon_figure_ranks_sites_by_the_radii_trials_resolve() -> None:
+    """Estimates scrambled at a small epsilon but right at a large one: the pooled slope, weighted
+    toward the large radius, ranks the sites as the white-box values do."""
+    from demo.yardstick import _spearman_across_epsilons
+
+    truth = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    rows = [
+        {
+            "epsilon": 0.5,
+            "whitebox_per_site": list(0.5 * truth),
+            "sign_corrected_per_site": [0.3, 0.1, 0.4, 0.0, 0.2],
+        },
+        {
+            "epsilon": 2.0,
+            "whitebox_per_site": list(2.0 * truth),
+            "sign_corrected_per_site": list(1.0 * truth),
+        },
+    ]
+    assert _spearman_across_epsilons(rows, "") == pytest.approx(1.0)
+    assert _spearman_across_epsilons(rows[:1], "") < 0.5  # the small radius alone cannot rank them
