@@ -497,7 +497,13 @@ def run_throughput(with_resnet: bool = False, quick: bool = False) -> dict:
     )
     if with_resnet:
         out["throughput_resnet50"] = throughput(
-            "ResNet-50 + readout, 224x224", resnet50_readout(), bx[:2], bsite[:2], bd[:2], 3.0, 10 if quick else 20
+            "ResNet-50 + readout, 224x224",
+            resnet50_readout(),
+            bx[:2],
+            bsite[:2],
+            bd[:2],
+            3.0,
+            10 if quick else 20,
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_synthesis_throughput.json").write_text(json.dumps(out, indent=2, default=float))

@@ -80,7 +80,8 @@ def project_l2_ball_box(
         out = torch.from_numpy(clipped).reshape(y.shape)
         if moved.numel():
             tm = torch.from_numpy(tn).to(y.dtype).index_select(0, moved)
-            xm = torch.addcmul(center.index_select(0, moved), tm.reshape((-1,) + shape[1:]), v.index_select(0, moved))
+            tm = tm.reshape((-1,) + shape[1:])
+            xm = torch.addcmul(center.index_select(0, moved), tm, v.index_select(0, moved))
             out.index_copy_(0, moved, xm.clamp_(lo, hi))
         return out
     t = _t_sparse(v, center, y, r, lo, hi) if sparse else _t_dense(v, center, y, r, lo, hi)
