@@ -205,8 +205,13 @@ def _t_sparse_numpy(
     need = (v2 - a2_cand + np.bincount(rows, b2k, minlength=b)) > r2
     if not need.any():
         return np.ones(b), clipped
-    bpk = roomk / ak  # y is outside the box there, so v != 0
     a2_free = np.maximum(v2 - a2_cand, 0.0)  # never saturate for t <= 1
+    # Candidates with no room (a clean pixel at the bound, pushed outward: the common case where
+    # images saturate) are saturated at every t > 0 and add nothing to either sum: drop them.
+    live = np.flatnonzero(roomk > 0)
+    if live.size < roomk.size:
+        rows, a2k, b2k, roomk, ak = rows[live], a2k[live], b2k[live], roomk[live], ak[live]
+    bpk = roomk / ak  # y is outside the box there, so v != 0
     tiny = np.finfo(np.float64).tiny
     t = np.minimum(np.sqrt(r2 / np.maximum(v2, tiny)), 1.0)  # ball-scaled start, <= the root
     done = ~need
