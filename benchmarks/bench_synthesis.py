@@ -479,21 +479,31 @@ def run_curve(quick: bool = False) -> dict:
     return res
 
 
-def run_throughput(with_resnet: bool = False) -> dict:
-    """Only the throughput sections (``--throughput``; ``--resnet`` adds ResNet-50 at 224x224)."""
+def run_throughput(with_resnet: bool = False, quick: bool = False) -> dict:
+    """Only the throughput sections (``--throughput``; ``--resnet`` adds ResNet-50 at 224x224).
+
+    ``quick`` (``--throughput --quick``) uses the sizes of ``run(quick=True)``'s throughput
+    rows (fewer cases and steps): a loaded machine can compare two versions back to back.
+    """
     torch.set_num_threads(1)
-    trained = trained_cnn(steps=300)
-    x, site, d = problem(8, 3)
-    out = {"throughput": throughput("trained CNN, 32x32", trained, x, site, d, 0.5, 200)}
-    big = nn.functional.interpolate(smooth_images(4, seed=11), size=224, mode="bilinear")
+    trained = trained_cnn(steps=100 if quick else 300)
+    x, site, d = problem(3, 2) if quick else problem(8, 3)
+    out = {"throughput": throughput("trained CNN, 32x32", trained, x, site, d, 0.5, 50 if quick else 200)}
+    big = nn.functional.interpolate(smooth_images(2 if quick else 4, seed=11), size=224, mode="bilinear")
     bx, bsite = big.repeat_interleave(2, 0), torch.zeros(2 * len(big), dtype=torch.long)
     bd = torch.tensor([1.0, -1.0] * len(big))
     out["throughput_224"] = throughput(
-        "demo small_cnn + readout, 224x224", demo_scale_model(), bx, bsite, bd, 3.0, 20
+        "demo small_cnn + readout, 224x224", demo_scale_model(), bx, bsite, bd, 3.0, 10 if quick else 20
     )
     if with_resnet:
         out["throughput_resnet50"] = throughput(
-            "ResNet-50 + readout, 224x224", resnet50_readout(), bx[:2], bsite[:2], bd[:2], 3.0, 20
+            "ResNet-50 + readout, 224x224",
+            resnet50_readout(),
+            bx[:2],
+            bsite[:2],
+            bd[:2],
+            3.0,
+            10 if quick else 20,
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_synthesis_throughput.json").write_text(json.dumps(out, indent=2, default=float))
@@ -568,6 +578,6 @@ if __name__ == "__main__":
     if "--curve" in os.sys.argv:
         run_curve(quick="--quick" in os.sys.argv)
     elif "--throughput" in os.sys.argv:
-        run_throughput(with_resnet="--resnet" in os.sys.argv)
+        run_throughput(with_resnet="--resnet" in os.sys.argv, quick="--quick" in os.sys.argv)
     else:
         run(quick="--quick" in os.sys.argv)

@@ -103,6 +103,14 @@ class NightConfig(BaseModel):
         default=None, description="spike-count window after onset (ms); None: ITLOOP_RESPONSE_WINDOW_MS"
     )
     train_days: int | None = Field(default=None, description="use this many most recent days; None = all")
+    readout_cv: Literal["gcv", "loo"] = Field(
+        default="gcv",
+        description=(
+            "how each site's ridge penalty is chosen: gcv (generalised cross-validation; the readout "
+            "keeps running statistics, so the next night folds in only its new images) or loo (exact "
+            "leave-one-out, refitted on all days every night)"
+        ),
+    )
     deadline: str | None = Field(
         default=None, description="ISO time by which the batch must publish (default: next ITLOOP_RIG_TIME)"
     )

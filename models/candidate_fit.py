@@ -45,15 +45,18 @@ def fit_candidate(
     *,
     ceiling_threshold: float,
     held_out: np.ndarray | None = None,
+    readout: MultiRidgeCV | None = None,
 ) -> CandidateFit:
     """Fit ``mean`` (images x sites) from features ``X`` and screen the fit.
 
     ``groups`` gives each image's family (the clean parent's id); ``today_trials`` (images x sites
     x repeats, NaN-padded) gives the noise ceiling; ``pairs`` are (parent row, twin row) of every
     twin on record. With ``held_out`` (a trained core saw the other families), only twins marked
-    there count as held out.
+    there count as held out. ``readout``: the readout already fitted on ``X`` and ``mean`` (e.g.
+    updated from an earlier night's statistics); default: exact-LOO :class:`MultiRidgeCV`.
     """
-    readout = MultiRidgeCV().fit(X, mean)
+    if readout is None:
+        readout = MultiRidgeCV().fit(X, mean)
     pred = cross_val_predict(X, mean, groups=groups)
     ceiling = split_half_reliability(today_trials)
     if held_out is not None:

@@ -43,12 +43,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from models.pulse_matching import fit_line, propose_offsets, refine_fit
+
 DEFAULT_TOLERANCE_S = 0.004  # a TTL jitters by microseconds, a photodiode by a fraction of a frame
 DEFAULT_MAX_DRIFT_PPM = 200.0  # quartz clocks: +-100 ppm at worst, typically tens
 DEFAULT_ANCHOR_S = 10.0
 MIN_EVENTS = 8
-N_PROPOSALS = 6  # distinct coarse offsets refined in full
-PROPOSAL_EVENTS = 8  # first rig events paired with every pulse to propose offsets
 MAX_LATE_FRAMES = 3
 
 
@@ -106,96 +106,6 @@ def _as_times(name: str, values: Any) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise AlignmentError(f"{name}: value {i + 1} is {arr[i]!r}; times must be finite seconds")
     return arr
-
-
-def _nearest(sorted_p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the nearest pulse to each query, and the signed distance pulse - query."""
-    idx = np.searchsorted(sorted_p, q)
-    lo = np.clip(idx - 1, 0, len(sorted_p) - 1)
-    hi = np.clip(idx, 0, len(sorted_p) - 1)
-    dlo = sorted_p[lo] - q
-    dhi = sorted_p[hi] - q
-    use_hi = np.abs(dhi) < np.abs(dlo)
-    return np.where(use_hi, hi, lo), np.where(use_hi, dhi, dlo)
-
-
-def _match(sorted_p: np.ndarray, q: np.ndarray, tol: float) -> np.ndarray:
-    """One-to-one nearest matching within ``tol``: pulse index per query, -1 for none."""
-    j, d = _nearest(sorted_p, q)
-    ok = np.abs(d) <= tol
-    out = np.full(len(q), -1, dtype=np.int64)
-    cand = np.flatnonzero(ok)
-    if len(cand) == 0:
-        return out
-    # Two events claiming one pulse: the closer keeps it.
-    order = cand[np.argsort(np.abs(d[cand]), kind="stable")]
-    _, first = np.unique(j[order], return_index=True)
-    keep = order[first]
-    out[keep] = j[keep]
-    return out
-
-
-def _fit(r: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    """Least-squares line p = a + b r (centred for conditioning); slope 1 when r spans nothing."""
-    rm, pm = float(r.mean()), float(p.mean())
-    dr = r - rm
-    ss = float(dr @ dr)
-    b = float(dr @ (p - pm)) / ss if ss > 0 and len(r) >= 3 else 1.0
-    return pm - b * rm, b
-
-
-def _propose(r: np.ndarray, p: np.ndarray, anchor: int, tol: float) -> list[tuple[int, float]]:
-    """Distinct coarse offsets with their anchor scores, best first."""
-    first = r[: min(PROPOSAL_EVENTS, anchor)]
-    cands = (p[None, :] - first[:, None]).ravel()
-    window = r[:anchor]
-    scores = np.empty(len(cands), dtype=np.int64)
-    step = max(1, 2_000_000 // max(anchor, 1))
-    for s in range(0, len(cands), step):
-        block = cands[s : s + step]
-        q = (window[None, :] + block[:, None]).ravel()
-        _, d = _nearest(p, q)
-        scores[s : s + step] = (np.abs(d) <= tol).reshape(len(block), anchor).sum(axis=1)
-    order = np.argsort(-scores, kind="stable")
-    chosen: list[tuple[int, float]] = []
-    for k in order:
-        if scores[k] < max(3, anchor // 2) or len(chosen) >= N_PROPOSALS:
-            break
-        if all(abs(cands[k] - c) > 2 * tol for _, c in chosen):
-            chosen.append((int(scores[k]), float(cands[k])))
-    return chosen
-
-
-def _refine(
-    r: np.ndarray, p: np.ndarray, offset: float, tol: float, coarse_tol: float, anchor_s: float
-) -> tuple[float, float, np.ndarray]:
-    """Grow the matched window from the anchor, refitting; then a robust final refit."""
-    a, b = offset, 1.0
-    span = anchor_s
-    t0 = r[0]
-    current_tol = coarse_tol
-    while True:
-        sel = r <= t0 + span
-        m = _match(p, a + b * r[sel], current_tol)
-        ok = m >= 0
-        if ok.sum() >= 2:
-            rr, pp = r[sel][ok], p[m[ok]]
-            a, b = _fit(rr, pp) if rr[-1] - rr[0] > 0.5 * anchor_s else (float(np.median(pp - rr)), 1.0)
-        current_tol = tol
-        if sel.all():
-            break
-        span *= 2
-    m = _match(p, a + b * r, tol)
-    for _ in range(3):
-        ok = m >= 0
-        if ok.sum() < 3:
-            break
-        res = p[m[ok]] - (a + b * r[ok])
-        mad = float(np.median(np.abs(res - np.median(res)))) * 1.4826
-        inlier = np.abs(res - np.median(res)) <= max(5 * mad, 1e-4)
-        a, b = _fit(r[ok][inlier], p[m[ok]][inlier])
-        m = _match(p, a + b * r, tol)
-    return a, b, m
 
 
 class _Events(NamedTuple):
@@ -267,7 +177,7 @@ def _candidate_fits(
     anchor = min(n, max(anchor, 40))
     anchor_span = max(float(r[anchor - 1] - r[0]), 1e-3)
     coarse_tol = tolerance_s + max_drift_ppm * 1e-6 * anchor_span
-    proposals = _propose(r, p, anchor, coarse_tol)
+    proposals = propose_offsets(r, p, anchor, coarse_tol)
     if not proposals:
         raise AlignmentError(
             f"inconsistent sync pulses: no offset puts even half of the first {anchor} rig events within "
@@ -276,7 +186,7 @@ def _candidate_fits(
         )
     fits = []
     for _, d0 in proposals:
-        a, b, mt = _refine(r, p, d0, tolerance_s, coarse_tol, anchor_s)
+        a, b, mt = refine_fit(r, p, d0, tolerance_s, coarse_tol, anchor_s)
         if abs(b - 1.0) * 1e6 > max_drift_ppm:
             continue
         fits.append((int((mt >= 0).sum()), a, b, mt))
@@ -513,12 +423,12 @@ def cross_check(
     if len(r) < 3:
         a, b = float(np.median(u - r)), 1.0
     else:
-        a, b = _fit(r, u)
+        a, b = fit_line(r, u)
         for _ in range(3):
             res = u - (a + b * r)
             keep = np.abs(res - np.median(res)) <= max(tolerance_s, 5 * 1.4826 * np.median(np.abs(res)))
             if keep.sum() < 3:
                 break
-            a, b = _fit(r[keep], u[keep])
+            a, b = fit_line(r[keep], u[keep])
     clock = ClockMap(float(a), float(b))
     return clock, (u - clock(r)) * 1e3

@@ -169,18 +169,48 @@ class MultiRidgeCV:
             logger.info("%d of %d sites chose a penalty at the edge of the grid", n_edge, alpha_idx.size)
         return self
 
-    def update(self, X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor) -> MultiRidgeCV:
+    def update(
+        self,
+        X: np.ndarray | torch.Tensor,
+        Y: np.ndarray | torch.Tensor,
+        *,
+        revised: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> MultiRidgeCV:
         """Add new images (a new day) and refit: the same model as :meth:`fit` on all images so far.
 
         Only with ``cv="gcv"``: the cost is the new images' share of the statistics plus one
-        ``p x p`` eigendecomposition, independent of how many images came before.
+        ``p x p`` eigendecomposition, independent of how many images came before.  ``revised``
+        ``(X_r, Y_old, Y_new)`` first changes the responses of images already counted (their
+        mean moved because they were shown again); ``X`` may then have no rows.
         """
         if self.cv != "gcv" or not hasattr(self, "stats_"):
             raise RuntimeError("update needs a readout fitted with cv='gcv'")
-        Xa = _as_float64(X, "X")
-        Ya = _as_float64(Y, "Y")
-        self.stats_.add(Xa, Ya)
+        if revised is not None:
+            Xr, Yo, Yn = (_as_float64(a, "Y" if k else "X") for k, a in enumerate(revised))
+            self.stats_.revise(Xr, Yo, Yn)
+        Xa = np.asarray(X, dtype=np.float64)
+        if Xa.shape[0]:
+            Xa = _as_float64(X, "X")
+            Ya = _as_float64(Y, "Y")
+            self.stats_.add(Xa, Ya)
         return self._fit_stats(np.asarray(self.alphas, dtype=np.float64).ravel())
+
+    @classmethod
+    def from_stats(
+        cls,
+        stats: RidgeStats,
+        alphas: Sequence[float] | np.ndarray = DEFAULT_ALPHAS,
+        *,
+        fit_intercept: bool = True,
+        standardize: bool = True,
+    ) -> MultiRidgeCV:
+        """A GCV readout holding ``stats`` (e.g. kept from an earlier night), not yet refitted.
+
+        Call :meth:`update` with the new images to fit it.
+        """
+        r = cls(alphas, fit_intercept=fit_intercept, standardize=standardize, cv="gcv")
+        r.stats_ = stats
+        return r
 
     def _fit_stats(self, alphas: np.ndarray) -> MultiRidgeCV:
         fit = fit_from_stats(

@@ -97,6 +97,50 @@ class RidgeStats:
         self.yy += np.einsum("ij,ij->j", Yd, Yd)
         return self
 
+    def revise(self, X: np.ndarray, Y_old: np.ndarray, Y_new: np.ndarray) -> RidgeStats:
+        """Change the responses of images already counted from ``Y_old`` to ``Y_new``; returns ``self``.
+
+        A night pools each image's responses over every day it was shown, so an image shown
+        again (a reference image, say) changes its mean; its features do not, so ``X^T X`` stays
+        and only the response sums move, in ``O(n_changed p m)``.
+        """
+        if X.shape[0] != Y_old.shape[0] or Y_old.shape != Y_new.shape:
+            raise ValueError(f"revision of {X.shape[0]} images with responses {Y_old.shape} -> {Y_new.shape}")
+        if X.shape[1] != self.sx.shape[0] or Y_new.shape[1] != self.sy.shape[0]:
+            raise ValueError("revised images do not match the statistics' features or sites")
+        Xd = X - self.x_ref
+        Yo, Yn = Y_old - self.y_ref, Y_new - self.y_ref
+        self.sy += (Yn - Yo).sum(axis=0)
+        self.xy += Xd.T @ (Yn - Yo)
+        self.yy += np.einsum("ij,ij->j", Yn, Yn) - np.einsum("ij,ij->j", Yo, Yo)
+        return self
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The sums as named arrays (for ``np.savez``); :meth:`from_arrays` reads them back."""
+        return {
+            "n": np.asarray(self.n, dtype=np.int64),
+            "x_ref": self.x_ref,
+            "y_ref": self.y_ref,
+            "sx": self.sx,
+            "sy": self.sy,
+            "xx": self.xx,
+            "xy": self.xy,
+            "yy": self.yy,
+        }
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> RidgeStats:
+        return cls(
+            n=int(a["n"]),
+            x_ref=np.asarray(a["x_ref"], dtype=np.float64),
+            y_ref=np.asarray(a["y_ref"], dtype=np.float64),
+            sx=np.asarray(a["sx"], dtype=np.float64).copy(),
+            sy=np.asarray(a["sy"], dtype=np.float64).copy(),
+            xx=np.asfortranarray(a["xx"], dtype=np.float64).copy(order="F"),
+            xy=np.asarray(a["xy"], dtype=np.float64).copy(),
+            yy=np.asarray(a["yy"], dtype=np.float64).copy(),
+        )
+
 
 @dataclass
 class StatsFit:

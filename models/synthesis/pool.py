@@ -187,23 +187,30 @@ class RowPool:
     def _track_best(self, R: RowState, f: Tensor, g: Tensor) -> None:
         """Best point, increase count and the paper's annealing, after an evaluation ``f`` at ``R.x``."""
         cfg = self.cfg
-        f = torch.nan_to_num(f, nan=-float("inf"))
+        # Few, in-place operations on the (B,) fields: on a CPU each costs a dispatch of
+        # microseconds, as much as a full-size pass on a small model's batch.  In place is safe
+        # because no row field shares memory with another tensor that outlives the step
+        # (admission, compaction and the phase switch make new ones; ``f`` is this step's).
+        f = f.nan_to_num_(nan=-float("inf"))
         imp = f > R.f_best
-        # In place, improved rows only: a full-size ``where`` costs about 3 copies on CPU.
-        # Safe because ``x_best``/``grad_best`` never share memory with another pool tensor
-        # (admission clones, compaction and the phase switch make new ones).
-        up = imp.nonzero().squeeze(1)
-        if up.numel():
-            R.x_best.index_copy_(0, up, R.x.index_select(0, up))
-            R.grad_best.index_copy_(0, up, g.index_select(0, up))
+        if R.x.device.type == "cpu":
+            # Improved rows only: a full-size ``where`` costs about 3 copies on CPU.
+            up = imp.nonzero().squeeze(1)
+            if up.numel():
+                R.x_best.index_copy_(0, up, R.x.index_select(0, up))
+                R.grad_best.index_copy_(0, up, g.index_select(0, up))
+        else:  # no host synchronisation on an accelerator: a masked copy of every row
+            ib = _bc(imp, R.x)
+            R.x_best = torch.where(ib, R.x, R.x_best)
+            R.grad_best = torch.where(ib, g, R.grad_best)
         R.f_best = torch.where(imp, f, R.f_best)
         R.grad = g
-        R.n_increase = R.n_increase + (f > R.f_prev).float()
+        R.n_increase.add_(f > R.f_prev)
         R.f_prev = f
-        R.no_improve = torch.where(imp, torch.zeros_like(f), R.no_improve + 1)
+        R.no_improve.add_(1).masked_fill_(imp, 0)
         cut = R.no_improve >= cfg.patience
-        R.step = torch.where(cut, R.step * cfg.anneal, R.step)
-        R.no_improve = torch.where(cut, torch.zeros_like(f), R.no_improve)
+        R.step.mul_(torch.where(cut, cfg.anneal, 1.0))
+        R.no_improve.masked_fill_(cut, 0)
 
     def _retire(self) -> list[Finished]:
         """Finish cases at their last step and drop losing restarts at round ends."""
@@ -260,10 +267,9 @@ class RowPool:
         # Projected step with APGD momentum.
         x = R.x
         z = self.stepper.project(self.stepper.step(x, R.grad, R.step), R.center, R.radius)
-        mom = torch.full_like(R.step, cfg.momentum)
-        a = _bc(torch.where(R.fresh, torch.ones_like(mom), mom), x)
+        a = _bc(torch.where(R.fresh, 1.0, cfg.momentum), x)
         # x + a (z - x) + (1 - a)(x - xp) in two passes: lerp from the extrapolation 2x - xp.
-        xn = torch.lerp(torch.lerp(R.x_prev, x, 2.0), z, a)
+        xn = torch.lerp(R.x_prev, x, 2.0).lerp_(z, a)
         if cfg.momentum < 1.0:
             xn = self.stepper.project(xn, R.center, R.radius)
         R.x_prev, R.x = x, xn

@@ -71,3 +71,28 @@ def test_bad_updates_are_refused():
         MultiRidgeCV(cv="loo").fit(X, Y)
     with pytest.raises(ValueError, match="3 images"):
         RidgeStats.from_data(X[:2], Y[:2]) and MultiRidgeCV(cv="gcv").fit(X[:2], Y[:2])
+
+
+def test_revised_means_and_stored_statistics_give_the_fit_from_scratch():
+    """A night's case: statistics saved and read back, some earlier means changed, a day added."""
+    rng = np.random.default_rng(5)
+    W, b = rng.normal(size=(30, 12)), rng.normal(size=12) * 3
+    (X0, Y0), (X1, Y1) = _day(rng, 80, W, b), _day(rng, 30, W, b, shift=0.2)
+    first = MultiRidgeCV(ALPHAS, cv="gcv").fit(X0, Y0)
+    kept = RidgeStats.from_arrays({k: v.copy() for k, v in first.stats_.to_arrays().items()})
+    shown_again = np.array([3, 17, 40])
+    Y0_new = Y0.copy()
+    Y0_new[shown_again] = 0.5 * (Y0[shown_again] + rng.normal(size=(3, 12)))
+    inc = MultiRidgeCV.from_stats(kept, ALPHAS).update(
+        X1, Y1, revised=(X0[shown_again], Y0[shown_again], Y0_new[shown_again])
+    )
+    Xa, Ya = np.vstack([X0, X1]), np.vstack([Y0_new, Y1])
+    full = MultiRidgeCV(ALPHAS, cv="gcv").fit(Xa, Ya)
+    np.testing.assert_array_equal(inc.alpha_, full.alpha_)
+    pf, pi = full.predict(Xa), inc.predict(Xa)
+    assert np.max(np.abs(pi - pf)) <= 1e-6 * np.max(np.abs(pf - pf.mean(0)))
+    # Revising alone (no new images) also refits.
+    again = MultiRidgeCV.from_stats(RidgeStats.from_arrays(first.stats_.to_arrays()), ALPHAS)
+    again.update(X0[:0], Y0[:0], revised=(X0[shown_again], Y0[shown_again], Y0_new[shown_again]))
+    alone = MultiRidgeCV(ALPHAS, cv="gcv").fit(X0, Y0_new)
+    np.testing.assert_allclose(again.predict(X0), alone.predict(X0), rtol=0, atol=1e-9 * np.abs(Y0).max())

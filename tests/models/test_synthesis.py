@@ -115,6 +115,29 @@ def test_sparse_and_dense_projections_agree_where_the_box_binds() -> None:
     assert not torch.equal(sparse, y.clamp(0, 1))  # the ball bound was active
 
 
+@pytest.mark.parametrize("moving", [2, 16])
+def test_cpu_numpy_projection_agrees_with_the_torch_one(moving: int) -> None:
+    """The CPU path (NumPy active set, feasible rows returned as their clip) against the torch path.
+
+    A channels-last strided input is not contiguous, so it takes the torch path (the one an
+    accelerator runs); a few or most rows need the ball, so both of the CPU path's ways to
+    write the moved rows are exercised.
+    """
+    g = torch.Generator().manual_seed(7)
+    c = grid_images(16, 12)
+    c[:, :, :4] = 1.0
+    y = c + 0.2 * torch.randn(c.shape, generator=g)
+    norms = (y.clamp(0, 1) - c).flatten(1).norm(dim=1)
+    r = torch.where(torch.arange(16) < moving, 0.5 * norms, 2.0 * norms)
+    cpu = project_l2_ball_box(y, c, r)
+    strided = project_l2_ball_box(
+        y.contiguous(memory_format=torch.channels_last), c.contiguous(memory_format=torch.channels_last), r
+    )
+    assert torch.allclose(cpu, strided, atol=1e-6)
+    assert torch.equal(cpu[moving:], y[moving:].clamp(0, 1))  # feasible after clipping: the clip
+    assert torch.all((cpu[:moving] - c[:moving]).flatten(1).norm(dim=1) <= r[:moving] * (1 + 1e-5))
+
+
 def test_model_call_rows_follow_the_device_and_bound_the_cpu_batch() -> None:
     cfg = SynthesisConfig()
     small = cfg.model_rows(torch.device("cpu"), 3 * 32 * 32 * 4)

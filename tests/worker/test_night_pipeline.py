@@ -26,7 +26,7 @@ from redis import Redis
 from sqlalchemy import select
 
 from itloop.settings import Settings
-from itloop.storage import image_key
+from itloop.storage import get_store, image_key
 from jobs.config import get_worker_config
 from jobs.context import JobContext
 from jobs.queue import RQRunner, get_runner, reset_runners
@@ -533,3 +533,65 @@ def test_a_surrogate_that_fails_to_train_is_replaced_and_the_note_says_so(lab: L
     assert night.state == JobState.succeeded, night.error
     assert "broken_trained: training failed" in night.note, night.note
     assert batch_of_night(lab, night_id) is not None
+
+
+# --- 8. the readout's statistics carry over from night to night --------------------------------
+
+
+def test_the_next_night_updates_the_readout_from_the_last_nights_statistics(two_nights: TwoNights) -> None:
+    """Night 1 folds its new images into night 0's statistics, and predicts as a fit from scratch."""
+    from models.artifacts import ModelArtifact
+    from models.backbones import build_backbone
+    from models.readout import MultiRidgeCV
+    from worker.candidates import resolve
+    from worker.stages import night_data
+    from worker.stages.data import features, images_by_id
+    from worker.stages.readout_state import state_key
+
+    lab, (n0, n1) = two_nights.lab, two_nights.nights
+    v0, v1 = f"night{n0}-tiny_cnn", f"night{n1}-tiny_cnn"
+    with session_scope(lab.url) as session:
+        first = modeling.get(session=session, version=v0).trained_on["readout"]
+        mv1 = modeling.get(session=session, version=v1)
+        second, key = mv1.trained_on["readout"], mv1.artifact_key
+    assert first["fit"] == "full" and first["cv"] == "gcv"
+    assert second["fit"] == "incremental" and second["base"] == v0, second
+    assert second["new_images"] > 0  # day 1 showed night 0's twins
+    store = get_store(lab.settings.resolved_store_url)
+    assert store.exists(state_key(v0)) and store.exists(state_key(v1))
+
+    # From scratch on night 1's data, with the features the refit used (the feature cache's).
+    data = night_data.NightData.from_bytes(store.get(night_data.key(n1)))
+    with session_scope(lab.url) as session:
+        images = images_by_id(session, [int(i) for i in data.image_ids])
+        cand = resolve("tiny_cnn")
+        cache = Path(lab.settings.data_dir) / "cache" / "features"
+        X = features(
+            store, cache, cand, build_backbone(cand.backbone, None, **cand.kwargs), None, images, "cpu"
+        )
+    scratch = MultiRidgeCV(cv="gcv").fit(X, data.mean)
+    path = Path(lab.settings.data_dir) / "night1-artifact.npz"
+    path.write_bytes(store.get(key))
+    art = ModelArtifact.load(path)
+    pred, ref = art.to_readout().predict(X), scratch.predict(X)
+    np.testing.assert_array_equal(art.alpha, scratch.alpha_)
+    assert np.max(np.abs(pred - ref)) <= 1e-6 * np.max(np.abs(ref - ref.mean(0)))
+
+
+def test_statistics_no_fit_can_continue_from_are_pruned(
+    two_nights: TwoNights, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the newest LOOKBACK versions of a candidate keep their (large) statistics; the model
+    artifacts themselves stay. Last in this module: it deletes night 0's statistics."""
+    from worker.stages import readout_state
+
+    lab, (n0, n1) = two_nights.lab, two_nights.nights
+    v0, v1 = f"night{n0}-tiny_cnn", f"night{n1}-tiny_cnn"
+    store = get_store(lab.settings.resolved_store_url)
+    monkeypatch.setattr(readout_state, "LOOKBACK", 1)
+    with session_scope(lab.url) as session:
+        removed = readout_state.prune_states(session, store, "tiny_cnn")
+        artifact = modeling.get(session=session, version=v0).artifact_key
+    assert removed == 2  # night 0's statistics and their description
+    assert not store.exists(readout_state.state_key(v0)) and not store.exists(readout_state.meta_key(v0))
+    assert store.exists(readout_state.state_key(v1)) and store.exists(artifact)

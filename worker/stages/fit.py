@@ -32,6 +32,7 @@ from worker.stages.versions import refit_result, store_artifact, transfer_fields
 
 if TYPE_CHECKING:
     from models.candidate_fit import CandidateFit
+    from worker.stages.readout_state import ReadoutFit
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         return refit_result(None, None, cand.name, skipped=f"training failed ({exc})")
     ctx.progress(0.5, f"features {features_of.X.shape}; fitting readouts")
     ctx.check_cancelled()
+    readout = _fit_readout(ctx, cfg, version, features_of, data, images)
     fit = fit_candidate(
         features_of.X,
         data.mean,
@@ -149,7 +151,16 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         night_data.twin_pairs(images),
         ceiling_threshold=cfg.ceiling_threshold,
         held_out=features_of.held_out,
+        readout=None if readout is None else readout.readout,
     )
+    if readout is not None:
+        features_of.readout_fit = {
+            "cv": "gcv",
+            "fit": readout.mode,
+            "base": readout.base,
+            "new_images": readout.new_images,
+            "revised_images": readout.revised_images,
+        }
     mv_id = _store_version(ctx, version, features_of, data, images, fit)
     ctx.progress(1.0, f"{version}: median ceiled r {fit.report.score:.3f}")
     return refit_result(
@@ -159,6 +170,34 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         score=fit.report.score,
         transfer_score=fit.report.transfer_score,
     )
+
+
+def _fit_readout(
+    ctx: JobContext,
+    cfg: NightConfig,
+    version: str,
+    cf: CandidateFeatures,
+    data: night_data.NightData,
+    images: list[Any],
+) -> ReadoutFit | None:
+    """The GCV readout, continued from an earlier night's statistics where valid (None: exact LOO)."""
+    if cfg.readout_cv != "gcv":
+        return None
+    from worker.stages.readout_state import fit_readout
+
+    with ctx.session() as session:
+        return fit_readout(
+            session,
+            ctx.store,
+            version,
+            candidate_spec(cf.cand),
+            cf.checkpoint_sha,
+            data.site_ids,
+            data.window_ms,
+            [im.sha256 for im in images],
+            cf.X,
+            data.mean,
+        )
 
 
 class TrainingFailed(Exception):
@@ -174,6 +213,7 @@ class CandidateFeatures:
     checkpoint_sha: str | None
     held_out: np.ndarray | None = None  # a trained core saw the other families
     warm: dict[str, Any] = field(default_factory=dict)
+    readout_fit: dict[str, Any] | None = None  # how the GCV readout was fitted (None: exact LOO)
 
 
 def candidate_features(
@@ -283,6 +323,8 @@ def _store_version(
     }
     if cand.fit == "trained":
         trained_on |= {"weights_key": cand.checkpoint, **cf.warm}
+    if cf.readout_fit is not None:
+        trained_on["readout"] = cf.readout_fit
     with ctx.session() as session:
         parent = session.scalar(
             select(ModelVersion.id)
