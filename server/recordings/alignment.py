@@ -242,6 +242,36 @@ def ingest_with_sync(
         refresh_hz=refresh_hz,
         tolerance_ms=tolerance_ms,
     )
+    return ingest_keeping(
+        session=session,
+        recording=recording,
+        upload=upload,
+        window_ms=window_ms,
+        replace=replace,
+        fmt=fmt,
+        site_map=site_map,
+        key=ALIGNMENT_KEY,
+        value=report,
+    )
+
+
+def ingest_keeping(
+    *,
+    session: Session,
+    recording: RecordingSession,
+    upload: ParsedUpload,
+    window_ms: tuple[float, float] | None,
+    replace: bool,
+    fmt: str,
+    site_map: dict[str, str] | None,
+    key: str,
+    value: Any,
+) -> dict[str, Any]:
+    """:func:`ingest`, then keep ``value`` (a report on the upload's clock; None: nothing to keep).
+
+    It goes under ``key`` both in the session's ingest record and in the answer, so every upload
+    mode that checks or builds the presentations against the rig records that the same way.
+    """
     result = ingest(
         session=session,
         recording=recording,
@@ -251,9 +281,11 @@ def ingest_with_sync(
         fmt=fmt,
         site_map=site_map,
     )
-    record_in_ingest(recording, ALIGNMENT_KEY, report)
+    if value is None:
+        return result
+    record_in_ingest(recording, key, value)
     session.flush()
-    return {**result, ALIGNMENT_KEY: report}
+    return {**result, key: value}
 
 
 def record_in_ingest(recording: RecordingSession, key: str, value: Any) -> None:

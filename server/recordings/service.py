@@ -100,7 +100,7 @@ def ingest_files(
         from server.recordings.ingest.columnar import is_parquet
 
         fmt = "parquet" if is_parquet(files["spikes"]) else "csv"
-    result = ingest(
+    return alignment.ingest_keeping(
         session=session,
         recording=recording,
         upload=upload,
@@ -108,9 +108,6 @@ def ingest_files(
         replace=replace,
         fmt=fmt,
         site_map=site_map,
+        key="rig_cross_check",
+        value=checked,
     )
-    if checked is not None:
-        alignment.record_in_ingest(recording, "rig_cross_check", checked)
-        session.flush()
-        result["rig_cross_check"] = checked
-    return result
