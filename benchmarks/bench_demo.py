@@ -49,10 +49,9 @@ def _pin_cores() -> None:
     os.sched_setaffinity(0, cpus[:CORES])
 
 
-def run(quick: bool = False) -> dict:
-    """Time one demo run in a fresh data folder; returns the figures (also written as JSON)."""
-    days, sites = (1, 4) if quick else (3, None)
-    data_dir = Path(tempfile.mkdtemp(prefix="itloop-bench-demo-"))
+def demo_env(data_dir: Path) -> dict[str, str]:
+    """The environment of a timed demo child: this one's, less what would point it at another
+    database, store or device, with its own data folder and ``CORES`` math threads."""
     env = {k: v for k, v in os.environ.items() if k.removeprefix("ITLOOP_") not in CLEARED}
     env.update(
         ITLOOP_DATA_DIR=str(data_dir),
@@ -60,6 +59,14 @@ def run(quick: bool = False) -> dict:
         OMP_NUM_THREADS=str(CORES),
         MKL_NUM_THREADS=str(CORES),
     )
+    return env
+
+
+def run(quick: bool = False) -> dict:
+    """Time one demo run in a fresh data folder; returns the figures (also written as JSON)."""
+    days, sites = (1, 4) if quick else (3, None)
+    data_dir = Path(tempfile.mkdtemp(prefix="itloop-bench-demo-"))
+    env = demo_env(data_dir)
     cmd = _command(days, sites)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()

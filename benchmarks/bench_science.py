@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_demo import CLEARED, CORES, _pin_cores  # noqa: E402
+from benchmarks.bench_demo import _pin_cores, demo_env  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_science.json"
 FAMILIES = ("natural", "mix50", "v1", "orthogonal")
@@ -104,14 +104,8 @@ def _day_figures(day: dict[str, Any]) -> dict[str, Any]:
 def run_one(family: str, seed: int, *, days: int = DAYS, sites: int = N_SITES) -> dict[str, Any]:
     """One demo run on one family and seed; its per-day yardstick figures and wall time."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"itloop-science-{family}-{seed}-"))
-    env = {k: v for k, v in os.environ.items() if k.removeprefix("ITLOOP_") not in CLEARED}
-    env.update(
-        ITLOOP_DATA_DIR=str(data_dir),
-        ITLOOP_LOG_LEVEL="WARNING",
-        OMP_NUM_THREADS=str(CORES),
-        MKL_NUM_THREADS=str(CORES),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-    )
+    env = demo_env(data_dir)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     report = data_dir / "report"
     t0 = time.perf_counter()
     try:

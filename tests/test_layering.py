@@ -10,7 +10,9 @@ import made late to dodge a cycle is still a dependency):
   and the shared base (``itloop.settings``, ``itloop.errors``, ``itloop.storage``,
   ``itloop.logging``); it never imports the night (``worker``) or the science (``models``);
 - the job system and the night never pull in the web framework (checked in a fresh process);
-- ``benchmarks/`` never imports ``tests/``.
+- ``benchmarks/`` never imports ``tests/``;
+- no module-level import cycle among ``models``, ``server``, ``jobs``, ``worker`` and ``itloop``
+  (here an import under ``TYPE_CHECKING`` does not count: it never runs).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,3 +116,141 @@ def test_the_walker_sees_late_and_relative_imports(tmp_path: Path) -> None:
     assert any(m.startswith("models.synthesis") for m in found)  # relative imports resolved
     late = {m for f, _, m in imports("jobs") if f.endswith("context.py")}
     assert "itloop.storage" in late  # imported inside a method
+
+
+CYCLE_FREE = ("models", "server", "jobs", "worker", "itloop")
+
+
+def _modules(root: Path, packages: tuple[str, ...]) -> dict[str, tuple[Path, bool]]:
+    """Dotted module name -> (file, is a package's ``__init__``)."""
+    found = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return found
+
+
+def _executed_imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Import statements that can run: top level and inside functions; not under ``if TYPE_CHECKING``."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                yield from _executed_imports(ast.Module(body=[child], type_ignores=[]))
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        yield from _executed_imports(node)
+
+
+def import_graph(root: Path, packages: tuple[str, ...] = CYCLE_FREE) -> dict[str, set[str]]:
+    """Module -> the project modules importing it runs first.
+
+    ``from a.b import c`` points at the module ``a.b.c`` when there is one, else at ``a.b``; an
+    import of ``a.b.c`` also runs ``a/__init__`` and ``a/b/__init__``, so those count too (except
+    the importer's own enclosing packages, which Python has already started by then).
+    """
+    mods = _modules(root, packages)
+
+    def known(name: str) -> str | None:
+        parts = name.split(".")
+        while parts and ".".join(parts) not in mods:
+            parts.pop()
+        return ".".join(parts) or None
+
+    graph: dict[str, set[str]] = {}
+    for mod, (path, is_package) in mods.items():
+        package = mod if is_package else mod.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in _executed_imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    module = ".".join([*base, node.module] if node.module else base)
+                else:
+                    module = node.module or ""
+                names = [f"{module}.{a.name}" if f"{module}.{a.name}" in mods else module for a in node.names]
+            for name in names:
+                target = known(name)
+                if target is None:
+                    continue
+                parts = target.split(".")
+                targets |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)}
+        graph[mod] = {t for t in targets if t in mods and t != mod and not mod.startswith(t + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            v, edges = work[-1]
+            w = next(edges, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.append(w)
+                    if w == v:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph(ROOT)
+    found = cycles(graph)
+    detail = []
+    for component in found:
+        edges = "; ".join(f"{m} imports {sorted(graph[m] & set(component))}" for m in component)
+        detail.append(" -> ".join(component) + "\n    " + edges)
+    assert not found, "module import cycles (also through functions' imports):\n" + "\n".join(detail)
+
+
+def test_the_cycle_check_sees_late_implicit_and_relative_imports(tmp_path: Path) -> None:
+    """The check above would pass vacuously if the graph missed edges; it does not."""
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/sub/__init__.py": "from .. import other\n",
+        "pkg/sub/leaf.py": "VALUE = 1\n",
+        "pkg/other.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.plain\n"
+        "def late():\n    from pkg.sub.leaf import VALUE\n",
+        "pkg/plain.py": "import pkg.other\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = import_graph(tmp_path, ("pkg",))
+    assert graph["pkg.sub"] == {"pkg.other"}  # relative; its own package pkg is not an edge
+    assert graph["pkg.other"] == {"pkg.sub", "pkg.sub.leaf"}  # late, and pkg/sub/__init__ runs first
+    assert graph["pkg.plain"] == {"pkg.other"}  # the TYPE_CHECKING import of plain never runs
+    assert cycles(graph) == [["pkg.other", "pkg.sub"]]
+    assert sum(map(len, import_graph(ROOT).values())) > 500  # and the real tree has edges to speak of

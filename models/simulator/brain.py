@@ -54,7 +54,7 @@ from scipy.ndimage import gaussian_filter
 
 from models.simulator.exact import argmax_linear_ball_box, max_linear_ball_box
 from models.simulator.images import make_clean_images
-from models.simulator.spikes import SpikeData, simulate_presentation_spikes
+from models.simulator.spikes import PresentationSpikes
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -156,7 +156,7 @@ def _calibration(size: int, n_categories: int, n_calibration: int):
     return x, cats, sv, vt
 
 
-class VirtualBrain:
+class VirtualBrain(PresentationSpikes):
     """Synthetic IT population with exactly computable adversarial sensitivity.
 
     The population is built in the constructor from the keyword parameters and ``seed``
@@ -450,31 +450,6 @@ class VirtualBrain:
         x = _as_float_images(images, self.image_size)
         a = self.weights_[site] if direction == "up" else -self.weights_[site]
         return argmax_linear_ball_box(a, x, eps).reshape(x.shape[0], 3, self.image_size, self.image_size)
-
-    def simulate_spikes(
-        self,
-        images: np.ndarray,
-        onsets_s: np.ndarray,
-        rng: np.random.Generator,
-        *,
-        fixation_ok: np.ndarray | None = None,
-        **kwargs,
-    ) -> SpikeData:
-        """Spikes of this population for a sequence of presentations.
-
-        :func:`~models.simulator.spikes.simulate_presentation_spikes` with this brain's true
-        rates, latencies and spontaneous rates; ``images`` has shape (n_presentations, 3, H, W)
-        (one row per presentation, repeats included). Extra keywords pass through.
-        """
-        return simulate_presentation_spikes(
-            self.rates(images),
-            onsets_s,
-            rng,
-            latency_s=self.latency_s_,
-            spontaneous_rate=self.spontaneous_rate_,
-            fixation_ok=fixation_ok,
-            **kwargs,
-        )
 
     # ------------------------------------------------------------------ torch
     def as_torch_module(self, dtype: torch.dtype | None = None) -> torch.nn.Module:

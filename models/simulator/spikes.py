@@ -11,11 +11,17 @@ sites takes a few tens of milliseconds.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-__all__ = ["SpikeData", "expected_window_count", "mark_fixation_breaks", "simulate_presentation_spikes"]
+__all__ = [
+    "PresentationSpikes",
+    "SpikeData",
+    "expected_window_count",
+    "mark_fixation_breaks",
+    "simulate_presentation_spikes",
+]
 
 
 class SpikeData(NamedTuple):
@@ -286,3 +292,44 @@ def mark_fixation_breaks(
         state = u[i] < (p_stay if state else p_start)
         broken[i] = state
     return ~broken
+
+
+class _SpikingPopulation(Protocol):
+    """What :class:`PresentationSpikes` needs of a population."""
+
+    latency_s_: np.ndarray
+    spontaneous_rate_: np.ndarray
+
+    def rates(self, images: np.ndarray) -> np.ndarray: ...
+
+
+class PresentationSpikes:
+    """``simulate_spikes`` for a population with ``rates``, ``latency_s_`` and ``spontaneous_rate_``.
+
+    One definition for every simulated family, so they all turn true rates into spikes alike.
+    """
+
+    def simulate_spikes(
+        self: _SpikingPopulation,
+        images: np.ndarray,
+        onsets_s: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        fixation_ok: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> SpikeData:
+        """Spikes of this population for a sequence of presentations.
+
+        :func:`simulate_presentation_spikes` with the population's true rates, latencies and
+        spontaneous rates; ``images`` has shape (n_presentations, 3, H, W) (one row per
+        presentation, repeats included). Extra keywords pass through.
+        """
+        return simulate_presentation_spikes(
+            self.rates(images),
+            onsets_s,
+            rng,
+            latency_s=self.latency_s_,
+            spontaneous_rate=self.spontaneous_rate_,
+            fixation_ok=fixation_ok,
+            **kwargs,
+        )

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.simulator.brain import Sensitivity, _as_float_images, _calibration
-from models.simulator.spikes import SpikeData, simulate_presentation_spikes
+from models.simulator.spikes import PresentationSpikes
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.simulator.whitebox import AttackConfig
@@ -136,7 +136,7 @@ class V1Module(nn.Module):
         return self.baseline.to(z) + self.gain.to(z) * F.softplus(z)
 
 
-class V1Brain:
+class V1Brain(PresentationSpikes):
     """V1-like energy population with a white-box reference by strong attack (see module doc).
 
     Parameters
@@ -279,26 +279,6 @@ class V1Brain:
     def clean_std(self, images: np.ndarray) -> np.ndarray:
         """``sigma_i`` over ``images`` (ddof=0), (n_sites,)."""
         return self.rates(images).std(axis=0)
-
-    def simulate_spikes(
-        self,
-        images: np.ndarray,
-        onsets_s: np.ndarray,
-        rng: np.random.Generator,
-        *,
-        fixation_ok: np.ndarray | None = None,
-        **kwargs,
-    ) -> SpikeData:
-        """Spikes for a sequence of presentations (see ``VirtualBrain.simulate_spikes``)."""
-        return simulate_presentation_spikes(
-            self.rates(images),
-            onsets_s,
-            rng,
-            latency_s=self.latency_s_,
-            spontaneous_rate=self.spontaneous_rate_,
-            fixation_ok=fixation_ok,
-            **kwargs,
-        )
 
     # ------------------------------------------------------------------ white-box reference
     def true_sensitivity_cases(

@@ -3,7 +3,7 @@
 Two jobs, both joining the rig's stored presentation events (``rig_events``, posted live by the
 rig to ``POST /batches/{id}/presentations``) with a spike upload:
 
-- **Sync mode** (:func:`ingest_with_sync`): the upload carries spikes and the recorder's sync
+- **Sync mode** (:func:`presentations_from_sync`): the upload carries spikes and the recorder's sync
   pulses (a ``sync`` CSV/Parquet file with ``time_s`` and optional ``stop_s``, or a named
   TimeSeries / TimeIntervals in the NWB file) but no presentations. The presentations are the
   rig's events of the session's batch, placed on the recorder's clock by
@@ -22,7 +22,6 @@ this module joins them with the database.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,10 +32,8 @@ from itloop.errors import InvalidUpload
 from models.clock_alignment import AlignmentError, align, cross_check
 from server.batches.tables import Batch
 from server.lab.tables import Rig
-from server.recordings.ingest.sync import parse_sync_upload
 from server.recordings.ingest.validate import ParsedUpload
-from server.recordings.sessions import INGEST_KEY, get_session
-from server.recordings.store import ingest
+from server.recordings.sessions import INGEST_KEY
 from server.recordings.tables import RecordingSession, RigEvent
 
 log = logging.getLogger(__name__)
@@ -217,43 +214,6 @@ def check_against_rig(
 
 
 # --- the upload mode --------------------------------------------------------------------
-
-
-def ingest_with_sync(
-    *,
-    session: Session,
-    session_id: str,
-    files: dict[str, Path],
-    sync_series: str | None = None,
-    window_ms: tuple[float, float] | None = None,
-    replace: bool = False,
-    refresh_hz: float | None = None,
-    tolerance_ms: float | None = None,
-    site_map: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Parse spikes and pulses, build the presentations from the rig's events, ingest, keep the report."""
-    spikes, pulses, fmt = parse_sync_upload(files, sync_series)  # before the database is touched
-    recording = get_session(session=session, session_id=session_id)
-    upload, report = presentations_from_sync(
-        session=session,
-        recording=recording,
-        spikes=spikes,
-        pulses=pulses,
-        refresh_hz=refresh_hz,
-        tolerance_ms=tolerance_ms,
-    )
-    result = ingest(
-        session=session,
-        recording=recording,
-        upload=upload,
-        window_ms=window_ms,
-        replace=replace,
-        fmt=fmt,
-        site_map=site_map,
-    )
-    record_in_ingest(recording, ALIGNMENT_KEY, report)
-    session.flush()
-    return {**result, ALIGNMENT_KEY: report}
 
 
 def record_in_ingest(recording: RecordingSession, key: str, value: Any) -> None:

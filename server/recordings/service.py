@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from server.recordings import alignment
+from server.recordings.ingest.sync import parse_sync_upload
 from server.recordings.queries import ResponseTable, load_trains, responses_by_image
 from server.recordings.sessions import (
     INGEST_KEY,
@@ -77,29 +78,32 @@ def ingest_files(
     ``sync_series``) the presentations come from the rig's events (``server.recordings.alignment``);
     otherwise the upload's own presentations are cross-checked against those events.
     """
+    kept: dict[str, Any] | None  # the alignment report, or what the cross-check found
     if "sync" in files or sync_series is not None:
-        return alignment.ingest_with_sync(
+        spikes, pulses, fmt = parse_sync_upload(files, sync_series)
+        recording = get_session(session=session, session_id=session_id)
+        upload, kept = alignment.presentations_from_sync(
             session=session,
-            session_id=session_id,
-            files=files,
-            sync_series=sync_series,
-            window_ms=window_ms,
-            replace=replace,
+            recording=recording,
+            spikes=spikes,
+            pulses=pulses,
             refresh_hz=refresh_hz,
             tolerance_ms=sync_tolerance_ms,
-            site_map=site_map,
         )
-    upload = parse_files(files, presentations_table)
-    recording = get_session(session=session, session_id=session_id)
-    checked = alignment.check_against_rig(
-        session=session, recording=recording, upload=upload, tolerance_ms=sync_tolerance_ms
-    )
-    if "file" in files:
-        fmt = "nwb"
+        key = alignment.ALIGNMENT_KEY
     else:
-        from server.recordings.ingest.columnar import is_parquet
+        upload = parse_files(files, presentations_table)
+        recording = get_session(session=session, session_id=session_id)
+        kept = alignment.check_against_rig(
+            session=session, recording=recording, upload=upload, tolerance_ms=sync_tolerance_ms
+        )
+        key = "rig_cross_check"
+        if "file" in files:
+            fmt = "nwb"
+        else:
+            from server.recordings.ingest.columnar import is_parquet
 
-        fmt = "parquet" if is_parquet(files["spikes"]) else "csv"
+            fmt = "parquet" if is_parquet(files["spikes"]) else "csv"
     result = ingest(
         session=session,
         recording=recording,
@@ -109,8 +113,8 @@ def ingest_files(
         fmt=fmt,
         site_map=site_map,
     )
-    if checked is not None:
-        alignment.record_in_ingest(recording, "rig_cross_check", checked)
-        session.flush()
-        result["rig_cross_check"] = checked
-    return result
+    if kept is None:
+        return result
+    alignment.record_in_ingest(recording, key, kept)
+    session.flush()
+    return {**result, key: kept}

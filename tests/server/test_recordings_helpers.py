@@ -105,39 +105,35 @@ def synth(lab: Lab, seed: int = 0, n_pres: int = 40, rate_hz: float = 30.0, isi_
     )
 
 
+def _tables(data: Synthetic) -> tuple[pa.Table, pa.Table]:
+    """The spikes and presentations tables of an upload, for any columnar format."""
+    spikes = pa.table({"site_id": data.site.tolist(), "time_s": data.times})
+    presentations = pa.table(
+        {
+            "event_id": data.event_ids,
+            "image_sha256": data.images,
+            "onset_s": data.onsets,
+            "fixation_ok": data.fixation,
+        }
+    )
+    return spikes, presentations
+
+
 def write_csv(folder: Path, data: Synthetic, tag: str = "") -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     sp, pr = folder / f"spikes{tag}.csv", folder / f"presentations{tag}.csv"
-    pacsv.write_csv(pa.table({"site_id": data.site.tolist(), "time_s": data.times}), sp)
-    pacsv.write_csv(
-        pa.table(
-            {
-                "event_id": data.event_ids,
-                "image_sha256": data.images,
-                "onset_s": data.onsets,
-                "fixation_ok": data.fixation,
-            }
-        ),
-        pr,
-    )
+    spikes, presentations = _tables(data)
+    pacsv.write_csv(spikes, sp)
+    pacsv.write_csv(presentations, pr)
     return {"spikes": sp, "presentations": pr}
 
 
 def write_parquet(folder: Path, data: Synthetic) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     sp, pr = folder / "spikes.parquet", folder / "presentations.parquet"
-    pq.write_table(pa.table({"site_id": data.site.tolist(), "time_s": data.times}), sp)
-    pq.write_table(
-        pa.table(
-            {
-                "event_id": data.event_ids,
-                "image_sha256": data.images,
-                "onset_s": data.onsets,
-                "fixation_ok": data.fixation,
-            }
-        ),
-        pr,
-    )
+    spikes, presentations = _tables(data)
+    pq.write_table(spikes, sp)
+    pq.write_table(presentations, pr)
     return {"spikes": sp, "presentations": pr}
 
 

@@ -376,24 +376,6 @@ def rq_lab(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     cleanup()
 
 
-def _workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        w = WorkerProcess(tmp_path / f"night-worker-{len(started)}.log", *args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.kill()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    yield from _workers(tmp_path)
-
-
 def _reference_run(folder: Path, params: dict[str, Any]) -> dict[str, Any]:
     """The same night, uninterrupted and in-process, on another fresh database and store."""
     with pytest.MonkeyPatch.context() as mp:
@@ -410,12 +392,12 @@ def _reference_run(folder: Path, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_worker_killed_mid_synthesis_night_completes_with_the_same_batch(
-    rq_lab: Lab, tmp_path: Path, workers: Callable[..., WorkerProcess]
+    rq_lab: Lab, tmp_path: Path, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     lab = rq_lab
     show_day(lab)
     night_id = start_night(lab, SLOW_SYNTH)
-    first = workers("--burst")
+    first = start_worker("--burst")
 
     def mid_synthesis() -> bool:
         running = [
@@ -443,7 +425,7 @@ def test_worker_killed_mid_synthesis_night_completes_with_the_same_batch(
         return (utcnow() - (beat if beat.tzinfo else beat.replace(tzinfo=UTC))).total_seconds() > 1.5
 
     wait_for(stale, timeout_s=10, what="the killed shard's heartbeat to go stale")
-    second = workers("--burst")  # reaps at start (stale after 1 s), then runs the rest of the night
+    second = start_worker("--burst")  # reaps at start (stale after 1 s), then runs the rest of the night
     assert second.wait(timeout_s=300) == 0, second.output()
     night = night_row(lab, night_id)
     assert night.state == JobState.succeeded, (night.error, second.output()[-3000:])
@@ -460,7 +442,7 @@ def test_worker_killed_mid_synthesis_night_completes_with_the_same_batch(
 
 
 def test_redis_flushed_mid_night_the_reaper_recovers_and_the_night_completes(
-    rq_lab: Lab, workers: Callable[..., WorkerProcess]
+    rq_lab: Lab, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     lab = rq_lab
     show_day(lab)
@@ -468,7 +450,7 @@ def test_redis_flushed_mid_night_the_reaper_recovers_and_the_night_completes(
     runner = get_runner(lab.settings)
     assert isinstance(runner, RQRunner)
     # A CPU-only worker runs night.responses; the refit then waits in Redis on the GPU queue.
-    cpu = workers("--burst", "--queue", lab.settings.queue_name)
+    cpu = start_worker("--burst", "--queue", lab.settings.queue_name)
     assert cpu.wait(timeout_s=120) == 0, cpu.output()
     states = {j.kind: j.state for j in night_jobs(lab, night_id)}
     assert states["night.responses"] == JobState.succeeded, cpu.output()
@@ -479,7 +461,7 @@ def test_redis_flushed_mid_night_the_reaper_recovers_and_the_night_completes(
     Redis.from_url(lab.settings.redis_url).flushdb()  # type: ignore[arg-type]
     assert runner.present_job_ids() == set()
 
-    worker = workers("--burst")  # its reaper re-enqueues the refit from the job table
+    worker = start_worker("--burst")  # its reaper re-enqueues the refit from the job table
     assert worker.wait(timeout_s=300) == 0, worker.output()
     night = night_row(lab, night_id)
     assert night.state == JobState.succeeded, (night.error, worker.output()[-3000:])
