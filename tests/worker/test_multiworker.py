@@ -27,7 +27,12 @@ from server.batches import service as batches
 from server.db.engine import get_engine, session_scope
 from server.jobs.tables import Job, JobState, Night
 from tests.conftest import BACKENDS, make_settings, new_database
-from tests.factories import record_simulated_day, seed_lab, wait_for
+from tests.factories import (  # night_jobs reads lab.url only
+    night_jobs,
+    record_simulated_day,
+    seed_lab,
+    wait_for,
+)
 from tests.worker.conftest import ITLOOP_CLI, WORKER_ENV, WorkerProcess
 
 # Whole nights on subprocess workers (about 90 s each here): left out of `make test-fast`.
@@ -119,14 +124,6 @@ def start_night(lab: Lab) -> int:
     with session_scope(lab.url) as session:
         jobstate.bind(session, lab.settings)
         return start(session, lab.settings, session_id=lab.session_id, params=NIGHT).id
-
-
-def night_jobs(lab: Lab, night_id: int) -> list[Job]:
-    with session_scope(lab.url) as session:
-        rows = jobstate.night_jobs(session, night_id)
-        for r in rows:
-            session.expunge(r)
-        return rows
 
 
 def night_state(lab: Lab, night_id: int) -> tuple[str, str | None, int | None]:
