@@ -39,7 +39,7 @@ from server.db import migrate
 from server.db.engine import get_engine, session_scope
 from server.jobs.tables import JobState
 from tests.conftest import make_settings
-from tests.factories import wait_for
+from tests.factories import night_jobs, wait_for
 from tests.worker.conftest import ITLOOP_CLI, ROOT, WorkerProcess
 from tests.worker.test_multiworker import (
     CPU,
@@ -49,12 +49,11 @@ from tests.worker.test_multiworker import (
     TERMINAL,
     Lab,
     batch_signature,
-    night_jobs,
     night_state,
     pg_lab,  # noqa: F401 - fixture
     pid_of,
     run_to_end,
-    seed_lab,
+    seed_lab_with_day0,
     start_night,
 )
 
@@ -313,7 +312,7 @@ def test_killing_the_embedded_server_mid_night_and_restarting_it_completes_the_n
     data = tmp_path / "itloop-data"
     settings = make_settings(f"sqlite:///{(data / 'itloop.db').resolve()}", data)
     migrate.upgrade(settings.resolved_database_url)
-    lab = seed_lab(settings)
+    lab = seed_lab_with_day0(settings)
     with session_scope(lab.url) as session:
         user = auth_service.create_user(session=session, name="exp", role="experimenter")
         token = auth_service.create_token(session=session, user=user)
