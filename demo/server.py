@@ -12,7 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from itloop.settings import Settings
-from server.app import create_app
+from server.app import KEEP_ALIVE_S, create_app
 
 
 def free_port() -> int:
@@ -26,7 +26,13 @@ class BackgroundServer:
 
     def __init__(self, settings: Settings, port: int | None = None) -> None:
         self.port = port or free_port()
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_S,  # longer than the clients' own (server.app says why)
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="itloop-api", daemon=True)
 
@@ -68,6 +74,7 @@ def serve_in_subprocess(
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    cmd += ["--timeout-keep-alive", str(KEEP_ALIVE_S)]
     proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s

@@ -25,6 +25,14 @@ from server.uploads import sweep_stale_uploads
 
 _gc_frozen = False
 
+#: How long the server keeps an idle HTTP connection open (uvicorn's ``timeout_keep_alive``).
+#: Why not uvicorn's 5 s: httpx clients (the rig client, the demo) also drop idle pooled
+#: connections after 5 s, so with equal timeouts a request sent on a connection the server is
+#: closing at that moment fails with "Server disconnected without sending a response". A server
+#: that keeps connections longer than its clients means the client always closes first. 75 s
+#: also outlasts the 60 s idle timeout common in load balancers in front of the API.
+KEEP_ALIVE_S = 75
+
 
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -35,6 +35,7 @@ def serve(
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
+    from server.app import KEEP_ALIVE_S
     from server.db.migrate import schema_advice, schema_state
 
     settings = get_settings()
@@ -75,6 +76,7 @@ def serve(
         workers=workers,
         reload=reload,
         log_level=settings.log_level.lower(),
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 

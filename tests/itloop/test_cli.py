@@ -229,6 +229,26 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
     )
 
 
+def _health_twice_on_one_connection(port: int, idle_s: float) -> list[int]:
+    """Status of GET /api/v1/health sent twice on one HTTP/1.1 connection, ``idle_s`` apart
+    (0 for a request the server answered by closing the connection)."""
+    import socket
+    import time
+
+    statuses = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        for k in range(2):
+            if k:
+                time.sleep(idle_s)
+            try:
+                conn.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                head = conn.recv(65536)
+            except OSError:
+                head = b""
+            statuses.append(int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1") else 0)
+    return statuses
+
+
 def test_serve_migrates_the_embedded_default_and_refuses_a_configured_database(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -253,6 +273,9 @@ def test_serve_migrates_the_embedded_default_and_refuses_a_configured_database(
         assert r.status_code == 200 and r.json()["schema"] == "current", r.text
         root = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
         assert root.status_code == 307 and root.headers["location"] == "/dashboard/"
+        # An idle connection outlives the clients' own 5 s keep-alive (server.app.KEEP_ALIVE_S),
+        # so a client never sends on a connection the server is closing.
+        assert _health_twice_on_one_connection(port, idle_s=6.5) == [200, 200]
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
