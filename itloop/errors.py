@@ -37,6 +37,11 @@ class Conflict(ItloopError):
     status_code = 409
 
 
+class NightActive(Conflict):
+    """The session already has an active night: a 409, and for an automatic start nothing wrong
+    (the lab started its night itself), so callers can tell it from other refusals."""
+
+
 class Unauthorized(ItloopError):
     status_code = 401
 

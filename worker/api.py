@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from itloop.errors import ItloopError
+from itloop.errors import ItloopError, NightActive
 from itloop.night_params import NightConfig, NightParams
 from jobs import state as jobstate
 from jobs.config import get_worker_config
@@ -71,9 +71,10 @@ def start_night(
     """Create a night for a recording session and submit its jobs (enqueued when ``session`` commits).
 
     Bad params (unknown keys or candidates, impossible values) are an ``InvalidInput`` naming them;
-    a night already active for the session is a ``Conflict``; with ``refuse_late``, a night whose
-    plan cannot end before its deadline even at the smallest budget is a ``Conflict`` that gives
-    the expected and the available time (``POST /nights``; automatic nights publish what is done).
+    a night already active for the session is a ``NightActive`` (a ``Conflict``); with
+    ``refuse_late``, a night whose plan cannot end before its deadline even at the smallest
+    budget is a ``Conflict`` that gives the expected and the available time (``POST /nights``;
+    automatic nights publish what is done).
     """
     return night_pipeline.start_night(
         session, settings, session_id=session_id, params=params, refuse_late=refuse_late
@@ -117,7 +118,10 @@ def night_after_session_complete(session: Session, settings: Settings, *, sessio
         with session.begin_nested():
             night = start_night(session, settings, session_id=session_id)
     except ItloopError as exc:
-        log.warning("no night started for session %s: %s", session_id, exc.detail)
+        # The session's own night already running is the normal case when the lab started it
+        # (POST /nights) before completing the session; anything else deserves attention.
+        level = logging.INFO if isinstance(exc, NightActive) else logging.WARNING
+        log.log(level, "no night started for session %s: %s", session_id, exc.detail)
         return AutoNight(enabled=True, note=f"no night started: {exc.detail}")
     log.info("session %s complete: night %s submitted", session_id, night.id)
     return AutoNight(enabled=True, night_id=night.id, note=night.note or None)

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from itloop.errors import Conflict, InvalidInput, NotFound, Unavailable
+from itloop.errors import Conflict, InvalidInput, NightActive, NotFound, Unavailable
 from itloop.night_params import NightConfig, NightParams, describe_errors
 from jobs import state as jobstate
 from jobs.config import get_worker_config
@@ -115,7 +115,7 @@ def start_night(
             session.flush()
     except IntegrityError:
         _refuse_if_active(session, rec.id, session_id)
-        raise Conflict(f"another night for session {session_id!r} is already active") from None
+        raise NightActive(f"another night for session {session_id!r} is already active") from None
     plan_night(session, night, settings)
     return night
 
@@ -134,7 +134,7 @@ def _refuse_if_active(session: Session, session_pk: int, session_id: str) -> Non
         )
     )
     if active is not None:
-        raise Conflict(f"night {active.id} for session {session_id!r} is already {active.state}")
+        raise NightActive(f"night {active.id} for session {session_id!r} is already {active.state}")
 
 
 def _next_rig_time(settings: Settings) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from itloop.settings import Settings
 from jobs import state as service
 from jobs.queue import InProcessRunner, get_runner
@@ -176,8 +178,17 @@ def test_night_cli_runs_the_night_and_reports_failure(job_settings: Settings) ->
         assert "night.publish" in (nights[0].error or "")
 
 
-def test_completing_a_session_starts_its_night(job_settings: Settings) -> None:
-    """ITLOOP_AUTO_NIGHT: one explicit call; never blocks the completion; falls back without checkpoints."""
+def test_completing_a_session_starts_its_night(
+    job_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ITLOOP_AUTO_NIGHT: one explicit call; never blocks the completion; falls back without checkpoints.
+
+    A refusal is logged as a warning, except the session's own night already running (the lab
+    started it before completing the session): that is normal, logged at info.
+    """
+    import logging
+
+    caplog.set_level(logging.INFO, logger="worker.api")
     auto = job_settings.model_copy(update={"auto_night": True})
     _recording(job_settings, "day4")
     with session_scope(job_settings.resolved_database_url) as session:
@@ -190,6 +201,8 @@ def test_completing_a_session_starts_its_night(job_settings: Settings) -> None:
         finally:
             JOBS[night_mod.PUBLISH] = publish
         assert missing.night_id is None and "night.publish" in (missing.note or "")
+        assert [r.levelname for r in caplog.records if "no night started" in r.message] == ["WARNING"]
+        caplog.clear()
         assert service.list_nights(session)[1] == 0
         with overridden(dict.fromkeys(night_mod.STAGES, tj.night_step)):
             first = jobs_api.night_after_session_complete(session, auto, session_id="day4")
@@ -199,6 +212,7 @@ def test_completing_a_session_starts_its_night(job_settings: Settings) -> None:
         assert first.enabled and first.night_id is not None
         assert "resnet50.pt" in (first.note or "") and str(job_settings.data_dir) in (first.note or "")
         assert again.night_id is None and "already" in (again.note or "")
+        assert [r.levelname for r in caplog.records if "no night started" in r.message] == ["INFO"]
         nights, total = service.list_nights(session)
         assert total == 1 and nights[0].state == JobState.queued
         assert nights[0].params["candidates"] == ["pixels32", "vone"] and nights[0].note == first.note
