@@ -55,6 +55,7 @@ def ridge_surrogate(name: str, x: torch.Tensor, y: np.ndarray, **kw: Any) -> nn.
     layer, pool = {
         "pixels": ("pool", "flatten"),
         "vone": ("output", "flatten"),
+        "vone_energy": ("output", "flatten"),
         "small_cnn": ("conv3", "avg"),
     }[name]
     backbone = build_backbone(name, None, **kw)
@@ -112,6 +113,7 @@ def run(families: list[str], n_train: int, n_test: int, seed: int = 0) -> dict[s
         "pixels16": lambda x, y: ridge_surrogate("pixels", x, y, size=16),
         "small_cnn": lambda x, y: ridge_surrogate("small_cnn", x, y, seed=0),
         "vone": lambda x, y: ridge_surrogate("vone", x, y),
+        "vone_energy": lambda x, y: ridge_surrogate("vone_energy", x, y),
         "vone_trained": lambda x, y: trained_surrogate(x, y, 0.0),
         "vone_trained + noise training": lambda x, y: trained_surrogate(x, y, 0.3),
     }

@@ -23,7 +23,7 @@ import torchvision
 from torch import nn
 
 from models.trainable import trained_vone
-from models.vone import vone
+from models.vone import vone, vone_energy
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def pixel_pool(size: int = 16, num_classes: int = 1, seed: int = 0) -> nn.Module
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "pixels": pixel_pool,
     "vone": vone,
+    "vone_energy": vone_energy,
     "vone_trained": trained_vone,
     "resnet50": resnet50,
     "small_cnn": small_cnn,

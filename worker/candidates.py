@@ -40,6 +40,9 @@ BUILTIN: dict[str, dict[str, Any]] = {
     # Checkpoint-free and V1-like: a fixed multi-scale Gabor bank with divisive normalisation
     # (models.vone), whose gradients stay at the spatial scales and orientations V1 passes on.
     "vone": {"backbone": "vone", "layer": "output", "pool": "flatten"},
+    # Squared complex-cell energies at coarse scales (models.vone.vone_energy): a quadratic model
+    # whose gradient follows the image's local phase, for sites no linear pixel model can target.
+    "vone_energy": {"backbone": "vone_energy", "layer": "output", "pool": "flatten"},
     # Across-day search (models.search): each site's gradient estimated from the measured changes
     # of every twin on record; a linear model in full-resolution pixels, fitted on pairs only.
     SEARCH: {"backbone": "pixels", "layer": "pool", "pool": "flatten", "fit": "pairs"},

@@ -96,6 +96,27 @@ def test_own_twin_effect_counts_only_a_sources_twins_for_each_site() -> None:
     assert np.isnan(effect[1]) and n[1] == 0  # one own twin is not enough for a standard error
 
 
+def test_own_twin_effect_is_the_slope_on_distance_which_weights_the_larger_twins() -> None:
+    """Recording noise does not grow with a twin's distance, so the least-squares slope through the
+    origin is the efficient estimate: over many noisy days its spread is well below the spread of
+    the mean of per-pair ratios, and both centre on the true change per unit L2."""
+    from models.transfer import own_twin_effect
+
+    rng = np.random.default_rng(0)
+    l2 = np.tile([0.5, 1.0, 2.0], 6)  # the demo's epsilons, 18 twins for one site
+    direction = np.where(np.arange(18) % 2 == 0, 1.0, -1.0)
+    slopes, ratios, ses = [], [], []
+    for _ in range(400):
+        observed = (direction * 1.5 * l2 + rng.normal(0.0, 4.0, size=18))[:, None]
+        effect, se, _ = own_twin_effect(observed, l2, direction, np.zeros(18, int), np.ones(18, bool))
+        slopes.append(effect[0])
+        ses.append(se[0])
+        ratios.append(np.mean(direction * observed[:, 0] / l2))
+    assert abs(np.mean(slopes) - 1.5) < 0.1 and abs(np.mean(ratios) - 1.5) < 0.2
+    assert np.std(ratios) / np.std(slopes) > 1.5  # about sqrt(3) at these distances
+    assert np.mean(ses) == pytest.approx(np.std(slopes), rel=0.15)  # the standard error is honest
+
+
 def test_pair_difference_ridge_recovers_a_gradient_inside_the_probed_subspace() -> None:
     rng = np.random.default_rng(1)
     n_pix, n_dirs = 400, 12
