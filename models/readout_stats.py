@@ -5,7 +5,8 @@ choice by generalised cross-validation (GCV; Golub, Heath & Wahba 1979) depend o
 through ``n``, ``sum x``, ``sum y``, ``X^T X``, ``X^T Y`` and ``sum y^2``, and these add over
 days: :class:`RidgeStats` keeps them, :meth:`RidgeStats.add` folds in a day's images in
 ``O(n_new p^2)``, and :func:`fit_from_stats` solves every penalty and site from one
-eigendecomposition of the ``p x p`` Gram matrix.  A fit from the statistics of all days at
+reduction of the ``p x p`` Gram matrix to tridiagonal form (a third of the cost of its full
+eigendecomposition: no eigenvectors are formed).  A fit from the statistics of all days at
 once and one updated day by day agree to rounding (the sums differ only in their order).
 
 Exact leave-one-out (the default of :class:`models.readout.MultiRidgeCV`) needs every image's
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.linalg import blas
+from scipy.linalg import blas, lapack
 
 __all__ = ["RidgeStats", "StatsFit", "fit_from_stats"]
 
@@ -175,12 +176,18 @@ def _centred(stats: RidgeStats, fit_intercept: bool) -> tuple[np.ndarray, ...]:
 def fit_from_stats(
     stats: RidgeStats, alphas: np.ndarray, *, fit_intercept: bool = True, standardize: bool = True
 ) -> StatsFit:
-    """All sites at every penalty from one ``eigh`` of the Gram matrix; penalty per site by GCV.
+    """All sites at every penalty from one tridiagonal reduction of the Gram matrix; penalty per
+    site by GCV.
 
-    With ``G = V diag(s2) V^T`` and ``P = V^T X^T y``, the fit at penalty ``a`` shrinks each
-    eigen-direction by ``w = s2 / (s2 + a)``: its residual sum of squares is
-    ``y^T y - sum (2 w - w^2) P^2 / s2`` and its degrees of freedom ``sum w`` (+1 for the
-    intercept), so ``GCV(a) = n RSS(a) / (n - df(a))^2`` costs ``O(p m)`` per penalty.
+    With ``G = Q T Q^T`` (``T`` tridiagonal, Householder reflectors for ``Q``; LAPACK ``sytrd``)
+    and ``c = Q^T X^T y``, the coefficients at penalty ``a`` are ``Q z`` with
+    ``(T + a I) z = c``, a tridiagonal solve in ``O(p m)``; the residual sum of squares is
+    ``y^T y - c.z - a z.z`` and the degrees of freedom ``sum s2 / (s2 + a)`` over the
+    eigenvalues ``s2`` of ``T`` (+1 for the intercept; eigenvalues alone cost ``O(p^2)``), so
+    ``GCV(a) = n RSS(a) / (n - df(a))^2``. No eigenvector is ever formed: the reduction is a
+    third of a full ``eigh``'s work, which is what a day's update costs beyond its own images.
+    The eigendecomposition route (:func:`_gcv_eigh`) is kept for a penalty of 0 or a Gram
+    matrix that rounding left indefinite; both give the same fit to rounding.
     """
     n = stats.n
     if n < 3:
@@ -192,28 +199,88 @@ def fit_from_stats(
         x_scale[x_scale < 1e-12 * max(1.0, float(np.abs(x_mean).max(initial=0.0)))] = 1.0
     else:
         x_scale = np.ones(p)
-    gs = torch.from_numpy(gram / np.outer(x_scale, x_scale))
-    s2, V = torch.linalg.eigh(gs, UPLO="U")
-    keep = s2 > _RANK_TOL * s2.max().clamp_min(torch.finfo(s2.dtype).tiny)
-    s2, V = s2[keep], V[:, keep]
-    P = V.T @ torch.from_numpy(xy / x_scale[:, None])  # (k, m) = diag(s) z
-    z2 = P.square() / s2[:, None]
-    a = torch.from_numpy(np.asarray(alphas, dtype=np.float64))
-    W = s2[None, :] / (s2[None, :] + a[:, None])  # (A, k)
-    explained = (2 * W - W.square()) @ z2  # (A, m)
-    rss = (torch.from_numpy(yy)[None, :] - explained).clamp_min(0.0)
-    df = W.sum(dim=1) + (1.0 if fit_intercept else 0.0)  # (A,)
-    dof = (n - df).clamp_min(0.0)
-    gcv = torch.where(dof[:, None] > 0, n * rss / dof[:, None].square().clamp_min(1e-300), torch.inf)
-    best = torch.argmin(gcv, dim=0)  # first minimum on ties
-    coef_std = V @ (P / (s2[:, None] + a[best][None, :]))
-    coef = coef_std.numpy() / x_scale[:, None]
+    gs = gram / np.outer(x_scale, x_scale)
+    xy_s = xy / x_scale[:, None]
+    a = np.asarray(alphas, dtype=np.float64).ravel()
+    extra_df = 1.0 if fit_intercept else 0.0
+    solved = _gcv_tridiagonal(gs, xy_s, yy, n, a, extra_df) if np.all(a > 0) else None
+    gcv, best, coef_std = solved if solved is not None else _gcv_eigh(gs, xy_s, yy, n, a, extra_df)
+    coef = coef_std / x_scale[:, None]
     return StatsFit(
         coef=coef,
         intercept=y_mean - x_mean @ coef,
-        alpha_idx=best.numpy(),
-        cv_scores=gcv.numpy(),
+        alpha_idx=best,
+        cv_scores=gcv,
         x_mean=x_mean,
         x_scale=x_scale,
         y_mean=y_mean,
     )
+
+
+def _gcv(rss: np.ndarray, df: np.ndarray, n: int) -> np.ndarray:
+    """``n RSS / (n - df)^2`` per penalty (rows) and site (columns); inf where no dof is left."""
+    dof = np.clip(n - df, 0.0, None)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = n * np.clip(rss, 0.0, None) / np.maximum(dof**2, 1e-300)
+    return np.where(dof > 0, out, np.inf)
+
+
+def _gcv_tridiagonal(
+    gs: np.ndarray, xy: np.ndarray, yy: np.ndarray, n: int, alphas: np.ndarray, extra_df: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """GCV scores, best penalty index and coefficients by tridiagonal reduction; None if ``T + a I``
+    is not positive definite at some penalty (rounding left the Gram matrix indefinite)."""
+    p, m = xy.shape
+    g = np.triu(gs)
+    g = g + np.triu(g, 1).T  # sytrd reads the lower triangle; statistics keep the upper one
+    lwork = int(lapack.dsytrd_lwork(p, lower=1)[0])
+    refl, diag, off, tau, info = lapack.dsytrd(g, lower=1, lwork=lwork, overwrite_a=1)
+    if info != 0:
+        return None
+    # With the lower triangle, Q = diag(1, Q') and Q' is the QR-form product of the reflectors
+    # stored below the subdiagonal, so torch.ormqr applies it without forming it.
+    h = torch.from_numpy(np.ascontiguousarray(refl[1:, : p - 1]))
+    tau_t = torch.from_numpy(np.ascontiguousarray(tau))
+
+    def apply_q(b: np.ndarray, transpose: bool) -> np.ndarray:
+        out = b.copy()
+        if p > 1:
+            rest = torch.from_numpy(np.ascontiguousarray(b[1:]))
+            out[1:] = torch.ormqr(h, tau_t, rest, left=True, transpose=transpose).numpy()
+        return out
+
+    c = apply_q(xy, transpose=True)
+    s2 = lapack.dsterf(diag.copy(), off.copy())[0]
+    s2 = s2[s2 > _RANK_TOL * max(float(s2.max(initial=0.0)), np.finfo(np.float64).tiny)]
+    gcv = np.empty((alphas.size, m))
+    best, best_z = np.zeros(m, dtype=np.int64), np.zeros((p, m))
+    for k, a in enumerate(alphas):
+        *_, z, info = lapack.dptsv(diag + a, off, c)
+        if info != 0:
+            return None
+        rss = yy - np.einsum("ij,ij->j", c, z) - a * np.einsum("ij,ij->j", z, z)
+        gcv[k] = _gcv(rss[None, :], np.array([np.sum(s2 / (s2 + a)) + extra_df]), n)[0]
+        # Strictly better only, so ties keep the first minimum (as argmin does).
+        better = np.ones(m, dtype=bool) if k == 0 else gcv[k] < gcv[best, np.arange(m)]
+        best[better], best_z[:, better] = k, z[:, better]
+    return gcv, best, apply_q(best_z, transpose=False)
+
+
+def _gcv_eigh(
+    gs: np.ndarray, xy: np.ndarray, yy: np.ndarray, n: int, alphas: np.ndarray, extra_df: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same as :func:`_gcv_tridiagonal` from a full eigendecomposition ``G = V diag(s2) V^T``:
+    with ``P = V^T X^T y`` each eigen-direction shrinks by ``w = s2 / (s2 + a)``, so
+    ``RSS = y^T y - sum (2 w - w^2) P^2 / s2`` and ``df = sum w``. Works for a penalty of 0."""
+    s2, V = torch.linalg.eigh(torch.from_numpy(gs), UPLO="U")
+    keep = s2 > _RANK_TOL * s2.max().clamp_min(torch.finfo(s2.dtype).tiny)
+    s2, V = s2[keep], V[:, keep]
+    P = V.T @ torch.from_numpy(xy)  # (k, m) = diag(s) z
+    z2 = P.square() / s2[:, None]
+    a = torch.from_numpy(alphas)
+    W = s2[None, :] / (s2[None, :] + a[:, None])  # (A, k)
+    rss = torch.from_numpy(yy)[None, :] - (2 * W - W.square()) @ z2  # (A, m)
+    gcv = _gcv(rss.numpy(), W.sum(dim=1).numpy() + extra_df, n)
+    best = np.argmin(gcv, axis=0)
+    coef_std = V @ (P / (s2[:, None] + a[torch.from_numpy(best)][None, :]))
+    return gcv, best, coef_std.numpy()

@@ -96,3 +96,27 @@ def test_revised_means_and_stored_statistics_give_the_fit_from_scratch():
     again.update(X0[:0], Y0[:0], revised=(X0[shown_again], Y0[shown_again], Y0_new[shown_again]))
     alone = MultiRidgeCV(ALPHAS, cv="gcv").fit(X0, Y0_new)
     np.testing.assert_allclose(again.predict(X0), alone.predict(X0), rtol=0, atol=1e-9 * np.abs(Y0).max())
+
+
+def test_tridiagonal_and_eigendecomposition_routes_give_the_same_fit():
+    """The night's route (one tridiagonal reduction, no eigenvectors) and the full
+    eigendecomposition agree to rounding, penalty per site included; a zero penalty, which the
+    tridiagonal solves cannot take on a rank-deficient design, goes the eigendecomposition way."""
+    from models.readout_stats import RidgeStats, _gcv_eigh, _gcv_tridiagonal, fit_from_stats
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(90, 40)) @ (np.eye(40) + 0.3 * rng.normal(size=(40, 40)))
+    Y = X[:, :5] @ rng.normal(size=(5, 6)) + rng.normal(size=(90, 6)) * np.array([0.1, 1, 3, 10, 30, 100])
+    G, B, yy = X.T @ X, X.T @ Y, (Y**2).sum(0)
+    alphas = np.logspace(-3, 5, 17)
+    tri = _gcv_tridiagonal(G, B, yy, 90, alphas, 0.0)
+    assert tri is not None
+    eig = _gcv_eigh(G, B, yy, 90, alphas, 0.0)
+    np.testing.assert_array_equal(tri[1], eig[1])
+    assert len(set(tri[1])) > 2  # the sites chose different penalties: the test can tell
+    np.testing.assert_allclose(tri[0], eig[0], rtol=1e-9)
+    np.testing.assert_allclose(tri[2], eig[2], rtol=1e-8, atol=1e-12 * np.abs(eig[2]).max())
+    # Rank-deficient design (more features than images) with a zero penalty in the grid.
+    Xw = rng.normal(size=(20, 40))
+    fit = fit_from_stats(RidgeStats.from_data(Xw, Y[:20]), np.array([0.0, 1.0, 10.0]))
+    assert np.all(np.isfinite(fit.coef)) and np.all(np.isfinite(fit.cv_scores[1:]))
