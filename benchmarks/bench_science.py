@@ -51,11 +51,12 @@ FAMILIES = ("natural", "mix50", "v1", "orthogonal")
 SEEDS = (0, 1, 2)
 DAYS = 4
 N_SITES = 12
+N_CLEAN = 48  # the demo's default clean set
 GOAL_FOUND, GOAL_SPEARMAN, GOAL_RATIO, GOAL_SHARE = 0.5, 0.8, 10.0, 0.5
 RUN_TIMEOUT_S = 1800
 
 
-def _command(family: str, seed: int, days: int, sites: int, out: Path) -> list[str]:
+def _command(family: str, seed: int, days: int, sites: int, out: Path, clean: int = N_CLEAN) -> list[str]:
     script = Path(sys.executable).with_name("itloop")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "itloop.cli"]
     return [
@@ -69,6 +70,8 @@ def _command(family: str, seed: int, days: int, sites: int, out: Path) -> list[s
         str(days),
         "--sites",
         str(sites),
+        "--clean-images",
+        str(clean),
     ] + [
         "--out",
         str(out),
@@ -101,7 +104,9 @@ def _day_figures(day: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_one(family: str, seed: int, *, days: int = DAYS, sites: int = N_SITES) -> dict[str, Any]:
+def run_one(
+    family: str, seed: int, *, days: int = DAYS, sites: int = N_SITES, clean: int = N_CLEAN
+) -> dict[str, Any]:
     """One demo run on one family and seed; its per-day yardstick figures and wall time."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"itloop-science-{family}-{seed}-"))
     env = demo_env(data_dir)
@@ -110,7 +115,7 @@ def run_one(family: str, seed: int, *, days: int = DAYS, sites: int = N_SITES) -
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
-            _command(family, seed, days, sites, report),
+            _command(family, seed, days, sites, report, clean),
             cwd=data_dir,
             env=env,
             preexec_fn=_pin_cores,  # no threads started before fork here
@@ -189,6 +194,7 @@ def run(
     seeds: tuple[int, ...] | list[int] | None = None,
     days: int = DAYS,
     sites: int = N_SITES,
+    clean: int = N_CLEAN,
 ) -> dict[str, Any]:
     """Every family x seed; returns the runs and the per-family figures (also written as JSON)."""
     from models.simulator import natural_share
@@ -199,7 +205,7 @@ def run(
     runs = []
     for family in families:
         for seed in seeds:
-            r = run_one(family, seed, days=days, sites=sites)
+            r = run_one(family, seed, days=days, sites=sites, clean=clean)
             print(
                 f"science: {family} seed {seed}: {'ok' if r['ok'] else 'FAILED'} in {r['wall_s']:.0f} s",
                 flush=True,
@@ -209,6 +215,7 @@ def run(
         "quick": quick,
         "days": days,
         "sites": sites,
+        "clean_images": clean,
         "seeds": seeds,
         "day_last": days - 1,
         "families": [aggregate(runs, f, natural_share(f), days) for f in families],
@@ -229,7 +236,15 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--days", type=int, default=DAYS)
     parser.add_argument("--sites", type=int, default=N_SITES)
+    parser.add_argument("--clean-images", type=int, default=N_CLEAN, help="clean images shown every day")
     args = parser.parse_args()
-    res = run(quick=args.quick, families=args.families, seeds=args.seeds, days=args.days, sites=args.sites)
+    res = run(
+        quick=args.quick,
+        families=args.families,
+        seeds=args.seeds,
+        days=args.days,
+        sites=args.sites,
+        clean=args.clean_images,
+    )
     for f in res["families"]:
         print(json.dumps(f))

@@ -101,7 +101,9 @@ def _check(r: httpx.Response, what: str) -> Any:
     return r.json() if r.content else None
 
 
-def seed_lab(api: dict[str, httpx.Client], *, n_sites: int, seed: int, tag: str) -> dict[str, Any]:
+def seed_lab(
+    api: dict[str, httpx.Client], *, n_sites: int, seed: int, tag: str, n_clean: int = 48
+) -> dict[str, Any]:
     """Subject, array, sites, rig and image sets, all through the public API."""
     from models.simulator import make_clean_images, make_reference_images
 
@@ -123,7 +125,7 @@ def seed_lab(api: dict[str, httpx.Client], *, n_sites: int, seed: int, tag: str)
     _check(
         api["admin"].post("/rigs", json={"rig_id": rig_id, "name": "virtual rig", "subject": subject}), "rig"
     )
-    clean, cats = make_clean_images(48, size=64, n_categories=4, seed=seed)
+    clean, cats = make_clean_images(n_clean, size=64, n_categories=4, seed=seed)
     names = ["animal", "face", "object", "scene"]
     files = [("files", (f"c{i:03d}.png", io.BytesIO(_png(im)), "image/png")) for i, im in enumerate(clean)]
     import json
@@ -170,8 +172,12 @@ def run_demo(
     night_params: dict[str, Any] | None = None,
     show_progress: bool = True,
     brain_family: str = "orthogonal",
+    n_clean: int = 48,
 ) -> Path:
     """Run the loop and write the report; returns the report folder.
+
+    ``n_clean`` is the size of the clean image set: every day shows all of it, and it is what
+    the surrogates learn each site's tuning from (the twins add probes near a few of them).
 
     ``brain_family`` names the simulated population (:data:`models.simulator.FAMILIES`); the
     report's yardstick judges the loop against that family's white-box truth.
@@ -186,6 +192,8 @@ def run_demo(
 
     if days < 1:
         raise ValueError("days must be >= 1")
+    if n_clean < 4:
+        raise ValueError("the clean image set needs at least 4 images (one per category)")
     brain = make_brain(brain_family, n_sites=n_sites, image_size=64, seed=seed)  # refuses unknown families
     settings.ensure_dirs()
     migrate.upgrade(settings.resolved_database_url)
@@ -219,7 +227,7 @@ def run_demo(
         # data folder already holds), not from the clock, so a fresh run is reproducible.
         subjects = _check(api["viewer"].get("/subjects", params={"limit": 500}), "subjects")["items"]
         earlier = sum(1 for x in subjects if x["name"].startswith(f"demo-monkey-s{seed}-"))
-        lab = seed_lab(api, n_sites=n_sites, seed=seed, tag=f"s{seed}-{earlier}")
+        lab = seed_lab(api, n_sites=n_sites, seed=seed, tag=f"s{seed}-{earlier}", n_clean=n_clean)
         _check(
             api["experimenter"].post(
                 f"/rigs/{lab['rig_id']}/batches/initial", json={"repeats": params["repeats"], "seed": seed}

@@ -22,6 +22,12 @@ def demo(
         str,
         typer.Option(help="family of the simulated population: orthogonal, natural, mix25, mix50, blur, v1"),
     ] = "orthogonal",
+    clean_images: Annotated[
+        int,
+        typer.Option(
+            min=4, help="clean images shown every day (what the surrogates learn each site's tuning from)"
+        ),
+    ] = 48,
 ) -> None:
     """Run the closed loop on a simulated IT population and a virtual rig, then write a report."""
     from demo.run import run_demo
@@ -31,5 +37,13 @@ def demo(
         raise typer.BadParameter(
             f"unknown brain family {brain!r}; known: {', '.join(FAMILIES)}", param_hint="--brain"
         )
-    report = run_demo(get_settings(), days=days, n_sites=sites, out=out, seed=seed, brain_family=brain)
+    report = run_demo(
+        get_settings(),
+        days=days,
+        n_sites=sites,
+        out=out,
+        seed=seed,
+        brain_family=brain,
+        n_clean=clean_images,
+    )
     typer.echo(f"report: {report}")
