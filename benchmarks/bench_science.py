@@ -3,7 +3,9 @@
 For every brain family and seed, ``itloop demo --brain FAMILY --seed SEED`` runs as a new user
 runs it (a subprocess on the embedded default: SQLite, in-process jobs, a fresh data folder,
 at most 2 CPU cores, the demo's own night parameters ``demo.run.DEMO_NIGHT``), and its
-``summary.json`` yardstick (demo/yardstick.py) is read back. Day 0 shows clean images only, so
+``summary.json`` yardstick (demo/yardstick.py) is read back, with ``--clean-images 192``: every
+day shows 192 clean images (the quick demo's 48 leave the surrogates too few images to learn a
+site's tuning from; measured in ``docs/science-yardstick.md``). Day 0 shows clean images only, so
 ``--days 4`` gives twins on days 1, 2 and 3: three simulated days of the loop, named by the
 demo's own day numbers.
 
@@ -23,7 +25,8 @@ families whose natural-aligned share (:func:`models.simulator.natural_share`) is
 on the others (the "orthogonal" family) the figures are reported without a goal.
 
 Run: ``.venv/bin/python -m benchmarks.bench_science [--quick] [--families natural v1 ...]
-[--seeds 0 1 2] [--days 4] [--sites 12]``; writes ``benchmarks/results/bench_science.json``.
+[--seeds 0 1 2] [--days 4] [--sites 12] [--clean-images 192]``; writes
+``benchmarks/results/bench_science.json``.
 ``quick`` runs one seed per family.
 """
 
@@ -51,7 +54,7 @@ FAMILIES = ("natural", "mix50", "v1", "orthogonal")
 SEEDS = (0, 1, 2)
 DAYS = 4
 N_SITES = 12
-N_CLEAN = 48  # the demo's default clean set
+N_CLEAN = 192  # clean images every day: the surrogates need them (48, the quick demo's, starve them)
 GOAL_FOUND, GOAL_SPEARMAN, GOAL_RATIO, GOAL_SHARE = 0.5, 0.8, 10.0, 0.5
 RUN_TIMEOUT_S = 1800
 
