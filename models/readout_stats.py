@@ -229,17 +229,20 @@ def _gcv_tridiagonal(
     gs: np.ndarray, xy: np.ndarray, yy: np.ndarray, n: int, alphas: np.ndarray, extra_df: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """GCV scores, best penalty index and coefficients by tridiagonal reduction; None if ``T + a I``
-    is not positive definite at some penalty (rounding left the Gram matrix indefinite)."""
+    is not positive definite at some penalty (rounding left the Gram matrix indefinite).
+
+    ``gs`` (C-ordered, upper triangle valid) is overwritten: it is the caller's scratch copy.
+    """
     p, m = xy.shape
-    g = np.triu(gs)
-    g = g + np.triu(g, 1).T  # sytrd reads the lower triangle; statistics keep the upper one
+    # The statistics keep the upper triangle; seen in Fortran order, a C-ordered array is its own
+    # transpose, whose lower triangle that is: sytrd reads it in place, without a copy.
     lwork = int(lapack.dsytrd_lwork(p, lower=1)[0])
-    refl, diag, off, tau, info = lapack.dsytrd(g, lower=1, lwork=lwork, overwrite_a=1)
+    refl, diag, off, tau, info = lapack.dsytrd(gs.T, lower=1, lwork=lwork, overwrite_a=1)
     if info != 0:
         return None
     # With the lower triangle, Q = diag(1, Q') and Q' is the QR-form product of the reflectors
     # stored below the subdiagonal, so torch.ormqr applies it without forming it.
-    h = torch.from_numpy(np.ascontiguousarray(refl[1:, : p - 1]))
+    h = torch.from_numpy(refl[1:, : p - 1])
     tau_t = torch.from_numpy(np.ascontiguousarray(tau))
 
     def apply_q(b: np.ndarray, transpose: bool) -> np.ndarray:
