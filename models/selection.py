@@ -68,7 +68,12 @@ def _fmt(x: float) -> str:
 
 
 def choose_per_site(
-    sources: list[SourceEvidence], *, min_pairs: int = 8, min_own: int = 4, keep_at_se: float = 1.0
+    sources: list[SourceEvidence],
+    *,
+    min_pairs: int = 8,
+    min_own: int = 4,
+    keep_at_se: float = 1.0,
+    explore_share: float = 0.5,
 ) -> list[SiteChoice]:
     """The source for each site, with a reason that quotes the evidence.
 
@@ -78,7 +83,12 @@ def choose_per_site(
     2. A source whose *own* twins for the site (at least ``min_own``) moved it in the intended
        direction by more than ``keep_at_se`` standard errors is kept (the best such effect).
     3. Otherwise, a source not yet tried at the site is tried (exploration): candidates by
-       predictivity first, then the rest by transfer correlation; the reason says so.
+       predictivity first, then the rest by transfer correlation; the reason says so. A source
+       whose ceiled predictivity at the site is below ``explore_share`` of the best tried
+       source's is not worth a day of twins: a model that cannot predict the site's responses
+       to clean images knows nothing of its gradient (on an energy-model brain, ``pixels16`` at
+       r 0.13 against ``vone_energy``'s 0.74 lost a day of twins on half the sites). Sources
+       with no predictivity of their own (the ensemble, the search) stay eligible.
     4. Everything has been tried and nothing clearly works: the best measured effect.
 
     Parameters
@@ -100,7 +110,13 @@ def choose_per_site(
         if best is not None and best.own_effect(i) > keep_at_se * best.se(i):
             choices.append(SiteChoice(best.name, "own twins", _own_reason(best, i, tried)))
             continue
-        untried = [s for s in sources if not s.tried(i, min_own)]
+        known = [float(s.predictivity[i]) for s in tried if np.isfinite(s.predictivity[i])]
+        floor = explore_share * max(known) if known else -np.inf
+        untried = [
+            s
+            for s in sources
+            if not s.tried(i, min_own) and not (np.isfinite(s.predictivity[i]) and s.predictivity[i] < floor)
+        ]
         if untried:
             pick = max(untried, key=lambda s: (np.nan_to_num(s.predictivity[i], nan=-2.0), _r(s, i)))
             why = (

@@ -83,6 +83,21 @@ def test_choice_is_predictivity_before_twins_then_own_twins_then_exploration() -
     assert [c.source for c in choose_per_site(later)] == ["predictive", "transfers"]
 
 
+def test_exploration_skips_a_source_that_cannot_predict_the_site() -> None:
+    """After one noisy day the incumbent is not clearly above zero at either site; a source with
+    a fifth of its clean-image predictivity is not tried, one with no predictivity of its own
+    (the ensemble) is, and with nothing eligible left the best measured source stays."""
+    incumbent = _evidence("energy", [0.1, 0.1], 300, [0.8, 0.8], own=[0.3, 0.3], own_se=1.0)
+    poor = _evidence("pixels", [0.1, 0.1], 300, [0.15, 0.6], own=[np.nan, np.nan])
+    ensemble = _evidence("ensemble", [0.1, 0.1], 300, [np.nan, np.nan], own=[np.nan, np.nan])
+    choices = choose_per_site([incumbent, poor])
+    assert [c.source for c in choices] == ["energy", "pixels"]  # site 1: 0.6 >= half of 0.8
+    assert [c.by for c in choices] == ["best measured", "exploration"]
+    assert [c.source for c in choose_per_site([incumbent, poor, ensemble])] == ["ensemble", "pixels"]
+    # The share is a parameter: 0 explores everything, as before.
+    assert [c.source for c in choose_per_site([incumbent, poor], explore_share=0.0)] == ["pixels", "pixels"]
+
+
 def test_own_twin_effect_counts_only_a_sources_twins_for_each_site() -> None:
     from models.transfer import own_twin_effect
 
