@@ -204,7 +204,9 @@ def fit_from_stats(
     a = np.asarray(alphas, dtype=np.float64).ravel()
     extra_df = 1.0 if fit_intercept else 0.0
     solved = _gcv_tridiagonal(gs, xy_s, yy, n, a, extra_df) if np.all(a > 0) else None
-    gcv, best, coef_std = solved if solved is not None else _gcv_eigh(gs, xy_s, yy, n, a, extra_df)
+    if solved is None:  # the tridiagonal route overwrote gs: the eigendecomposition needs it afresh
+        solved = _gcv_eigh(gram / np.outer(x_scale, x_scale), xy_s, yy, n, a, extra_df)
+    gcv, best, coef_std = solved
     coef = coef_std / x_scale[:, None]
     return StatsFit(
         coef=coef,
