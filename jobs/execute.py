@@ -1,6 +1,6 @@
 """Run one job by id: claim the row, heartbeat while the function runs, record the outcome.
 
-:func:`execute_job` is the function RQ calls (module-level, takes only the id);
+:func:`execute_job` is the function RQ calls (module-level, takes the id and its creation time);
 the in-process runner and the DB-polling worker call :func:`run_job` directly.
 """
 
@@ -21,17 +21,42 @@ from jobs import state as jobstate
 from jobs.config import get_worker_config
 from jobs.context import JobCancelled, JobContext, JobLost, JobTimeout
 from jobs.registry import SUCCESS_HOOKS, get_spec, load_job_modules
+from server.db.base import as_utc
 from server.db.engine import session_scope
-from server.jobs.tables import JobState
+from server.jobs.tables import Job, JobState
 
 log = logging.getLogger(__name__)
 
 
-def execute_job(job_id: int) -> str | None:
-    """RQ entry point: run job ``job_id`` with this process's settings; returns its final state."""
+def execute_job(job_id: int, created_at: float | None = None) -> str | None:
+    """RQ entry point: run job ``job_id`` with this process's settings; returns its final state.
+
+    ``created_at`` is the row's creation time as the enqueuer saw it (None from versions that
+    did not send it): a job of another deployment is refused, loudly, not silently dropped.
+    """
     import itloop.settings as settings_module
 
-    return run_job(int(job_id), settings_module.get_settings())
+    settings = settings_module.get_settings()
+    if created_at is not None and not _is_ours(int(job_id), float(created_at), settings):
+        return None
+    return run_job(int(job_id), settings)
+
+
+def _is_ours(job_id: int, created_at: float, settings: Settings) -> bool:
+    """Whether job ``job_id`` of this worker's database is the one that was enqueued."""
+    with session_scope(settings.resolved_database_url) as session:
+        row = session.get(Job, job_id)
+        mine = None if row is None else as_utc(row.created_at).timestamp()
+    if mine is not None and abs(mine - created_at) < 1e-3:
+        return True
+    log.error(
+        "job %s on the queue is not this deployment's (%s); not running it. Another itloop "
+        "deployment shares this Redis database: give each its own (ITLOOP_REDIS_URL) or its own "
+        "queue names (ITLOOP_QUEUE_NAME, ITLOOP_GPU_QUEUE_NAME)",
+        job_id,
+        "no such job here" if mine is None else "a different job has that id here",
+    )
+    return False
 
 
 def worker_name() -> str:

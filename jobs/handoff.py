@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from server.db.base import as_utc
 from server.jobs.tables import Job
 
 if TYPE_CHECKING:
@@ -27,15 +28,23 @@ RUNNER_KEY = "itloop.runner"
 
 @dataclass(frozen=True)
 class Ticket:
-    """What a runner needs to enqueue a job: its id, queue name and hard timeout."""
+    """What a runner needs to enqueue a job: its id, queue name and hard timeout.
+
+    ``created_at`` (epoch seconds of the row's creation) tells this deployment's job ``7``
+    from another's: two deployments that share one Redis database share its queues, and a
+    worker of the other one would otherwise take the id, find a job ``7`` of its own that is
+    not runnable, and drop it without a word while this night waits forever.
+    """
 
     job_id: int
     queue: str
     timeout_s: int
+    created_at: float | None = None
 
 
 def ticket(job: Job) -> Ticket:
-    return Ticket(job_id=job.id, queue=job.queue, timeout_s=job.timeout_s)
+    created = as_utc(job.created_at).timestamp() if job.created_at is not None else None
+    return Ticket(job_id=job.id, queue=job.queue, timeout_s=job.timeout_s, created_at=created)
 
 
 def bind(

@@ -139,6 +139,7 @@ class RQRunner:
             self.queue(t.queue).enqueue(
                 execute_job,
                 t.job_id,
+                t.created_at,
                 job_id=f"{RQ_ID_PREFIX}{t.job_id}-{uuid.uuid4().hex[:8]}",
                 job_timeout=t.timeout_s,
                 result_ttl=600,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import text
@@ -107,7 +109,13 @@ class WorkerProcess:
 
     By default ``python -m jobs.rq_entry ARGS``; ``command`` replaces that, e.g. with the
     ``itloop worker`` that ``docker-compose.yml`` runs (forking, the default).
+
+    Every one started is killed when its test ends (``pytest_runtest_call`` below), passed or
+    failed: a worker left running would go on taking the next test's jobs off the shared test
+    Redis and drop them, unclaimable in its own database.
     """
+
+    started: ClassVar[list[WorkerProcess]] = []
 
     def __init__(self, log_path: Path, *args: str, command: list[str] | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -121,6 +129,7 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        WorkerProcess.started.append(self)
 
     def wait(self, timeout_s: float = 60.0) -> int:
         try:
@@ -132,14 +141,36 @@ class WorkerProcess:
             self._log.close()
 
     def kill(self) -> None:
-        """kill -9 the whole group (a forking worker's horse included)."""
+        """kill -9 the worker's group and its work horse, which RQ puts in a group of its own."""
         if self.proc.poll() is None:
+            horses = _children(self.proc.pid)
             os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in horses:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self._log.close()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux ``/proc``)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """No worker outlives its test: killed as the test body ends, before its databases are dropped."""
+    yield
+    while WorkerProcess.started:
+        WorkerProcess.started.pop().kill()
 
 
 @pytest.fixture

@@ -60,6 +60,9 @@ from tests.worker.test_multiworker import (
 pytestmark = pytest.mark.slow
 # A stale threshold well above the 0.5 s heartbeat, so only the killed job goes stale.
 STALE_S = "8"
+# Shards long enough (about 1 s each on 2 CPU cores) to be caught mid-synthesis: with NIGHT's
+# budget of 8 a shard could end between two looks, and every shard of the night with it.
+SLOW_SHARDS = {"restarts": 4, "budget": 4000}
 
 
 def forking_worker(lab: Lab, log: Path, monkeypatch: pytest.MonkeyPatch, **extra: str) -> WorkerProcess:
@@ -101,12 +104,12 @@ def test_a_forking_worker_killed_mid_synthesis_changes_nothing(
 ) -> None:
     get_worker_config.cache_clear()
     calm = pg_lab("one")
-    calm_night = start_night(calm)
+    calm_night = start_night(calm, SLOW_SHARDS)
     run_to_end(calm, calm_night, [forking_worker(calm, tmp_path / "calm.log", monkeypatch)], timeout_s=240)
     expected = batch_signature(calm, calm_night)
 
     lab = pg_lab("many")
-    night = start_night(lab)
+    night = start_night(lab, SLOW_SHARDS)
     workers = [forking_worker(lab, tmp_path / f"w{i}.log", monkeypatch) for i in range(2)]
 
     def a_shard_is_synthesizing() -> bool:

@@ -118,12 +118,12 @@ def seed_lab_with_day0(settings: Settings, seed: int = 0) -> Lab:
     return Lab(settings, sim.rig_id, session_id)
 
 
-def start_night(lab: Lab) -> int:
+def start_night(lab: Lab, params: dict[str, Any] | None = None) -> int:
     from worker.night import start_night as start
 
     with session_scope(lab.url) as session:
         jobstate.bind(session, lab.settings)
-        return start(session, lab.settings, session_id=lab.session_id, params=NIGHT).id
+        return start(session, lab.settings, session_id=lab.session_id, params={**NIGHT, **(params or {})}).id
 
 
 def night_state(lab: Lab, night_id: int) -> tuple[str, str | None, int | None]:
