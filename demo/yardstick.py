@@ -18,6 +18,8 @@ virtual brain itself, as an outside client would:
   would reach (the targeting ceiling: sites whose twins found less of their worst case fall out
   of order); ``spearman_estimate_vs_effect`` compares the estimate with that true change, so it
   is what recording noise leaves of the ranking;
+* the found fraction **by source** (each candidate, the ensemble, the across-day search), so a
+  day's median can be read as the mix of sources it is;
 * per site, which **surrogate** made its twins (lineage -> ``GET /model-versions/{version}``:
   candidate) and that version's measured transfer on the site (``transfer_sign``, ``transfer_r``).
 
@@ -292,9 +294,11 @@ def evaluate_yardstick(
 
     made_by: dict[str, Counter] = defaultdict(Counter)
     site_found: dict[str, list[float]] = defaultdict(list)
+    source_found: dict[str, list[float]] = defaultdict(list)
     for k, s in enumerate(twins["perturbed"]):
         made_by[lineage[s]["site_id"]][lineage[s].get("model_version")] += 1
         site_found[lineage[s]["site_id"]].append(float(g["fraction"][k]))
+        source_found[_source_name(lineage[s].get("model_version"))].append(float(g["fraction"][k]))
     surrogate = _surrogates(viewer, {sid: made_by[sid].most_common(1)[0][0] for sid in made_by})
     sites = [
         {"site_id": sid, **surrogate[sid], "found_median": float(np.median(site_found[sid]))}
@@ -332,5 +336,18 @@ def evaluate_yardstick(
         "random_twins": len(twins["random"]),
         "whitebox_beaten": int(sum(int(np.sum(r["beaten"])) for r in res.values())),
         "by_epsilon": by_eps,
+        "by_source": {name: _stats(values) for name, values in sorted(source_found.items())},
         "sites": sites,
     }
+
+
+def _source_name(version: str | None) -> str:
+    """A twin's source without its night: ``night3-vone_energy`` -> ``vone_energy``.
+
+    The day's found fraction split by source says which of the night's sources (each
+    candidate, the ensemble, the across-day search) made the twins that moved their sites.
+    """
+    if not version:
+        return "unknown"
+    head, _, rest = version.partition("-")
+    return rest if head.startswith("night") and head[5:].isdigit() and rest else version

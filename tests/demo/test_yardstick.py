@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from demo.yardstick import History, evaluate_yardstick, found_fractions
+from demo.yardstick import History, _source_name, evaluate_yardstick, found_fractions
 from models.simulator import make_brain, make_clean_images
 
 
@@ -147,6 +147,8 @@ def test_day_report_per_epsilon_spearman_and_surrogates(brain: Any, clean: np.nd
     assert day["spearman_across_epsilons_to_date"] == pytest.approx(-1.0)
     assert [s["candidate"] for s in day["sites"]] == ["small_cnn"] * 4
     assert [s["transfer_sign"] for s in day["sites"]] == pytest.approx([0.5, 0.6, 0.7, 0.8])
+    assert list(day["by_source"]) == ["mv-small"] and day["by_source"]["mv-small"]["n"] == 4
+    assert day["by_source"]["mv-small"]["median"] == pytest.approx(1.0)
     json.dumps(day)  # summary.json material: plain JSON
 
 
@@ -195,6 +197,13 @@ def test_targeting_ceiling_and_to_date_whitebox_over_every_parent(brain: Any, cl
     assert row["spearman"] == pytest.approx(1.0)
     assert row["spearman_true_effect"] < 1.0  # the weak twin put its site out of order
     assert row["true_effect_per_site"][weak] < 0.2 * row["whitebox_per_site"][weak]
+
+
+def test_twins_are_grouped_by_source_across_nights() -> None:
+    assert _source_name("night3-vone_energy") == _source_name("night1-vone_energy") == "vone_energy"
+    assert _source_name("night12-search") == "search" and _source_name("night2-ensemble") == "ensemble"
+    assert _source_name("mv-small") == "mv-small" and _source_name(None) == "unknown"
+    assert _source_name("nightly-x") == "nightly-x"  # not a night's version name
 
 
 def test_a_day_without_guided_twins_reports_nothing_to_judge(brain: Any, clean: np.ndarray) -> None:
