@@ -104,6 +104,7 @@ def _day_figures(day: dict[str, Any]) -> dict[str, Any]:
             for e in y.get("by_epsilon", [])
         ],
         "surrogates": sorted({str(s.get("candidate")) for s in y.get("sites", [])}),
+        "by_source": y.get("by_source"),
     }
 
 

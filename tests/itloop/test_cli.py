@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -232,27 +233,54 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
 def _health_twice_on_one_connection(port: int, idle_s: float) -> list[int]:
     """Status of GET /api/v1/health sent twice on one HTTP/1.1 connection, ``idle_s`` apart
     (0 for a request the server answered by closing the connection)."""
-    import socket
     import time
 
     statuses = []
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
         for k in range(2):
             if k:
                 time.sleep(idle_s)
             try:
                 conn.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                head = conn.recv(65536)
+                head = _read_response(conn)
             except OSError:
                 head = b""
             statuses.append(int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1") else 0)
     return statuses
 
 
+def _read_response(conn: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (head and Content-Length body); b"" if the server closed.
+
+    Read to its end, not one recv: the head and body may arrive apart (on a busy machine they
+    did), and the body's tail would then be read as the start of the next response.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def test_serve_migrates_the_embedded_default_and_refuses_a_configured_database(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    import socket
     import time
 
     import httpx
