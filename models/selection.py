@@ -18,7 +18,7 @@ import numpy as np
 
 from models.transfer import SiteTransfer
 
-__all__ = ["SiteChoice", "SourceEvidence", "choose_per_site"]
+__all__ = ["SiteChoice", "SourceEvidence", "choose_per_site", "search_share_sites"]
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,12 @@ def choose_per_site(
        whose ceiled predictivity at the site is below ``explore_share`` of the best tried
        source's is not worth a day of twins: a model that cannot predict the site's responses
        to clean images knows nothing of its gradient (on an energy-model brain, ``pixels16`` at
-       r 0.13 against ``vone_energy``'s 0.74 lost a day of twins on half the sites). Sources
-       with no predictivity of their own (the ensemble, the search) stay eligible.
+       r 0.13 against ``vone_energy``'s 0.74 lost a day of twins on half the sites). A source
+       with no predictivity of its own (the ensemble, the search) is tried only where its
+       predictions of the recorded pairs beat chance (the 95% CI of its transfer r above 0):
+       on an energy-model brain, whose gradient turns with the image, the search's one
+       direction per site predicted nothing, and its twins found a fifth of what
+       ``vone_energy``'s did.
     4. Everything has been tried and nothing clearly works: the best measured effect.
 
     Parameters
@@ -112,11 +116,7 @@ def choose_per_site(
             continue
         known = [float(s.predictivity[i]) for s in tried if np.isfinite(s.predictivity[i])]
         floor = explore_share * max(known) if known else -np.inf
-        untried = [
-            s
-            for s in sources
-            if not s.tried(i, min_own) and not (np.isfinite(s.predictivity[i]) and s.predictivity[i] < floor)
-        ]
+        untried = [s for s in sources if not s.tried(i, min_own) and _worth_trying(s, i, floor)]
         if untried:
             pick = max(untried, key=lambda s: (np.nan_to_num(s.predictivity[i], nan=-2.0), _r(s, i)))
             why = (
@@ -136,6 +136,34 @@ def choose_per_site(
             SiteChoice(best.name, "best measured", _own_reason(best, i, tried) + " (nothing clearly works)")
         )
     return choices
+
+
+def search_share_sites(
+    choices: list[SiteChoice], search: SourceEvidence | None, *, min_pairs: int = 8
+) -> list[bool]:
+    """Per site, whether the across-day search gets its share of the site's twins.
+
+    Adaptive allocation: only where the chosen source's own twins have not clearly moved the
+    site (where they have, every slot exploits it), the search has ``min_pairs`` pairs, and its
+    held-out predictions of those pairs beat chance (the 95% CI of its transfer r above 0). The
+    search is one direction per site, fitted to the pairs: one that predicts none of them would
+    move nothing (on an energy-model brain, whose gradient turns with the image, its twins found
+    a fifth of what ``vone_energy``'s did while it took a third of the slots).
+    """
+    if search is None:
+        return [False] * len(choices)
+    tr = search.transfer
+    return [
+        bool(choice.by != "own twins" and tr.n[i] >= min_pairs and tr.r_low[i] > tr.chance_r)
+        for i, choice in enumerate(choices)
+    ]
+
+
+def _worth_trying(s: SourceEvidence, i: int, floor: float) -> bool:
+    """Clean-image predictivity at least ``floor``; with none, transfer on the pairs above chance."""
+    if np.isfinite(s.predictivity[i]):
+        return bool(s.predictivity[i] >= floor)
+    return bool(np.isfinite(s.transfer.r_low[i]) and s.transfer.r_low[i] > s.transfer.chance_r)
 
 
 def _r(s: SourceEvidence, i: int) -> float:

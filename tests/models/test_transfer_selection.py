@@ -86,14 +86,22 @@ def test_choice_is_predictivity_before_twins_then_own_twins_then_exploration() -
 def test_exploration_skips_a_source_that_cannot_predict_the_site() -> None:
     """After one noisy day the incumbent is not clearly above zero at either site; a source with
     a fifth of its clean-image predictivity is not tried, one with no predictivity of its own
-    (the ensemble) is, and with nothing eligible left the best measured source stays."""
+    (the ensemble) is when its predictions of the recorded pairs beat chance and is not when
+    they do not, and with nothing eligible left the best measured source stays."""
     incumbent = _evidence("energy", [0.1, 0.1], 300, [0.8, 0.8], own=[0.3, 0.3], own_se=1.0)
     poor = _evidence("pixels", [0.1, 0.1], 300, [0.15, 0.6], own=[np.nan, np.nan])
-    ensemble = _evidence("ensemble", [0.1, 0.1], 300, [np.nan, np.nan], own=[np.nan, np.nan])
+    ensemble = _evidence("ensemble", [0.4, 0.4], 300, [np.nan, np.nan], own=[np.nan, np.nan])
     choices = choose_per_site([incumbent, poor])
     assert [c.source for c in choices] == ["energy", "pixels"]  # site 1: 0.6 >= half of 0.8
     assert [c.by for c in choices] == ["best measured", "exploration"]
     assert [c.source for c in choose_per_site([incumbent, poor, ensemble])] == ["ensemble", "pixels"]
+    # The search on an energy-model brain: one direction per site predicts none of the pairs.
+    search = _evidence("search", [-0.2, 0.4], 300, [np.nan, np.nan], own=[np.nan, np.nan])
+    assert search.transfer.r_low[0] < 0 < search.transfer.r_low[1]
+    choices = choose_per_site([incumbent, poor, search])
+    assert [c.source for c in choices] == ["energy", "pixels"]  # site 0: not above chance
+    assert [c.by for c in choices] == ["best measured", "exploration"]
+    assert choose_per_site([incumbent, search])[1].source == "search"  # site 1: above chance
     # The share is a parameter: 0 explores everything, as before.
     assert [c.source for c in choose_per_site([incumbent, poor], explore_share=0.0)] == ["pixels", "pixels"]
 
@@ -186,6 +194,22 @@ def test_ensemble_is_the_mean_of_its_members() -> None:
     other.site_ids = ["b", "a"]
     with pytest.raises(ValueError, match="same sites"):
         EnsembleEncoder([Lin(1.0), other])
+
+
+def test_the_search_gets_its_share_only_where_it_predicts_the_pairs_and_nothing_works_yet() -> None:
+    from models.selection import SiteChoice, search_share_sites
+
+    search = _evidence("search", [0.5, 0.5, -0.2, 0.5], 300, [np.nan] * 4)
+    few = _evidence("search", [0.9] * 4, 6, [np.nan] * 4)
+    choices = [
+        SiteChoice("m", "exploration", ""),
+        SiteChoice("m", "own twins", ""),  # the chosen source works here: no share
+        SiteChoice("m", "best measured", ""),  # the search predicts nothing here: no share
+        SiteChoice("m", "predictivity", ""),
+    ]
+    assert search_share_sites(choices, search) == [True, False, False, True]
+    assert search_share_sites(choices, few) == [False] * 4  # 6 pairs, 8 needed
+    assert search_share_sites(choices, None) == [False] * 4
 
 
 def test_plan_shards_gives_the_search_its_share_of_each_site() -> None:

@@ -293,7 +293,7 @@ def _record_choice(
 @job(SELECT, timeout_s=1800)
 def select_model(ctx: JobContext) -> dict[str, Any]:
     """Choose each site's source by measured transfer (predictivity before twins) and plan the shards."""
-    from models.selection import choose_per_site
+    from models.selection import choose_per_site, search_share_sites
 
     cfg = night_config(ctx)
     src = _sources(ctx)
@@ -314,13 +314,8 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
         raise Conflict("no clean image set is registered; nothing to perturb")
     source_of = {sid: version_of[c.source] for sid, c in zip(site_ids, choices, strict=True)}
     search_ev = next((e for e in evidence if e.name == src.search), None)
-    # Adaptive allocation: the search's share of a site's twins is spent only where the chosen
-    # source's own twins have not clearly moved the site; where they have, every slot exploits it.
-    ready = {
-        sid
-        for i, (sid, choice) in enumerate(zip(site_ids, choices, strict=True))
-        if search_ev and search_ev.transfer.n[i] >= cfg.min_transfer_pairs and choice.by != "own twins"
-    }
+    share = search_share_sites(choices, search_ev, min_pairs=cfg.min_transfer_pairs)
+    ready = {sid for sid, takes in zip(site_ids, share, strict=True) if takes}
     return {
         **chosen,
         "shards": plan_shards(eligible, source_of, src.search, cfg, clean_ids, search_ready=ready),
