@@ -60,7 +60,8 @@ class NightConfig(BaseModel):
         description=(
             "share of a site's guided twins made along the direction measured twins point to, on "
             "sites whose chosen source's own twins have not clearly moved them "
-            "(across-day search) instead of by a surrogate, once twins are on record"
+            "(across-day search) instead of by a surrogate, once twins are on record and where "
+            "the search's held-out predictions of them beat chance"
         ),
     )
     restarts: int = Field(default=100, ge=1, description="random restarts per synthesis case")
