@@ -49,13 +49,17 @@ def _is_ours(job_id: int, created_at: float, settings: Settings) -> bool:
         mine = None if row is None else as_utc(row.created_at).timestamp()
     if mine is not None and abs(mine - created_at) < 1e-3:
         return True
-    log.error(
-        "job %s on the queue is not this deployment's (%s); not running it. Another itloop "
-        "deployment shares this Redis database: give each its own (ITLOOP_REDIS_URL) or its own "
-        "queue names (ITLOOP_QUEUE_NAME, ITLOOP_GPU_QUEUE_NAME)",
-        job_id,
-        "no such job here" if mine is None else "a different job has that id here",
+    fix = (
+        "another itloop deployment shares this Redis database: give each its own "
+        "(ITLOOP_REDIS_URL) or its own queue names (ITLOOP_QUEUE_NAME, ITLOOP_GPU_QUEUE_NAME)"
     )
+    if mine is None:  # deleted since it was queued, or the other deployment's
+        log.warning(
+            "job %s on the queue is not in this database; not running it. Deleted, or %s", job_id, fix
+        )
+    else:
+        log.error("job %s on the queue is another deployment's (this database's job %s differs); not "
+                  "running it: %s", job_id, job_id, fix)  # fmt: skip
     return False
 
 

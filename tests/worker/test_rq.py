@@ -103,8 +103,10 @@ def test_a_job_of_another_deployment_on_a_shared_redis_is_refused_loudly(
     worker = start_worker("--burst")
     assert worker.wait() == 0, worker.output()
     assert (load(rq_settings, job_id).state, load(rq_settings, job_id).attempts) == (JobState.queued, 0)
-    assert worker.output().count("is not this deployment's") == 2, worker.output()
-    assert "ITLOOP_REDIS_URL" in worker.output() and not tj.marks(marker)
+    out = worker.output()
+    assert f"job {job_id} on the queue is another deployment's" in out, out
+    assert f"job {job_id + 1000} on the queue is not in this database" in out, out
+    assert out.count("ITLOOP_REDIS_URL") == 2 and not tj.marks(marker)
 
     runner.enqueue([ticket(load(rq_settings, job_id))])  # our own ticket is run
     worker = start_worker("--burst")
