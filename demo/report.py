@@ -364,6 +364,12 @@ def _yardstick_html(summary: dict[str, Any]) -> str:
             )
         if y.get("sites"):
             last = y
+    by_source = "".join(
+        f"<tr><td>{d['day']}</td><td>{html.escape(name)}</td><td>{v['n']}</td>"
+        f"<td>{_fmt(v['median'])}</td><td>{_fmt(v['mean'])}</td></tr>"
+        for d in summary["days"]
+        for name, v in ((d.get("yardstick") or {}).get("by_source") or {}).items()
+    )
     sites = "".join(
         f"<tr><td>{html.escape(s['site_id'])}</td><td>{html.escape(str(s['candidate']))}</td>"
         f"<td>{html.escape(str(s['model_version']))}</td><td>{_fmt(s['transfer_sign'])}</td>"
@@ -383,6 +389,11 @@ true, noise-free change under the shipped twins (what perfect recordings of thes
 <th>random mean</th><th>shipped / random</th><th>Spearman vs white-box</th><th>Spearman to date</th>
 <th>targeting ceiling</th><th>noise</th></tr>
 {"".join(rows)}</table>
+<h3>Found fraction by source</h3>
+<p>Which of the night's sources (each candidate, their ensemble, the across-day search) made the day's
+twins, and how much of the white-box change those twins found.</p>
+<table><tr><th>day</th><th>source</th><th>twins</th><th>found median</th><th>found mean</th></tr>
+{by_source}</table>
 <h3>Who made each site's twins{f" (day {last['day']})" if last else ""}</h3>
 <table><tr><th>site</th><th>candidate</th><th>model version</th><th>transfer sign</th><th>transfer r</th>
 <th>found median</th></tr>{sites}</table>"""

@@ -107,6 +107,15 @@ def test_demo_writes_its_report(demo_run: DemoRun) -> None:
     assert [d["day"] for d in days] == list(range(DAYS))
     assert all(d["presentations"] > 0 and d["spikes"] > 0 for d in days)
     assert sum(1 for m in demo_run.summary["models"] if m["chosen"]) == DAYS
+    # Every guided twin of a day is counted under exactly one source, and the report shows them.
+    page = (demo_run.report / "index.html").read_text()
+    assert any((d.get("yardstick") or {}).get("twins") for d in days)
+    for d in days:
+        y = d.get("yardstick") or {}
+        if y.get("twins"):
+            assert sum(v["n"] for v in y["by_source"].values()) == y["twins"], y["by_source"]
+            for name, v in y["by_source"].items():
+                assert f"<tr><td>{d['day']}</td><td>{name}</td><td>{v['n']}</td>" in page
 
 
 def test_demo_recovers_the_true_sensitivity(demo_run: DemoRun) -> None:
