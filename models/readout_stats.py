@@ -199,13 +199,16 @@ def fit_from_stats(
         x_scale[x_scale < 1e-12 * max(1.0, float(np.abs(x_mean).max(initial=0.0)))] = 1.0
     else:
         x_scale = np.ones(p)
-    gs = gram / np.outer(x_scale, x_scale)
     xy_s = xy / x_scale[:, None]
     a = np.asarray(alphas, dtype=np.float64).ravel()
     extra_df = 1.0 if fit_intercept else 0.0
-    solved = _gcv_tridiagonal(gs, xy_s, yy, n, a, extra_df) if np.all(a > 0) else None
-    if solved is None:  # the tridiagonal route overwrote gs: the eigendecomposition needs it afresh
-        solved = _gcv_eigh(gram / np.outer(x_scale, x_scale), xy_s, yy, n, a, extra_df)
+
+    def scaled_gram() -> np.ndarray:  # one per route tried: the tridiagonal route overwrites its own
+        return gram / np.outer(x_scale, x_scale)
+
+    solved = _gcv_tridiagonal(scaled_gram(), xy_s, yy, n, a, extra_df) if np.all(a > 0) else None
+    if solved is None:
+        solved = _gcv_eigh(scaled_gram(), xy_s, yy, n, a, extra_df)
     gcv, best, coef_std = solved
     coef = coef_std / x_scale[:, None]
     return StatsFit(
