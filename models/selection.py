@@ -55,6 +55,10 @@ class SourceEvidence:
     def se(self, i: int) -> float:
         return float(self.effect_se[i]) if self.effect_se is not None else float("nan")
 
+    def predicts_pairs(self, i: int) -> bool:
+        """Whether its predictions of the recorded pairs at site ``i`` beat chance (95% CI of r)."""
+        return bool(self.transfer.r_low[i] > self.transfer.chance_r)  # False for NaN (too few pairs)
+
 
 @dataclass(frozen=True)
 class SiteChoice:
@@ -152,9 +156,8 @@ def search_share_sites(
     """
     if search is None:
         return [False] * len(choices)
-    tr = search.transfer
     return [
-        bool(choice.by != "own twins" and tr.n[i] >= min_pairs and tr.r_low[i] > tr.chance_r)
+        bool(choice.by != "own twins" and search.transfer.n[i] >= min_pairs and search.predicts_pairs(i))
         for i, choice in enumerate(choices)
     ]
 
@@ -163,7 +166,7 @@ def _worth_trying(s: SourceEvidence, i: int, floor: float) -> bool:
     """Clean-image predictivity at least ``floor``; with none, transfer on the pairs above chance."""
     if np.isfinite(s.predictivity[i]):
         return bool(s.predictivity[i] >= floor)
-    return bool(np.isfinite(s.transfer.r_low[i]) and s.transfer.r_low[i] > s.transfer.chance_r)
+    return s.predicts_pairs(i)
 
 
 def _r(s: SourceEvidence, i: int) -> float:
