@@ -15,6 +15,7 @@ import traceback
 from typing import Any
 
 from rq.timeouts import JobTimeoutException
+from sqlalchemy import select
 
 from itloop.settings import Settings
 from jobs import state as jobstate
@@ -44,9 +45,9 @@ def execute_job(job_id: int, created_at: float | None = None) -> str | None:
 
 def _is_ours(job_id: int, created_at: float, settings: Settings) -> bool:
     """Whether job ``job_id`` of this worker's database is the one that was enqueued."""
-    with session_scope(settings.resolved_database_url) as session:
-        row = session.get(Job, job_id)
-        mine = None if row is None else as_utc(row.created_at).timestamp()
+    with session_scope(settings.resolved_database_url) as session:  # one column, not the row's log
+        created = session.scalar(select(Job.created_at).where(Job.id == job_id))
+    mine = None if created is None else as_utc(created).timestamp()
     if mine is not None and abs(mine - created_at) < 1e-3:
         return True
     fix = (
