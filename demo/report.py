@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 
 from demo.truth import sensitivity_records
+from demo.yardstick import split_version
 
 
 def _plt() -> Any:
@@ -334,11 +335,9 @@ def night_of(version: dict[str, Any]) -> int | None:
     dashboard reads it; else the ``night<N>-`` prefix of the version's name."""
     night = (version.get("trained_on") or {}).get("night")
     if night is None:
-        name = str(version.get("version", ""))
-        head = name.split("-", 1)[0]
-        night = head.removeprefix("night") if head.startswith("night") else None
+        return split_version(str(version.get("version", "")))[0]
     try:
-        return int(night) if night is not None else None
+        return int(night)
     except (TypeError, ValueError):
         return None
 

@@ -39,7 +39,7 @@ from scipy.stats import spearmanr
 
 from demo.truth import sensitivity_records
 
-__all__ = ["History", "evaluate_yardstick", "found_fractions"]
+__all__ = ["History", "evaluate_yardstick", "found_fractions", "split_version"]
 
 _Key = tuple[str, float]
 
@@ -341,6 +341,15 @@ def evaluate_yardstick(
     }
 
 
+def split_version(version: str) -> tuple[int | None, str]:
+    """A night's version name in its parts: ``night3-vone_energy`` -> ``(3, "vone_energy")``.
+
+    ``(None, version)`` for a name that is not ``night<N>-...``.
+    """
+    head, _, rest = version.partition("-")
+    return (int(head[5:]), rest) if head.startswith("night") and head[5:].isdigit() else (None, version)
+
+
 def _source_name(version: str | None) -> str:
     """A twin's source without its night: ``night3-vone_energy`` -> ``vone_energy``.
 
@@ -349,5 +358,5 @@ def _source_name(version: str | None) -> str:
     """
     if not version:
         return "unknown"
-    head, _, rest = version.partition("-")
-    return rest if head.startswith("night") and head[5:].isdigit() and rest else version
+    night, rest = split_version(version)
+    return rest if night is not None and rest else version

@@ -155,13 +155,19 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of process ``pid`` (Linux ``/proc``; the name in parentheses may hold spaces)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def _children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (Linux ``/proc``)."""
+    """The live child processes of ``pid``."""
     children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(stat.parent.name))
+            if parent_pid(int(proc.name)) == pid:
+                children.append(int(proc.name))
     return children
 
 
@@ -174,14 +180,13 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
+def start_worker(tmp_path: Path) -> Callable[..., WorkerProcess]:
+    """Start ``python -m jobs.rq_entry ARGS``; killed when the test ends, like every WorkerProcess."""
+    started = 0
 
     def _start(*args: str) -> WorkerProcess:
-        w = WorkerProcess(tmp_path / f"worker-{len(started)}.log", *args)
-        started.append(w)
-        return w
+        nonlocal started
+        started += 1
+        return WorkerProcess(tmp_path / f"worker-{started - 1}.log", *args)
 
-    yield _start
-    for w in started:
-        w.kill()
+    return _start
