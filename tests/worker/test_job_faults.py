@@ -40,7 +40,7 @@ from server.db.engine import get_engine, session_scope
 from server.jobs.tables import JobState
 from tests.conftest import make_settings
 from tests.factories import night_jobs, wait_for
-from tests.worker.conftest import ITLOOP_CLI, ROOT, WorkerProcess
+from tests.worker.conftest import ITLOOP_CLI, ROOT, WorkerProcess, parent_pid
 from tests.worker.test_multiworker import (
     CPU,
     ENV,
@@ -113,10 +113,17 @@ def test_a_forking_worker_killed_mid_synthesis_changes_nothing(
     workers = [forking_worker(lab, tmp_path / f"w{i}.log", monkeypatch) for i in range(2)]
 
     def a_shard_is_synthesizing() -> bool:
+        # Running and past its first heartbeat: its horse has been synthesizing for a while.
+        # (Progress moves only as cases finish, which in these one-site shards is at the very
+        # end: waiting for progress > 0 caught a shard in its last milliseconds, or not at all.)
         for w in workers:
             assert w.proc.poll() is None, w.output()
         return any(
-            j.kind == "night.synthesize" and j.state == JobState.running and (j.progress or 0) > 0
+            j.kind == "night.synthesize"
+            and j.state == JobState.running
+            and j.heartbeat_at is not None
+            and j.started_at is not None
+            and (j.heartbeat_at - j.started_at).total_seconds() > 0.3
             for j in night_jobs(lab, night)
         )
 
@@ -131,7 +138,7 @@ def test_a_forking_worker_killed_mid_synthesis_changes_nothing(
         shard = running[0]
         horse = pid_of(shard)
         try:
-            parent = _parent_pid(horse)
+            parent = parent_pid(horse)
             os.kill(horse, signal.SIGKILL)  # the whole worker dies: its work horse...
         except (FileNotFoundError, ProcessLookupError):
             continue  # that shard just finished: take the next one
@@ -147,11 +154,6 @@ def test_a_forking_worker_killed_mid_synthesis_changes_nothing(
     assert "--- attempt 2 of" in rows[shard.id].log_tail  # re-run after the reaper re-queued it
     assert batch_signature(lab, night) == expected, "the disturbed night made a different batch"
     assert_published_once_and_whole(lab, night)
-
-
-def _parent_pid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 # --- Redis outage ------------------------------------------------------------------------
