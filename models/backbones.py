@@ -22,6 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
+from models.smooth_pool import SmoothPool2d
 from models.trainable import trained_vone
 from models.vone import vone, vone_energy
 
@@ -173,24 +174,25 @@ def resnet50(num_classes: int = 1000) -> nn.Module:
 
 
 class PixelPool(nn.Module):
-    """Block-averaged pixels as the "features" (layer ``pool``): a linear, smooth front end.
+    """Pooled pixels as the "features" (layer ``pool``): a linear, smooth front end.
 
     A readout on it is a low-resolution linear receptive field. It is the natural surrogate
     for a linear-nonlinear population (such as ``models.simulator``'s), and a baseline any CNN
-    should beat on real IT data.
+    should beat on real IT data. ``blur=0`` averages blocks (``pixels16``); ``blur > 0`` blurs
+    first (``smooth16``, :mod:`models.smooth_pool`), so the model's gradient has no block edges.
     """
 
-    def __init__(self, size: int = 16, num_classes: int = 1):
+    def __init__(self, size: int = 16, num_classes: int = 1, blur: float = 0.0):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(size)
+        self.pool: nn.Module = SmoothPool2d(size, blur) if blur > 0 else nn.AdaptiveAvgPool2d(size)
         self.fc = nn.Linear(3 * size * size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(x).flatten(1))
 
 
-def pixel_pool(size: int = 16, num_classes: int = 1, seed: int = 0) -> nn.Module:
-    net = PixelPool(size, num_classes)
+def pixel_pool(size: int = 16, num_classes: int = 1, seed: int = 0, blur: float = 0.0) -> nn.Module:
+    net = PixelPool(size, num_classes, blur)
     _seeded_init(net, seed)
     return net
 

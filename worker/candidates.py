@@ -36,6 +36,9 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "small_cnn": {"backbone": "small_cnn", "layer": "conv3", "pool": "avg", "kwargs": {"seed": 0}},
     "small_cnn_conv4": {"backbone": "small_cnn", "layer": "conv4", "pool": "avg", "kwargs": {"seed": 0}},
     "pixels16": {"backbone": "pixels", "layer": "pool", "pool": "flatten", "kwargs": {"size": 16}},
+    # pixels16 with a Gaussian blur of 0.75 block before pooling (models.smooth_pool): the same
+    # linear model, but its gradient (and so its twins) has no block edges.
+    "smooth16": {"backbone": "pixels", "layer": "pool", "pool": "flatten", "kwargs": {"size": 16, "blur": 0.75}},
     "tiny_cnn": {"backbone": "tiny_cnn", "layer": "conv2", "pool": "avg", "kwargs": {"seed": 0}},
     # Checkpoint-free and V1-like: a fixed multi-scale Gabor bank with divisive normalisation
     # (models.vone), whose gradients stay at the spatial scales and orientations V1 passes on.
