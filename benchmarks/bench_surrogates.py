@@ -111,6 +111,7 @@ def run(families: list[str], n_train: int, n_test: int, seed: int = 0) -> dict[s
     x_tr, x_te = x_all[:n_train].contiguous(), x_all[n_train:].contiguous()
     surrogates: dict[str, Callable[[torch.Tensor, np.ndarray], nn.Module]] = {
         "pixels16": lambda x, y: ridge_surrogate("pixels", x, y, size=16),
+        "smooth16": lambda x, y: ridge_surrogate("pixels", x, y, size=16, blur=0.75),
         "small_cnn": lambda x, y: ridge_surrogate("small_cnn", x, y, seed=0),
         "vone": lambda x, y: ridge_surrogate("vone", x, y),
         "vone_energy": lambda x, y: ridge_surrogate("vone_energy", x, y),

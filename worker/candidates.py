@@ -38,7 +38,12 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "pixels16": {"backbone": "pixels", "layer": "pool", "pool": "flatten", "kwargs": {"size": 16}},
     # pixels16 with a Gaussian blur of 0.75 block before pooling (models.smooth_pool): the same
     # linear model, but its gradient (and so its twins) has no block edges.
-    "smooth16": {"backbone": "pixels", "layer": "pool", "pool": "flatten", "kwargs": {"size": 16, "blur": 0.75}},
+    "smooth16": {
+        "backbone": "pixels",
+        "layer": "pool",
+        "pool": "flatten",
+        "kwargs": {"size": 16, "blur": 0.75},
+    },
     "tiny_cnn": {"backbone": "tiny_cnn", "layer": "conv2", "pool": "avg", "kwargs": {"seed": 0}},
     # Checkpoint-free and V1-like: a fixed multi-scale Gabor bank with divisive normalisation
     # (models.vone), whose gradients stay at the spatial scales and orientations V1 passes on.
