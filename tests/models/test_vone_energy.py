@@ -11,6 +11,7 @@ from models.features import FeatureExtractor
 from models.readout import MultiRidgeCV
 from models.simulator import make_brain
 from models.simulator.images import make_clean_images
+from models.smooth_pool import SmoothPool2d
 from models.vone import vone_energy
 from worker.candidates import resolve
 
@@ -43,13 +44,27 @@ def test_energies_are_even_in_the_oriented_part_so_the_gradient_flips_with_phase
 def test_images_are_seen_at_the_base_size_so_large_images_cost_the_same() -> None:
     net = vone_energy().eval()
     x = torch.rand(2, 3, 224, 224)
-    small = F.interpolate(x, size=(48, 48), mode="area")
+    small = SmoothPool2d(48, blur=0.75)(x)  # blurred, then averaged down to the base size
     out = net(x)
     assert torch.allclose(out, net(small), atol=1e-5)
     # Four octaves (wavelengths 4.5 to 36 pixels of 48: 1.3 to 10.7 cycles per image), luminance
     # only at the finest, luminance and two opponent axes above, 8 orientations, a 2x2 grid.
     assert out.shape == (2, 3 + 8 + 3 * 24, 2, 2)
     assert resolve("vone_energy").backbone == "vone_energy"
+
+
+def test_a_large_images_gradient_has_no_block_edges_from_the_downsampling() -> None:
+    """At 224 pixels each base-size pixel averages a 4.7-pixel block; without the blur the
+    gradient is constant over those blocks and jumps between them (energy no smooth site uses)."""
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    roughness = {}
+    for blur in (0.0, 0.75):
+        at = x.clone().requires_grad_(True)
+        _oriented(vone_energy(blur=blur).eval(), at)[:, ::7].sum().backward()
+        g = at.grad
+        steps = g.diff(dim=-1).square().sum() + g.diff(dim=-2).square().sum()
+        roughness[blur] = float(steps / g.square().sum())
+    assert roughness[0.75] < 0.5 * roughness[0.0], roughness
 
 
 def test_energy_surrogate_points_where_an_energy_model_brain_does_and_pixels_cannot() -> None:
