@@ -197,6 +197,17 @@ def pixel_pool(size: int = 16, num_classes: int = 1, seed: int = 0, blur: float 
     return net
 
 
+# Bumped when a backbone's output changes under the same name and arguments, so that features
+# cached by the previous code are recomputed, not mixed with new ones (models.features.FeatureKey).
+# vone_energy 2: images are blurred before the downsampling to the base size (2026-12-01).
+BACKBONE_REVISIONS: dict[str, int] = {"vone_energy": 2}
+
+
+def backbone_revision(name: str) -> int:
+    """The code revision of backbone ``name`` (1 unless its output has changed since it was added)."""
+    return BACKBONE_REVISIONS.get(name, 1)
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "pixels": pixel_pool,
     "vone": vone,

@@ -192,20 +192,22 @@ class FeatureKey:
     layer: str
     pool: str
     backbone_kwargs: Mapping[str, object] = field(default_factory=dict)
+    # The backbone's code revision (models.backbones.backbone_revision): a fixed front end whose
+    # output changes under the same name and arguments must not meet its old cached vectors.
+    revision: int = 1
 
     def digest(self) -> str:
-        """Stable short hash used as the cache folder name."""
-        payload = json.dumps(
-            {
-                "backbone": self.backbone,
-                "checkpoint_sha256": self.checkpoint_sha256,
-                "layer": self.layer,
-                "pool": self.pool,
-                "backbone_kwargs": dict(self.backbone_kwargs),
-            },
-            sort_keys=True,
-            default=str,
-        )
+        """Stable short hash used as the cache folder name (revision 1 keeps the original names)."""
+        fields: dict[str, object] = {
+            "backbone": self.backbone,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "layer": self.layer,
+            "pool": self.pool,
+            "backbone_kwargs": dict(self.backbone_kwargs),
+        }
+        if self.revision != 1:
+            fields["revision"] = self.revision
+        payload = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 

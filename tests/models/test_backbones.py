@@ -1,5 +1,7 @@
 """Backbones, checkpoint loading (MadryLab format), feature extraction and the site encoder."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +9,14 @@ import pytest
 import torch
 import torchvision
 
-from models.backbones import BACKBONES, Backbone, CheckpointError, build_backbone, checkpoint_sha256
+from models.backbones import (
+    BACKBONES,
+    Backbone,
+    CheckpointError,
+    backbone_revision,
+    build_backbone,
+    checkpoint_sha256,
+)
 from models.encoder import SiteEncoder
 from models.features import FeatureCache, FeatureExtractor, FeatureKey, tensor_sha256
 from models.readout import MultiRidgeCV
@@ -140,6 +149,14 @@ def test_feature_cache_round_trip(tmp_path, gen):
     assert cache.missing(key, hashes) == []
     other = FeatureKey("tiny_cnn", None, "features", "avg", {"seed": 3})
     assert cache.missing(other, hashes) == list(range(5))
+    # A backbone whose output changed under the same name and arguments gets a new revision:
+    # its old vectors are not served (revision 1 keeps every existing cache folder's name).
+    revised = FeatureKey("tiny_cnn", None, "features", "avg", {"seed": 2}, revision=2)
+    assert cache.missing(revised, hashes) == list(range(5))
+    legacy = {"backbone": "tiny_cnn", "checkpoint_sha256": None, "layer": "features", "pool": "avg"}
+    legacy_payload = json.dumps({**legacy, "backbone_kwargs": {"seed": 2}}, sort_keys=True, default=str)
+    assert key.digest() == hashlib.sha256(legacy_payload.encode()).hexdigest()[:32]
+    assert backbone_revision("vone_energy") == 2 and backbone_revision("tiny_cnn") == 1
     assert not list((tmp_path / "cache").rglob("*.tmp"))
     # A second call is served from disk: a broken extractor would fail if it were used.
     again = cache.get_or_compute(key, x, hashes, FeatureExtractor(net, "conv1", "flatten"))

@@ -64,9 +64,17 @@ def features(
     device: str,
 ) -> np.ndarray:
     """Features of ``images`` for a candidate, cached per (backbone, weights, layer, image hash)."""
+    from models.backbones import backbone_revision
     from models.features import FeatureCache, FeatureExtractor, FeatureKey
 
-    key = FeatureKey(candidate.backbone, checkpoint_sha, candidate.layer, candidate.pool, candidate.kwargs)
+    key = FeatureKey(
+        candidate.backbone,
+        checkpoint_sha,
+        candidate.layer,
+        candidate.pool,
+        candidate.kwargs,
+        revision=backbone_revision(candidate.backbone),
+    )
     cache = FeatureCache(cache_root)
     shas = [im.sha256 for im in images]
     todo = cache.missing(key, shas)
