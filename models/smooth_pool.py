@@ -22,6 +22,7 @@ products per image, built once per input size.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["SmoothPool2d", "smooth_pool_matrix"]
@@ -31,22 +32,21 @@ def smooth_pool_matrix(n_in: int, n_out: int, blur: float, dtype: torch.dtype = 
     """The ``(n_out, n_in)`` map of one axis: Gaussian blur of ``blur`` blocks, then block averages.
 
     Blocks are those of :class:`torch.nn.AdaptiveAvgPool2d` (bin ``i`` covers
-    ``floor(i n_in / n_out)`` to ``ceil((i + 1) n_in / n_out)``), so ``blur=0`` is exactly that
-    pooling. The blur's rows are renormalised at the image border (no padding is invented), so
-    every row of the result sums to 1: a uniform image pools to itself.
+    ``floor(i n_in / n_out)`` to ``ceil((i + 1) n_in / n_out)``; taken from torch's own pooling),
+    so ``blur=0`` is exactly that pooling. The blur's rows are renormalised at the image border
+    (no padding is invented), so every row of the result sums to 1: a uniform image pools to
+    itself.
     """
     if n_in < 1 or n_out < 1:
         raise ValueError(f"pooling needs positive sizes, got {n_in} -> {n_out}")
     if blur < 0:
         raise ValueError(f"blur must be >= 0 blocks, got {blur}")
-    pos = torch.arange(n_in, dtype=torch.float64)
-    pool = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for i in range(n_out):
-        start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-        pool[i, start:end] = 1.0 / (end - start)
+    # Torch's own adaptive pooling of the identity: its bins by construction, not re-derived.
+    pool = F.adaptive_avg_pool1d(torch.eye(n_in, dtype=torch.float64)[None], n_out)[0].T
     if blur == 0:
         return pool.to(dtype)
     sigma = blur * n_in / n_out
+    pos = torch.arange(n_in, dtype=torch.float64)
     gauss = torch.exp(-0.5 * ((pos[:, None] - pos[None, :]) / sigma) ** 2)
     gauss /= gauss.sum(dim=1, keepdim=True)
     return (pool @ gauss).to(dtype)

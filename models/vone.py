@@ -130,9 +130,13 @@ class VOneFrontEnd(nn.Module):
         self.squared_energy = squared_energy
         self.normalise = normalise
         self.base_size = base_size
-        self.downsample: nn.Module | None = None
-        if base_size is not None and downsample_blur > 0:
-            self.downsample = SmoothPool2d(base_size, downsample_blur)
+        # Area interpolation is adaptive average pooling; the blurred variant is SmoothPool2d.
+        self.downsample: nn.Module = nn.Identity()
+        if base_size is not None:
+            blurred = downsample_blur > 0
+            self.downsample = (
+                SmoothPool2d(base_size, downsample_blur) if blurred else nn.AdaptiveAvgPool2d(base_size)
+            )
         self.coarsest = coarsest
         # Reflection needs a border smaller than the level; coarse levels of a small image are
         # smaller than the kernel, so a front end that reaches them replicates the border.
@@ -160,10 +164,7 @@ class VOneFrontEnd(nn.Module):
         even_w, odd_w = weight[:k], weight[k:]
         pad = weight.shape[-1] // 2
         if self.base_size is not None and min(x.shape[-2:]) > self.base_size:
-            if self.downsample is not None:
-                x = self.downsample(x)
-            else:
-                x = F.interpolate(x, size=(self.base_size, self.base_size), mode="area")
+            x = self.downsample(x)
         maps = [F.adaptive_avg_pool2d(x, self.grid)]
         level_x = F.conv2d(x, self.opponent.to(dtype=x.dtype))
         for level in range(self.levels_for(min(x.shape[-2:]))):
