@@ -59,8 +59,12 @@ def _is_ours(job_id: int, created_at: float, settings: Settings) -> bool:
             "job %s on the queue is not in this database; not running it. Deleted, or %s", job_id, fix
         )
     else:
-        log.error("job %s on the queue is another deployment's (this database's job %s differs); not "
-                  "running it: %s", job_id, job_id, fix)  # fmt: skip
+        log.error(
+            "job %s on the queue is another deployment's (this database's job of that id was created "
+            "at another time); not running it: %s",
+            job_id,
+            fix,
+        )
     return False
 
 
