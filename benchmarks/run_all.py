@@ -161,7 +161,8 @@ def _science(r: dict) -> list[Row]:
     rows = []
     for f in r["families"]:
         name, goals = f["family"], f["goals_apply"]
-        tag = f"{name} ({f['runs']} seeds, share {f['natural_share']:.2f})"
+        held_out = ", held out" if f.get("held_out") else ""
+        tag = f"{name} ({f['runs']} seeds, share {f['natural_share']:.2f}{held_out})"
         if f["runs"] == 0:
             rows.append(Row(b, f"{tag}: every run failed", "no data", passed=False))
             continue

@@ -20,7 +20,12 @@ def demo(
     seed: int = 0,
     brain: Annotated[
         str,
-        typer.Option(help="family of the simulated population: orthogonal, natural, mix25, mix50, blur, v1"),
+        typer.Option(
+            help=(
+                "family of the simulated population: orthogonal, natural, mix25, mix50, blur, v1, "
+                "v1fine, v1coarse (the last two held out: nothing was tuned on them)"
+            )
+        ),
     ] = "orthogonal",
     clean_images: Annotated[
         int,

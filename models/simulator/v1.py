@@ -158,6 +158,9 @@ class V1Brain(PresentationSpikes):
         Semi-saturation constant, in units of the site's median clean-image energy.
     attack : AttackConfig, optional
         Strength of the white-box attack (:class:`models.simulator.whitebox.AttackConfig`).
+    family : str, default="v1"
+        The family name the population reports (``make_brain`` builds the held-out variants
+        ``v1fine`` and ``v1coarse`` from this class with other preferences).
 
     Attributes
     ----------
@@ -188,13 +191,14 @@ class V1Brain(PresentationSpikes):
         jitter: float = 1.5,
         c50: tuple[float, float] = (2.0, 8.0),
         attack: AttackConfig | None = None,
+        family: str = "v1",
     ) -> None:
         if n_sites < 1 or n_subunits < 1 or image_size < 16:
             raise ValueError("need n_sites >= 1, n_subunits >= 1 and image_size >= 16")
         self.n_sites, self.image_size, self.n_subunits, self.seed = n_sites, image_size, n_subunits, seed
         self.n_categories, self.n_calibration = n_categories, n_calibration
         self.cycles, self.envelope, self.jitter, self.c50 = cycles, envelope, jitter, c50
-        self.attack = attack
+        self.attack, self.family = attack, family
         self._cache: dict[tuple[bytes, int, float], tuple[float, float]] = {}
         self._module64: V1Module | None = None
         self._build()

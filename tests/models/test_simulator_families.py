@@ -19,7 +19,7 @@ def clean() -> np.ndarray:
 
 
 def test_registry_builds_every_family_and_refuses_unknown_ones() -> None:
-    assert set(FAMILIES) >= {"orthogonal", "natural", "mix25", "mix50", "blur", "v1"}
+    assert set(FAMILIES) >= {"orthogonal", "natural", "mix25", "mix50", "blur", "v1", "v1fine", "v1coarse"}
     for family in FAMILIES:
         brain = make_brain(family, n_sites=3, image_size=32, seed=1)
         assert brain.family == family if family not in ("mix25", "mix50") else brain.family == "natural"
@@ -29,7 +29,7 @@ def test_registry_builds_every_family_and_refuses_unknown_ones() -> None:
         make_brain("retina")
 
 
-@pytest.mark.parametrize("family", [*LINEAR, "v1"])
+@pytest.mark.parametrize("family", [*LINEAR, "v1", "v1fine", "v1coarse"])
 def test_rates_are_realistic_and_deterministic_by_seed(family: str, clean: np.ndarray) -> None:
     brain = make_brain(family, n_sites=16, seed=3)
     rates = brain.rates(clean)
@@ -49,11 +49,21 @@ def test_natural_shares_follow_the_construction() -> None:
     assert natural_share("mix25") == 0.75
     assert natural_share("mix50") == 0.5
     assert 0.5 <= natural_share("blur") <= 1.0
-    assert natural_share("v1") == 1.0
+    assert natural_share("v1") == natural_share("v1fine") == natural_share("v1coarse") == 1.0
     brain = make_brain("mix50", n_sites=8, seed=2)
     np.testing.assert_allclose(brain.natural_share_per_site_, 0.5, atol=1e-9)  # every site, not on average
     with pytest.raises(ValueError, match="unknown brain family"):
         natural_share("retina")
+
+
+def test_held_out_energy_families_prefer_other_scales_than_v1() -> None:
+    """``v1fine`` and ``v1coarse`` are not ``v1`` under another name: their preferred spatial
+    frequencies lie above and below its range (where its surrogates were shaped)."""
+    v1, fine, coarse = (make_brain(f, n_sites=24, seed=0) for f in ("v1", "v1fine", "v1coarse"))
+    assert (fine.n_subunits, coarse.n_subunits) == (4, v1.n_subunits)
+    assert np.median(fine.preferred_cycles_) > 1.5 * np.median(v1.preferred_cycles_)
+    assert np.median(coarse.preferred_cycles_) < 0.7 * np.median(v1.preferred_cycles_)
+    assert fine.preferred_cycles_.max() <= 8.0 and coarse.preferred_cycles_.min() >= 0.7
 
 
 @pytest.mark.parametrize("family", ["natural", "mix50", "blur"])
