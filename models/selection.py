@@ -96,7 +96,14 @@ def choose_per_site(
        predictions of the recorded pairs beat chance (the 95% CI of its transfer r above 0):
        on an energy-model brain, whose gradient turns with the image, the search's one
        direction per site predicted nothing, and its twins found a fifth of what
-       ``vone_energy``'s did.
+       ``vone_energy``'s did. Nor is a source whose transfer is already decided against it:
+       its predictions of the recorded pairs at the site correlate with what was observed
+       clearly less than the best tried source's do (the upper end of its 95% CI below that
+       source's r). Where the pairs carry no signal every r is near 0 with a wide CI, nothing
+       is decided and exploration proceeds; where they do, a source that cannot predict them
+       has shown on the held-out pairs that it does not follow the site as well (on a mixed
+       linear population, ``vone_energy`` took a day of twins at sites where ``smooth16``'s own
+       twins were merely noisy, and found a fifteenth of what they did).
     4. Everything has been tried and nothing clearly works: the best measured effect.
 
     Parameters
@@ -120,7 +127,11 @@ def choose_per_site(
             continue
         known = [float(s.predictivity[i]) for s in tried if np.isfinite(s.predictivity[i])]
         floor = explore_share * max(known) if known else -np.inf
-        untried = [s for s in sources if not s.tried(i, min_own) and _worth_trying(s, i, floor)]
+        untried = [
+            s
+            for s in sources
+            if not s.tried(i, min_own) and _worth_trying(s, i, floor) and _undecided(s, best, i)
+        ]
         if untried:
             pick = max(untried, key=lambda s: (np.nan_to_num(s.predictivity[i], nan=-2.0), _r(s, i)))
             why = (
@@ -167,6 +178,20 @@ def _worth_trying(s: SourceEvidence, i: int, floor: float) -> bool:
     if np.isfinite(s.predictivity[i]):
         return bool(s.predictivity[i] >= floor)
     return s.predicts_pairs(i)
+
+
+def _undecided(s: SourceEvidence, best: SourceEvidence | None, i: int) -> bool:
+    """Whether the pairs leave ``s`` possibly as good a predictor at site ``i`` as ``best``.
+
+    False only when both correlations are measured and the upper end of ``s``'s 95% CI lies
+    below ``best``'s estimate: a decided question is not worth a day of twins.
+    """
+    if best is None or best is s:
+        return True
+    high, r_best = s.transfer.r_high[i], best.transfer.r[i]
+    if not (np.isfinite(high) and np.isfinite(r_best)):
+        return True
+    return bool(high >= r_best)
 
 
 def _r(s: SourceEvidence, i: int) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -41,7 +43,7 @@ def _evidence(
     name: str, r: list[float], n: int, pred: list[float], own: list[float] | None = None, own_se: float = 0.1
 ) -> SourceEvidence:
     k = len(r)
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same draws in every process
     truth = rng.normal(size=(max(n, 1), k))
     p = np.array(r) * truth + np.sqrt(1 - np.array(r) ** 2) * rng.normal(size=truth.shape)
     tr = site_transfer(p[:n], truth[:n])
@@ -66,9 +68,10 @@ def test_choice_is_predictivity_before_twins_then_own_twins_then_exploration() -
     assert [c.source for c in choose_per_site(before)] == ["predictive", "predictive"]
     assert all(c.by == "predictivity" for c in choose_per_site(before))
     # Night 2: only "predictive" has own twins. Site 0: they moved it (kept); site 1: they did not,
-    # so the untried source is tried, even though its transfer r over all pairs is low.
+    # so the untried source is tried: the pairs carry no signal yet (every r near 0), so nothing
+    # is decided against it.
     after = [
-        _evidence("predictive", [0.5, 0.5], 300, [0.9, 0.9], own=[2.0, 0.02]),
+        _evidence("predictive", [0.05, 0.05], 300, [0.9, 0.9], own=[2.0, 0.02]),
         _evidence("transfers", [0.05, 0.05], 300, [0.5, 0.5], own=[np.nan, np.nan]),
     ]
     choices = choose_per_site(after)
@@ -104,6 +107,24 @@ def test_exploration_skips_a_source_that_cannot_predict_the_site() -> None:
     assert choose_per_site([incumbent, search])[1].source == "search"  # site 1: above chance
     # The share is a parameter: 0 explores everything, as before.
     assert [c.source for c in choose_per_site([incumbent, poor], explore_share=0.0)] == ["pixels", "pixels"]
+
+
+def test_exploration_skips_a_source_whose_transfer_is_decided_against_it() -> None:
+    """Where the recorded pairs carry signal (the incumbent predicts them, r 0.5 over 300 pairs),
+    a source whose predictions of the same pairs correlate clearly less (r 0.05: the top of its
+    95% CI far below 0.5) is not worth a day of twins, however well it predicts clean images; one
+    whose CI still reaches the incumbent's r is tried. The incumbent is not clearly above zero at
+    either site, so without the veto both would be explored."""
+    incumbent = _evidence("linear", [0.5, 0.5], 300, [0.9, 0.9], own=[0.3, 0.3], own_se=1.0)
+    decided = _evidence("energy", [0.05, 0.6], 300, [0.85, 0.85], own=[np.nan, np.nan])
+    assert decided.transfer.r_high[0] < incumbent.transfer.r[0] <= decided.transfer.r_high[1]
+    choices = choose_per_site([incumbent, decided])
+    assert [c.source for c in choices] == ["linear", "energy"]
+    assert [c.by for c in choices] == ["best measured", "exploration"]
+    # With too few pairs to measure an r, nothing is decided: exploration proceeds.
+    few = _evidence("energy", [0.05, 0.05], 3, [0.85, 0.85], own=[np.nan, np.nan])
+    assert np.all(np.isnan(few.transfer.r))
+    assert [c.source for c in choose_per_site([incumbent, few])] == ["energy", "energy"]
 
 
 def test_own_twin_effect_counts_only_a_sources_twins_for_each_site() -> None:
