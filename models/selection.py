@@ -147,8 +147,19 @@ def choose_per_site(
             choices.append(SiteChoice(pick.name, "exploration", why))
             continue
         assert best is not None
+        decided = [s for s in sources if not s.tried(i, min_own) and not _undecided(s, best, i)]
+        ruled_out = "".join(
+            f"; {s.name} not tried: its transfer r {_fmt(s.transfer.r[i])} "
+            f"[{_fmt(s.transfer.r_low[i])}, {_fmt(s.transfer.r_high[i])}] is below {best.name}'s "
+            f"{_fmt(best.transfer.r[i])}"
+            for s in decided
+        )
         choices.append(
-            SiteChoice(best.name, "best measured", _own_reason(best, i, tried) + " (nothing clearly works)")
+            SiteChoice(
+                best.name,
+                "best measured",
+                _own_reason(best, i, tried) + " (nothing clearly works)" + ruled_out,
+            )
         )
     return choices
 

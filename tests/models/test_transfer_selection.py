@@ -121,6 +121,7 @@ def test_exploration_skips_a_source_whose_transfer_is_decided_against_it() -> No
     choices = choose_per_site([incumbent, decided])
     assert [c.source for c in choices] == ["linear", "energy"]
     assert [c.by for c in choices] == ["best measured", "exploration"]
+    assert "energy not tried: its transfer r" in choices[0].reason  # the reason says why
     # With too few pairs to measure an r, nothing is decided: exploration proceeds.
     few = _evidence("energy", [0.05, 0.05], 3, [0.85, 0.85], own=[np.nan, np.nan])
     assert np.all(np.isnan(few.transfer.r))
