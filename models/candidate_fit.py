@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.readout import MultiRidgeCV, cross_val_predict
+from models.readout import MultiRidgeCV, cross_val_predict, one_per_group
 from models.screening import ScreeningReport, screen_model, split_half_reliability
 from models.tracking import quality_gate
 from models.transfer import SiteTransfer, site_transfer
@@ -53,10 +53,11 @@ def fit_candidate(
     x repeats, NaN-padded) gives the noise ceiling; ``pairs`` are (parent row, twin row) of every
     twin on record. With ``held_out`` (a trained core saw the other families), only twins marked
     there count as held out. ``readout``: the readout already fitted on ``X`` and ``mean`` (e.g.
-    updated from an earlier night's statistics); default: exact-LOO :class:`MultiRidgeCV`.
+    updated from an earlier night's statistics); default: exact-LOO :class:`MultiRidgeCV`, its
+    penalty chosen on one image per family (twins are near-copies of their parents).
     """
     if readout is None:
-        readout = MultiRidgeCV().fit(X, mean)
+        readout = MultiRidgeCV().fit(X, mean, select=one_per_group(groups))
     pred = cross_val_predict(X, mean, groups=groups)
     ceiling = split_half_reliability(today_trials)
     if held_out is not None:

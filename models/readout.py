@@ -82,6 +82,9 @@ class MultiRidgeCV:
     loo_predictions_ : ndarray of shape (n_images, n_sites)
         Leave-one-out predictions at the chosen penalty (only when ``cv is None``); a free
         out-of-sample prediction for predictivity.
+    stats_, select_stats_ : RidgeStats (``cv="gcv"`` only)
+        Running statistics of all images, and of those the penalty is chosen on (None without
+        ``select``).
     x_mean_, x_scale_ : ndarray of shape (n_features,)
         Standardisation applied before the fit (zeros / ones when disabled).
     y_mean_ : ndarray of shape (n_sites,)
@@ -104,7 +107,13 @@ class MultiRidgeCV:
         self.device = device
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor) -> MultiRidgeCV:
+    def fit(
+        self,
+        X: np.ndarray | torch.Tensor,
+        Y: np.ndarray | torch.Tensor,
+        *,
+        select: np.ndarray | None = None,
+    ) -> MultiRidgeCV:
         """Fit all sites and choose each site's penalty.
 
         Parameters
@@ -113,6 +122,13 @@ class MultiRidgeCV:
         Y : array-like of shape (n_images, n_sites)
             Mean responses. NaN is rejected: a missing response has no unbiased imputation here, so
             the caller must drop the image (or the site).
+        select : bool array of shape (n_images,), optional
+            The images the penalty is chosen on (``cv=None`` or ``"gcv"``); the coefficients are
+            fitted on all images at it. Leave-one-out and GCV assume exchangeable images: a twin
+            left out is predicted from its near-identical parent at any penalty, so with twins in
+            the criterion it chooses far too little shrinkage (on an energy-model brain, 100x
+            less, and a surrogate gradient half as well aligned with the brain's). Pass one image
+            per family (:func:`one_per_group`). Fewer than 3 selected: all images choose.
 
         Returns
         -------
@@ -127,11 +143,19 @@ class MultiRidgeCV:
         alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
         if alphas.size == 0 or np.any(alphas <= 0):
             raise ValueError("alphas must be a non-empty sequence of positive numbers")
+        sel = _selection(select, Xa.shape[0])
         if self.cv == "gcv":
             self.stats_ = RidgeStats.from_data(Xa, Ya)
+            # Kept even when every image is selected, so later updates can add unselected twins.
+            keep = None if select is None else _mask(select, Xa.shape[0])
+            self.select_stats_ = (
+                RidgeStats.from_data(Xa[keep], Ya[keep]) if keep is not None and keep.sum() >= 3 else None
+            )
             return self._fit_stats(alphas)
         if isinstance(self.cv, str):
             raise ValueError(f"cv must be None, an integer or 'gcv', got {self.cv!r}")
+        if sel is not None and self.cv is not None:
+            raise ValueError("select works with cv=None (leave-one-out) or 'gcv', not k-fold")
         dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
 
         x_mean = Xa.mean(axis=0) if self.fit_intercept else np.zeros(Xa.shape[1])
@@ -148,7 +172,15 @@ class MultiRidgeCV:
         Yt = torch.from_numpy(Ya).to(dev) - torch.from_numpy(y_mean).to(dev)
         at = torch.from_numpy(alphas).to(dev)
 
-        if self.cv is None:
+        if self.cv is None and sel is not None:
+            st = torch.from_numpy(sel).to(dev)
+            Xs, Ys = Xt[st], Yt[st]
+            if self.fit_intercept:  # the subset's own centring, as a fit on it alone would use
+                Xs, Ys = Xs - Xs.mean(0), Ys - Ys.mean(0)
+            _, chosen, mse, _ = _fit_loo(Xs, Ys, at, self.fit_intercept)
+            coef_std, alpha_idx, _, loo_pred = _fit_loo(Xt, Yt, at, self.fit_intercept, fixed=chosen)
+            self.loo_predictions_ = loo_pred.cpu().numpy() + y_mean
+        elif self.cv is None:
             coef_std, alpha_idx, mse, loo_pred = _fit_loo(Xt, Yt, at, self.fit_intercept)
             self.loo_predictions_ = loo_pred.cpu().numpy() + y_mean
         else:
@@ -175,24 +207,37 @@ class MultiRidgeCV:
         Y: np.ndarray | torch.Tensor,
         *,
         revised: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        select: np.ndarray | None = None,
+        revised_select: np.ndarray | None = None,
     ) -> MultiRidgeCV:
         """Add new images (a new day) and refit: the same model as :meth:`fit` on all images so far.
 
         Only with ``cv="gcv"``: the cost is the new images' share of the statistics plus one
         ``p x p`` eigendecomposition, independent of how many images came before.  ``revised``
         ``(X_r, Y_old, Y_new)`` first changes the responses of images already counted (their
-        mean moved because they were shown again); ``X`` may then have no rows.
+        mean moved because they were shown again); ``X`` may then have no rows. For a readout
+        fitted with ``select``, ``select`` and ``revised_select`` say which of the new and the
+        revised images the penalty is chosen on (default: all).
         """
         if self.cv != "gcv" or not hasattr(self, "stats_"):
             raise RuntimeError("update needs a readout fitted with cv='gcv'")
+        chooser = getattr(self, "select_stats_", None)
         if revised is not None:
             Xr, Yo, Yn = (_as_float64(a, "Y" if k else "X") for k, a in enumerate(revised))
             self.stats_.revise(Xr, Yo, Yn)
+            if chooser is not None:
+                rs = _mask(revised_select, Xr.shape[0])
+                if rs.any():
+                    chooser.revise(Xr[rs], Yo[rs], Yn[rs])
         Xa = np.asarray(X, dtype=np.float64)
         if Xa.shape[0]:
             Xa = _as_float64(X, "X")
             Ya = _as_float64(Y, "Y")
             self.stats_.add(Xa, Ya)
+            if chooser is not None:
+                ns = _mask(select, Xa.shape[0])
+                if ns.any():
+                    chooser.add(Xa[ns], Ya[ns])
         return self._fit_stats(np.asarray(self.alphas, dtype=np.float64).ravel())
 
     @classmethod
@@ -203,18 +248,26 @@ class MultiRidgeCV:
         *,
         fit_intercept: bool = True,
         standardize: bool = True,
+        select_stats: RidgeStats | None = None,
     ) -> MultiRidgeCV:
         """A GCV readout holding ``stats`` (e.g. kept from an earlier night), not yet refitted.
 
-        Call :meth:`update` with the new images to fit it.
+        ``select_stats``: those of the images the penalty is chosen on (see :meth:`fit`'s
+        ``select``). Call :meth:`update` with the new images to fit it.
         """
         r = cls(alphas, fit_intercept=fit_intercept, standardize=standardize, cv="gcv")
         r.stats_ = stats
+        r.select_stats_ = select_stats
         return r
 
     def _fit_stats(self, alphas: np.ndarray) -> MultiRidgeCV:
+        chooser = getattr(self, "select_stats_", None)
         fit = fit_from_stats(
-            self.stats_, alphas, fit_intercept=self.fit_intercept, standardize=self.standardize
+            self.stats_,
+            alphas,
+            fit_intercept=self.fit_intercept,
+            standardize=self.standardize,
+            choose_on=chooser if chooser is not None and chooser.n >= 3 else None,
         )
         self.coef_, self.intercept_ = fit.coef, fit.intercept
         self.alpha_ = alphas[fit.alpha_idx]
@@ -232,6 +285,41 @@ class MultiRidgeCV:
         if Xa.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {Xa.shape[1]} features, the readout was fitted on {self.n_features_in_}")
         return Xa @ self.coef_ + self.intercept_
+
+
+def one_per_group(groups: Sequence[int] | np.ndarray) -> np.ndarray:
+    """A mask with the first image of every group: one exchangeable image per family.
+
+    With groups as a night passes them (a twin's group is its clean parent's id), this is every
+    clean image, plus a twin whose parent is not in the set; what a penalty may be chosen on
+    (:meth:`MultiRidgeCV.fit`'s ``select``).
+    """
+    g = np.asarray(groups)
+    mask = np.zeros(g.shape[0], dtype=bool)
+    mask[np.unique(g, return_index=True)[1]] = True
+    return mask
+
+
+def _mask(select: np.ndarray | None, n: int) -> np.ndarray:
+    if select is None:
+        return np.ones(n, dtype=bool)
+    m = np.asarray(select, dtype=bool).ravel()
+    if m.shape != (n,):
+        raise ValueError(f"select must have one entry per image ({n}), got shape {np.shape(select)}")
+    return m
+
+
+def _selection(select: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The rows a penalty is chosen on; None for all rows (none given, all, or fewer than 3)."""
+    if select is None:
+        return None
+    m = _mask(select, n)
+    if m.all():
+        return None
+    if m.sum() < 3:
+        logger.info("only %d images to choose the penalty on; all %d choose it", int(m.sum()), n)
+        return None
+    return m
 
 
 # ---------------------------------------------------------------------- closed forms
@@ -264,12 +352,17 @@ def _decompose(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def _fit_loo(
-    X: torch.Tensor, Y: torch.Tensor, alphas: torch.Tensor, fit_intercept: bool
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    alphas: torch.Tensor,
+    fit_intercept: bool,
+    fixed: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor]:
     """Exact LOO over all penalties and sites from one decomposition.
 
     Returns the coefficients at each site's best penalty (standardised units), the chosen penalty
     index per site, the LOO mean squared errors (n_alphas, n_sites) and the LOO predictions (centred).
+    With ``fixed`` (a penalty index per site, chosen elsewhere) those penalties are used instead.
     """
     n, m = Y.shape
     U, s2, VS = _decompose(X)
@@ -294,6 +387,8 @@ def _fit_loo(
         # mse[a, j] = sum_i resid[i, a, j]^2 / (1 - h[i, a])^2 / n, as one batched contraction.
         mse[a0:a1] = torch.bmm(resid.permute(1, 2, 0), g2[a0:a1]).squeeze(-1)
     best = torch.argmin(mse, dim=0)  # first minimum on ties, like scikit-learn
+    if fixed is not None:
+        best = torch.as_tensor(np.asarray(fixed, dtype=np.int64), device=X.device)
     shrink = W[best].T  # (k, m)
     fitted = U @ (shrink * Z)
     loo_pred = Y - (Y - fitted) * inv_one_minus[:, best]

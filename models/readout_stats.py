@@ -174,7 +174,12 @@ def _centred(stats: RidgeStats, fit_intercept: bool) -> tuple[np.ndarray, ...]:
 
 
 def fit_from_stats(
-    stats: RidgeStats, alphas: np.ndarray, *, fit_intercept: bool = True, standardize: bool = True
+    stats: RidgeStats,
+    alphas: np.ndarray,
+    *,
+    fit_intercept: bool = True,
+    standardize: bool = True,
+    choose_on: RidgeStats | None = None,
 ) -> StatsFit:
     """All sites at every penalty from one tridiagonal reduction of the Gram matrix; penalty per
     site by GCV.
@@ -188,10 +193,20 @@ def fit_from_stats(
     third of a full ``eigh``'s work, which is what a day's update costs beyond its own images.
     The eigendecomposition route (:func:`_gcv_eigh`) is kept for a penalty of 0 or a Gram
     matrix that rounding left indefinite; both give the same fit to rounding.
+
+    With ``choose_on`` (the statistics of a subset of the images, e.g. one per family), each
+    site's penalty is the one GCV prefers on that subset, and the coefficients are solved on all
+    of ``stats`` at it (``cv_scores`` are then the subset's). GCV, like leave-one-out, assumes
+    the images are exchangeable: a twin left out is predicted from its near-identical parent
+    whatever the penalty, so twins in the criterion push it toward too little shrinkage.
     """
     n = stats.n
     if n < 3:
         raise ValueError("need at least 3 images to fit and cross-validate a readout")
+    fixed = None
+    if choose_on is not None:
+        chosen = fit_from_stats(choose_on, alphas, fit_intercept=fit_intercept, standardize=standardize)
+        fixed, chosen_scores = chosen.alpha_idx, chosen.cv_scores
     gram, xy, yy, x_mean, y_mean = _centred(stats, fit_intercept)
     p = gram.shape[0]
     if standardize:
@@ -206,10 +221,12 @@ def fit_from_stats(
     def scaled_gram() -> np.ndarray:  # one per route tried: the tridiagonal route overwrites its own
         return gram / np.outer(x_scale, x_scale)
 
-    solved = _gcv_tridiagonal(scaled_gram(), xy_s, yy, n, a, extra_df) if np.all(a > 0) else None
+    solved = _gcv_tridiagonal(scaled_gram(), xy_s, yy, n, a, extra_df, fixed) if np.all(a > 0) else None
     if solved is None:
-        solved = _gcv_eigh(scaled_gram(), xy_s, yy, n, a, extra_df)
+        solved = _gcv_eigh(scaled_gram(), xy_s, yy, n, a, extra_df, fixed)
     gcv, best, coef_std = solved
+    if fixed is not None:
+        gcv = chosen_scores
     coef = coef_std / x_scale[:, None]
     return StatsFit(
         coef=coef,
@@ -231,10 +248,17 @@ def _gcv(rss: np.ndarray, df: np.ndarray, n: int) -> np.ndarray:
 
 
 def _gcv_tridiagonal(
-    gs: np.ndarray, xy: np.ndarray, yy: np.ndarray, n: int, alphas: np.ndarray, extra_df: float
+    gs: np.ndarray,
+    xy: np.ndarray,
+    yy: np.ndarray,
+    n: int,
+    alphas: np.ndarray,
+    extra_df: float,
+    fixed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """GCV scores, best penalty index and coefficients by tridiagonal reduction; None if ``T + a I``
-    is not positive definite at some penalty (rounding left the Gram matrix indefinite).
+    is not positive definite at some penalty (rounding left the Gram matrix indefinite). With
+    ``fixed`` (a penalty index per site), the coefficients are those at ``fixed`` instead.
 
     ``gs`` (C-ordered, upper triangle valid) is overwritten: it is the caller's scratch copy.
     """
@@ -269,13 +293,22 @@ def _gcv_tridiagonal(
         rss = yy - np.einsum("ij,ij->j", c, z) - a * np.einsum("ij,ij->j", z, z)
         gcv[k] = _gcv(rss[None, :], np.array([np.sum(s2 / (s2 + a)) + extra_df]), n)[0]
         # Strictly better only, so ties keep the first minimum (as argmin does).
-        better = np.ones(m, dtype=bool) if k == 0 else gcv[k] < gcv[best, np.arange(m)]
+        if fixed is not None:
+            better = fixed == k
+        else:
+            better = np.ones(m, dtype=bool) if k == 0 else gcv[k] < gcv[best, np.arange(m)]
         best[better], best_z[:, better] = k, z[:, better]
     return gcv, best, apply_q(best_z, transpose=False)
 
 
 def _gcv_eigh(
-    gs: np.ndarray, xy: np.ndarray, yy: np.ndarray, n: int, alphas: np.ndarray, extra_df: float
+    gs: np.ndarray,
+    xy: np.ndarray,
+    yy: np.ndarray,
+    n: int,
+    alphas: np.ndarray,
+    extra_df: float,
+    fixed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The same as :func:`_gcv_tridiagonal` from a full eigendecomposition ``G = V diag(s2) V^T``:
     with ``P = V^T X^T y`` each eigen-direction shrinks by ``w = s2 / (s2 + a)``, so
@@ -289,6 +322,6 @@ def _gcv_eigh(
     W = s2[None, :] / (s2[None, :] + a[:, None])  # (A, k)
     rss = torch.from_numpy(yy)[None, :] - (2 * W - W.square()) @ z2  # (A, m)
     gcv = _gcv(rss.numpy(), W.sum(dim=1).numpy() + extra_df, n)
-    best = np.argmin(gcv, axis=0)
+    best = np.argmin(gcv, axis=0) if fixed is None else np.asarray(fixed, dtype=np.int64)
     coef_std = V @ (P / (s2[:, None] + a[torch.from_numpy(best)][None, :]))
     return gcv, best, coef_std.numpy()

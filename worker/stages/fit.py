@@ -183,6 +183,7 @@ def _fit_readout(
     """The GCV readout, continued from an earlier night's statistics where valid (None: exact LOO)."""
     if cfg.readout_cv != "gcv":
         return None
+    from models.readout import one_per_group
     from worker.stages.readout_state import fit_readout
 
     with ctx.session() as session:
@@ -197,6 +198,7 @@ def _fit_readout(
             [im.sha256 for im in images],
             cf.X,
             data.mean,
+            one_per_group(night_data.families(images)),
         )
 
 

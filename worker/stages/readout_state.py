@@ -7,6 +7,10 @@ the version's artifact (``models/<version>.readout-state.npz``, with a small JSO
 were computed from) and the next night folds in only its new images, and the changed means of
 images shown again, instead of refitting all days.
 
+Each site's penalty is chosen on one image per family (the clean images; twins are near-copies
+of their parents, and a criterion that leaves one out at a time would let its parent predict it
+at any penalty), so a second set of sums, over those images, is kept beside the first.
+
 The shortcut is taken only when it cannot change the result beyond rounding: the same candidate
 (spec and checkpoint), sites, response window and penalties; every image of the earlier fit
 still in the training set; and their features bit-identical to the ones counted (a digest of
@@ -77,6 +81,7 @@ def _identity(
                 "site_ids": [str(s) for s in site_ids],
                 "window_ms": [float(w) for w in window_ms],
                 "alphas": [float(a) for a in DEFAULT_ALPHAS],
+                "penalty_chosen_on": "one image per family",
             },
             sort_keys=True,
         )
@@ -91,13 +96,21 @@ def save_state(
     shas: list[str],
     X: np.ndarray,
     Y: np.ndarray,
+    select: np.ndarray,
 ) -> None:
     """Store ``readout``'s statistics (and the responses they counted) beside ``version``'s artifact."""
     buf = io.BytesIO()
     arrays: dict[str, Any] = {**readout.stats_.to_arrays(), "responses": np.asarray(Y, dtype=np.float64)}
+    if readout.select_stats_ is not None:
+        arrays.update({f"select_{k}": v for k, v in readout.select_stats_.to_arrays().items()})
     np.savez(buf, **arrays)
     store.put(state_key(version), buf.getvalue())
-    meta = {"identity": identity, "images": list(shas), "features": features_digest(X)}
+    meta = {
+        "identity": identity,
+        "images": list(shas),
+        "features": features_digest(X),
+        "select": [bool(b) for b in select],
+    }
     store.put(meta_key(version), json.dumps(meta).encode())
 
 
@@ -131,20 +144,23 @@ def fit_readout(
     shas: list[str],
     X: np.ndarray,
     Y: np.ndarray,
+    select: np.ndarray,
 ) -> ReadoutFit:
-    """The candidate's GCV readout on all images: updated from an earlier night's statistics when
-    they are still valid (see the module docstring), else fitted in full; its statistics are
-    stored for ``version`` either way."""
+    """The candidate's GCV readout on all images, its penalties chosen on ``select`` (one image
+    per family, :func:`models.readout.one_per_group`): updated from an earlier night's
+    statistics when they are still valid (see the module docstring), else fitted in full; its
+    statistics are stored for ``version`` either way."""
     identity = _identity(spec, checkpoint_sha, site_ids, window_ms)
+    select = np.asarray(select, dtype=bool)
     fit = None
     if len(set(shas)) == len(shas):
         found = _base(session, store, spec["name"], identity, set(shas))
         if found is not None:
-            fit = _continue(store, found, shas, X, Y)
+            fit = _continue(store, found, shas, X, Y, select)
     if fit is None:
-        fit = ReadoutFit(MultiRidgeCV(cv="gcv").fit(X, Y), "full")
+        fit = ReadoutFit(MultiRidgeCV(cv="gcv").fit(X, Y, select=select), "full")
     try:
-        save_state(store, version, fit.readout, identity, shas, X, Y)
+        save_state(store, version, fit.readout, identity, shas, X, Y, select)
         prune_states(session, store, spec["name"])
     except Exception:  # the fit stands; the next night refits in full
         log.warning("could not store the readout statistics of %s", version, exc_info=True)
@@ -174,7 +190,12 @@ def prune_states(session: Session, store: ObjectStore, candidate: str) -> int:
 
 
 def _continue(
-    store: ObjectStore, found: tuple[str, dict[str, Any]], shas: list[str], X: np.ndarray, Y: np.ndarray
+    store: ObjectStore,
+    found: tuple[str, dict[str, Any]],
+    shas: list[str],
+    X: np.ndarray,
+    Y: np.ndarray,
+    select: np.ndarray,
 ) -> ReadoutFit | None:
     base, meta = found
     row = {h: i for i, h in enumerate(shas)}
@@ -182,17 +203,24 @@ def _continue(
     if features_digest(X[old]) != meta["features"]:
         log.info("readout: features of %s's images changed; full fit", base)
         return None
+    if meta.get("select") != [bool(b) for b in select[old]]:
+        log.info("readout: the images the penalty is chosen on changed since %s; full fit", base)
+        return None
     with np.load(io.BytesIO(store.get(state_key(base))), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     stats = RidgeStats.from_arrays(arrays)
+    chosen = {k[len("select_") :]: v for k, v in arrays.items() if k.startswith("select_")}
+    select_stats = RidgeStats.from_arrays(chosen) if chosen else None
     y_old = arrays["responses"]
     if stats.n != len(old) or y_old.shape != (len(old), Y.shape[1]):
         return None
+    if select_stats is None or select_stats.n != int(select[old].sum()):
+        return None  # no sums (or other ones) for the images the penalty is chosen on: refit in full
     changed = np.flatnonzero(np.any(y_old != Y[old], axis=1))
     new = np.setdiff1d(np.arange(len(shas)), old)
-    readout = MultiRidgeCV.from_stats(stats)
+    readout = MultiRidgeCV.from_stats(stats, select_stats=select_stats)
     revised = (X[old[changed]], y_old[changed], Y[old[changed]]) if changed.size else None
-    readout.update(X[new], Y[new], revised=revised)
+    readout.update(X[new], Y[new], revised=revised, select=select[new], revised_select=select[old[changed]])
     log.info(
         "readout: updated %s's statistics with %d new images (%d revised means)", base, new.size, changed.size
     )
