@@ -104,7 +104,7 @@ def _check(r: httpx.Response, what: str) -> Any:
 def seed_lab(
     api: dict[str, httpx.Client], *, n_sites: int, seed: int, tag: str, n_clean: int = 48
 ) -> dict[str, Any]:
-    """Subject, array, sites, rig and image sets, all through the public API."""
+    """Subject, array, sites, rig and image sets (``n_clean`` clean images), all through the public API."""
     from models.simulator import make_clean_images, make_reference_images
 
     subject, rig_id = f"demo-monkey-{tag}", f"demo-rig-{tag}"
@@ -176,8 +176,11 @@ def run_demo(
 ) -> Path:
     """Run the loop and write the report; returns the report folder.
 
-    ``n_clean`` is the size of the clean image set: every day shows all of it, and it is what
-    the surrogates learn each site's tuning from (the twins add probes near a few of them).
+    ``n_clean`` is how many clean images each day shows besides the twins' parents: day 0 shows
+    the first ``n_clean`` of a clean set of ``n_clean * days`` images, and every night brings in
+    ``n_clean`` the monkey has not seen yet (the night parameter ``fresh_clean``). They are what
+    the surrogates learn each site's tuning from (the twins add probes near a few of them), and
+    new images teach them more than repeats of the same ones.
 
     ``brain_family`` names the simulated population (:data:`models.simulator.FAMILIES`); the
     report's yardstick judges the loop against that family's white-box truth.
@@ -201,7 +204,7 @@ def run_demo(
     tokens = _tokens(settings)
     # Simulated days run back to back: the rig-time deadline of a real lab does not apply.
     far = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    params = {**DEMO_NIGHT, "seed": seed, "deadline": far, **(night_params or {})}
+    params = {**DEMO_NIGHT, "fresh_clean": n_clean, "seed": seed, "deadline": far, **(night_params or {})}
     worker_proc = None
     if settings.redis_url:  # jobs go to RQ: this demo brings its own worker process
         env = {
@@ -227,10 +230,12 @@ def run_demo(
         # data folder already holds), not from the clock, so a fresh run is reproducible.
         subjects = _check(api["viewer"].get("/subjects", params={"limit": 500}), "subjects")["items"]
         earlier = sum(1 for x in subjects if x["name"].startswith(f"demo-monkey-s{seed}-"))
-        lab = seed_lab(api, n_sites=n_sites, seed=seed, tag=f"s{seed}-{earlier}", n_clean=n_clean)
+        pool = n_clean * max(days, 1)  # a new n_clean for every recorded day
+        lab = seed_lab(api, n_sites=n_sites, seed=seed, tag=f"s{seed}-{earlier}", n_clean=pool)
         _check(
             api["experimenter"].post(
-                f"/rigs/{lab['rig_id']}/batches/initial", json={"repeats": params["repeats"], "seed": seed}
+                f"/rigs/{lab['rig_id']}/batches/initial",
+                json={"repeats": params["repeats"], "seed": seed, "clean_images": n_clean},
             ),
             "day-0 batch",
         )

@@ -44,6 +44,15 @@ class NightConfig(BaseModel):
     random_per_site: int = Field(
         default=2, ge=0, description="model-free random-direction pairs per site and epsilon"
     )
+    fresh_clean: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "clean images from the lab's clean sets added to each batch besides the twins' parents, "
+            "those the subject has seen least first (never shown before any shown again): new images "
+            "the surrogates learn each site's tuning from"
+        ),
+    )
     ensemble: bool = Field(
         default=True,
         description="also offer the mean of all candidates (attacked as one model) as a per-site source",

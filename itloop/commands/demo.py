@@ -30,7 +30,7 @@ def demo(
     clean_images: Annotated[
         int,
         typer.Option(
-            min=4, help="clean images shown every day (what the surrogates learn each site's tuning from)"
+            min=4, help="new clean images shown every day (what the surrogates learn each site's tuning from)"
         ),
     ] = 48,
 ) -> None:

@@ -1,4 +1,4 @@
-"""The day-0 batch: every clean and reference image, no perturbations (there is no model yet).
+"""The day-0 batch: the clean and reference images, no perturbations (there is no model yet).
 
 Pure bookkeeping on the lab's image sets and the batch service (no tensors), so it lives with
 the batches rather than with the night's stages.
@@ -28,9 +28,17 @@ def initial_batch(
     on_ms: int = 100,
     off_ms: int = 100,
     images_per_trial: int = 8,
+    clean_images: int | None = None,
 ) -> Batch:
-    """Day 0: every clean and reference image, no perturbations (there is no model yet)."""
+    """Day 0: every reference image and the clean images, no perturbations (there is no model yet).
+
+    ``clean_images`` limits day 0 to the first that many clean images (in set order), for a lab
+    whose clean sets hold more than one day can show; the nights' ``fresh_clean`` then brings
+    in the rest, least seen first. ``None`` shows them all.
+    """
     clean, reference = clean_pool(session)
+    if clean_images is not None:
+        clean = clean[:clean_images]
     if not clean and not reference:
         raise InvalidInput("register a clean image set before the first batch")
     roles: dict[int, str] = {im.id: ImageKind.reference for im in reference}

@@ -136,7 +136,7 @@ class CompleteResult(BaseModel):
 
 
 class InitialBatchCreate(BaseModel):
-    """Day 0: every registered clean and reference image, no perturbations (no model exists yet)."""
+    """Day 0: the registered clean and reference images, no perturbations (no model exists yet)."""
 
     batch_id: str | None = Field(default=None, min_length=1, max_length=120, pattern=r"^[A-Za-z0-9._:-]+$")
     repeats: int = Field(default=4, ge=1, le=100)
@@ -144,3 +144,9 @@ class InitialBatchCreate(BaseModel):
     off_ms: int = Field(default=100, ge=0, le=10_000)
     images_per_trial: int = Field(default=8, ge=1, le=1000)
     seed: int = 0
+    clean_images: int | None = Field(
+        default=None,
+        ge=1,
+        description="show only the first this many clean images (set order); the nights' fresh_clean "
+        "brings in the rest. None: all of them",
+    )

@@ -260,6 +260,7 @@ def create_initial_batch(
         on_ms=body.on_ms,
         off_ms=body.off_ms,
         images_per_trial=body.images_per_trial,
+        clean_images=body.clean_images,
     )
     session.commit()
     body_bytes, etag = service.manifest_json(batch=batch, public_base_url=settings.public_base_url)

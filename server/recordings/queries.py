@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from server.images.tables import Image
 from server.lab.tables import Site
 from server.recordings.ingest.responses import count_spikes, resolve_window
-from server.recordings.tables import Presentation, Response, SpikeTrain
+from server.recordings.tables import Presentation, RecordingSession, Response, SpikeTrain
 
 
 @dataclass
@@ -184,3 +184,24 @@ def responses_by_image(
         window_ms=m.window_ms,
         event_ids=events,
     )
+
+
+def presentation_counts(session: Session, subject_pk: int, image_ids: list[int]) -> dict[int, int]:
+    """Presentations with fixation held, per image, over every recorded session of a subject.
+
+    What the night's fresh clean images are chosen by: the images the subject has seen least are
+    the ones the surrogates know least about. Images never shown are absent (count 0).
+    """
+    if not image_ids:
+        return {}
+    rows = session.execute(
+        select(Presentation.image_id, func.count())
+        .join(RecordingSession, RecordingSession.id == Presentation.session_pk)
+        .where(
+            RecordingSession.subject_id == subject_pk,
+            Presentation.fixation_ok.is_(True),
+            Presentation.image_id.in_(image_ids),
+        )
+        .group_by(Presentation.image_id)
+    ).all()
+    return {int(i): int(n) for i, n in rows}

@@ -306,3 +306,35 @@ def test_the_rigs_first_pull_is_on_record(client, auth, rig_auth, published: dic
     assert first is not None
     assert client.get(f"{API}/rigs/{rig}/batches/next", headers=rig_auth(rig)).status_code == 200
     assert pulled() == first  # the first pull stays the record
+
+
+def test_initial_batch_can_show_the_first_clean_images_only(client, auth, db_session: Session) -> None:  # type: ignore[no-untyped-def]
+    """``clean_images`` limits day 0 to the first N clean images (set order); references stay whole."""
+    import numpy as np
+
+    from tests.server.test_images import _files
+
+    rig = make_rig(db_session)
+    db_session.commit()
+    rng = np.random.default_rng(5)
+    exp = auth("experimenter")
+    clean = client.post(
+        f"{API}/image-sets", data={"name": "clean-d0"}, files=_files(rng, list("abcde")), headers=exp
+    )
+    ref = client.post(
+        f"{API}/image-sets",
+        data={"name": "ref-d0", "is_reference": "true"},
+        files=_files(rng, ["r1", "r2"]),
+        headers=exp,
+    )
+    assert clean.status_code == 201 and ref.status_code == 201, (clean.text, ref.text)
+    url = f"{API}/rigs/{rig}/batches/initial"
+    bad = client.post(url, json={"clean_images": 0}, headers=exp)
+    assert bad.status_code == 422 and "clean_images" in bad.text
+    r = client.post(url, json={"clean_images": 2, "repeats": 1}, headers=exp)
+    assert r.status_code == 201, r.text
+    shown = {im["sha256"] for im in r.json()["images"]}
+    members = client.get(f"{API}/image-sets/clean-d0", headers=exp).json()
+    refs = client.get(f"{API}/image-sets/ref-d0", headers=exp).json()
+    order = [m["sha256"] for m in members["images"]]
+    assert shown == set(order[:2]) | {m["sha256"] for m in refs["images"]}

@@ -360,6 +360,55 @@ def test_night_past_its_deadline_publishes_clean_and_reference_only(lab: Lab) ->
     assert roles == {"clean": 12, "reference": 6}
 
 
+def test_fresh_clean_images_are_the_least_seen_never_shown_first(lab: Lab) -> None:
+    """``fresh_clean`` adds clean-set images besides the parents: never-shown ones before any repeat."""
+    from models.simulator import make_clean_images
+    from server.batches.tables import BatchImage
+    from server.images import service as image_service
+    from server.images.png import encode_png
+    from server.images.tables import Image
+    from server.recordings.tables import Presentation
+
+    show_day(lab)
+    # A second clean set registered after day 0: the subject has never seen these three.
+    new_images, _ = make_clean_images(3, size=32, n_categories=4, seed=777)
+    with lab.session() as session:
+        image_service.create_image_set(
+            session=session,
+            store=get_store(lab.settings.resolved_store_url),
+            name="clean-later",
+            files=[(f"n{i}.png", encode_png(im)) for i, im in enumerate(new_images)],
+        )
+        session.commit()
+        later = {im.id for im in image_service.clean_pool(session)[0]} - {
+            p.image_id for p in session.query(Presentation)
+        }
+    assert len(later) == 3
+    night_id = run_night(lab, {"fresh_clean": 5})
+    night = night_row(lab, night_id)
+    assert night.state == JobState.succeeded, night.error
+    batch = batch_of_night(lab, night_id)
+    assert batch is not None and "5 fresh clean image(s)" in batch.notes
+    with session_scope(lab.url) as session:
+        rows = session.query(BatchImage).filter(BatchImage.batch_pk == batch.id).all()
+        clean_ids = {r.image_id for r in rows if r.role == "clean"}
+        twins = [
+            im for im in session.query(Image).filter(Image.id.in_([r.image_id for r in rows])) if im.parent_id
+        ]
+        parents = {im.parent_id for im in twins}
+        seen = Counter(
+            p.image_id for p in session.query(Presentation).filter(Presentation.fixation_ok.is_(True))
+        )
+        old = [im for im in image_service.clean_pool(session)[0] if im.id not in later | parents]
+        # After the never-shown three, the two old non-parent images seen least (ties by content hash).
+        expected_old = {im.id for im in sorted(old, key=lambda im: (seen[im.id], im.sha256))[:2]}
+    assert parents and parents <= clean_ids
+    fresh = clean_ids - parents
+    assert len(fresh) == 5
+    assert later <= fresh
+    assert fresh - later == expected_old
+
+
 # --- 3. and 4. RQ: kill -9 mid-synthesis, Redis flushed mid-night -----------------------------
 
 RQ_BACKEND = "postgresql" if "postgresql" in BACKENDS else BACKENDS[0]

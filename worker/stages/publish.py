@@ -25,7 +25,7 @@ from server.images.service import clean_pool
 from server.jobs.tables import Night
 from server.lab.tables import Rig, Site
 from server.recordings import service as recordings
-from server.recordings.queries import responses_by_image
+from server.recordings.queries import presentation_counts, responses_by_image
 from worker.night import ASSEMBLE, PUBLISH, SCHEDULE, SELECT, SYNTHESIZE
 from worker.stages.data import images_by_id
 from worker.stages.fit import night_config, night_result
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 @job(ASSEMBLE, timeout_s=1800)
 def assemble(ctx: JobContext) -> dict[str, Any]:
     """The batch's images with roles, and the clean/perturbed pairs to keep apart."""
+    cfg = night_config(ctx)
     shards = ctx.results_of(SYNTHESIZE)
     select_result = night_result(ctx, SELECT)
     pairs: list[list[int]] = [p for s in shards for p in s.get("pairs", [])]
@@ -49,11 +50,18 @@ def assemble(ctx: JobContext) -> dict[str, Any]:
             roles.setdefault(parent, "clean")
         for im in children:
             roles.setdefault(im.id, im.kind)  # a twin's role in the batch is its kind
+        fresh: list[int] = []
         if not pairs:  # nothing synthesised: keep the lab recording the clean set
             clean, _ = clean_pool(session)
             for im in clean:
                 roles.setdefault(im.id, "clean")
+        elif cfg.fresh_clean:
+            fresh = _fresh_clean(session, ctx.params["session_pk"], set(roles), cfg.fresh_clean)
+            for image_id in fresh:
+                roles[image_id] = "clean"
     notes = []
+    if fresh:
+        notes.append(f"{len(fresh)} fresh clean image(s), least seen first")
     if skipped:
         notes.append(f"deadline: {len(skipped)} site(s) left out ({', '.join(skipped[:10])})")
     gated = select_result.get("gated") or {}
@@ -70,6 +78,23 @@ def assemble(ctx: JobContext) -> dict[str, Any]:
         "sites": done_sites,
         "note": "; ".join(notes),
     }
+
+
+def _fresh_clean(session: Any, session_pk: int, taken: set[int], k: int) -> list[int]:
+    """Up to ``k`` clean-set images not already in the batch, those the subject has seen least first.
+
+    The surrogates learn a site's tuning from the variety of images it has responded to, not from
+    more repeats of the same ones (on a V1-like energy population, 576 distinct training images
+    gave twice the gradient agreement of 192; docs/choosing-perturbations.md), so every batch can
+    carry new images beside the twins' parents. Ties (all never-shown images) are broken by
+    content hash: any database picks the same images.
+    """
+    rec = recordings.get_by_pk(session=session, session_pk=session_pk)
+    clean, _ = clean_pool(session)
+    free = [im for im in clean if im.id not in taken]
+    seen = presentation_counts(session, rec.subject_id, [im.id for im in free])
+    free.sort(key=lambda im: (seen.get(im.id, 0), im.sha256))
+    return [im.id for im in free[:k]]
 
 
 @job(SCHEDULE, timeout_s=1800)
