@@ -84,9 +84,9 @@ def _fresh_clean(session: Any, session_pk: int, taken: set[int], k: int) -> list
     """Up to ``k`` clean-set images not already in the batch, those the subject has seen least first.
 
     The surrogates learn a site's tuning from the variety of images it has responded to, not from
-    more repeats of the same ones (on a V1-like energy population, 576 distinct training images
-    gave twice the gradient agreement of 192; docs/choosing-perturbations.md), so every batch can
-    carry new images beside the twins' parents. Ties (all never-shown images) are broken by
+    more repeats of the same ones (on the ``v1`` virtual brain, 576 different clean images on day 0
+    instead of 192 nearly doubled day 1's found fraction; docs/choosing-perturbations.md), so every
+    batch can carry new images beside the twins' parents. Ties (all never-shown images) are broken by
     content hash: any database picks the same images.
     """
     rec = recordings.get_by_pk(session=session, session_pk=session_pk)
