@@ -43,7 +43,7 @@ def assemble(ctx: JobContext) -> dict[str, Any]:
     skipped = sorted({sid for s in shards for sid in s.get("skipped_sites", [])})
     done_sites = sorted({sid for s in shards for sid in s.get("sites", [])})
     with ctx.session() as session:
-        _, reference = clean_pool(session)
+        clean, reference = clean_pool(session)
         children = images_by_id(session, sorted({c for _, c in pairs}))
         roles: dict[int, str] = {im.id: "reference" for im in reference}
         for parent, _child in pairs:
@@ -52,11 +52,10 @@ def assemble(ctx: JobContext) -> dict[str, Any]:
             roles.setdefault(im.id, im.kind)  # a twin's role in the batch is its kind
         fresh: list[int] = []
         if not pairs:  # nothing synthesised: keep the lab recording the clean set
-            clean, _ = clean_pool(session)
             for im in clean:
                 roles.setdefault(im.id, "clean")
         elif cfg.fresh_clean:
-            fresh = _fresh_clean(session, ctx.params["session_pk"], set(roles), cfg.fresh_clean)
+            fresh = _fresh_clean(session, ctx.params["session_pk"], clean, set(roles), cfg.fresh_clean)
             for image_id in fresh:
                 roles[image_id] = "clean"
     notes = []
@@ -80,8 +79,8 @@ def assemble(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def _fresh_clean(session: Any, session_pk: int, taken: set[int], k: int) -> list[int]:
-    """Up to ``k`` clean-set images not already in the batch, those the subject has seen least first.
+def _fresh_clean(session: Any, session_pk: int, clean: list[Any], taken: set[int], k: int) -> list[int]:
+    """Up to ``k`` of ``clean`` not already in the batch, those the subject has seen least first.
 
     The surrogates learn a site's tuning from the variety of images it has responded to, not from
     more repeats of the same ones (on the ``v1`` virtual brain, 576 different clean images on day 0
@@ -90,7 +89,6 @@ def _fresh_clean(session: Any, session_pk: int, taken: set[int], k: int) -> list
     content hash: any database picks the same images.
     """
     rec = recordings.get_by_pk(session=session, session_pk=session_pk)
-    clean, _ = clean_pool(session)
     free = [im for im in clean if im.id not in taken]
     seen = presentation_counts(session, rec.subject_id, [im.id for im in free])
     free.sort(key=lambda im: (seen.get(im.id, 0), im.sha256))
