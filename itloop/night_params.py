@@ -53,6 +53,14 @@ class NightConfig(BaseModel):
             "the surrogates learn each site's tuning from"
         ),
     )
+    parents: Literal["recorded", "any"] = Field(
+        default="recorded",
+        description=(
+            "which clean images the twins' parents are drawn from: 'recorded' (images the subject "
+            "has already been recorded viewing, the whole clean set while fewer than clean_per_site "
+            "are) or 'any' (the whole clean set)"
+        ),
+    )
     ensemble: bool = Field(
         default=True,
         description="also offer the mean of all candidates (attacked as one model) as a per-site source",

@@ -409,6 +409,50 @@ def test_fresh_clean_images_are_the_least_seen_never_shown_first(lab: Lab) -> No
     assert fresh - later == expected_old
 
 
+def _parents_of_night(lab: Lab, night_id: int) -> set[int]:
+    from server.batches.tables import BatchImage
+    from server.images.tables import Image
+
+    batch = batch_of_night(lab, night_id)
+    assert batch is not None
+    with session_scope(lab.url) as session:
+        ids = [r.image_id for r in session.query(BatchImage).filter(BatchImage.batch_pk == batch.id)]
+        return {im.parent_id for im in session.query(Image).filter(Image.id.in_(ids)) if im.parent_id}
+
+
+def test_parents_are_recorded_images_once_enough_are(lab: Lab) -> None:
+    """Default ``parents="recorded"``: twins start from images the subject has seen, until too few are."""
+    from models.simulator import make_clean_images
+    from server.images import service as image_service
+    from server.images.png import encode_png
+    from server.recordings.tables import Presentation
+
+    show_day(lab)
+    new_images, _ = make_clean_images(3, size=32, n_categories=4, seed=778)
+    with lab.session() as session:
+        image_service.create_image_set(
+            session=session,
+            store=get_store(lab.settings.resolved_store_url),
+            name="clean-unseen",
+            files=[(f"u{i}.png", encode_png(im)) for i, im in enumerate(new_images)],
+        )
+        session.commit()
+        pool = {im.id for im in image_service.clean_pool(session)[0]}
+        recorded = {p.image_id for p in session.query(Presentation)} & pool
+    unseen = pool - recorded
+    assert len(unseen) == 3 and len(recorded) >= 4
+
+    first = run_night(lab, {"clean_per_site": 4})
+    assert night_row(lab, first).state == JobState.succeeded
+    parents = _parents_of_night(lab, first)
+    assert parents and parents <= recorded
+
+    # More parents per site than recorded images: the whole set, the unseen images included.
+    second = run_night(lab, {"clean_per_site": len(pool), "epsilons": [1.0], "random_per_site": 0})
+    assert night_row(lab, second).state == JobState.succeeded
+    assert unseen <= _parents_of_night(lab, second)
+
+
 # --- 3. and 4. RQ: kill -9 mid-synthesis, Redis flushed mid-night -----------------------------
 
 RQ_BACKEND = "postgresql" if "postgresql" in BACKENDS else BACKENDS[0]

@@ -22,6 +22,8 @@ from server.images.service import clean_pool
 from server.images.tables import Direction
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
+from server.recordings import service as recordings
+from server.recordings.queries import presentation_counts
 from worker.candidates import ENSEMBLE, SEARCH
 from worker.night import REFIT, SELECT
 from worker.stages.data import site_pks as site_pks_of
@@ -306,7 +308,7 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
             session=session, mv=modeling.get(session=session, version=src.members[0])
         )
         clean, _ = clean_pool(session)
-        clean_ids = [im.id for im in clean]
+        clean_ids = parent_pool(session, ctx.params["session_pk"], [im.id for im in clean], cfg)
         chosen = {"model_version": mv.version, "model_version_id": mv.id}
     gated = {m["site_id"]: m.get("gate_reason") or "gated" for m in gate_rows if m.get("gated")}
     eligible = [sid for sid in site_ids if sid not in gated]
@@ -318,6 +320,7 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
     ready = {sid for sid, takes in zip(site_ids, share, strict=True) if takes}
     return {
         **chosen,
+        "parents": f"{len(clean_ids)} clean image(s) ({cfg.parents})",
         "shards": plan_shards(eligible, source_of, src.search, cfg, clean_ids, search_ready=ready),
         "gated": gated,
         "eligible": eligible,
@@ -325,6 +328,23 @@ def select_model(ctx: JobContext) -> dict[str, Any]:
             sid: {"source": source_of[sid], "by": c.by} for sid, c in zip(site_ids, choices, strict=True)
         },
     }
+
+
+def parent_pool(session: Any, session_pk: int, clean_ids: list[int], cfg: NightConfig) -> list[int]:
+    """The clean images (set order) the night's twins may start from.
+
+    With ``parents="recorded"``, only images the subject has already been recorded viewing: each
+    surrogate's per-site fit is anchored there, so its gradient is best at those images, and the
+    parent's own clean response is already measured. Images never shown reach the monkey first as
+    fresh clean images (``fresh_clean``) and become parents on a later night. While fewer than
+    ``clean_per_site`` images are recorded, the whole set is used, so no site gets fewer twins.
+    """
+    if cfg.parents == "any":
+        return clean_ids
+    rec = recordings.get_by_pk(session=session, session_pk=session_pk)
+    seen = presentation_counts(session, rec.subject_id, clean_ids)
+    recorded = [i for i in clean_ids if seen.get(i, 0) > 0]
+    return recorded if len(recorded) >= cfg.clean_per_site else clean_ids
 
 
 def _night(session: Any, night_id: int) -> Any:
