@@ -60,10 +60,19 @@ DAYS = 4
 N_SITES = 12
 N_CLEAN = 192  # clean images every day: the surrogates need them (48, the quick demo's, starve them)
 GOAL_FOUND, GOAL_SPEARMAN, GOAL_RATIO, GOAL_SHARE = 0.5, 0.8, 10.0, 0.5
+FRESH_REPEATS: int | None = None  # repeats of each new clean image (None: the night's repeats)
 RUN_TIMEOUT_S = 1800
 
 
-def _command(family: str, seed: int, days: int, sites: int, out: Path, clean: int = N_CLEAN) -> list[str]:
+def _command(
+    family: str,
+    seed: int,
+    days: int,
+    sites: int,
+    out: Path,
+    clean: int = N_CLEAN,
+    fresh_repeats: int | None = FRESH_REPEATS,
+) -> list[str]:
     script = Path(sys.executable).with_name("itloop")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "itloop.cli"]
     return [
@@ -79,6 +88,7 @@ def _command(family: str, seed: int, days: int, sites: int, out: Path, clean: in
         str(sites),
         "--clean-images",
         str(clean),
+        *(["--fresh-repeats", str(fresh_repeats)] if fresh_repeats else []),
     ] + [
         "--out",
         str(out),
@@ -113,7 +123,13 @@ def _day_figures(day: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_one(
-    family: str, seed: int, *, days: int = DAYS, sites: int = N_SITES, clean: int = N_CLEAN
+    family: str,
+    seed: int,
+    *,
+    days: int = DAYS,
+    sites: int = N_SITES,
+    clean: int = N_CLEAN,
+    fresh_repeats: int | None = FRESH_REPEATS,
 ) -> dict[str, Any]:
     """One demo run on one family and seed; its per-day yardstick figures and wall time."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"itloop-science-{family}-{seed}-"))
@@ -123,7 +139,7 @@ def run_one(
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
-            _command(family, seed, days, sites, report, clean),
+            _command(family, seed, days, sites, report, clean, fresh_repeats),
             cwd=data_dir,
             env=env,
             preexec_fn=_pin_cores,  # no threads started before fork here
@@ -207,6 +223,7 @@ def run(
     days: int = DAYS,
     sites: int = N_SITES,
     clean: int = N_CLEAN,
+    fresh_repeats: int | None = FRESH_REPEATS,
 ) -> dict[str, Any]:
     """Every family x seed; returns the runs and the per-family figures (also written as JSON)."""
     from models.simulator import natural_share
@@ -217,7 +234,7 @@ def run(
     runs = []
     for family in families:
         for seed in seeds:
-            r = run_one(family, seed, days=days, sites=sites, clean=clean)
+            r = run_one(family, seed, days=days, sites=sites, clean=clean, fresh_repeats=fresh_repeats)
             print(
                 f"science: {family} seed {seed}: {'ok' if r['ok'] else 'FAILED'} in {r['wall_s']:.0f} s",
                 flush=True,
@@ -228,6 +245,7 @@ def run(
         "days": days,
         "sites": sites,
         "clean_images": clean,
+        "fresh_repeats": fresh_repeats,
         "seeds": seeds,
         "day_last": days - 1,
         "families": [aggregate(runs, f, natural_share(f), days) for f in families],
@@ -249,6 +267,9 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=int, default=DAYS)
     parser.add_argument("--sites", type=int, default=N_SITES)
     parser.add_argument("--clean-images", type=int, default=N_CLEAN, help="clean images shown every day")
+    parser.add_argument(
+        "--fresh-repeats", type=int, default=FRESH_REPEATS, help="repeats of each new clean image"
+    )
     args = parser.parse_args()
     res = run(
         quick=args.quick,
@@ -257,6 +278,7 @@ if __name__ == "__main__":
         days=args.days,
         sites=args.sites,
         clean=args.clean_images,
+        fresh_repeats=args.fresh_repeats,
     )
     for f in res["families"]:
         print(json.dumps(f))

@@ -173,6 +173,7 @@ def run_demo(
     show_progress: bool = True,
     brain_family: str = "orthogonal",
     n_clean: int = 48,
+    fresh_repeats: int | None = None,
 ) -> Path:
     """Run the loop and write the report; returns the report folder.
 
@@ -180,7 +181,8 @@ def run_demo(
     the first ``n_clean`` of a clean set of ``n_clean * days`` images, and every night brings in
     ``n_clean`` the monkey has not seen yet (the night parameter ``fresh_clean``). They are what
     the surrogates learn each site's tuning from (the twins add probes near a few of them), and
-    new images teach them more than repeats of the same ones.
+    new images teach them more than repeats of the same ones. ``fresh_repeats`` (default: the
+    night's ``repeats``) is how often each of them is shown, on day 0 and after.
 
     ``brain_family`` names the simulated population (:data:`models.simulator.FAMILIES`); the
     report's yardstick judges the loop against that family's white-box truth.
@@ -205,6 +207,8 @@ def run_demo(
     # Simulated days run back to back: the rig-time deadline of a real lab does not apply.
     far = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     params = {**DEMO_NIGHT, "fresh_clean": n_clean, "seed": seed, "deadline": far, **(night_params or {})}
+    if fresh_repeats is not None:
+        params["fresh_repeats"] = fresh_repeats
     worker_proc = None
     if settings.redis_url:  # jobs go to RQ: this demo brings its own worker process
         env = {
@@ -235,7 +239,11 @@ def run_demo(
         _check(
             api["experimenter"].post(
                 f"/rigs/{lab['rig_id']}/batches/initial",
-                json={"repeats": params["repeats"], "seed": seed, "clean_images": n_clean},
+                json={
+                    "repeats": params.get("fresh_repeats") or params["repeats"],
+                    "seed": seed,
+                    "clean_images": n_clean,
+                },
             ),
             "day-0 batch",
         )

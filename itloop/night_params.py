@@ -53,6 +53,14 @@ class NightConfig(BaseModel):
             "the surrogates learn each site's tuning from"
         ),
     )
+    fresh_repeats: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "repeats of each fresh clean image (None: repeats); fewer repeats of more images teach "
+            "the surrogates more for the same presentations"
+        ),
+    )
     parents: Literal["recorded", "any"] = Field(
         default="recorded",
         description=(

@@ -33,6 +33,14 @@ def demo(
             min=4, help="new clean images shown every day (what the surrogates learn each site's tuning from)"
         ),
     ] = 48,
+    fresh_repeats: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="repeats of each new clean image (default: the night's repeats, 8); fewer repeats of "
+            "more images teach the surrogates more for the same rig time",
+        ),
+    ] = None,
 ) -> None:
     """Run the closed loop on a simulated IT population and a virtual rig, then write a report."""
     from demo.run import run_demo
@@ -50,5 +58,6 @@ def demo(
         seed=seed,
         brain_family=brain,
         n_clean=clean_images,
+        fresh_repeats=fresh_repeats,
     )
     typer.echo(f"report: {report}")

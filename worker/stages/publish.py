@@ -72,6 +72,7 @@ def assemble(ctx: JobContext) -> dict[str, Any]:
         notes.append("no perturbations were made; clean and reference images only")
     return {
         "roles": {str(k): v for k, v in roles.items()},
+        "fresh": fresh,
         "pairs": pairs,
         "partial": bool(skipped),
         "sites": done_sites,
@@ -118,7 +119,7 @@ def schedule(ctx: JobContext) -> dict[str, Any]:
             pair_separation_s=cfg.pair_separation_s,
             seed=cfg.seed,
         ),
-        repeats_of=plan.repeats if plan else None,
+        repeats_of=_repeats_of(plan, a.get("fresh", []), cfg.fresh_repeats),
     )
     ctx.progress(1.0, f"{len(sched.items)} presentations, twins {sched.mean_pair_separation_s:.0f} s apart")
     # No pairs (deadline, nothing synthesised) gives NaN separations; PostgreSQL's JSON refuses NaN.
@@ -132,8 +133,25 @@ def schedule(ctx: JobContext) -> dict[str, Any]:
         "min_pair_separation_s": min_sep,
         "capped": sched.capped,
         "duration_s": sched.duration_s,
-        "allocation": plan.reason if plan else "even repeats (adaptive_repeats is off)",
+        "allocation": _allocation_reason(plan, a.get("fresh", []), cfg.fresh_repeats),
     }
+
+
+def _repeats_of(
+    plan: RepeatPlan | None, fresh: list[int], fresh_repeats: int | None
+) -> dict[str, int] | None:
+    """Images whose repeats differ from ``repeats``: the twins (adaptive) and the fresh clean images."""
+    out = dict(plan.repeats) if plan else {}
+    if fresh_repeats is not None:
+        out.update({str(i): fresh_repeats for i in fresh})
+    return out or None
+
+
+def _allocation_reason(plan: RepeatPlan | None, fresh: list[int], fresh_repeats: int | None) -> str:
+    reason = plan.reason if plan else "even repeats (adaptive_repeats is off)"
+    if fresh and fresh_repeats is not None:
+        reason += f"; {len(fresh)} fresh clean image(s) at {fresh_repeats} repeat(s) each"
+    return reason
 
 
 def _repeat_plan(session: Any, images: list[Any], pairs: list[list[int]], base: int) -> RepeatPlan:
