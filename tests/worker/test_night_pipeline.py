@@ -360,29 +360,36 @@ def test_night_past_its_deadline_publishes_clean_and_reference_only(lab: Lab) ->
     assert roles == {"clean": 12, "reference": 6}
 
 
-def test_fresh_clean_images_are_the_least_seen_never_shown_first(lab: Lab) -> None:
-    """``fresh_clean`` adds clean-set images besides the parents: never-shown ones before any repeat."""
+def _add_unseen_clean_set(lab: Lab, name: str, *, seed: int) -> set[int]:
+    """Register a clean set of three new images; the ids of those the subject has never seen."""
     from models.simulator import make_clean_images
-    from server.batches.tables import BatchImage
     from server.images import service as image_service
     from server.images.png import encode_png
+    from server.recordings.tables import Presentation
+
+    new_images, _ = make_clean_images(3, size=32, n_categories=4, seed=seed)
+    with lab.session() as session:
+        image_service.create_image_set(
+            session=session,
+            store=get_store(lab.settings.resolved_store_url),
+            name=name,
+            files=[(f"{name}-{i}.png", encode_png(im)) for i, im in enumerate(new_images)],
+        )
+        session.commit()
+        pool = {im.id for im in image_service.clean_pool(session)[0]}
+        return pool - {p.image_id for p in session.query(Presentation)}
+
+
+def test_fresh_clean_images_are_the_least_seen_never_shown_first(lab: Lab) -> None:
+    """``fresh_clean`` adds clean-set images besides the parents: never-shown ones before any repeat."""
+    from server.batches.tables import BatchImage
+    from server.images import service as image_service
     from server.images.tables import Image
     from server.recordings.tables import Presentation
 
     show_day(lab)
     # A second clean set registered after day 0: the subject has never seen these three.
-    new_images, _ = make_clean_images(3, size=32, n_categories=4, seed=777)
-    with lab.session() as session:
-        image_service.create_image_set(
-            session=session,
-            store=get_store(lab.settings.resolved_store_url),
-            name="clean-later",
-            files=[(f"n{i}.png", encode_png(im)) for i, im in enumerate(new_images)],
-        )
-        session.commit()
-        later = {im.id for im in image_service.clean_pool(session)[0]} - {
-            p.image_id for p in session.query(Presentation)
-        }
+    later = _add_unseen_clean_set(lab, "clean-later", seed=777)
     assert len(later) == 3
     night_id = run_night(lab, {"fresh_clean": 5})
     night = night_row(lab, night_id)
@@ -449,24 +456,13 @@ def _parents_of_night(lab: Lab, night_id: int) -> set[int]:
 
 def test_parents_are_recorded_images_once_enough_are(lab: Lab) -> None:
     """Default ``parents="recorded"``: twins start from images the subject has seen, until too few are."""
-    from models.simulator import make_clean_images
     from server.images import service as image_service
-    from server.images.png import encode_png
-    from server.recordings.tables import Presentation
 
     show_day(lab)
-    new_images, _ = make_clean_images(3, size=32, n_categories=4, seed=778)
+    unseen = _add_unseen_clean_set(lab, "clean-unseen", seed=778)
     with lab.session() as session:
-        image_service.create_image_set(
-            session=session,
-            store=get_store(lab.settings.resolved_store_url),
-            name="clean-unseen",
-            files=[(f"u{i}.png", encode_png(im)) for i, im in enumerate(new_images)],
-        )
-        session.commit()
         pool = {im.id for im in image_service.clean_pool(session)[0]}
-        recorded = {p.image_id for p in session.query(Presentation)} & pool
-    unseen = pool - recorded
+    recorded = pool - unseen
     assert len(unseen) == 3 and len(recorded) >= 4
 
     first = run_night(lab, {"clean_per_site": 4})
