@@ -46,6 +46,7 @@ DEMO_NIGHT = {
     "model_sensitivity_budget": 32,
 }
 TERMINAL = {"succeeded", "failed", "cancelled"}
+MAX_FILES_PER_UPLOAD = 1000  # the multipart parser's limit per request (docs/rest-contract.md)
 
 
 def _tokens(settings: Settings) -> dict[str, str]:
@@ -127,17 +128,24 @@ def seed_lab(
     )
     clean, cats = make_clean_images(n_clean, size=64, n_categories=4, seed=seed)
     names = ["animal", "face", "object", "scene"]
-    files = [("files", (f"c{i:03d}.png", io.BytesIO(_png(im)), "image/png")) for i, im in enumerate(clean)]
     import json
 
-    _check(
-        exp.post(
-            "/image-sets",
-            data={"name": f"clean-{tag}", "categories": json.dumps([names[int(c)] for c in cats])},
-            files=files,
-        ),
-        "clean image set",
-    )
+    # One upload takes at most MAX_FILES_PER_UPLOAD files; a larger pool goes up as several sets,
+    # which the nights use as one clean pool in set order.
+    for k, lo in enumerate(range(0, n_clean, MAX_FILES_PER_UPLOAD)):
+        part = range(lo, min(lo + MAX_FILES_PER_UPLOAD, n_clean))
+        files = [("files", (f"c{i:03d}.png", io.BytesIO(_png(clean[i])), "image/png")) for i in part]
+        _check(
+            exp.post(
+                "/image-sets",
+                data={
+                    "name": f"clean-{tag}" + (f"-{k + 1}" if k else ""),
+                    "categories": json.dumps([names[int(cats[i])] for i in part]),
+                },
+                files=files,
+            ),
+            "clean image set",
+        )
     ref, _ = make_reference_images(12, size=64, n_categories=4)
     files = [("files", (f"r{i:03d}.png", io.BytesIO(_png(im)), "image/png")) for i, im in enumerate(ref)]
     _check(

@@ -193,6 +193,16 @@ def test_image_set_rejects_bad_files(client, auth, rng: np.random.Generator) -> 
     assert r.status_code == 422 and "categories" in r.json()["detail"]
 
 
+def test_image_set_upload_of_too_many_files_says_so(client, auth) -> None:  # type: ignore[no-untyped-def]
+    """Past the parser's 1,000 files per upload: a 400 naming the limit, and no set half made."""
+    name = f"big-{uuid.uuid4().hex[:8]}"
+    png = encode_png(np.zeros((3, 8, 8), dtype=np.uint8))
+    files = [("files", (f"f{i}.png", png, "image/png")) for i in range(1001)]
+    r = client.post(f"{API}/image-sets", data={"name": name}, files=files, headers=auth("experimenter"))
+    assert r.status_code == 400 and "1000" in r.json()["detail"]
+    assert client.get(f"{API}/image-sets/{name}", headers=auth("viewer")).status_code == 404
+
+
 def test_lineage(client, auth, db_session: Session, store: ObjectStore, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
     tag = uuid.uuid4().hex[:8]
     lab.create_subject(session=db_session, name=f"m-{tag}")
