@@ -3,9 +3,11 @@
 For every brain family and seed, ``itloop demo --brain FAMILY --seed SEED`` runs as a new user
 runs it (a subprocess on the embedded default: SQLite, in-process jobs, a fresh data folder,
 at most 2 CPU cores, the demo's own night parameters ``demo.run.DEMO_NIGHT``), and its
-``summary.json`` yardstick (demo/yardstick.py) is read back, with ``--clean-images 192``: every
-day shows 192 clean images (the quick demo's 48 leave the surrogates too few images to learn a
-site's tuning from; measured in ``docs/science-yardstick.md``). Day 0 shows clean images only, so
+``summary.json`` yardstick (demo/yardstick.py) is read back, with ``--clean-images 768
+--fresh-repeats 2``: every day shows 768 new clean images twice each, the rig time of 192 shown 8
+times (the quick demo's 48 leave the surrogates too few images to learn a site's tuning from,
+and many images a few times teach them more than a few images many times; measured in
+``docs/science-yardstick.md``). Day 0 shows clean images only, so
 ``--days 4`` gives twins on days 1, 2 and 3: three simulated days of the loop, named by the
 demo's own day numbers.
 
@@ -27,7 +29,7 @@ energy families ``v1fine`` and ``v1coarse`` (:data:`HELD_OUT`) were never used t
 surrogate or a parameter: their rows say what carries to brains the loop was not built around.
 
 Run: ``.venv/bin/python -m benchmarks.bench_science [--quick] [--families natural v1 ...]
-[--seeds 0 1 2] [--days 4] [--sites 12] [--clean-images 192]``; writes
+[--seeds 0 1 2] [--days 4] [--sites 12] [--clean-images 768] [--fresh-repeats 2]``; writes
 ``benchmarks/results/bench_science.json``.
 ``quick`` runs one seed per family.
 """
@@ -58,9 +60,9 @@ FAMILIES = ("natural", "mix50", "v1", "orthogonal", *HELD_OUT)
 SEEDS = (0, 1, 2)
 DAYS = 4
 N_SITES = 12
-N_CLEAN = 192  # clean images every day: the surrogates need them (48, the quick demo's, starve them)
+N_CLEAN = 768  # new clean images every day: the surrogates need them (48, the quick demo's, starve them)
 GOAL_FOUND, GOAL_SPEARMAN, GOAL_RATIO, GOAL_SHARE = 0.5, 0.8, 10.0, 0.5
-FRESH_REPEATS: int | None = None  # repeats of each new clean image (None: the night's repeats)
+FRESH_REPEATS: int | None = 2  # ... shown twice each: the rig time of 192 at the night's 8 repeats
 RUN_TIMEOUT_S = 1800
 
 
