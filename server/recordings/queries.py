@@ -186,19 +186,22 @@ def responses_by_image(
     )
 
 
-def presentation_counts(session: Session, subject_pk: int, image_ids: list[int]) -> dict[int, int]:
-    """Presentations with fixation held, per image, over every recorded session of a subject.
+def presentation_counts(session: Session, session_pk: int, image_ids: list[int]) -> dict[int, int]:
+    """Presentations with fixation held, per image, over every recorded session of the subject
+    of recording session ``session_pk`` (the night's session).
 
-    What the night's fresh clean images are chosen by: the images the subject has seen least are
-    the ones the surrogates know least about. Images never shown are absent (count 0).
+    What the night's fresh clean images and its parents are chosen by: the images the subject has
+    seen least are the ones the surrogates know least about, and never-shown ones have no
+    measured response yet. Images never shown are absent (count 0).
     """
     if not image_ids:
         return {}
+    subject = select(RecordingSession.subject_id).where(RecordingSession.id == session_pk).scalar_subquery()
     rows = session.execute(
         select(Presentation.image_id, func.count())
         .join(RecordingSession, RecordingSession.id == Presentation.session_pk)
         .where(
-            RecordingSession.subject_id == subject_pk,
+            RecordingSession.subject_id == subject,
             Presentation.fixation_ok.is_(True),
             Presentation.image_id.in_(image_ids),
         )

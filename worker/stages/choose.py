@@ -22,7 +22,6 @@ from server.images.service import clean_pool
 from server.images.tables import Direction
 from server.modeling import service as modeling
 from server.modeling.tables import ModelVersion
-from server.recordings import service as recordings
 from server.recordings.queries import presentation_counts
 from worker.candidates import ENSEMBLE, SEARCH
 from worker.night import REFIT, SELECT
@@ -341,8 +340,7 @@ def parent_pool(session: Any, session_pk: int, clean_ids: list[int], cfg: NightC
     """
     if cfg.parents == "any":
         return clean_ids
-    rec = recordings.get_by_pk(session=session, session_pk=session_pk)
-    seen = presentation_counts(session, rec.subject_id, clean_ids)
+    seen = presentation_counts(session, session_pk, clean_ids)
     recorded = [i for i in clean_ids if seen.get(i, 0) > 0]
     return recorded if len(recorded) >= cfg.clean_per_site else clean_ids
 

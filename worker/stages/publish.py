@@ -89,9 +89,8 @@ def _fresh_clean(session: Any, session_pk: int, clean: list[Any], taken: set[int
     batch can carry new images beside the twins' parents. Ties (all never-shown images) are broken by
     content hash: any database picks the same images.
     """
-    rec = recordings.get_by_pk(session=session, session_pk=session_pk)
     free = [im for im in clean if im.id not in taken]
-    seen = presentation_counts(session, rec.subject_id, [im.id for im in free])
+    seen = presentation_counts(session, session_pk, [im.id for im in free])
     free.sort(key=lambda im: (seen.get(im.id, 0), im.sha256))
     return [im.id for im in free[:k]]
 
