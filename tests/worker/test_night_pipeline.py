@@ -416,6 +416,17 @@ def test_fresh_clean_images_are_the_least_seen_never_shown_first(lab: Lab) -> No
     assert fresh - later == expected_old
 
 
+def _parents_of_night(lab: Lab, night_id: int) -> set[int]:
+    from server.batches.tables import BatchImage
+    from server.images.tables import Image
+
+    batch = batch_of_night(lab, night_id)
+    assert batch is not None
+    with session_scope(lab.url) as session:
+        ids = [r.image_id for r in session.query(BatchImage).filter(BatchImage.batch_pk == batch.id)]
+        return {im.parent_id for im in session.query(Image).filter(Image.id.in_(ids)) if im.parent_id}
+
+
 def test_fresh_clean_images_get_fresh_repeats(lab: Lab) -> None:
     """``fresh_repeats`` shows each fresh clean image that often; everything else keeps ``repeats``."""
     from server.batches.tables import BatchImage
@@ -428,30 +439,14 @@ def test_fresh_clean_images_get_fresh_repeats(lab: Lab) -> None:
     assert batch is not None
     manifest = manifest_of(lab, batch.batch_id)
     shown = Counter(s["image_sha256"] for s in manifest["sequence"])
+    parents = _parents_of_night(lab, night_id)
     with session_scope(lab.url) as session:
         rows = session.query(BatchImage).filter(BatchImage.batch_pk == batch.id).all()
-        sha = {
-            im.id: im.sha256 for im in session.query(Image).filter(Image.id.in_([r.image_id for r in rows]))
-        }
-        parents = {
-            sha[im.parent_id] for im in session.query(Image).filter(Image.id.in_(list(sha))) if im.parent_id
-        }
-    clean = {sha[r.image_id] for r in rows if r.role == "clean"}
-    fresh = clean - parents
+        fresh_ids = [r.image_id for r in rows if r.role == "clean" and r.image_id not in parents]
+        fresh = {im.sha256 for im in session.query(Image).filter(Image.id.in_(fresh_ids))}
     assert len(fresh) == 3
     assert {shown[s] for s in fresh} == {1}
     assert {n for s, n in shown.items() if s not in fresh} == {3}
-
-
-def _parents_of_night(lab: Lab, night_id: int) -> set[int]:
-    from server.batches.tables import BatchImage
-    from server.images.tables import Image
-
-    batch = batch_of_night(lab, night_id)
-    assert batch is not None
-    with session_scope(lab.url) as session:
-        ids = [r.image_id for r in session.query(BatchImage).filter(BatchImage.batch_pk == batch.id)]
-        return {im.parent_id for im in session.query(Image).filter(Image.id.in_(ids)) if im.parent_id}
 
 
 def test_parents_are_recorded_images_once_enough_are(lab: Lab) -> None:
