@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.factorized_readout import FactorizedRidgeCV, factorized_cross_val_predict
 from models.readout import MultiRidgeCV, cross_val_predict, one_per_group
 from models.screening import ScreeningReport, screen_model, split_half_reliability
 from models.tracking import quality_gate
@@ -26,7 +27,7 @@ class CandidateFit:
     ``gate`` is the quality gate's (passed, reasons) per site.
     """
 
-    readout: MultiRidgeCV
+    readout: MultiRidgeCV | FactorizedRidgeCV
     report: ScreeningReport
     ceiling: np.ndarray
     gate: tuple[np.ndarray, list[str]]
@@ -46,6 +47,7 @@ def fit_candidate(
     ceiling_threshold: float,
     held_out: np.ndarray | None = None,
     readout: MultiRidgeCV | None = None,
+    factorized_positions: int | None = None,
 ) -> CandidateFit:
     """Fit ``mean`` (images x sites) from features ``X`` and screen the fit.
 
@@ -55,10 +57,17 @@ def fit_candidate(
     there count as held out. ``readout``: the readout already fitted on ``X`` and ``mean`` (e.g.
     updated from an earlier night's statistics); default: exact-LOO :class:`MultiRidgeCV`, its
     penalty chosen on one image per family (twins are near-copies of their parents).
+    ``factorized_positions``: fit a :class:`models.factorized_readout.FactorizedRidgeCV` on
+    features with that many positions per channel instead (held-out predictions from the same
+    kind of readout, so the transfer evidence is the factorized model's own).
     """
-    if readout is None:
-        readout = MultiRidgeCV().fit(X, mean, select=one_per_group(groups))
-    pred = cross_val_predict(X, mean, groups=groups)
+    if factorized_positions is not None:
+        readout = FactorizedRidgeCV(factorized_positions).fit(X, mean, select=one_per_group(groups))
+        pred = factorized_cross_val_predict(X, mean, groups, factorized_positions)
+    else:
+        if readout is None:
+            readout = MultiRidgeCV().fit(X, mean, select=one_per_group(groups))
+        pred = cross_val_predict(X, mean, groups=groups)
     ceiling = split_half_reliability(today_trials)
     if held_out is not None:
         pairs = [(p, c) for p, c in pairs if held_out[c]]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from models.features import Pool  # typing only: resolving a candidate must not import torch
 
 SEARCH = "search"
+FITS = ("ridge", "pairs", "trained", "factorized")
 ENSEMBLE = "ensemble"  # the mean of the night's candidates: a source, not a refitted candidate
 
 BUILTIN: dict[str, dict[str, Any]] = {
@@ -51,6 +52,15 @@ BUILTIN: dict[str, dict[str, Any]] = {
     # Squared complex-cell energies at coarse scales (models.vone.vone_energy): a quadratic model
     # whose gradient follows the image's local phase, for sites no linear pixel model can target.
     "vone_energy": {"backbone": "vone_energy", "layer": "output", "pool": "flatten"},
+    # The same energies at 8x8 positions with a factorized readout (models.factorized_readout):
+    # per site, where it looks times what it looks for, so its gradient stays local.
+    "vone_energy_map": {
+        "backbone": "vone_energy",
+        "layer": "output",
+        "pool": "flatten",
+        "kwargs": {"grid": 8},
+        "fit": "factorized",
+    },
     # Across-day search (models.search): each site's gradient estimated from the measured changes
     # of every twin on record; a linear model in full-resolution pixels, fitted on pairs only.
     SEARCH: {"backbone": "pixels", "layer": "pool", "pool": "flatten", "fit": "pairs"},
@@ -71,7 +81,8 @@ class Candidate:
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     # "ridge": readout on frozen backbone features; "pairs": models.search on twin pairs;
-    # "trained": the core is trained on the responses too (models.trainable)
+    # "trained": the core is trained on the responses too (models.trainable);
+    # "factorized": a spatial map times channel weights per site (models.factorized_readout)
     fit: str = "ridge"
 
     def checkpoint_path(self, data_dir: Path) -> Path | None:
@@ -88,6 +99,12 @@ def resolve(spec: str | dict[str, Any]) -> Candidate:
             raise InvalidInput(f"unknown candidate model {spec!r}; builtin: {', '.join(sorted(BUILTIN))}")
         return Candidate(name=spec, **BUILTIN[spec])
     try:
-        return Candidate(**spec)
+        cand = Candidate(**spec)
     except TypeError as exc:
         raise InvalidInput(f"bad candidate spec {spec!r}: {exc}") from None
+    if cand.fit not in FITS:
+        raise InvalidInput(f"candidate {cand.name!r}: unknown fit {cand.fit!r}; one of {', '.join(FITS)}")
+    grid = cand.kwargs.get("grid")
+    if cand.fit == "factorized" and (not isinstance(grid, int) or isinstance(grid, bool) or grid < 1):
+        raise InvalidInput(f"candidate {cand.name!r}: factorized needs an integer kwargs 'grid' >= 1")
+    return cand

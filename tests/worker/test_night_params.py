@@ -25,6 +25,22 @@ from server.recordings.tables import RecordingSession
         ({"repeats": 0}, "repeats"),
         ({"directions": ["sideways"]}, "directions"),
         ({"epsilons": []}, "epsilons"),
+        (
+            {
+                "candidates": [
+                    {"name": "m", "backbone": "vone_energy", "layer": "output", "fit": "factorised"}
+                ]
+            },
+            "factorised",
+        ),
+        (
+            {
+                "candidates": [
+                    {"name": "m", "backbone": "vone_energy", "layer": "output", "fit": "factorized"}
+                ]
+            },
+            "grid",
+        ),
     ],
 )
 def test_bad_night_params_are_refused_up_front(

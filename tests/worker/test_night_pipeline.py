@@ -639,6 +639,32 @@ def test_a_surrogate_that_fails_to_train_is_replaced_and_the_note_says_so(lab: L
     assert batch_of_night(lab, night_id) is not None
 
 
+def test_a_factorized_candidate_ships_twins_from_weights_of_one_map_per_site(lab: Lab) -> None:
+    """``vone_energy_map``'s readout is a spatial map times channel weights per site: its stored
+    weights are rank one per site, it is screened like any candidate, and it can make twins."""
+    from models.artifacts import ModelArtifact
+
+    show_day(lab)
+    night_id = run_night(lab, {"candidates": ["tiny_cnn", "vone_energy_map"], "clean_per_site": 2})
+    assert night_row(lab, night_id).state == JobState.succeeded, night_row(lab, night_id).error
+    with session_scope(lab.url) as session:
+        from server.modeling.tables import SiteMetric
+
+        mv = modeling.get(session=session, version=f"night{night_id}-vone_energy_map")
+        key, mv_id = mv.artifact_key, mv.id
+        assert mv.trained_on.get("readout") is None  # not the ridge's running statistics
+        rows = session.scalars(select(SiteMetric).where(SiteMetric.model_version_id == mv_id)).all()
+    assert len(rows) == len(lab.site_ids) and all(np.isfinite(m.predictivity) for m in rows)
+    path = Path(lab.settings.data_dir) / "factorized-artifact.npz"
+    path.write_bytes(get_store(lab.settings.resolved_store_url).get(key))
+    art = ModelArtifact.load(path)
+    for site in range(art.coef.shape[1]):
+        weights = art.coef[:, site].reshape(-1, 64)  # channels x 8x8 positions
+        s = np.linalg.svd(weights, compute_uv=False)
+        assert s[1] <= 1e-9 * s[0], s[:3]
+    assert batch_of_night(lab, night_id) is not None
+
+
 # --- 8. the readout's statistics carry over from night to night --------------------------------
 
 

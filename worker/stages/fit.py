@@ -142,7 +142,8 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         return refit_result(None, None, cand.name, skipped=f"training failed ({exc})")
     ctx.progress(0.5, f"features {features_of.X.shape}; fitting readouts")
     ctx.check_cancelled()
-    readout = _fit_readout(ctx, cfg, version, features_of, data, images)
+    factorized = cand.fit == "factorized"
+    readout = None if factorized else _fit_readout(ctx, cfg, version, features_of, data, images)
     fit = fit_candidate(
         features_of.X,
         data.mean,
@@ -152,6 +153,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         ceiling_threshold=cfg.ceiling_threshold,
         held_out=features_of.held_out,
         readout=None if readout is None else readout.readout,
+        factorized_positions=_positions(cand) if factorized else None,
     )
     if readout is not None:
         features_of.readout_fit = {
@@ -170,6 +172,11 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         score=fit.report.score,
         transfer_score=fit.report.transfer_score,
     )
+
+
+def _positions(cand: Candidate) -> int:
+    """Positions per channel of a factorized candidate's (C, grid, grid) feature map (checked by resolve)."""
+    return int(cand.kwargs["grid"]) ** 2
 
 
 def _fit_readout(
