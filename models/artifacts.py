@@ -17,6 +17,7 @@ import numpy as np
 
 from models.backbones import CheckpointError, build_backbone, checkpoint_sha256
 from models.encoder import SiteEncoder
+from models.factorized_readout import FactorizedRidgeCV
 from models.files import atomic_write
 from models.readout import MultiRidgeCV
 
@@ -67,7 +68,7 @@ class ModelArtifact:
     @classmethod
     def from_readout(
         cls,
-        readout: MultiRidgeCV,
+        readout: MultiRidgeCV | FactorizedRidgeCV,
         *,
         backbone: str,
         layer: str,

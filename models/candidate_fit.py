@@ -61,12 +61,12 @@ def fit_candidate(
     features with that many positions per channel instead (held-out predictions from the same
     kind of readout, so the transfer evidence is the factorized model's own).
     """
+    fitted: MultiRidgeCV | FactorizedRidgeCV
     if factorized_positions is not None:
-        readout = FactorizedRidgeCV(factorized_positions).fit(X, mean, select=one_per_group(groups))
+        fitted = FactorizedRidgeCV(factorized_positions).fit(X, mean, select=one_per_group(groups))
         pred = factorized_cross_val_predict(X, mean, groups, factorized_positions)
     else:
-        if readout is None:
-            readout = MultiRidgeCV().fit(X, mean, select=one_per_group(groups))
+        fitted = readout if readout is not None else MultiRidgeCV().fit(X, mean, select=one_per_group(groups))
         pred = cross_val_predict(X, mean, groups=groups)
     ceiling = split_half_reliability(today_trials)
     if held_out is not None:
@@ -80,4 +80,4 @@ def fit_candidate(
         kwargs = {"transfer_pred": (pred[pc], pred[cc]), "transfer_obs": (mean[pc], mean[cc])}
     report = screen_model(pred, mean, ceiling, model_features=X, **kwargs)
     gate = quality_gate(ceiling, ceiling_threshold)
-    return CandidateFit(readout, report, ceiling, gate, arr, pred_change, obs_change, transfer)
+    return CandidateFit(fitted, report, ceiling, gate, arr, pred_change, obs_change, transfer)

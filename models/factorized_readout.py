@@ -16,9 +16,9 @@ so everything downstream (the encoder, artifacts, synthesis) uses it like a ridg
 
 Measured outside the loop (``docs/science-yardstick.md``), on 2,304 noisy training images of
 the energy-model families at 8x8 positions, against ``vone_energy``'s 2x2 ridge readout: the
-twins' found fraction on ``v1fine`` 0.36 against 0.23, on ``v1`` 0.28 against 0.27 (of white-box),
-but 0.20 against 0.28 on the coarse, saturating ``v1coarse``: no readout suits every brain,
-which is why the loop chooses per site by measured transfer.
+twins' found fraction (mean, of white-box) on ``v1fine`` 0.36 against 0.23, but on ``v1`` 0.28
+against 0.33 and on the coarse, saturating ``v1coarse`` 0.20 against 0.28: no readout suits every
+brain, which is why the loop chooses per site by measured transfer.
 """
 
 from __future__ import annotations
