@@ -79,9 +79,9 @@ class FactorizedRidgeCV:
             y = Y[:, [i]]
             m = np.full(self.n_positions, 1.0 / self.n_positions)  # start from the grid-average readout
             for _ in range(self.n_iter):
-                step_w = MultiRidgeCV().fit(np.einsum("ncp,p->nc", E, m), y, select=select)
+                step_w = MultiRidgeCV().fit(E @ m, y, select=select)
                 w = step_w.coef_[:, 0]
-                step_m = MultiRidgeCV().fit(np.einsum("ncp,c->np", E, w), y, select=select)
+                step_m = MultiRidgeCV().fit(w @ E, y, select=select)
                 m = step_m.coef_[:, 0]
             coef[:, i] = np.outer(w, m).ravel()
             intercept[i] = float(step_m.intercept_[0])
