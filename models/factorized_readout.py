@@ -14,11 +14,11 @@ position), and each step is a small exact ridge problem.
 The fitted readout is linear in the flattened features (``coef_`` is ``outer(w, m)`` per site),
 so everything downstream (the encoder, artifacts, synthesis) uses it like a ridge readout.
 
-Measured outside the loop (``docs/science-yardstick.md``), on 2,304 noisy training images of
-the energy-model families at 8x8 positions, against ``vone_energy``'s 2x2 ridge readout: the
-twins' found fraction (mean, of white-box) on ``v1fine`` 0.36 against 0.23, but on ``v1`` 0.28
-against 0.33 and on the coarse, saturating ``v1coarse`` 0.20 against 0.28: no readout suits every
-brain, which is why the loop chooses per site by measured transfer.
+Measured outside the loop (``benchmarks/bench_offline_twins.py``), on 2,304 noisy training
+images of the energy-model families at 8x8 positions, against ``vone_energy``'s 2x2 ridge
+readout: the twins' found fraction (mean, of white-box) on ``v1fine`` 0.36 against 0.23, but on
+``v1`` 0.29 against 0.33 and on the coarse, saturating ``v1coarse`` 0.20 against 0.29: no readout
+suits every brain, which is why the loop chooses per site by measured transfer.
 """
 
 from __future__ import annotations
