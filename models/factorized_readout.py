@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.readout import MultiRidgeCV, group_folds
+from models.readout import MultiRidgeCV, group_folds, grouped_cross_val_predict
 
 __all__ = ["FactorizedRidgeCV", "factorized_cross_val_predict"]
 
@@ -107,10 +107,4 @@ def factorized_cross_val_predict(
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     fold = group_folds(groups, X.shape[0], n_folds, seed)
-    out = np.full(Y.shape, np.nan)
-    for k in range(int(fold.max(initial=-1)) + 1):
-        test = fold == k
-        if test.all() or not test.any():
-            continue
-        out[test] = FactorizedRidgeCV(n_positions).fit(X[~test], Y[~test]).predict(X[test])
-    return out
+    return grouped_cross_val_predict(X, Y, fold, lambda: FactorizedRidgeCV(n_positions))

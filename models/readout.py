@@ -12,7 +12,8 @@ costs about as much as one fit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -464,7 +465,8 @@ def cross_val_predict(
     Ya = _as_float64(Y, "Y")
     n = Xa.shape[0]
     if groups is not None:
-        return _grouped_cross_val_predict(Xa, Ya, group_folds(groups, n, n_folds, seed), ridge_params)
+        fold = group_folds(groups, n, n_folds, seed)
+        return grouped_cross_val_predict(Xa, Ya, fold, lambda: MultiRidgeCV(**ridge_params))  # type: ignore[arg-type]
     if not 2 <= n_folds <= n:
         raise ValueError(f"n_folds must be between 2 and n_images={n}, got {n_folds}")
     order = np.random.default_rng(seed).permutation(n)
@@ -492,14 +494,17 @@ def group_folds(groups: Sequence[int] | np.ndarray, n_images: int, n_folds: int,
     return np.array([fold_of[grp] for grp in g], dtype=np.int64)
 
 
-def _grouped_cross_val_predict(
-    X: np.ndarray, Y: np.ndarray, fold: np.ndarray, ridge_params: dict[str, object]
+def grouped_cross_val_predict(
+    X: np.ndarray, Y: np.ndarray, fold: np.ndarray, make_readout: Callable[[], Any]
 ) -> np.ndarray:
-    """Out-of-fold predictions over precomputed folds; NaN where a fold cannot be held out."""
+    """Out-of-fold predictions over precomputed folds; NaN where a fold cannot be held out.
+
+    ``make_readout()`` gives a fresh unfitted readout (``fit(X, Y)``, ``predict(X)``) per fold.
+    """
     out = np.full(Y.shape, np.nan)
     for k in range(int(fold.max(initial=-1)) + 1):
         test = fold == k
         if test.all() or not test.any():
             continue
-        out[test] = MultiRidgeCV(**ridge_params).fit(X[~test], Y[~test]).predict(X[test])  # type: ignore[arg-type]
+        out[test] = make_readout().fit(X[~test], Y[~test]).predict(X[test])
     return out
