@@ -28,20 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.bench_surrogates import SITES, SIZE, clean_image_tensor, noisy_responses
 from models.backbones import build_backbone
 from models.encoder import SiteEncoder
 from models.factorized_readout import FactorizedRidgeCV
 from models.features import FeatureExtractor
 from models.readout import MultiRidgeCV
 from models.simulator import make_brain
-from models.simulator.images import make_clean_images
 from models.simulator.whitebox import attack_cases
 from models.synthesis import Case, SynthesisConfig, synthesize
 
 log = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).parent / "results" / "bench_offline_twins.json"
-SIZE, SITES, WINDOW_S = 64, 12, 0.1
 EPSILONS = (0.5, 1.0, 2.0)  # the demo's
 TEST_PER_SITE = 3
 
@@ -79,12 +78,7 @@ def found_fractions(
 
 def run(families: list[str], n_train: int, repeats: int, seed: int = 0) -> dict[str, Any]:
     torch.manual_seed(seed)
-    images, _ = make_clean_images(n_train + SITES * TEST_PER_SITE, size=SIZE, seed=seed + 100)
-    x = torch.from_numpy(np.asarray(images, dtype=np.float32))
-    if x.shape[-1] == 3:
-        x = x.permute(0, 3, 1, 2)
-    if x.max() > 1.5:
-        x = x / 255.0
+    x = clean_image_tensor(n_train + SITES * TEST_PER_SITE, seed)
     x = ((x * 255).round() / 255).contiguous()  # on the 8-bit grid, like the rig's images
     x_train, x_test = x[:n_train], x[n_train:]
     sites = np.repeat(np.arange(SITES), TEST_PER_SITE)
@@ -92,9 +86,7 @@ def run(families: list[str], n_train: int, repeats: int, seed: int = 0) -> dict[
     for family in families:
         brain = make_brain(family, n_sites=SITES, image_size=SIZE, seed=seed)
         rates = brain.rates(x_train.numpy().astype(np.float64))
-        rng = np.random.default_rng(seed)
-        counts = rng.poisson(np.clip(rates, 0, None)[..., None] * WINDOW_S, size=(*rates.shape, repeats))
-        y = counts.mean(-1) / WINDOW_S
+        y = noisy_responses(rates, np.random.default_rng(seed), repeats)
         test = x_test.numpy().astype(np.float64)
         whitebox = {}
         for eps in EPSILONS:

@@ -28,27 +28,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_surrogates import SITES, SIZE, gradients, noisy_responses
+from benchmarks.bench_surrogates import SITES, SIZE, clean_image_tensor, gradients, noisy_responses
 from models.backbones import build_backbone
 from models.encoder import SiteEncoder
 from models.features import FeatureExtractor
 from models.readout import MultiRidgeCV, one_per_group
 from models.simulator import make_brain
-from models.simulator.images import make_clean_images
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results" / "bench_penalty_rows.json"
 N_TEST = 24
 EPSILONS = (0.5, 1.0, 2.0)
 PARENTS_PER_SITE = 3
-
-
-def _images(n: int, seed: int) -> torch.Tensor:
-    images, _ = make_clean_images(n, size=SIZE, seed=seed + 100)
-    x = torch.from_numpy(np.asarray(images, dtype=np.float32))
-    if x.shape[-1] == 3:
-        x = x.permute(0, 3, 1, 2)
-    return (x / 255.0 if x.max() > 1.5 else x).contiguous()
 
 
 def _twins(model: SiteEncoder, x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
@@ -69,7 +60,7 @@ def _twins(model: SiteEncoder, x: torch.Tensor, rng: np.random.Generator) -> tup
 def run_one(family: str, seed: int, n_clean: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    x = _images(n_clean + N_TEST, seed)
+    x = clean_image_tensor(n_clean + N_TEST, seed)
     x_tr, x_te = x[:n_clean], x[n_clean:]
     brain = make_brain(family, n_sites=SITES, image_size=SIZE, seed=seed)
     module = brain.as_torch_module().float()

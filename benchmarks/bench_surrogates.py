@@ -44,10 +44,19 @@ REPEATS = 8
 WINDOW_S = 0.1
 
 
-def noisy_responses(rates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Repeat-averaged Poisson rates, as the rig would measure them (REPEATS x 100 ms)."""
-    counts = rng.poisson(np.clip(rates, 0, None)[..., None] * WINDOW_S, size=(*rates.shape, REPEATS))
+def noisy_responses(rates: np.ndarray, rng: np.random.Generator, repeats: int = REPEATS) -> np.ndarray:
+    """Repeat-averaged Poisson rates, as the rig would measure them (``repeats`` x 100 ms)."""
+    counts = rng.poisson(np.clip(rates, 0, None)[..., None] * WINDOW_S, size=(*rates.shape, repeats))
     return counts.mean(-1) / WINDOW_S
+
+
+def clean_image_tensor(n: int, seed: int) -> torch.Tensor:
+    """``n`` of the simulator's clean images as a (n, 3, SIZE, SIZE) float tensor in [0, 1]."""
+    images, _ = make_clean_images(n, size=SIZE, seed=seed + 100)
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32))
+    if x.shape[-1] == 3:
+        x = x.permute(0, 3, 1, 2)
+    return (x / 255.0 if x.max() > 1.5 else x).contiguous()
 
 
 def ridge_surrogate(name: str, x: torch.Tensor, y: np.ndarray, **kw: Any) -> nn.Module:
@@ -102,12 +111,7 @@ def evaluate(
 def run(families: list[str], n_train: int, n_test: int, seed: int = 0) -> dict[str, Any]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    images, _ = make_clean_images(n_train + n_test, size=SIZE, seed=seed + 100)
-    x_all = torch.from_numpy(np.asarray(images, dtype=np.float32))
-    if x_all.ndim == 4 and x_all.shape[-1] == 3:
-        x_all = x_all.permute(0, 3, 1, 2)
-    if x_all.max() > 1.5:
-        x_all = x_all / 255.0
+    x_all = clean_image_tensor(n_train + n_test, seed)
     x_tr, x_te = x_all[:n_train].contiguous(), x_all[n_train:].contiguous()
     surrogates: dict[str, Callable[[torch.Tensor, np.ndarray], nn.Module]] = {
         "pixels16": lambda x, y: ridge_surrogate("pixels", x, y, size=16),
