@@ -103,6 +103,8 @@ def _day_figures(day: dict[str, Any]) -> dict[str, Any]:
         "day": day["day"],
         "found_median": y.get("found_median"),
         "found_mean": y.get("found_mean"),
+        "found_either_median": y.get("found_either_median"),
+        "found_either_mean": y.get("found_either_mean"),
         "random_median": y.get("random_median"),
         "random_mean": y.get("random_mean"),
         "shipped_over_random": y.get("shipped_over_random"),
@@ -115,7 +117,14 @@ def _day_figures(day: dict[str, Any]) -> dict[str, Any]:
         "by_epsilon": [
             {
                 k: e.get(k)
-                for k in ("epsilon", "found_median", "random_median", "spearman", "spearman_to_date")
+                for k in (
+                    "epsilon",
+                    "found_median",
+                    "found_either_median",
+                    "random_median",
+                    "spearman",
+                    "spearman_to_date",
+                )
             }
             for e in y.get("by_epsilon", [])
         ],
@@ -186,7 +195,7 @@ def aggregate(runs: list[dict[str, Any]], family: str, share: float, days: int) 
     last, first = days - 1, 1
 
     def at(r: dict[str, Any], day: int, key: str) -> float | None:
-        return next((d[key] for d in r["days"] if d["day"] == day), None)
+        return next((d.get(key) for d in r["days"] if d["day"] == day), None)
 
     rises = [
         at(r, last, "found_median") - at(r, first, "found_median")  # type: ignore[operator]
@@ -203,6 +212,7 @@ def aggregate(runs: list[dict[str, Any]], family: str, share: float, days: int) 
         "found_day_last": _mean([at(r, last, "found_median") for r in ok]),
         "found_day_first": _mean([at(r, first, "found_median") for r in ok]),
         "found_rise": _mean(rises),
+        "found_either_day_last": _mean([at(r, last, "found_either_median") for r in ok]),
         "random_day_last": _mean([at(r, last, "random_median") for r in ok]),
         "spearman_day_last": _mean([at(r, last, "spearman") for r in ok]),
         "spearman_to_date_day_last": _mean([at(r, last, "spearman_to_date") for r in ok]),

@@ -189,6 +189,7 @@ def _science(r: dict) -> list[Row]:
             _row(b, f"{tag}: random-direction found fraction day {last}", f["random_day_last"] or 0.0)
         )
         for key, figure in (
+            ("found_either_day_last", "found fraction of the worst case, either direction"),
             ("spearman_day_last", "spearman of the day's own estimate"),
             ("spearman_true_effect_day_last", "spearman targeting ceiling (true change of the twins)"),
             ("spearman_estimate_vs_effect_day_last", "spearman of the estimate vs the true change (noise)"),

@@ -355,7 +355,8 @@ def _yardstick_html(summary: dict[str, Any]) -> str:
         for e in y.get("by_epsilon", []):
             rows.append(
                 f"<tr><td>{d['day']}</td><td>{e['epsilon']:g}</td><td>{_fmt(e['found_median'])}</td>"
-                f"<td>{_fmt(e['found_mean'])}</td><td>{_fmt(e['random_median'])}</td>"
+                f"<td>{_fmt(e['found_mean'])}</td><td>{_fmt(e.get('found_either_median'))}</td>"
+                f"<td>{_fmt(e['random_median'])}</td>"
                 f"<td>{_fmt(e['random_mean'])}</td><td>{_fmt(e['shipped_over_random'])}</td>"
                 f"<td>{_fmt(e['spearman'])}</td><td>{_fmt(e.get('spearman_to_date'))}</td>"
                 f"<td>{_fmt(e.get('spearman_true_effect'))}</td>"
@@ -377,14 +378,18 @@ def _yardstick_html(summary: dict[str, Any]) -> str:
     )
     return f"""<h2>Yardstick: brain family {html.escape(str(b["family"]))}</h2>
 <p>Natural-aligned share of its sensitive directions: {_fmt(b["natural_share"])}; white-box reference:
-{html.escape(str(b["whitebox"]))}. Found fraction: the brain's true change at a twin's target site divided by
-the white-box change at the same parent, site and epsilon (1 = the brain's own worst case); random twins
-give the floor. Spearman: per-site sign-corrected estimate against per-site white-box sensitivity, from
-the day's twins alone and to date (every day's twins so far, against the white-box values at every parent
-used so far). Two more columns say why a Spearman is low: "targeting ceiling" ranks sites by the brain's
-true, noise-free change under the shipped twins (what perfect recordings of these twins would reach);
-"noise" compares the estimate with that true change (what recording noise leaves of the ranking).</p>
-<table><tr><th>day</th><th>epsilon</th><th>found median</th><th>found mean</th><th>random median</th>
+{html.escape(str(b["whitebox"]))}. Found fraction: the brain's true change at a twin's target site in the
+twin's direction (up or down) divided by the white-box change in that direction at the same parent, site
+and epsilon (1 = the best twin for that goal); "of worst case": the |change| over the site's largest
+change in either direction, which a down twin cannot reach where rates can rise far more than they fall;
+random twins (judged in the direction they moved) give the floor. Spearman: per-site sign-corrected
+estimate against per-site white-box sensitivity, from the day's twins alone and to date (every day's
+twins so far, against the white-box values at every parent used so far). Two more columns say why a
+Spearman is low: "targeting ceiling" ranks sites by the brain's true, noise-free change under the shipped
+twins (what perfect recordings of these twins would reach); "noise" compares the estimate with that true
+change (what recording noise leaves of the ranking).</p>
+<table><tr><th>day</th><th>epsilon</th><th>found median</th><th>found mean</th><th>of worst case, median</th>
+<th>random median</th>
 <th>random mean</th><th>shipped / random</th><th>Spearman vs white-box</th><th>Spearman to date</th>
 <th>targeting ceiling</th><th>noise</th></tr>
 {"".join(rows)}</table>

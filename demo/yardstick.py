@@ -3,13 +3,18 @@
 Per day and epsilon, from the public API (lineage, model versions, sensitivity analyses) and the
 virtual brain itself, as an outside client would:
 
-* **found fraction** of the shipped guided twins (kind ``perturbed``): the brain's true
-  ``|r_i(twin) - r_i(parent)|`` at the twin's target site ``i``, divided by the white-box value
-  ``max(up, down)`` at the same parent, site and epsilon. 1 means the loop found the brain's own
-  worst case. The white-box value is the family's exact maximum, or for the "v1" family the best
-  of a strong attack on the simulator; a twin that beats the attack raises the reference to its
-  own change (counted in ``whitebox_beaten``), so the fraction never exceeds 1.
-* the same for random-direction twins (kind ``random``): the floor;
+* **found fraction** of the shipped guided twins (kind ``perturbed``): the brain's true change
+  ``r_i(twin) - r_i(parent)`` at the twin's target site ``i`` in the twin's direction (up or
+  down; a change the wrong way counts 0), divided by the white-box value in that direction at
+  the same parent, site and epsilon. 1 means the loop found the brain's own best twin for that
+  goal. The white-box value is the family's exact maximum, or for the attack-based families the
+  best of a strong attack on the simulator; a twin that beats the attack raises the reference to
+  its own change (counted in ``whitebox_beaten``), so the fraction never exceeds 1. Beside it,
+  ``found_either_*``: ``|change|`` over the site's worst case in either direction,
+  ``max(up, down)`` (the figure reported before 2026-12-03), which undercounts every down twin
+  on a brain whose rates can rise far more than they can fall (see :func:`found_fractions`);
+* the same for random-direction twins (kind ``random``), judged in the direction they moved:
+  the floor;
 * **Spearman** over sites between the sign-corrected estimate (``GET /analysis/sensitivity``,
   source ``it``) and the site's white-box sensitivity at the parents its twins used; to date
   (source ``it_to_date``) against the white-box sensitivity at every parent used so far;
@@ -42,6 +47,7 @@ from demo.truth import sensitivity_records
 __all__ = ["History", "evaluate_yardstick", "found_fractions", "split_version"]
 
 _Key = tuple[str, float]
+_DIRECTION = {"up": 1, "down": -1}
 
 
 @dataclass
@@ -65,9 +71,24 @@ class History:
 
 
 def found_fractions(
-    brain: Any, parents: np.ndarray, twins: np.ndarray, sites: np.ndarray, eps: np.ndarray
+    brain: Any,
+    parents: np.ndarray,
+    twins: np.ndarray,
+    sites: np.ndarray,
+    eps: np.ndarray,
+    directions: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Found fraction of each twin at its target site.
+    """Found fraction of each twin at its target site, in its own direction and of the worst case.
+
+    A twin made to raise a site's rate is judged against the white-box *up* value, one made to
+    lower it against the *down* value: that is what a white-box attack with the same goal at the
+    same parent, site and epsilon reaches. On a brain whose rates saturate or cannot fall far
+    (an energy model near its floor) the down value is a small part of the up one (measured on
+    ``v1fine``: 0.34 of it at eps 0.5, 0.07 at eps 2), so judging a down twin against
+    ``max(up, down)`` would call a twin that found 60% of the largest possible decrease a 4% one.
+    A twin that moved the wrong way found nothing of its goal. Twins without a direction (random
+    ones) are judged in the direction they moved. The share of the site's worst case in either
+    direction is kept beside it (``fraction_either``).
 
     Parameters
     ----------
@@ -78,26 +99,48 @@ def found_fractions(
         Target site (column) of each twin.
     eps : ndarray of shape (n,)
         The radius each twin was made for.
+    directions : ndarray of shape (n,), optional
+        +1 (made to raise the rate), -1 (to lower it) or 0 (no direction); all 0 when omitted.
 
     Returns
     -------
     dict of ndarray of shape (n,)
-        ``change`` (true ``|r(twin) - r(parent)|``, spikes/s), ``attack`` (the family's
-        white-box value), ``whitebox`` (``max(attack, change)``), ``fraction``
-        (``change / whitebox``; 0 where the white-box value is 0) and ``beaten`` (bool).
+        ``change`` (true ``|r(twin) - r(parent)|``, spikes/s); ``fraction`` (the change in the
+        twin's direction over the white-box value in that direction, ``whitebox_direction``);
+        ``attack`` (the family's white-box ``max(up, down)``), ``whitebox`` (``max(attack,
+        change)``) and ``fraction_either`` (``change / whitebox``); ``beaten`` (bool: the twin
+        moved its site further than the attack did in its direction, which then raises that
+        reference to the twin's change). Fractions are 0 where the reference is 0.
     """
     sites = np.asarray(sites, dtype=np.int64)
-    rows = np.arange(len(sites))
+    n = len(sites)
+    rows = np.arange(n)
+    directions = np.zeros(n) if directions is None else np.asarray(directions, dtype=np.float64)
     r0 = brain.rates(parents)[rows, sites]
     r1 = brain.rates(twins)[rows, sites]
-    change = np.abs(r1 - r0)
-    attack = brain.true_sensitivity_cases(parents, sites, np.asarray(eps, dtype=np.float64)).max
+    signed = r1 - r0
+    change = np.abs(signed)
+    truth = brain.true_sensitivity_cases(parents, sites, np.asarray(eps, dtype=np.float64))
+    goal = np.where(directions != 0, directions, np.sign(signed))  # random twins: where they moved
+    along = np.maximum(goal * signed, 0.0)
+    attack_direction = np.where(goal < 0, truth.down, truth.up)
     # A feasible twin is a lower bound on the maximum too; a tiny tolerance absorbs rounding.
-    beaten = change > attack * (1 + 1e-9) + 1e-12
+    beaten = along > attack_direction * (1 + 1e-9) + 1e-12
+    whitebox_direction = np.maximum(attack_direction, along)
+    attack = truth.max
     whitebox = np.maximum(attack, change)
     with np.errstate(divide="ignore", invalid="ignore"):
-        fraction = np.where(whitebox > 0, change / whitebox, 0.0)
-    return {"change": change, "attack": attack, "whitebox": whitebox, "fraction": fraction, "beaten": beaten}
+        fraction = np.where(whitebox_direction > 0, along / whitebox_direction, 0.0)
+        either = np.where(whitebox > 0, change / whitebox, 0.0)
+    return {
+        "change": change,
+        "fraction": fraction,
+        "whitebox_direction": whitebox_direction,
+        "attack": attack,
+        "whitebox": whitebox,
+        "fraction_either": either,
+        "beaten": beaten,
+    }
 
 
 def _stats(values: list[float]) -> dict[str, float | int | None]:
@@ -231,6 +274,7 @@ def evaluate_yardstick(
             np.stack([pixels[s] for s in shas]),
             np.array([col[lineage[s]["site_id"]] for s in shas]),
             np.array([float(lineage[s]["epsilon"]) for s in shas]),
+            np.array([_DIRECTION.get(lineage[s].get("direction"), 0) for s in shas]),
         )
     epsilons = sorted({float(lineage[s]["epsilon"]) for s in twins["perturbed"]})
     est, est_to_date = (
@@ -249,10 +293,12 @@ def evaluate_yardstick(
         for kind, label in (("perturbed", "found"), ("random", "random")):
             shas = twins[kind]
             pick = [k for k, s in enumerate(shas) if float(lineage[s]["epsilon"]) == e]
-            stats = _stats([float(res[kind]["fraction"][k]) for k in pick]) if kind in res else _stats([])
-            row.update(
-                {f"{label}_median": stats["median"], f"{label}_mean": stats["mean"], f"n_{label}": stats["n"]}
-            )
+            for key, suffix in (("fraction", ""), ("fraction_either", "_either")):
+                stats = _stats([float(res[kind][key][k]) for k in pick]) if kind in res else _stats([])
+                row.update(
+                    {f"{label}{suffix}_median": stats["median"], f"{label}{suffix}_mean": stats["mean"]}
+                )
+            row[f"n_{label}"] = stats["n"]
         fm, rm = row["found_mean"], row["random_mean"]
         row["shipped_over_random"] = fm / rm if fm is not None and rm else None
         wb, wb_to_date, effect, effect_to_date, sc, sc_to_date = (
@@ -307,14 +353,17 @@ def evaluate_yardstick(
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        overall = {
-            "found_median": float(np.median(g["fraction"])),
-            "found_mean": float(np.mean(g["fraction"])),
-            "random_median": float(np.median(res["random"]["fraction"])) if "random" in res else None,
-            "random_mean": float(np.mean(res["random"]["fraction"])) if "random" in res else None,
-        }
+        overall: dict[str, Any] = {}
+        for key, suffix in (("fraction", ""), ("fraction_either", "_either")):
+            overall[f"found{suffix}_median"] = float(np.median(g[key]))
+            overall[f"found{suffix}_mean"] = float(np.mean(g[key]))
+            rnd = res["random"][key] if "random" in res else None
+            overall[f"random{suffix}_median"] = float(np.median(rnd)) if rnd is not None else None
+            overall[f"random{suffix}_mean"] = float(np.mean(rnd)) if rnd is not None else None
     rm = overall["random_mean"]
     overall["shipped_over_random"] = overall["found_mean"] / rm if rm else None
+    rm = overall["random_either_mean"]
+    overall["shipped_over_random_either"] = overall["found_either_mean"] / rm if rm else None
     rhos = [r["spearman"] for r in by_eps if r["spearman"] is not None]
     overall["spearman_mean"] = float(np.mean(rhos)) if rhos else None
     overall["spearman_across_epsilons"] = _spearman_across_epsilons(by_eps, "")

@@ -7,7 +7,8 @@ place and share one orientation, scale and colour (an energy-model V1 or IT site
 ``P + C`` numbers: *where* it looks (the spatial map ``m``) and *what* it looks for (the channel
 weights ``w``), its weights being ``outer(w, m)``. This is the factorized readout of
 neuralpredictors-style models (Klindt et al. 2017), fitted here by alternating ridge
-regressions, each with its penalty chosen by :class:`models.readout.MultiRidgeCV`: with ``m``
+regressions, each with its penalty chosen as :class:`models.readout.MultiRidgeCV` would (all
+sites in one batched solve, :mod:`models.site_ridge`): with ``m``
 fixed the features are ``E @ m`` (one per channel), with ``w`` fixed they are ``w @ E`` (one per
 position), and each step is a small exact ridge problem.
 
@@ -25,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.readout import MultiRidgeCV, group_folds, grouped_cross_val_predict
+from models.readout import group_folds, grouped_cross_val_predict
+from models.site_ridge import fit_site_ridge
 
 __all__ = ["FactorizedRidgeCV", "factorized_cross_val_predict"]
 
@@ -71,21 +73,22 @@ class FactorizedRidgeCV:
             Y = Y[:, None]
         if X.shape[0] != Y.shape[0]:
             raise ValueError(f"X has {X.shape[0]} images but Y has {Y.shape[0]}")
-        E = self._channels(X)
-        n_channels = E.shape[1]
-        coef = np.zeros((n_channels * self.n_positions, Y.shape[1]))
-        intercept, alpha = np.zeros(Y.shape[1]), np.zeros(Y.shape[1])
-        for i in range(Y.shape[1]):
-            y = Y[:, [i]]
-            m = np.full(self.n_positions, 1.0 / self.n_positions)  # start from the grid-average readout
-            for _ in range(self.n_iter):
-                step_w = MultiRidgeCV().fit(E @ m, y, select=select)
-                w = step_w.coef_[:, 0]
-                step_m = MultiRidgeCV().fit(w @ E, y, select=select)
-                m = step_m.coef_[:, 0]
-            coef[:, i] = np.outer(w, m).ravel()
-            intercept[i] = float(step_m.intercept_[0])
-            alpha[i] = float(step_w.alpha_[0])
+        E = self._channels(X)  # (n, C, P)
+        n, n_channels = E.shape[:2]
+        n_sites = Y.shape[1]
+        by_position = E.reshape(n * n_channels, self.n_positions)  # one GEMM per step, not einsum
+        by_channel = E.transpose(0, 2, 1).reshape(n * self.n_positions, n_channels)
+        # Every site starts from the grid-average readout; all sites step together (models.site_ridge).
+        m = np.full((n_sites, self.n_positions), 1.0 / self.n_positions)
+        for _ in range(self.n_iter):
+            per_channel = (by_position @ m.T).reshape(n, n_channels, n_sites).transpose(2, 0, 1)
+            step_w = fit_site_ridge(per_channel, Y, select=select)
+            w = step_w.coef
+            per_position = (by_channel @ w.T).reshape(n, self.n_positions, n_sites).transpose(2, 0, 1)
+            step_m = fit_site_ridge(per_position, Y, select=select)
+            m = step_m.coef
+        coef = np.einsum("sc,sp->cps", w, m).reshape(-1, n_sites)
+        intercept, alpha = step_m.intercept, step_w.alpha
         self.coef_, self.intercept_, self.alpha_ = coef, intercept, alpha
         self.x_mean_ = X.mean(axis=0)
         self.x_scale_ = np.ones(X.shape[1])

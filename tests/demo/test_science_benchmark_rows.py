@@ -15,6 +15,7 @@ def _run(family: str, seed: int, found: list[float], across: float, ok: bool = T
         {
             "day": d,
             "found_median": f,
+            "found_either_median": f / 2,
             "random_median": 0.01,
             "shipped_over_random": f / 0.01,
             "spearman": 0.2,
@@ -40,6 +41,7 @@ def test_aggregate_is_the_mean_over_seeds_of_each_runs_figures() -> None:
     assert f["held_out"] is ("v1fine" in HELD_OUT) is True
     assert f["found_day_last"] == pytest.approx(0.4)
     assert f["found_rise"] == pytest.approx(0.25)
+    assert f["found_either_day_last"] == pytest.approx(0.2)  # reported beside the goal figure
     assert f["spearman_to_date_day_last"] == pytest.approx(0.6)
     assert f["spearman_across_epsilons_to_date_day_last"] == pytest.approx(0.7)
     assert aggregate(runs, "natural", 1.0, days=4)["held_out"] is False
@@ -61,3 +63,7 @@ def test_rows_name_held_out_families_and_judge_them_by_the_same_goals() -> None:
         "v1coarse (1 seeds, share 1.00, held out): spearman to date, one slope per site over epsilons day 3"
     ]
     assert across.value == pytest.approx(0.5)
+    either = rows[
+        "v1coarse (1 seeds, share 1.00, held out): found fraction of the worst case, either direction day 3"
+    ]
+    assert either.value == pytest.approx(0.1) and either.passed is None  # report only

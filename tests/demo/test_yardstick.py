@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from demo.yardstick import History, _source_name, evaluate_yardstick, found_fractions
 from models.simulator import make_brain, make_clean_images
@@ -50,13 +51,43 @@ def test_found_fraction_of_the_whitebox_twin_is_one_and_of_no_change_zero(
             _optimal(brain, clean[3], 2, eps, "down"),
         ]
     )
-    res = found_fractions(brain, parents, twins, np.array([0, 1, 2, 2]), np.full(4, eps))
+    res = found_fractions(
+        brain, parents, twins, np.array([0, 1, 2, 2]), np.full(4, eps), np.array([1, 1, 0, -1])
+    )
     np.testing.assert_allclose(res["fraction"][0], 1.0, rtol=1e-9)
     assert res["fraction"][1] == 0.0 and res["change"][1] == 0.0
     assert 0.0 < res["fraction"][2] < 0.2  # a random direction of the same norm: the floor
-    assert 0.3 < res["fraction"][3] <= 1.0  # the down optimum, judged against max(up, down)
+    np.testing.assert_allclose(res["fraction"][3], 1.0, rtol=1e-9)  # the down optimum, for a down twin
+    assert 0.3 < res["fraction_either"][3] <= 1.0  # ... and its share of max(up, down)
+    np.testing.assert_allclose(res["fraction_either"][0], 1.0, rtol=1e-9)
     assert not res["beaten"].any()  # the exact optimum is never beaten (beyond rounding)
     np.testing.assert_allclose(res["whitebox"], res["attack"], rtol=1e-12)
+
+
+def test_a_down_twin_is_judged_against_the_down_optimum_and_a_wrong_way_twin_finds_nothing(
+    clean: np.ndarray,
+) -> None:
+    """On an energy brain a rate can rise far more than it can fall: a down twin is judged
+    against the largest possible decrease, not against the largest increase."""
+    v1 = make_brain("v1", n_sites=2, seed=0)
+    eps = 2.0
+    truth = v1.true_sensitivity_cases(clean[:1], np.array([0]), np.array([eps]))
+    assert truth.down[0] < 0.5 * truth.up[0]  # the asymmetry this is about
+    from models.synthesis import Case, SynthesisConfig, synthesize
+
+    res = synthesize(
+        v1.as_torch_module(torch.float32),
+        torch.as_tensor(clean[:1], dtype=torch.float32),
+        [Case(site=0, image=0, eps=eps, direction=-1)],
+        SynthesisConfig(restarts=4, budget=48, keep_float=True),
+    )
+    assert res.adv is not None
+    down_twin = res.adv.double().clamp(0.0, 1.0).numpy()
+    res = found_fractions(v1, clean[:1], down_twin, np.array([0]), np.array([eps]), np.array([-1]))
+    assert res["fraction"][0] > 0.9  # close to the white-box down value
+    assert res["fraction_either"][0] < 0.5  # but a small share of the up one
+    wrong_way = found_fractions(v1, clean[:1], down_twin, np.array([0]), np.array([eps]), np.array([1]))
+    assert wrong_way["fraction"][0] == 0.0 and wrong_way["change"][0] == res["change"][0]
 
 
 def test_a_twin_that_beats_the_attack_raises_the_reference(clean: np.ndarray) -> None:
@@ -123,6 +154,7 @@ def test_day_report_per_epsilon_spearman_and_surrogates(brain: Any, clean: np.nd
                 "epsilon": eps,
                 "parent_sha256": f"c{i}",
                 "model_version": "mv-small",
+                **({"direction": "up"} if kind == "perturbed" else {}),
             }
     sigma = brain.rates(clean).std(axis=0, ddof=1)
     truth = brain.true_sensitivity_cases(clean[:4], np.arange(4), eps).max / sigma

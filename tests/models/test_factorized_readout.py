@@ -56,3 +56,21 @@ def test_held_out_predictions_never_see_their_family() -> None:
 def test_features_that_are_not_whole_channels_are_refused() -> None:
     with pytest.raises(ValueError, match="whole channels"):
         FactorizedRidgeCV(n_positions=16).fit(np.ones((10, 20)), np.ones((10, 1)))
+
+
+def test_the_batched_fit_equals_alternating_ridge_site_by_site() -> None:
+    """All sites step together; the result is the per-site alternation with MultiRidgeCV."""
+    X, Y, _ = _planted(n=150, channels=6, positions=9, sites=4, seed=3)
+    select = np.arange(150) % 2 == 0
+    fact = FactorizedRidgeCV(n_positions=9, n_iter=3).fit(X, Y, select=select)
+    E = X.reshape(150, 6, 9)
+    for i in range(4):
+        m = np.full(9, 1 / 9)
+        for _ in range(3):
+            step_w = MultiRidgeCV().fit(E @ m, Y[:, [i]], select=select)
+            w = step_w.coef_[:, 0]
+            step_m = MultiRidgeCV().fit(w @ E, Y[:, [i]], select=select)
+            m = step_m.coef_[:, 0]
+        np.testing.assert_allclose(fact.coef_[:, i], np.outer(w, m).ravel(), rtol=1e-7, atol=1e-9)
+        assert fact.intercept_[i] == pytest.approx(step_m.intercept_[0], rel=1e-7)
+        assert fact.alpha_[i] == step_w.alpha_[0]
