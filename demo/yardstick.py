@@ -11,7 +11,7 @@ virtual brain itself, as an outside client would:
   best of a strong attack on the simulator; a twin that beats the attack raises the reference to
   its own change (counted in ``whitebox_beaten``), so the fraction never exceeds 1. Beside it,
   ``found_either_*``: ``|change|`` over the site's worst case in either direction,
-  ``max(up, down)`` (the figure reported before 2026-12-03), which undercounts every down twin
+  ``max(up, down)`` (the found fraction reported before both were), which undercounts every down twin
   on a brain whose rates can rise far more than they can fall (see :func:`found_fractions`);
 * the same for random-direction twins (kind ``random``), judged in the direction they moved:
   the floor;
