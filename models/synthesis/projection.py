@@ -220,7 +220,10 @@ def _t_sparse_numpy(
         s_b = np.bincount(rows, np.where(sat, b2k, 0.0), minlength=b)
         s_a = a2_free + np.bincount(rows, np.where(sat, 0.0, a2k), minlength=b)
         ok = s_a > 0
-        tn = np.where(ok, np.sqrt(np.maximum(r2 - s_b, 0.0) / np.maximum(s_a, tiny)), t)
+        # Divide only where ``s_a > 0``: ``np.where`` would evaluate ``r^2 / tiny`` on the rest
+        # (rows already feasible whose every moving coordinate saturates) and warn of an overflow.
+        tn = t.copy()
+        tn[ok] = np.sqrt(np.maximum(r2[ok] - s_b[ok], 0.0) / s_a[ok])
         done = ~need | (ok & (tn <= t))
         t = np.maximum(t, tn)
         if done.all():
