@@ -212,8 +212,11 @@ def _t_sparse_numpy(
     if live.size < roomk.size:
         rows, a2k, b2k, roomk, ak = rows[live], a2k[live], b2k[live], roomk[live], ak[live]
     bpk = roomk / ak  # y is outside the box there, so v != 0
-    tiny = np.finfo(np.float64).tiny
-    t = np.minimum(np.sqrt(r2 / np.maximum(v2, tiny)), 1.0)  # ball-scaled start, <= the root
+    # Ball-scaled start, <= the root; a row that does not move (``v = 0``) needs nothing and keeps
+    # 1 (dividing by ``tiny`` there would overflow from radius 2 on).
+    t = np.ones(b)
+    moving = v2 > 0
+    t[moving] = np.minimum(np.sqrt(r2[moving] / v2[moving]), 1.0)
     done = ~need
     for _ in range(iters):
         sat = bpk <= t[rows]

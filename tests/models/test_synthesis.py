@@ -160,20 +160,22 @@ def test_projection_fast_paths() -> None:
     assert torch.allclose((p - c).flatten(1), d * (0.01 / d.norm(dim=1, keepdim=True)), atol=1e-7)
 
 
-def test_projection_of_a_row_whose_every_moving_pixel_saturates_is_silent_and_exact() -> None:
+def test_projection_of_rows_with_nothing_free_to_scale_is_silent_and_exact() -> None:
     """A row already feasible after clipping, all of whose change lies on pixels pushed past the
-    box, leaves nothing free to scale; batched with a row that must be projected, it once made
-    the CPU path divide by ``tiny`` and warn of an overflow (on every synthesis run)."""
-    c = torch.full((2, 3, 8, 8), 0.5)
+    box, and a row that does not move, leave nothing free to scale; batched with a row that must
+    be projected, they once made the CPU path divide by ``tiny`` and warn of an overflow."""
+    c = torch.full((3, 3, 8, 8), 0.5)
     y = c.clone()
     y[0, 0, 0, 0] += 10.0  # clipped move 0.5 <= radius 3: feasible at t = 1, saturated at t = 0.3
     y[1] += torch.randn((3, 8, 8), generator=torch.Generator().manual_seed(0)) * 2.0
-    r = torch.tensor([3.0, 3.0])  # r^2 / tiny overflows float64 from r = 2 on (epsilons reach 10)
+    # y[2] is its centre: a row that does not move at all.
+    r = torch.tensor([3.0, 3.0, 3.0])  # r^2 / tiny overflows float64 from r = 2 on (epsilons reach 10)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         p = project_l2_ball_box(y, c, r)
     assert torch.allclose(p, project_l2_ball_box_bisection(y, c, r), atol=1e-5)
     assert torch.equal(p[0], y[0].clamp(0.0, 1.0))
+    assert torch.equal(p[2], c[2])
 
 
 def test_candidate_search_agrees_on_every_dtype_and_path() -> None:
