@@ -29,7 +29,7 @@ from itloop.settings import Settings
 log = logging.getLogger(__name__)
 
 DEMO_NIGHT = {
-    "candidates": ["smooth16", "vone_energy"],
+    "candidates": ["smooth16", "vone_energy_blend"],
     "epsilons": [0.5, 1.0, 2.0],
     "clean_per_site": 3,
     "targeted_epsilons": [1.0, 3.0],

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from models.backbones import CheckpointError, build_backbone, checkpoint_sha256
+from models.blended_readout import BlendedReadout
 from models.encoder import SiteEncoder
 from models.factorized_readout import FactorizedRidgeCV
 from models.files import atomic_write
@@ -68,7 +69,7 @@ class ModelArtifact:
     @classmethod
     def from_readout(
         cls,
-        readout: MultiRidgeCV | FactorizedRidgeCV,
+        readout: MultiRidgeCV | FactorizedRidgeCV | BlendedReadout,
         *,
         backbone: str,
         layer: str,

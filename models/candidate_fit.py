@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.blended_readout import BlendedReadout, blended_cross_val_predict
 from models.factorized_readout import FactorizedRidgeCV, factorized_cross_val_predict
 from models.readout import MultiRidgeCV, cross_val_predict, one_per_group
 from models.screening import ScreeningReport, screen_model, split_half_reliability
@@ -27,7 +28,7 @@ class CandidateFit:
     ``gate`` is the quality gate's (passed, reasons) per site.
     """
 
-    readout: MultiRidgeCV | FactorizedRidgeCV
+    readout: MultiRidgeCV | FactorizedRidgeCV | BlendedReadout
     report: ScreeningReport
     ceiling: np.ndarray
     gate: tuple[np.ndarray, list[str]]
@@ -48,6 +49,7 @@ def fit_candidate(
     held_out: np.ndarray | None = None,
     readout: MultiRidgeCV | None = None,
     factorized_positions: int | None = None,
+    blend_positions: tuple[int, ...] | None = None,
 ) -> CandidateFit:
     """Fit ``mean`` (images x sites) from features ``X`` and screen the fit.
 
@@ -60,9 +62,15 @@ def fit_candidate(
     ``factorized_positions``: fit a :class:`models.factorized_readout.FactorizedRidgeCV` on
     features with that many positions per channel instead (held-out predictions from the same
     kind of readout, so the transfer evidence is the factorized model's own).
+    ``blend_positions``: fit a :class:`models.blended_readout.BlendedReadout` on feature blocks
+    with those positions per channel (ridge on the first, factorized on the others), likewise.
     """
-    fitted: MultiRidgeCV | FactorizedRidgeCV
-    if factorized_positions is not None:
+    fitted: MultiRidgeCV | FactorizedRidgeCV | BlendedReadout
+    if blend_positions is not None:
+        n_channels = X.shape[1] // sum(blend_positions)
+        fitted = BlendedReadout(n_channels, blend_positions).fit(X, mean, select=one_per_group(groups))
+        pred = blended_cross_val_predict(X, mean, groups, n_channels, blend_positions)
+    elif factorized_positions is not None:
         fitted = FactorizedRidgeCV(factorized_positions).fit(X, mean, select=one_per_group(groups))
         pred = factorized_cross_val_predict(X, mean, groups, factorized_positions)
     else:

@@ -20,6 +20,7 @@ features on any machine, and the module has no checkpoint.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +75,10 @@ class VOneFrontEnd(nn.Module):
         8-degree image; 7.5 on 224 pixels).
     n_levels : int or None, default None
         Pyramid levels (octaves); ``None`` uses every level whose wavelength fits in half the image.
-    grid : int, default 8
-        Output positions per side.
+    grid : int or sequence of int, default 8
+        Output positions per side. A sequence gives every layout of the same cells, each
+        flattened channel-major and concatenated: (B, C * sum(g * g)) features, for a readout
+        that reads one block per layout (:mod:`models.blended_readout`).
     norm_pool : int, default 5
         Size (in level pixels) of the neighbourhood whose mean complex-cell energy normalises a unit.
     simple_cells : bool, default True
@@ -110,7 +113,7 @@ class VOneFrontEnd(nn.Module):
         n_orientations: int = 8,
         wavelength_px: float = 3.0,
         n_levels: int | None = None,
-        grid: int = 8,
+        grid: int | Sequence[int] = 8,
         norm_pool: int = 5,
         *,
         simple_cells: bool = True,
@@ -124,7 +127,7 @@ class VOneFrontEnd(nn.Module):
         self.n_orientations = n_orientations
         self.wavelength_px = wavelength_px
         self.n_levels = n_levels
-        self.grid = grid
+        self.grid: int | tuple[int, ...] = grid if isinstance(grid, int) else tuple(int(g) for g in grid)
         self.norm_pool = norm_pool
         self.simple_cells = simple_cells
         self.squared_energy = squared_energy
@@ -165,7 +168,7 @@ class VOneFrontEnd(nn.Module):
         pad = weight.shape[-1] // 2
         if self.base_size is not None and min(x.shape[-2:]) > self.base_size:
             x = self.downsample(x)
-        maps = [F.adaptive_avg_pool2d(x, self.grid)]
+        cells_of_level = [x]  # the low-pass colour channels, then each level's cells
         level_x = F.conv2d(x, self.opponent.to(dtype=x.dtype))
         for level in range(self.levels_for(min(x.shape[-2:]))):
             if level:
@@ -196,14 +199,18 @@ class VOneFrontEnd(nn.Module):
             # Signed simple cells (on minus off, what a linear readout of both would see) and
             # complex cells (phase-invariant energy).
             cells = torch.cat([even, energy], dim=2) if self.simple_cells else energy
-            maps.append(F.adaptive_avg_pool2d(cells.reshape(b, -1, h, w), self.grid))
-        return torch.cat(maps, dim=1)
+            cells_of_level.append(cells.reshape(b, -1, h, w))
+        if isinstance(self.grid, int):
+            return torch.cat([F.adaptive_avg_pool2d(c, self.grid) for c in cells_of_level], dim=1)
+        # Several layouts of the same cells, each flattened channel-major (models.blended_readout).
+        layouts = [torch.cat([F.adaptive_avg_pool2d(c, g) for c in cells_of_level], dim=1) for g in self.grid]
+        return torch.cat([layout.flatten(1) for layout in layouts], dim=1)
 
 
 class _VOneNet(nn.Module):
     """Registry wrapper: the front end is the layer ``output``."""
 
-    def __init__(self, **kw: float | int | bool | None) -> None:
+    def __init__(self, **kw: float | int | bool | Sequence[int] | None) -> None:
         super().__init__()
         self.output = VOneFrontEnd(**kw)  # type: ignore[arg-type]
 
@@ -223,7 +230,9 @@ def vone(
     return _VOneNet(n_orientations=n_orientations, wavelength_px=wavelength_px, n_levels=n_levels, grid=grid)
 
 
-def vone_energy(grid: int = 2, base_size: int = 48, seed: int = 0, blur: float = 0.75) -> nn.Module:
+def vone_energy(
+    grid: int | Sequence[int] = 2, base_size: int = 48, seed: int = 0, blur: float = 0.75
+) -> nn.Module:
     """Complex-cell energy at coarse scales: the candidate for sites whose gradient depends on the image.
 
     A linear model in pixels (``pixels16``) has one gradient per site whatever the image; a site

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from models.features import Pool  # typing only: resolving a candidate must not import torch
 
 SEARCH = "search"
-FITS = ("ridge", "pairs", "trained", "factorized")
+FITS = ("ridge", "pairs", "trained", "factorized", "blend")
 ENSEMBLE = "ensemble"  # the mean of the night's candidates: a source, not a refitted candidate
 
 BUILTIN: dict[str, dict[str, Any]] = {
@@ -61,6 +61,16 @@ BUILTIN: dict[str, dict[str, Any]] = {
         "kwargs": {"grid": 8},
         "fit": "factorized",
     },
+    # The mean of vone_energy's 2x2 ridge readout and a 4x4 factorized one on the same energies
+    # (models.blended_readout): one candidate, with its own predictivity, that transfers better
+    # than either readout alone on every energy-model family measured.
+    "vone_energy_blend": {
+        "backbone": "vone_energy",
+        "layer": "output",
+        "pool": "flatten",
+        "kwargs": {"grid": [2, 4]},
+        "fit": "blend",
+    },
     # Across-day search (models.search): each site's gradient estimated from the measured changes
     # of every twin on record; a linear model in full-resolution pixels, fitted on pairs only.
     SEARCH: {"backbone": "pixels", "layer": "pool", "pool": "flatten", "fit": "pairs"},
@@ -82,7 +92,9 @@ class Candidate:
     kwargs: dict[str, Any] = field(default_factory=dict)
     # "ridge": readout on frozen backbone features; "pairs": models.search on twin pairs;
     # "trained": the core is trained on the responses too (models.trainable);
-    # "factorized": a spatial map times channel weights per site (models.factorized_readout)
+    # "factorized": a spatial map times channel weights per site (models.factorized_readout);
+    # "blend": the mean of a ridge readout on the first grid and factorized ones on the others
+    # (models.blended_readout)
     fit: str = "ridge"
 
     def checkpoint_path(self, data_dir: Path) -> Path | None:
@@ -107,4 +119,10 @@ def resolve(spec: str | dict[str, Any]) -> Candidate:
     grid = cand.kwargs.get("grid")
     if cand.fit == "factorized" and (not isinstance(grid, int) or isinstance(grid, bool) or grid < 1):
         raise InvalidInput(f"candidate {cand.name!r}: factorized needs an integer kwargs 'grid' >= 1")
+    grids = grid if isinstance(grid, list | tuple) else []
+    whole = all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grids)
+    if cand.fit == "blend" and (len(grids) < 2 or not whole):
+        raise InvalidInput(
+            f"candidate {cand.name!r}: blend needs kwargs 'grid', a list of >= 2 integers >= 1"
+        )
     return cand

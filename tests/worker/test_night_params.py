@@ -41,6 +41,20 @@ from server.recordings.tables import RecordingSession
             },
             "grid",
         ),
+        (
+            {
+                "candidates": [
+                    {
+                        "name": "m",
+                        "backbone": "vone_energy",
+                        "layer": "output",
+                        "fit": "blend",
+                        "kwargs": {"grid": [2]},
+                    }
+                ]
+            },
+            "blend needs",
+        ),
     ],
 )
 def test_bad_night_params_are_refused_up_front(

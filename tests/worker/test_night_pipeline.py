@@ -725,3 +725,30 @@ def test_statistics_no_fit_can_continue_from_are_pruned(
     assert removed == 2  # night 0's statistics and their description
     assert not store.exists(readout_state.state_key(v0)) and not store.exists(readout_state.meta_key(v0))
     assert store.exists(readout_state.state_key(v1)) and store.exists(artifact)
+
+
+def test_a_blended_candidate_is_screened_with_its_own_predictivity_and_ships_twins(lab: Lab) -> None:
+    """``vone_energy_blend`` (ridge on 2x2 plus factorized on 4x4 energies) is one candidate: its
+    held-out predictions give every site a predictivity, and its stored weights make twins."""
+    from models.artifacts import ModelArtifact
+
+    show_day(lab)
+    night_id = run_night(lab, {"candidates": ["tiny_cnn", "vone_energy_blend"], "clean_per_site": 2})
+    assert night_row(lab, night_id).state == JobState.succeeded, night_row(lab, night_id).error
+    with session_scope(lab.url) as session:
+        from server.modeling.tables import SiteMetric
+
+        mv = modeling.get(session=session, version=f"night{night_id}-vone_energy_blend")
+        key, mv_id = mv.artifact_key, mv.id
+        rows = session.scalars(select(SiteMetric).where(SiteMetric.model_version_id == mv_id)).all()
+    assert len(rows) == len(lab.site_ids) and all(np.isfinite(m.predictivity) for m in rows)
+    path = Path(lab.settings.data_dir) / "blended-artifact.npz"
+    path.write_bytes(get_store(lab.settings.resolved_store_url).get(key))
+    art = ModelArtifact.load(path)
+    n_channels = art.coef.shape[0] // 20  # 4 + 16 positions per channel
+    for site in range(art.coef.shape[1]):
+        fine = art.coef[4 * n_channels :, site].reshape(n_channels, 16)
+        s = np.linalg.svd(fine, compute_uv=False)
+        assert s[1] <= 1e-9 * s[0], s[:3]  # the 4x4 block is the factorized part: rank one
+        assert np.abs(art.coef[: 4 * n_channels, site]).max() > 0  # the 2x2 ridge part is there too
+    assert batch_of_night(lab, night_id) is not None

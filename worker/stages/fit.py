@@ -142,8 +142,9 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         return refit_result(None, None, cand.name, skipped=f"training failed ({exc})")
     ctx.progress(0.5, f"features {features_of.X.shape}; fitting readouts")
     ctx.check_cancelled()
-    factorized = cand.fit == "factorized"
-    readout = None if factorized else _fit_readout(ctx, cfg, version, features_of, data, images)
+    factorized, blend = cand.fit == "factorized", cand.fit == "blend"
+    own_readout = factorized or blend  # the GCV readout state is a ridge readout's
+    readout = None if own_readout else _fit_readout(ctx, cfg, version, features_of, data, images)
     fit = fit_candidate(
         features_of.X,
         data.mean,
@@ -154,6 +155,7 @@ def refit(ctx: JobContext) -> dict[str, Any]:
         held_out=features_of.held_out,
         readout=None if readout is None else readout.readout,
         factorized_positions=_positions(cand) if factorized else None,
+        blend_positions=_blend_positions(cand) if blend else None,
     )
     if readout is not None:
         features_of.readout_fit = {
@@ -177,6 +179,11 @@ def refit(ctx: JobContext) -> dict[str, Any]:
 def _positions(cand: Candidate) -> int:
     """Positions per channel of a factorized candidate's (C, grid, grid) feature map (checked by resolve)."""
     return int(cand.kwargs["grid"]) ** 2
+
+
+def _blend_positions(cand: Candidate) -> tuple[int, ...]:
+    """Positions per channel of each block of a blended candidate's features (grids checked by resolve)."""
+    return tuple(int(g) ** 2 for g in cand.kwargs["grid"])
 
 
 def _fit_readout(
