@@ -63,7 +63,7 @@ class WorkerConfig(BaseSettings):
         description="candidate models refit each night unless the night's params name others",
     )
     fallback_candidates: list[str] = Field(
-        default=["smooth16", "vone_energy"],
+        default=["smooth16", "vone_energy_blend"],
         description="checkpoint-free candidates a night uses instead of the default ones when their "
         "checkpoint files are missing (only when neither the night nor the lab named candidates)",
     )

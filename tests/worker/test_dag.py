@@ -215,7 +215,8 @@ def test_completing_a_session_starts_its_night(
         assert [r.levelname for r in caplog.records if "no night started" in r.message] == ["INFO"]
         nights, total = service.list_nights(session)
         assert total == 1 and nights[0].state == JobState.queued
-        assert nights[0].params["candidates"] == ["smooth16", "vone_energy"] and nights[0].note == first.note
+        assert nights[0].params["candidates"] == ["smooth16", "vone_energy_blend"]
+        assert nights[0].note == first.note
 
 
 def test_background_runner_runs_submitted_jobs(job_settings: Settings) -> None:
