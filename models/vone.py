@@ -168,7 +168,10 @@ class VOneFrontEnd(nn.Module):
         pad = weight.shape[-1] // 2
         if self.base_size is not None and min(x.shape[-2:]) > self.base_size:
             x = self.downsample(x)
-        cells_of_level = [x]  # the low-pass colour channels, then each level's cells
+        grids = (self.grid,) if isinstance(self.grid, int) else self.grid
+        # Per layout: the low-pass colour channels, then each level's cells, pooled as each level
+        # is made (so no level's full-resolution maps outlive its own step).
+        layouts = [[F.adaptive_avg_pool2d(x, g)] for g in grids]
         level_x = F.conv2d(x, self.opponent.to(dtype=x.dtype))
         for level in range(self.levels_for(min(x.shape[-2:]))):
             if level:
@@ -199,12 +202,12 @@ class VOneFrontEnd(nn.Module):
             # Signed simple cells (on minus off, what a linear readout of both would see) and
             # complex cells (phase-invariant energy).
             cells = torch.cat([even, energy], dim=2) if self.simple_cells else energy
-            cells_of_level.append(cells.reshape(b, -1, h, w))
+            for maps, g in zip(layouts, grids, strict=True):
+                maps.append(F.adaptive_avg_pool2d(cells.reshape(b, -1, h, w), g))
         if isinstance(self.grid, int):
-            return torch.cat([F.adaptive_avg_pool2d(c, self.grid) for c in cells_of_level], dim=1)
+            return torch.cat(layouts[0], dim=1)
         # Several layouts of the same cells, each flattened channel-major (models.blended_readout).
-        layouts = [torch.cat([F.adaptive_avg_pool2d(c, g) for c in cells_of_level], dim=1) for g in self.grid]
-        return torch.cat([layout.flatten(1) for layout in layouts], dim=1)
+        return torch.cat([torch.cat(maps, dim=1).flatten(1) for maps in layouts], dim=1)
 
 
 class _VOneNet(nn.Module):
