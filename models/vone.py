@@ -95,6 +95,12 @@ class VOneFrontEnd(nn.Module):
     coarsest : float, default 0.5
         Add levels while the wavelength is at most this fraction of the image side (above 0.5 the
         coarse levels are smaller than the kernel, and borders are replicated, not reflected).
+    colour_pairs : bool, default False
+        With ``squared_energy``, add the cross energies ``even_a * even_b + odd_a * odd_b`` of
+        every pair of colour axes. With them the energies of a level are the six entries of each
+        position's and orientation's 3x3 colour energy matrix, so the energy of a complex cell of
+        *any* colour preference is a linear function of the features (without them only cells
+        tuned to the luminance or one opponent axis are).
 
     Notes
     -----
@@ -122,8 +128,11 @@ class VOneFrontEnd(nn.Module):
         base_size: int | None = None,
         downsample_blur: float = 0.0,
         coarsest: float = 0.5,
+        colour_pairs: bool = False,
     ) -> None:
         super().__init__()
+        if colour_pairs and (not squared_energy or normalise or simple_cells):
+            raise ValueError("colour_pairs needs squared_energy, without normalise or simple_cells")
         self.n_orientations = n_orientations
         self.wavelength_px = wavelength_px
         self.n_levels = n_levels
@@ -141,6 +150,7 @@ class VOneFrontEnd(nn.Module):
                 SmoothPool2d(base_size, downsample_blur) if blurred else nn.AdaptiveAvgPool2d(base_size)
             )
         self.coarsest = coarsest
+        self.colour_pairs = colour_pairs
         # Reflection needs a border smaller than the level; coarse levels of a small image are
         # smaller than the kernel, so a front end that reaches them replicates the border.
         self._pad_mode = "reflect" if coarsest <= 0.5 else "replicate"
@@ -188,6 +198,11 @@ class VOneFrontEnd(nn.Module):
             odd = F.conv2d(padded, odd_w).reshape(b, colours, k, h, w)
             energy = even * even + odd * odd
             energy = energy if self.squared_energy else torch.sqrt(energy + 1e-6)
+            if self.colour_pairs and colours > 1:
+                # Off-diagonal entries of the colour energy matrix (see the class doc).
+                pairs = [(a, c) for a in range(colours) for c in range(a + 1, colours)]
+                cross = [even[:, a] * even[:, c] + odd[:, a] * odd[:, c] for a, c in pairs]
+                energy = torch.cat([energy, torch.stack(cross, dim=1)], dim=1)
             if self.normalise:
                 # Divisive normalisation by the local mean energy over colours and orientations.
                 norm = F.avg_pool2d(
@@ -234,7 +249,11 @@ def vone(
 
 
 def vone_energy(
-    grid: int | Sequence[int] = 2, base_size: int = 48, seed: int = 0, blur: float = 0.75
+    grid: int | Sequence[int] = 2,
+    base_size: int = 48,
+    seed: int = 0,
+    blur: float = 0.75,
+    colour_pairs: bool = False,
 ) -> nn.Module:
     """Complex-cell energy at coarse scales: the candidate for sites whose gradient depends on the image.
 
@@ -273,4 +292,5 @@ def vone_energy(
         base_size=base_size,
         downsample_blur=blur,
         coarsest=1.0,
+        colour_pairs=colour_pairs,
     )

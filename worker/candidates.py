@@ -63,12 +63,13 @@ BUILTIN: dict[str, dict[str, Any]] = {
     },
     # The mean of vone_energy's 2x2 ridge readout and a 4x4 factorized one on the same energies
     # (models.blended_readout): one candidate, with its own predictivity, that transfers better
-    # than either readout alone on every energy-model family measured.
+    # than either readout alone on every energy-model family measured. With the colour cross
+    # energies (models.vone.VOneFrontEnd colour_pairs) it can model a complex cell of any colour.
     "vone_energy_blend": {
         "backbone": "vone_energy",
         "layer": "output",
         "pool": "flatten",
-        "kwargs": {"grid": [2, 4]},
+        "kwargs": {"grid": [2, 4], "colour_pairs": True},
         "fit": "blend",
     },
     # Across-day search (models.search): each site's gradient estimated from the measured changes

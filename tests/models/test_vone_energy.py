@@ -98,3 +98,35 @@ def test_energy_surrogate_points_where_an_energy_model_brain_does_and_pixels_can
     energy = cosine(vone_energy().eval(), "output")
     pixels = cosine(build_backbone("pixels", None, size=16).eval(), "pool")
     assert energy > 0.15 and energy > pixels + 0.1, (energy, pixels)
+
+
+def test_colour_pairs_make_a_cell_of_any_colour_a_linear_function_of_the_features() -> None:
+    """With the cross energies, the energy of a complex cell tuned to an arbitrary colour direction
+    ``c`` (in the front end's luminance/opponent axes) is ``c^T M c``, linear in the six entries
+    ``M`` of each level, position and orientation. The cell is built independently: recolour the
+    image so that its luminance axis carries ``c . axes(x)``, and read the luminance energy."""
+    from models.vone import _OPPONENT
+
+    net = vone_energy(grid=4, colour_pairs=True).eval()
+    x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(5))
+    c = torch.tensor([0.6, -0.7, 0.4])
+    opp = _OPPONENT.double()  # rows: luminance, red-green, blue-yellow (orthonormal)
+    mix = torch.eye(3, dtype=torch.float64)
+    mix[0] = c.double()  # the recoloured image's luminance axis is c . axes(x)
+    recolour = (opp.T @ mix @ opp).float()
+    x_c = torch.einsum("ij,bjhw->bihw", recolour, x)
+    feats, feats_c = net(x), net(x_c)
+    k = 8
+    assert feats.shape == (2, 3 + k + 3 * 6 * k, 4, 4)  # 3 coarse levels of 6 entries x 8 orientations
+    for level in range(3):
+        block = feats[:, 3 + k + level * 6 * k : 3 + k + (level + 1) * 6 * k].reshape(2, 6, k, 4, 4)
+        diag, cross = block[:, :3], block[:, 3:]
+        pairs = torch.stack([c[0] * c[1], c[0] * c[2], c[1] * c[2]])
+        off_diagonal = 2 * torch.einsum("a,bakhw->bkhw", pairs, cross)
+        quadratic = torch.einsum("a,bakhw->bkhw", c**2, diag) + off_diagonal
+        lum_energy = feats_c[:, 3 + k + level * 6 * k : 3 + k + level * 6 * k + k]
+        assert torch.allclose(quadratic, lum_energy, rtol=1e-3, atol=1e-5), (
+            (quadratic - lum_energy).abs().max()
+        )
+    # Without the cross entries no weighting of the diagonal gives it: the off-diagonal part is large.
+    assert off_diagonal.abs().max() > 0.05 * lum_energy.abs().max()
