@@ -9,14 +9,17 @@ divided by the white-box value at the same image, site and epsilon (``models.sim
 
 Readouts on the ``vone_energy`` energies: ``ridge2`` (the ``vone_energy`` candidate: ridge on a
 2x2 grid), ``map4`` and ``map8`` (factorized readouts on 4x4 and 8x8 positions; ``map8`` is
-``vone_energy_map``) and ``blend`` (``vone_energy_blend``: the mean of ``ridge2`` and ``map4``,
-:mod:`models.blended_readout`). The found fraction is judged in the twin's own direction (an up
-twin against the white-box up change, a down twin against the white-box down change), and each
-figure is the median over cases, as in the loop's yardstick.
+``vone_energy_map``), ``blend`` (the mean of ``ridge2`` and ``map4``,
+:mod:`models.blended_readout`) and ``blend_pairs`` (the same with the colour cross energies,
+``vone_energy(colour_pairs=True)``: ``vone_energy_blend`` as it is now). The found fraction
+is judged in the twin's own direction (an up twin against the white-box up change, a down twin
+against the white-box down change), and each figure is the median over cases, as in the loop's
+yardstick.
 
 Run: ``.venv/bin/python -m benchmarks.bench_offline_twins [--families v1fine v1coarse]
-[--train 2304]``; writes ``benchmarks/results/bench_offline_twins.json`` and logs one line per
-family and readout (median found fraction of up, down and all twins per epsilon, and their mean).
+[--readouts blend blend_pairs] [--train 2304]``; writes
+``benchmarks/results/bench_offline_twins.json`` and logs one line per family and readout
+(median found fraction of up, down and all twins per epsilon, and their mean).
 """
 
 from __future__ import annotations

@@ -281,6 +281,10 @@ def vone_energy(
     normalisation) on a 4x4 grid and 0.32 on 2x2. With 600 training images (seeds 0-2), blurring
     before the downsampling raised it from 0.33 / 0.31 / 0.31 to 0.37 / 0.35 / 0.36 at the same
     predictivity. ``seed`` is accepted for the registry and unused.
+
+    ``colour_pairs`` adds the cross energies of the colour axes (:class:`VOneFrontEnd`), so that a
+    readout can model a complex cell of any colour preference, not only of the luminance or one
+    opponent axis; ``vone_energy_blend`` uses them (``docs/choosing-perturbations.md``).
     """
     del seed
     return _VOneNet(
