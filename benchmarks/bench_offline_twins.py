@@ -53,21 +53,22 @@ EPSILONS = (0.5, 1.0, 2.0)  # the demo's
 TEST_PER_SITE = 3
 
 
-GRIDS: dict[str, int | list[int]] = {
-    "ridge2": 2,
-    "map4": 4,
-    "map8": 8,
-    "blend": [2, 4],
-    "blend_pairs": [2, 4],
+#: The ``vone_energy`` arguments of each readout: its grid (a list for a blend) and, for
+#: ``blend_pairs``, the colour cross energies.
+READOUTS: dict[str, dict[str, Any]] = {
+    "ridge2": {"grid": 2},
+    "map4": {"grid": 4},
+    "map8": {"grid": 8},
+    "blend": {"grid": [2, 4]},
+    "blend_pairs": {"grid": [2, 4], "colour_pairs": True},
 }
-#: Readouts whose energies include the colour cross energies (``vone_energy(colour_pairs=True)``).
-COLOUR_PAIRS = {"blend_pairs"}
 
 
 def fit_readout(kind: str, x: torch.Tensor, y: np.ndarray) -> nn.Module:
-    """``vone_energy`` features with one of the readouts of :data:`GRIDS`, as an encoder."""
-    grid = GRIDS[kind]
-    backbone = build_backbone("vone_energy", None, grid=grid, colour_pairs=kind in COLOUR_PAIRS)
+    """``vone_energy`` features with one of the readouts of :data:`READOUTS`, as an encoder."""
+    kwargs = READOUTS[kind]
+    grid = kwargs["grid"]
+    backbone = build_backbone("vone_energy", None, **kwargs)
     with torch.no_grad():
         feats = FeatureExtractor(backbone, "output", "flatten")(x).flatten(1).double().numpy()
     readout: MultiRidgeCV | FactorizedRidgeCV | BlendedReadout
@@ -107,7 +108,7 @@ def found_fractions(
 def run(
     families: list[str], n_train: int, repeats: int, seed: int = 0, readouts: list[str] | None = None
 ) -> dict[str, Any]:
-    readouts = list(GRIDS) if readouts is None else readouts
+    readouts = list(READOUTS) if readouts is None else readouts
     torch.manual_seed(seed)
     x = clean_image_tensor(n_train + SITES * TEST_PER_SITE, seed)
     x = ((x * 255).round() / 255).contiguous()  # on the 8-bit grid, like the rig's images
@@ -154,7 +155,7 @@ if __name__ == "__main__":
     parser.add_argument("--train", type=int, default=2304, help="clean training images (3 days of 768)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--readouts", nargs="+", choices=list(GRIDS), default=None, help="default: all")
+    parser.add_argument("--readouts", nargs="+", choices=list(READOUTS), default=None, help="default: all")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

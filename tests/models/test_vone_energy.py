@@ -118,10 +118,10 @@ def test_colour_pairs_make_a_cell_of_any_colour_a_linear_function_of_the_feature
     feats, feats_c = net(x), net(x_c)
     k = 8
     assert feats.shape == (2, 3 + k + 3 * 6 * k, 4, 4)  # 3 coarse levels of 6 entries x 8 orientations
+    pairs = torch.stack([c[0] * c[1], c[0] * c[2], c[1] * c[2]])
     for level in range(3):
         block = feats[:, 3 + k + level * 6 * k : 3 + k + (level + 1) * 6 * k].reshape(2, 6, k, 4, 4)
         diag, cross = block[:, :3], block[:, 3:]
-        pairs = torch.stack([c[0] * c[1], c[0] * c[2], c[1] * c[2]])
         off_diagonal = 2 * torch.einsum("a,bakhw->bkhw", pairs, cross)
         quadratic = torch.einsum("a,bakhw->bkhw", c**2, diag) + off_diagonal
         lum_energy = feats_c[:, 3 + k + level * 6 * k : 3 + k + level * 6 * k + k]
