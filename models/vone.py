@@ -28,7 +28,7 @@ from torch import nn
 
 from models.smooth_pool import SmoothPool2d
 
-__all__ = ["VOneFrontEnd", "gabor_bank", "vone", "vone_energy"]
+__all__ = ["VOneFrontEnd", "gabor_bank", "global_gabor_pairs", "vone", "vone_energy"]
 
 # Luminance and two colour-opponent axes (red-green, blue-yellow), each a unit vector over RGB.
 _OPPONENT = torch.tensor(
@@ -101,6 +101,13 @@ class VOneFrontEnd(nn.Module):
         position's and orientation's 3x3 colour energy matrix, so the energy of a complex cell of
         *any* colour preference is a linear function of the features (without them only cells
         tuned to the luminance or one opponent axis are).
+    global_octaves : int, default 0
+        Octaves coarser than the pyramid's coarsest level, as whole-image cells (see
+        :func:`global_gabor_pairs`): on a pyramid their kernels would be larger than the level
+        itself and see mostly padding. Needs ``squared_energy`` without ``normalise`` or
+        ``simple_cells``.
+    global_centres : int, default 3
+        Those cells' centres per side (a ``global_centres x global_centres`` layout of the image).
 
     Notes
     -----
@@ -129,10 +136,16 @@ class VOneFrontEnd(nn.Module):
         downsample_blur: float = 0.0,
         coarsest: float = 0.5,
         colour_pairs: bool = False,
+        global_octaves: int = 0,
+        global_centres: int = 3,
     ) -> None:
         super().__init__()
         if colour_pairs and (not squared_energy or normalise or simple_cells):
             raise ValueError("colour_pairs needs squared_energy, without normalise or simple_cells")
+        if global_octaves < 0 or global_centres < 1:
+            raise ValueError("global_octaves must be >= 0 and global_centres >= 1")
+        if global_octaves and (not squared_energy or normalise or simple_cells):
+            raise ValueError("global_octaves needs squared_energy, without normalise or simple_cells")
         self.n_orientations = n_orientations
         self.wavelength_px = wavelength_px
         self.n_levels = n_levels
@@ -151,6 +164,9 @@ class VOneFrontEnd(nn.Module):
             )
         self.coarsest = coarsest
         self.colour_pairs = colour_pairs
+        self.global_octaves = global_octaves
+        self.global_centres = global_centres
+        self._global_filters: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
         # Reflection needs a border smaller than the level; coarse levels of a small image are
         # smaller than the kernel, so a front end that reaches them replicates the border.
         self._pad_mode = "reflect" if coarsest <= 0.5 else "replicate"
@@ -219,10 +235,70 @@ class VOneFrontEnd(nn.Module):
             cells = torch.cat([even, energy], dim=2) if self.simple_cells else energy
             for maps, g in zip(layouts, grids, strict=True):
                 maps.append(F.adaptive_avg_pool2d(cells.reshape(b, -1, h, w), g))
+        if self.global_octaves:
+            cells = self._global_cells(x, self.wavelength_px * 2**level)
+            for maps, g in zip(layouts, grids, strict=True):
+                maps.append(F.adaptive_avg_pool2d(cells, g))
         if isinstance(self.grid, int):
             return torch.cat(layouts[0], dim=1)
         # Several layouts of the same cells, each flattened channel-major (models.blended_readout).
         return torch.cat([torch.cat(maps, dim=1).flatten(1) for maps in layouts], dim=1)
+
+    def _global_cells(self, x: torch.Tensor, coarsest_px: float) -> torch.Tensor:
+        """Energies of the whole-image cells: (B, colours * orientations * octaves, c, c).
+
+        Colours are the three axes (and their cross energies with ``colour_pairs``), as at the
+        pyramid's coarse levels; ``coarsest_px`` is the pyramid's coarsest wavelength in pixels of
+        ``x``, the first global octave twice that.
+        """
+        size, k, c = x.shape[-1], self.n_orientations, self.global_centres
+        key = (size, x.dtype, x.device)
+        if key not in self._global_filters:
+            wavelengths = [coarsest_px * 2 ** (j + 1) for j in range(self.global_octaves)]
+            bank = global_gabor_pairs(size, k, wavelengths, c)  # (octaves, 2, k, c, c, size * size)
+            self._global_filters[key] = bank.to(device=x.device, dtype=x.dtype).reshape(-1, size * size)
+        filters = self._global_filters[key]
+        axes = F.conv2d(x, self.opponent.to(dtype=x.dtype)).flatten(2)  # (B, 3, size * size)
+        b = x.shape[0]
+        resp = (axes @ filters.T).reshape(b, 3, self.global_octaves, 2, k, c, c)
+        even, odd = resp[:, :, :, 0], resp[:, :, :, 1]  # (B, 3, octaves, k, c, c)
+        energy = even * even + odd * odd
+        if self.colour_pairs:
+            pairs = [(0, 1), (0, 2), (1, 2)]
+            cross = [even[:, a] * even[:, d] + odd[:, a] * odd[:, d] for a, d in pairs]
+            energy = torch.cat([energy, torch.stack(cross, dim=1)], dim=1)
+        return energy.reshape(b, -1, c, c)
+
+
+def global_gabor_pairs(
+    size: int, n_orientations: int, wavelengths: Sequence[float], centres: int
+) -> torch.Tensor:
+    """Quadrature pairs of whole-image Gabor filters: (octaves, 2, orientations, c, c, size * size).
+
+    Each filter has the one-octave envelope of :func:`gabor_bank` at its wavelength, is cut off
+    at the image border (what a cell whose receptive field is larger than the image sees), made
+    blind to uniform light over the part inside the image, and scaled to unit norm. Centres sit
+    on a ``centres x centres`` layout of the image.
+    """
+    b = 2.0
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    offsets = (torch.arange(centres, dtype=torch.float64) + 0.5) / centres * size - size / 2.0
+    out = torch.zeros(len(wavelengths), 2, n_orientations, centres, centres, size * size, dtype=torch.float64)
+    for w, wavelength in enumerate(wavelengths):
+        sigma = wavelength / math.pi * math.sqrt(math.log(2) / 2) * (b + 1) / (b - 1)
+        for i, cy in enumerate(offsets):
+            for j, cx in enumerate(offsets):
+                dx, dy = xx - cx, yy - cy
+                envelope = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))
+                for o in range(n_orientations):
+                    theta = math.pi * o / n_orientations
+                    u = dx * math.cos(theta) + dy * math.sin(theta)
+                    for p, phase in enumerate((0.0, math.pi / 2)):
+                        g = envelope * torch.cos(2 * math.pi * u / wavelength + phase)
+                        g = g - envelope * (g.sum() / envelope.sum())  # blind to uniform light
+                        out[w, p, o, i, j] = (g / g.norm()).flatten()
+    return out.float()
 
 
 class _VOneNet(nn.Module):
@@ -254,6 +330,7 @@ def vone_energy(
     seed: int = 0,
     blur: float = 0.75,
     colour_pairs: bool = False,
+    global_octaves: int = 0,
 ) -> nn.Module:
     """Complex-cell energy at coarse scales: the candidate for sites whose gradient depends on the image.
 
@@ -285,6 +362,10 @@ def vone_energy(
     ``colour_pairs`` adds the cross energies of the colour axes (:class:`VOneFrontEnd`), so that a
     readout can model a complex cell of any colour preference, not only of the luminance or one
     opponent axis; ``vone_energy_blend`` uses them (``docs/choosing-perturbations.md``).
+
+    ``global_octaves`` adds octaves below 1.3 cycles per image as whole-image cells on a 3x3
+    layout of centres (:func:`global_gabor_pairs`), for sites whose receptive fields are as large
+    as the image; ``vone_energy_blend`` uses one (0.67 cycles per image).
     """
     del seed
     return _VOneNet(
@@ -297,4 +378,5 @@ def vone_energy(
         downsample_blur=blur,
         coarsest=1.0,
         colour_pairs=colour_pairs,
+        global_octaves=global_octaves,
     )

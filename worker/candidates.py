@@ -64,12 +64,13 @@ BUILTIN: dict[str, dict[str, Any]] = {
     # The mean of vone_energy's 2x2 ridge readout and a 4x4 factorized one on the same energies
     # (models.blended_readout): one candidate, with its own predictivity, that transfers better
     # than either readout alone on every energy-model family measured. With the colour cross
-    # energies (models.vone.VOneFrontEnd colour_pairs) it can model a complex cell of any colour.
+    # energies (models.vone.VOneFrontEnd colour_pairs) it can model a complex cell of any colour;
+    # with one whole-image octave (global_octaves, 0.67 cycles per image), a cell as large as the image.
     "vone_energy_blend": {
         "backbone": "vone_energy",
         "layer": "output",
         "pool": "flatten",
-        "kwargs": {"grid": [2, 4], "colour_pairs": True},
+        "kwargs": {"grid": [2, 4], "colour_pairs": True, "global_octaves": 1},
         "fit": "blend",
     },
     # Across-day search (models.search): each site's gradient estimated from the measured changes

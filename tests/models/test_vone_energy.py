@@ -130,3 +130,37 @@ def test_colour_pairs_make_a_cell_of_any_colour_a_linear_function_of_the_feature
         )
     # Without the cross entries no weighting of the diagonal gives it: the off-diagonal part is large.
     assert off_diagonal.abs().max() > 0.05 * lum_energy.abs().max()
+
+
+def test_global_cells_are_unit_norm_quadrature_pairs_blind_to_uniform_light() -> None:
+    from models.vone import global_gabor_pairs
+
+    bank = global_gabor_pairs(32, 4, [48.0, 96.0], 3).double()
+    assert bank.shape == (2, 2, 4, 3, 3, 32 * 32)
+    assert torch.allclose(bank.norm(dim=-1), torch.ones(()).double(), atol=1e-5)
+    assert bank.sum(dim=-1).abs().max() < 1e-4  # a uniform image moves no cell
+    # At the centre even and odd filters are orthogonal (a quadrature pair); off centre the
+    # border cuts the odd-symmetric envelope, as it does a receptive field larger than the image.
+    assert (bank[:, 0, :, 1, 1] * bank[:, 1, :, 1, 1]).sum(-1).abs().max() < 1e-6
+
+
+def test_global_octaves_add_oriented_cells_for_gratings_coarser_than_the_pyramid() -> None:
+    """A grating of 0.67 cycles per image is coarser than the pyramid's coarsest octave (1.3):
+    the whole-image cells of its orientation respond to it, those of the orthogonal orientation
+    barely, and the pyramid's own features are unchanged by the option."""
+    k = 8
+    plain = vone_energy(grid=2, colour_pairs=True).eval()
+    wide = vone_energy(grid=2, colour_pairs=True, global_octaves=1).eval()
+    xs = torch.arange(48, dtype=torch.float32)
+    grating = 0.5 + 0.2 * torch.cos(2 * torch.pi * 0.67 * xs / 48 + 0.4)
+    x = grating.expand(1, 3, 48, 48).contiguous()  # luminance only, varying along x
+    noise = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        f_plain, f_wide = plain(noise), wide(noise)
+        g = wide(x)
+    n = f_plain.shape[1]
+    assert f_wide.shape[1] == n + 6 * k  # 3 colour axes and 3 cross energies x 8 orientations
+    assert torch.equal(f_wide[:, :n], f_plain)
+    luminance = g[0, n : n + k].sum(dim=(1, 2))  # per orientation, over positions
+    assert luminance[0] > 20 * luminance[k // 2], luminance
+    assert luminance.argmax() == 0
