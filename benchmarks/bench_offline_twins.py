@@ -10,14 +10,15 @@ divided by the white-box value at the same image, site and epsilon (``models.sim
 Readouts on the ``vone_energy`` energies: ``ridge2`` (the ``vone_energy`` candidate: ridge on a
 2x2 grid), ``map4`` and ``map8`` (factorized readouts on 4x4 and 8x8 positions; ``map8`` is
 ``vone_energy_map``), ``blend`` (the mean of ``ridge2`` and ``map4``,
-:mod:`models.blended_readout`) and ``blend_pairs`` (the same with the colour cross energies,
-``vone_energy(colour_pairs=True)``: ``vone_energy_blend`` as it is now). The found fraction
+:mod:`models.blended_readout`), ``blend_pairs`` (the same with the colour cross energies,
+``vone_energy(colour_pairs=True)``) and ``blend_global`` (that plus one whole-image octave,
+``global_octaves=1``: ``vone_energy_blend`` as it is now). The found fraction
 is judged in the twin's own direction (an up twin against the white-box up change, a down twin
 against the white-box down change), and each figure is the median over cases, as in the loop's
 yardstick.
 
 Run: ``.venv/bin/python -m benchmarks.bench_offline_twins [--families v1fine v1coarse]
-[--readouts blend blend_pairs] [--train 2304]``; writes
+[--readouts blend_pairs blend_global] [--train 2304]``; writes
 ``benchmarks/results/bench_offline_twins.json`` and logs one line per family and readout
 (median found fraction of up, down and all twins per epsilon, and their mean).
 """
@@ -53,14 +54,15 @@ EPSILONS = (0.5, 1.0, 2.0)  # the demo's
 TEST_PER_SITE = 3
 
 
-#: The ``vone_energy`` arguments of each readout: its grid (a list for a blend) and, for
-#: ``blend_pairs``, the colour cross energies.
+#: The ``vone_energy`` arguments of each readout: its grid (a list for a blend) and, for the
+#: last two, the colour cross energies and the whole-image octave.
 READOUTS: dict[str, dict[str, Any]] = {
     "ridge2": {"grid": 2},
     "map4": {"grid": 4},
     "map8": {"grid": 8},
     "blend": {"grid": [2, 4]},
     "blend_pairs": {"grid": [2, 4], "colour_pairs": True},
+    "blend_global": {"grid": [2, 4], "colour_pairs": True, "global_octaves": 1},
 }
 
 

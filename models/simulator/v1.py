@@ -156,11 +156,15 @@ class V1Brain(PresentationSpikes):
         Spread of the subunits' positions around the site's centre, in envelope s.d.
     c50 : (low, high), default=(2.0, 8.0)
         Semi-saturation constant, in units of the site's median clean-image energy.
+    suppressive : float, default 0.0
+        Fraction of each site's subunits that suppress it (cross-orientation suppression): they
+        are turned to the orthogonal orientation and pooled with negative weights, so part of
+        each site's sensitive direction is to *remove* contrast the site does not prefer.
     attack : AttackConfig, optional
         Strength of the white-box attack (:class:`models.simulator.whitebox.AttackConfig`).
     family : str, default="v1"
         The family name the population reports (``make_brain`` builds the held-out variants
-        ``v1fine`` and ``v1coarse`` from this class with other preferences).
+        ``v1fine``, ``v1coarse`` and ``v1suppress`` from this class with other preferences).
 
     Attributes
     ----------
@@ -190,14 +194,18 @@ class V1Brain(PresentationSpikes):
         envelope: float = 0.6,
         jitter: float = 1.5,
         c50: tuple[float, float] = (2.0, 8.0),
+        suppressive: float = 0.0,
         attack: AttackConfig | None = None,
         family: str = "v1",
     ) -> None:
         if n_sites < 1 or n_subunits < 1 or image_size < 16:
             raise ValueError("need n_sites >= 1, n_subunits >= 1 and image_size >= 16")
+        if not 0.0 <= suppressive < 1.0:
+            raise ValueError(f"suppressive must be in [0, 1); got {suppressive}")
         self.n_sites, self.image_size, self.n_subunits, self.seed = n_sites, image_size, n_subunits, seed
         self.n_categories, self.n_calibration = n_categories, n_calibration
         self.cycles, self.envelope, self.jitter, self.c50 = cycles, envelope, jitter, c50
+        self.suppressive = suppressive
         self.attack, self.family = attack, family
         self._cache: dict[tuple[bytes, int, float], tuple[float, float]] = {}
         self._module64: V1Module | None = None
@@ -216,6 +224,11 @@ class V1Brain(PresentationSpikes):
         sub_centre = centre[rep] + rng.normal(0.0, self.jitter, size=(n * k, 2)) * sigma[rep, None]
         sub_theta = theta[rep] + rng.normal(0.0, 0.15, size=n * k)
         sub_cycles = cycles[rep] * 2.0 ** rng.normal(0.0, 0.15, size=n * k)
+        # Suppressive subunits are the last ones of each site, turned to the orthogonal
+        # orientation (no extra draws: the other families' populations stay the same).
+        n_suppressive = round(self.suppressive * k)
+        suppressive = np.tile(np.arange(k) >= k - n_suppressive, n)
+        sub_theta = np.where(suppressive, sub_theta + np.pi / 2, sub_theta)
         self.filters_ = gabor_pairs(size, sub_centre, sub_theta, sub_cycles, sigma[rep], colour[rep]).reshape(
             n, k, 2, -1
         )
@@ -231,6 +244,7 @@ class V1Brain(PresentationSpikes):
             np.full((_N_POOL, 3), 1.0 / np.sqrt(3.0)),
         )
         self.pool_weights_ = rng.dirichlet(np.full(k, 2.0), size=n) * k
+        self.pool_weights_[:, k - n_suppressive :] *= -1.0
         self.mu_ = rng.uniform(-0.3, 0.6, size=n)
         self.gain_ = rng.uniform(10.0, 22.0, size=n)
         self.baseline_ = rng.uniform(3.0, 8.0, size=n)

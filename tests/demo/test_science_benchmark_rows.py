@@ -38,32 +38,36 @@ def test_aggregate_is_the_mean_over_seeds_of_each_runs_figures() -> None:
     ]
     f = aggregate(runs, "v1fine", 1.0, days=4)
     assert f["runs"] == 2 and f["failed_runs"] == 1
-    assert f["held_out"] is ("v1fine" in HELD_OUT) is True
+    assert f["held_out"] is ("v1fine" in HELD_OUT) is False
     assert f["found_day_last"] == pytest.approx(0.4)
     assert f["found_rise"] == pytest.approx(0.25)
     assert f["found_either_day_last"] == pytest.approx(0.2)  # reported beside the goal figure
     assert f["spearman_to_date_day_last"] == pytest.approx(0.6)
     assert f["spearman_across_epsilons_to_date_day_last"] == pytest.approx(0.7)
     assert aggregate(runs, "natural", 1.0, days=4)["held_out"] is False
+    assert (
+        aggregate([_run("v1suppress", 0, [0.1, 0.2, 0.3], across=0.5)], "v1suppress", 1.0, days=4)["held_out"]
+        is True
+    )
 
 
 def test_rows_name_held_out_families_and_judge_them_by_the_same_goals() -> None:
-    runs = [_run("v1coarse", 0, [0.1, 0.1, 0.2], across=0.5)]
+    runs = [_run("v1suppress", 0, [0.1, 0.1, 0.2], across=0.5)]
     result = {
         "day_last": 3,
         "goals": {"found": 0.5, "spearman": 0.8, "shipped_over_random": 10.0},
-        "families": [aggregate(runs, "v1coarse", 1.0, days=4)],
+        "families": [aggregate(runs, "v1suppress", 1.0, days=4)],
     }
     rows = {r.figure: r for r in _science(result)}
-    found = rows["v1coarse (1 seeds, share 1.00, held out): found fraction day 3"]
+    found = rows["v1suppress (1 seeds, share 1.00, held out): found fraction day 3"]
     assert found.passed is False  # 0.2 < 0.5: a held-out family gets no easier goal
-    rise = rows["v1coarse (1 seeds, share 1.00, held out): found fraction rise day 1 to 3"]
+    rise = rows["v1suppress (1 seeds, share 1.00, held out): found fraction rise day 1 to 3"]
     assert rise.passed is True
     across = rows[
-        "v1coarse (1 seeds, share 1.00, held out): spearman to date, one slope per site over epsilons day 3"
+        "v1suppress (1 seeds, share 1.00, held out): spearman to date, one slope per site over epsilons day 3"
     ]
     assert across.value == pytest.approx(0.5)
     either = rows[
-        "v1coarse (1 seeds, share 1.00, held out): found fraction of the worst case, either direction day 3"
+        "v1suppress (1 seeds, share 1.00, held out): found fraction of the worst case, either direction day 3"
     ]
     assert either.value == pytest.approx(0.1) and either.passed is None  # report only

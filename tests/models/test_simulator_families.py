@@ -29,7 +29,7 @@ def test_registry_builds_every_family_and_refuses_unknown_ones() -> None:
         make_brain("retina")
 
 
-@pytest.mark.parametrize("family", [*LINEAR, "v1", "v1fine", "v1coarse"])
+@pytest.mark.parametrize("family", [*LINEAR, "v1", "v1fine", "v1coarse", "v1suppress"])
 def test_rates_are_realistic_and_deterministic_by_seed(family: str, clean: np.ndarray) -> None:
     brain = make_brain(family, n_sites=16, seed=3)
     rates = brain.rates(clean)
@@ -50,6 +50,7 @@ def test_natural_shares_follow_the_construction() -> None:
     assert natural_share("mix50") == 0.5
     assert 0.5 <= natural_share("blur") <= 1.0
     assert natural_share("v1") == natural_share("v1fine") == natural_share("v1coarse") == 1.0
+    assert natural_share("v1suppress") == 1.0
     brain = make_brain("mix50", n_sites=8, seed=2)
     np.testing.assert_allclose(brain.natural_share_per_site_, 0.5, atol=1e-9)  # every site, not on average
     with pytest.raises(ValueError, match="unknown brain family"):
@@ -64,6 +65,37 @@ def test_held_out_energy_families_prefer_other_scales_than_v1() -> None:
     assert np.median(fine.preferred_cycles_) > 1.5 * np.median(v1.preferred_cycles_)
     assert np.median(coarse.preferred_cycles_) < 0.7 * np.median(v1.preferred_cycles_)
     assert fine.preferred_cycles_.max() <= 8.0 and coarse.preferred_cycles_.min() >= 0.7
+
+
+def test_suppressive_subunits_are_orthogonal_and_lower_the_rate() -> None:
+    """``v1suppress`` is ``v1`` with a third of each site's subunits turned 90 degrees and pooled
+    with negative weights: adding a grating at a site's orthogonal orientation to one at its
+    preferred orientation lowers its rate there far more than in ``v1``, where only the shared
+    divisive normalisation lowers it."""
+    v1, sup = make_brain("v1", n_sites=12, seed=0), make_brain("v1suppress", n_sites=12, seed=0)
+    k = sup.n_subunits
+    assert np.all(sup.pool_weights_[:, : k - 4] > 0) and np.all(sup.pool_weights_[:, k - 4 :] < 0)
+    assert np.all(v1.pool_weights_ > 0)
+    np.testing.assert_array_equal(sup.preferred_theta_, v1.preferred_theta_)  # the same draws
+
+    coords = np.arange(64) - 31.5
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+
+    def grating(theta: float, cycles: float) -> np.ndarray:
+        wave = np.cos(2 * np.pi * cycles * (np.cos(theta) * xx + np.sin(theta) * yy) / 64)
+        return wave[None].repeat(3, axis=0)
+
+    falls = []
+    for brain in (v1, sup):
+        site_change = []
+        for i in range(brain.n_sites):
+            theta, cycles = brain.preferred_theta_[i], brain.preferred_cycles_[i]
+            preferred = 0.5 + 0.2 * grating(theta, cycles)
+            plaid = preferred + 0.2 * grating(theta + np.pi / 2, cycles)
+            r = brain.rates(np.stack([preferred, plaid]).clip(0, 1))
+            site_change.append(r[1, i] - r[0, i])
+        falls.append(np.median(site_change))
+    assert falls[1] < 3 * min(falls[0], 0.0) - 5.0, falls
 
 
 @pytest.mark.parametrize("family", ["natural", "mix50", "blur"])
