@@ -64,7 +64,7 @@ N_SITES = 12
 N_CLEAN = 768  # new clean images every day: the surrogates need them (48, the quick demo's, starve them)
 GOAL_FOUND, GOAL_SPEARMAN, GOAL_RATIO, GOAL_SHARE = 0.5, 0.8, 10.0, 0.5
 FRESH_REPEATS: int | None = 2  # ... shown twice each: the rig time of 192 at the night's 8 repeats
-RUN_TIMEOUT_S = 1800
+RUN_TIMEOUT_S = 3600  # three runs at a time on 2 cores took up to 32 minutes (2026-12-03)
 
 
 def _command(
