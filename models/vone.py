@@ -41,14 +41,33 @@ _OPPONENT = torch.tensor(
 _OPPONENT = _OPPONENT / _OPPONENT.norm(dim=1, keepdim=True)
 
 
+def _gabor_sigma(wavelength_px: float, bandwidth_octaves: float = 1.0) -> float:
+    """Envelope width of a Gabor whose spatial-frequency bandwidth is ``bandwidth_octaves``."""
+    b = 2.0**bandwidth_octaves
+    return wavelength_px / math.pi * math.sqrt(math.log(2) / 2) * (b + 1) / (b - 1)
+
+
+def _colour_energy(even: torch.Tensor, odd: torch.Tensor, colour_pairs: bool) -> torch.Tensor:
+    """Quadrature energies ``even**2 + odd**2`` per colour axis (dimension 1), then, with
+    ``colour_pairs``, the cross energies of every pair of axes (the off-diagonal entries of the
+    colour energy matrix; see :class:`VOneFrontEnd`), concatenated along that dimension.
+    """
+    energy = even * even + odd * odd
+    colours = even.shape[1]
+    if not colour_pairs or colours < 2:
+        return energy
+    pairs = [(a, c) for a in range(colours) for c in range(a + 1, colours)]
+    cross = [even[:, a] * even[:, c] + odd[:, a] * odd[:, c] for a, c in pairs]
+    return torch.cat([energy, torch.stack(cross, dim=1)], dim=1)
+
+
 def gabor_bank(n_orientations: int, wavelength_px: float, bandwidth_octaves: float = 1.0) -> torch.Tensor:
     """Even and odd Gabor kernels, zero-mean and unit-norm: Tensor of shape (2 * n_orientations, k, k).
 
     ``sigma`` follows from the spatial-frequency bandwidth (one octave by default, the median of
     macaque V1 cells), and the kernel spans 2.5 sigmas each side.
     """
-    b = 2.0**bandwidth_octaves
-    sigma = wavelength_px / math.pi * math.sqrt(math.log(2) / 2) * (b + 1) / (b - 1)
+    sigma = _gabor_sigma(wavelength_px, bandwidth_octaves)
     half = max(1, math.ceil(2.5 * sigma))
     coords = torch.arange(-half, half + 1, dtype=torch.float64)
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
@@ -198,7 +217,8 @@ class VOneFrontEnd(nn.Module):
         # Per layout: the low-pass colour channels, then each level's cells, pooled as each level
         # is made (so no level's full-resolution maps outlive its own step).
         layouts = [[F.adaptive_avg_pool2d(x, g)] for g in grids]
-        level_x = F.conv2d(x, self.opponent.to(dtype=x.dtype))
+        axes = F.conv2d(x, self.opponent.to(dtype=x.dtype))  # luminance and opponent axes
+        level_x = axes
         for level in range(self.levels_for(min(x.shape[-2:]))):
             if level:
                 level_x = F.avg_pool2d(level_x, 2)
@@ -212,13 +232,9 @@ class VOneFrontEnd(nn.Module):
             )
             even = F.conv2d(padded, even_w).reshape(b, colours, k, h, w)
             odd = F.conv2d(padded, odd_w).reshape(b, colours, k, h, w)
-            energy = even * even + odd * odd
+            # colour_pairs implies squared_energy (checked in __init__).
+            energy = _colour_energy(even, odd, self.colour_pairs)
             energy = energy if self.squared_energy else torch.sqrt(energy + 1e-6)
-            if self.colour_pairs and colours > 1:
-                # Off-diagonal entries of the colour energy matrix (see the class doc).
-                pairs = [(a, c) for a in range(colours) for c in range(a + 1, colours)]
-                cross = [even[:, a] * even[:, c] + odd[:, a] * odd[:, c] for a, c in pairs]
-                energy = torch.cat([energy, torch.stack(cross, dim=1)], dim=1)
             if self.normalise:
                 # Divisive normalisation by the local mean energy over colours and orientations.
                 norm = F.avg_pool2d(
@@ -236,7 +252,7 @@ class VOneFrontEnd(nn.Module):
             for maps, g in zip(layouts, grids, strict=True):
                 maps.append(F.adaptive_avg_pool2d(cells.reshape(b, -1, h, w), g))
         if self.global_octaves:
-            cells = self._global_cells(x, self.wavelength_px * 2**level)
+            cells = self._global_cells(axes, self.wavelength_px * 2**level)
             for maps, g in zip(layouts, grids, strict=True):
                 maps.append(F.adaptive_avg_pool2d(cells, g))
         if isinstance(self.grid, int):
@@ -244,30 +260,25 @@ class VOneFrontEnd(nn.Module):
         # Several layouts of the same cells, each flattened channel-major (models.blended_readout).
         return torch.cat([torch.cat(maps, dim=1).flatten(1) for maps in layouts], dim=1)
 
-    def _global_cells(self, x: torch.Tensor, coarsest_px: float) -> torch.Tensor:
+    def _global_cells(self, axes: torch.Tensor, coarsest_px: float) -> torch.Tensor:
         """Energies of the whole-image cells: (B, colours * orientations * octaves, c, c).
 
-        Colours are the three axes (and their cross energies with ``colour_pairs``), as at the
-        pyramid's coarse levels; ``coarsest_px`` is the pyramid's coarsest wavelength in pixels of
-        ``x``, the first global octave twice that.
+        ``axes`` is the image on the luminance and opponent axes; colours are those three axes
+        (and their cross energies with ``colour_pairs``), as at the pyramid's coarse levels.
+        ``coarsest_px`` is the pyramid's coarsest wavelength in pixels of ``axes``, the first
+        global octave twice that.
         """
-        size, k, c = x.shape[-1], self.n_orientations, self.global_centres
-        key = (size, x.dtype, x.device)
+        size, k, c = axes.shape[-1], self.n_orientations, self.global_centres
+        key = (size, axes.dtype, axes.device)
         if key not in self._global_filters:
             wavelengths = [coarsest_px * 2 ** (j + 1) for j in range(self.global_octaves)]
             bank = global_gabor_pairs(size, k, wavelengths, c)  # (octaves, 2, k, c, c, size * size)
-            self._global_filters[key] = bank.to(device=x.device, dtype=x.dtype).reshape(-1, size * size)
+            self._global_filters[key] = bank.to(device=axes.device, dtype=axes.dtype).reshape(-1, size * size)
         filters = self._global_filters[key]
-        axes = F.conv2d(x, self.opponent.to(dtype=x.dtype)).flatten(2)  # (B, 3, size * size)
-        b = x.shape[0]
-        resp = (axes @ filters.T).reshape(b, 3, self.global_octaves, 2, k, c, c)
+        b = axes.shape[0]
+        resp = (axes.flatten(2) @ filters.T).reshape(b, 3, self.global_octaves, 2, k, c, c)
         even, odd = resp[:, :, :, 0], resp[:, :, :, 1]  # (B, 3, octaves, k, c, c)
-        energy = even * even + odd * odd
-        if self.colour_pairs:
-            pairs = [(0, 1), (0, 2), (1, 2)]
-            cross = [even[:, a] * even[:, d] + odd[:, a] * odd[:, d] for a, d in pairs]
-            energy = torch.cat([energy, torch.stack(cross, dim=1)], dim=1)
-        return energy.reshape(b, -1, c, c)
+        return _colour_energy(even, odd, self.colour_pairs).reshape(b, -1, c, c)
 
 
 def global_gabor_pairs(
@@ -280,25 +291,26 @@ def global_gabor_pairs(
     blind to uniform light over the part inside the image, and scaled to unit norm. Centres sit
     on a ``centres x centres`` layout of the image.
     """
-    b = 2.0
-    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    offsets = (torch.arange(centres, dtype=torch.float64) + 0.5) / centres * size - size / 2.0
-    out = torch.zeros(len(wavelengths), 2, n_orientations, centres, centres, size * size, dtype=torch.float64)
-    for w, wavelength in enumerate(wavelengths):
-        sigma = wavelength / math.pi * math.sqrt(math.log(2) / 2) * (b + 1) / (b - 1)
-        for i, cy in enumerate(offsets):
-            for j, cx in enumerate(offsets):
-                dx, dy = xx - cx, yy - cy
-                envelope = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))
-                for o in range(n_orientations):
-                    theta = math.pi * o / n_orientations
-                    u = dx * math.cos(theta) + dy * math.sin(theta)
-                    for p, phase in enumerate((0.0, math.pi / 2)):
-                        g = envelope * torch.cos(2 * math.pi * u / wavelength + phase)
-                        g = g - envelope * (g.sum() / envelope.sum())  # blind to uniform light
-                        out[w, p, o, i, j] = (g / g.norm()).flatten()
-    return out.float()
+    f64 = torch.float64
+    coords = torch.arange(size, dtype=f64) - (size - 1) / 2.0
+    offsets = (torch.arange(centres, dtype=f64) + 0.5) / centres * size - size / 2.0
+    # Broadcast shape: (octave, phase, orientation, centre y, centre x, pixel y, pixel x).
+    wavelength = torch.tensor(list(wavelengths), dtype=f64).reshape(-1, 1, 1, 1, 1, 1, 1)
+    sigma = torch.tensor([_gabor_sigma(w) for w in wavelengths], dtype=f64).reshape(-1, 1, 1, 1, 1, 1, 1)
+    phase = torch.tensor([0.0, math.pi / 2], dtype=f64).reshape(1, 2, 1, 1, 1, 1, 1)
+    theta = (math.pi * torch.arange(n_orientations, dtype=f64) / n_orientations).reshape(1, 1, -1, 1, 1, 1, 1)
+    dy = coords.reshape(1, 1, 1, 1, 1, -1, 1) - offsets.reshape(1, 1, 1, -1, 1, 1, 1)
+    dx = coords.reshape(1, 1, 1, 1, 1, 1, -1) - offsets.reshape(1, 1, 1, 1, -1, 1, 1)
+    envelope = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))
+    g = envelope * torch.cos(
+        2 * math.pi * (dx * torch.cos(theta) + dy * torch.sin(theta)) / wavelength + phase
+    )
+    sums = (-2, -1)
+    g = g - envelope * (
+        g.sum(dim=sums, keepdim=True) / envelope.sum(dim=sums, keepdim=True)
+    )  # blind to uniform light
+    g = g / torch.linalg.vector_norm(g, dim=sums, keepdim=True)
+    return g.flatten(-2).float()
 
 
 class _VOneNet(nn.Module):
