@@ -38,11 +38,9 @@ from torch import nn
 
 from benchmarks.bench_surrogates import SITES, SIZE, clean_image_tensor, noisy_responses
 from models.backbones import build_backbone
-from models.blended_readout import BlendedReadout
+from models.candidate_fit import fit_site_readout
 from models.encoder import SiteEncoder
-from models.factorized_readout import FactorizedRidgeCV
 from models.features import FeatureExtractor
-from models.readout import MultiRidgeCV
 from models.simulator import make_brain
 from models.simulator.whitebox import attack_cases
 from models.synthesis import Case, SynthesisConfig, synthesize
@@ -66,21 +64,19 @@ READOUTS: dict[str, dict[str, Any]] = {
 }
 
 
-def fit_readout(kind: str, x: torch.Tensor, y: np.ndarray) -> nn.Module:
+def fit_encoder(kind: str, x: torch.Tensor, y: np.ndarray) -> nn.Module:
     """``vone_energy`` features with one of the readouts of :data:`READOUTS`, as an encoder."""
     kwargs = READOUTS[kind]
     grid = kwargs["grid"]
     backbone = build_backbone("vone_energy", None, **kwargs)
     with torch.no_grad():
         feats = FeatureExtractor(backbone, "output", "flatten")(x).flatten(1).double().numpy()
-    readout: MultiRidgeCV | FactorizedRidgeCV | BlendedReadout
     if isinstance(grid, list):
-        positions = tuple(g * g for g in grid)
-        readout = BlendedReadout(feats.shape[1] // sum(positions), positions).fit(feats, y)
+        readout = fit_site_readout(feats, y, blend_positions=tuple(g * g for g in grid))
     elif kind == "ridge2":
-        readout = MultiRidgeCV().fit(feats, y)
+        readout = fit_site_readout(feats, y)
     else:
-        readout = FactorizedRidgeCV(grid * grid).fit(feats, y)
+        readout = fit_site_readout(feats, y, factorized_positions=grid * grid)
     sites = [f"s{i}" for i in range(y.shape[1])]
     return SiteEncoder(backbone, "output", "flatten", readout.coef_.T, readout.intercept_, sites).float()
 
@@ -128,7 +124,7 @@ def run(
             whitebox[eps] = best
         for kind in readouts:
             t0 = time.perf_counter()
-            found = found_fractions(fit_readout(kind, x_train, y), brain, x_test, sites, whitebox)
+            found = found_fractions(fit_encoder(kind, x_train, y), brain, x_test, sites, whitebox)
             rows.append(
                 {
                     "family": family,

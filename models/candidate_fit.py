@@ -18,6 +18,33 @@ from models.screening import ScreeningReport, screen_model, split_half_reliabili
 from models.tracking import quality_gate
 from models.transfer import SiteTransfer, site_transfer
 
+#: The readouts a frozen-feature candidate may have.
+SiteReadout = MultiRidgeCV | FactorizedRidgeCV | BlendedReadout
+
+
+def fit_site_readout(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    factorized_positions: int | None = None,
+    blend_positions: tuple[int, ...] | None = None,
+    select: np.ndarray | None = None,
+) -> SiteReadout:
+    """The readout of ``Y`` (images x sites) from features ``X`` that a candidate's layout asks for.
+
+    ``blend_positions``: a :class:`models.blended_readout.BlendedReadout` on feature blocks with
+    those positions per channel; ``factorized_positions``: a
+    :class:`models.factorized_readout.FactorizedRidgeCV` with that many positions per channel;
+    neither: exact-LOO :class:`models.readout.MultiRidgeCV`. ``select``: the rows whose
+    leave-one-out error chooses the penalty (default all).
+    """
+    if blend_positions is not None:
+        n_channels = X.shape[1] // sum(blend_positions)
+        return BlendedReadout(n_channels, blend_positions).fit(X, Y, select=select)
+    if factorized_positions is not None:
+        return FactorizedRidgeCV(factorized_positions).fit(X, Y, select=select)
+    return MultiRidgeCV().fit(X, Y, select=select)
+
 
 @dataclass
 class CandidateFit:
@@ -28,7 +55,7 @@ class CandidateFit:
     ``gate`` is the quality gate's (passed, reasons) per site.
     """
 
-    readout: MultiRidgeCV | FactorizedRidgeCV | BlendedReadout
+    readout: SiteReadout
     report: ScreeningReport
     ceiling: np.ndarray
     gate: tuple[np.ndarray, list[str]]
@@ -65,16 +92,16 @@ def fit_candidate(
     ``blend_positions``: fit a :class:`models.blended_readout.BlendedReadout` on feature blocks
     with those positions per channel (ridge on the first, factorized on the others), likewise.
     """
-    fitted: MultiRidgeCV | FactorizedRidgeCV | BlendedReadout
+    select = one_per_group(groups)
+    fitted: SiteReadout
     if blend_positions is not None:
-        n_channels = X.shape[1] // sum(blend_positions)
-        fitted = BlendedReadout(n_channels, blend_positions).fit(X, mean, select=one_per_group(groups))
-        pred = blended_cross_val_predict(X, mean, groups, n_channels, blend_positions)
+        fitted = fit_site_readout(X, mean, blend_positions=blend_positions, select=select)
+        pred = blended_cross_val_predict(X, mean, groups, X.shape[1] // sum(blend_positions), blend_positions)
     elif factorized_positions is not None:
-        fitted = FactorizedRidgeCV(factorized_positions).fit(X, mean, select=one_per_group(groups))
+        fitted = fit_site_readout(X, mean, factorized_positions=factorized_positions, select=select)
         pred = factorized_cross_val_predict(X, mean, groups, factorized_positions)
     else:
-        fitted = readout if readout is not None else MultiRidgeCV().fit(X, mean, select=one_per_group(groups))
+        fitted = readout if readout is not None else fit_site_readout(X, mean, select=select)
         pred = cross_val_predict(X, mean, groups=groups)
     ceiling = split_half_reliability(today_trials)
     if held_out is not None:

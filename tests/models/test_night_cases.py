@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.candidate_fit import fit_candidate
+from models.blended_readout import BlendedReadout
+from models.candidate_fit import fit_candidate, fit_site_readout
 from models.cases import (
     ShardSpec,
     choose_images,
@@ -17,8 +18,10 @@ from models.cases import (
     random_cases,
     site_seed,
 )
+from models.factorized_readout import FactorizedRidgeCV
 from models.model_sensitivity import align_sites, model_own_sensitivity, sensitivity_cases
 from models.random_direction import random_direction
+from models.readout import MultiRidgeCV, one_per_group
 from models.synthesis import SynthesisConfig
 from models.twins import make_twins
 
@@ -219,3 +222,23 @@ def test_fit_candidate_screens_on_held_out_twins() -> None:
     ]
     none = fit_candidate(X[:24], mean[:24], groups[:24], trials[:24], [], ceiling_threshold=0.3)
     assert none.transfer is None and none.pairs.shape == (0, 2)
+
+
+def test_fit_site_readout_fits_the_layout_the_candidate_asks_for() -> None:
+    """One dispatch for the night and the offline benchmark: each layout gets its own readout,
+    fitted exactly as that readout is on its own (same penalty rows, same predictions)."""
+    X, mean, groups, trials, _ = _candidate_data(np.random.default_rng(3))
+    select = one_per_group(groups)
+    layouts = [
+        ({}, MultiRidgeCV()),
+        ({"factorized_positions": 2}, FactorizedRidgeCV(2)),
+        ({"blend_positions": (1, 2)}, BlendedReadout(2, (1, 2))),
+    ]
+    for kwargs, alone in layouts:
+        fitted = fit_site_readout(X, mean, select=select, **kwargs)
+        assert type(fitted) is type(alone)
+        np.testing.assert_allclose(fitted.predict(X), alone.fit(X, mean, select=select).predict(X))
+    # fit_candidate fits the blend through the same dispatch, on one image per family.
+    fit = fit_candidate(X, mean, groups, trials, [], ceiling_threshold=0.3, blend_positions=(1, 2))
+    alone = BlendedReadout(2, (1, 2)).fit(X, mean, select=select)
+    np.testing.assert_allclose(fit.readout.predict(X), alone.predict(X))
