@@ -112,6 +112,9 @@ class AsLogits(nn.Module):
     def __init__(self, model: nn.Module, site: Tensor, direction: Tensor, c: Tensor) -> None:
         super().__init__()
         self.model, self.site, self.direction, self.c = model, site, direction, c
+        # torchattacks restores the wrapper's training flag after each attack, recursively:
+        # a wrapper left in training mode would put the model's batch norms in training mode.
+        self.train(model.training)
 
     def forward(self, x: Tensor) -> Tensor:
         f = self.model(x).gather(1, self.site[:, None]).squeeze(1)
@@ -137,6 +140,7 @@ class ChannelsLastInput(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.train(model.training)  # see AsLogits
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(_ToChannelsLast.apply(x))

@@ -112,6 +112,40 @@ def _synthesis(r: dict) -> list[Row]:
     return rows
 
 
+def _gpu(r: dict) -> list[Row]:
+    """Issue 21.5's figures; without a GPU one row says so and nothing is estimated."""
+    b = "gpu"
+    if not r["gpu_measured"]:
+        return [Row(b, "not measured: no GPU on this machine", "-")]
+    rows: list[Row] = []
+    t = r.get("throughput", {})
+    if "engine_fp32_steps_per_s" in t:
+        rows.append(_row(b, "ResNet-50 engine gradient steps/s, fp32", t["engine_fp32_steps_per_s"]))
+        rows.append(_row(b, "ResNet-50 engine gradient steps/s, bf16", t["engine_bf16_steps_per_s"]))
+        rows.append(
+            _row(b, "throughput fp32 vs the fastest PGDL2", t["engine_fp32_vs_fastest_pgd"], ">=", 1.0)
+        )
+        rows.append(
+            _row(b, "throughput bf16 vs the fastest PGDL2", t["engine_bf16_vs_fastest_pgd"], ">=", 1.0)
+        )
+    for key in ("strength_budget200", "strength_budget2000"):
+        if "bf16_strength" in r.get(key, {}):
+            fig = f"bf16 strength vs fp32, budget {r[key]['budget']}"
+            rows.append(_row(b, fig, r[key]["bf16_strength"], ">=", 0.99))
+    for label in ("fp32", "bf16"):
+        if f"paper_night_min_{label}" in r:
+            fig = f"paper-scale night, {label} (min, projected from a measured slice)"
+            rows.append(_row(b, fig, r[f"paper_night_min_{label}"], "<=", r["goal_night_min"]))
+    if "total_min" in r.get("training", {}):
+        tr = r["training"]
+        rows.append(
+            _row(
+                b, "data-driven surrogate training, 5k images x 200 sites (min)", tr["total_min"], "<=", 10.0
+            )
+        )
+    return rows or [Row(b, "FAILED: no section finished", "-", passed=False)]
+
+
 def _api(r: dict) -> list[Row]:
     b = "api"
     rows = []
@@ -213,6 +247,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[dict], list[Row]]]] = {
     "ingest": ("benchmarks.bench_ingest", _ingest),
     "demo": ("benchmarks.bench_demo", _demo),
     "science": ("benchmarks.bench_science", _science),
+    "gpu": ("benchmarks.bench_gpu", _gpu),
 }
 
 

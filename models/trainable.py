@@ -115,6 +115,9 @@ def train_core(
 ) -> TrainReport:
     """Train ``net`` in place on precomputed front-end maps, early-stopped on held-out families.
 
+    Training runs where ``front`` lies (``net`` is moved there): on the GPU when the caller
+    computed the maps there, which is what makes paper-scale training take minutes.
+
     Parameters
     ----------
     front : Tensor of shape (n_images, C, grid, grid)
@@ -131,10 +134,11 @@ def train_core(
         differences (a cheap stand-in for input-noise training, since the front end is fixed).
     """
     torch.manual_seed(seed)
-    warm = _warm_start(net, init_state)
-    yz = _standardised(responses)
+    device = front.device
+    warm = _warm_start(net.to(device), init_state)
+    yz = _standardised(responses).to(device)
     held = _held_out_families(families, val_share, seed)
-    tr, va = torch.from_numpy(~held), torch.from_numpy(held)
+    tr, va = torch.from_numpy(~held).to(device), torch.from_numpy(held).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, best_epoch, since = -np.inf, None, 0, 0
     channel_sd = front[tr].std(dim=(0, 2, 3), keepdim=True) if feature_noise > 0 else torch.zeros(())
@@ -143,8 +147,8 @@ def train_core(
         _train_epoch(net, opt, front[tr], yz[tr], feature_noise, channel_sd)
         net.eval()
         with torch.no_grad():
-            pred = net.from_front(front[va]).numpy()
-        r = _median_r(pred, yz[va].numpy())
+            pred = net.from_front(front[va]).cpu().numpy()
+        r = _median_r(pred, yz[va].cpu().numpy())
         if r > best + 1e-4:
             best, best_epoch, since = r, epoch, 0
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -199,7 +203,7 @@ def _train_epoch(
     """One pass over the training images in a random order, in mini-batches (noise added if asked)."""
     net.train()
     n_tr = x_tr.shape[0]
-    order = torch.randperm(n_tr)
+    order = torch.randperm(n_tr).to(x_tr.device)  # drawn on the CPU: the same order on any device
     for i in range(0, n_tr, batch):
         idx = order[i : i + batch]
         xb = x_tr[idx]

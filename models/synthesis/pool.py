@@ -248,8 +248,10 @@ class RowPool:
             del self.count[fin.case], self.t[fin.case]
         if not bool(keep.all()):
             self.rows = R = R.select(keep.nonzero().squeeze(1))
-            for cid in self.order:
-                self.count[cid] = int((R.case == cid).sum())
+            if self.order:  # one fetch for every case's row count, not one per case
+                counts = torch.bincount(R.case, minlength=max(self.order) + 1).tolist()
+                for cid in self.order:
+                    self.count[cid] = counts[cid]
         return finished
 
     def _case_mask(self, per_case: list[float] | list[bool]) -> Tensor:

@@ -48,22 +48,20 @@ def train_candidate(ctx: JobContext, cand: Any, data: Any, images: list[Any]) ->
         raise TypeError(f"candidate {cand.name!r}: backbone {cand.backbone!r} has no trainable core")
     with torch.no_grad():
         front = torch.cat(
-            [net.front(backbone.normalize(x[i : i + 64].to(device))).cpu() for i in range(0, len(x), 64)]
-        )
+            [net.front(backbone.normalize(x[i : i + 64].to(device))) for i in range(0, len(x), 64)]
+        )  # kept on the device: the core trains where the maps are (the GPU when present)
     init = previous_weights(ctx, cand.name)
-    report = train_core(net.cpu(), front, data.mean, families(images), init_state=init, seed=0)
+    report = train_core(net, front, data.mean, families(images), init_state=init, seed=0)
     backbone = backbone.to(device).eval()
     buf = io.BytesIO()
-    torch.save(backbone.net.state_dict(), buf)
+    torch.save({k: v.cpu() for k, v in backbone.net.state_dict().items()}, buf)  # loadable anywhere
     blob = buf.getvalue()
     sha = hashlib.sha256(blob).hexdigest()
     key = f"models/weights/{cand.name}-{sha[:16]}.pt"
     ctx.store.put(key, blob)
     ctx.progress(0.5, f"core trained: {report.epochs} epochs, held-out median r {report.val_r:.3f}")
     with torch.no_grad():
-        out = torch.cat(
-            [net.from_front(front[i : i + 256].to(device)).cpu() for i in range(0, len(front), 256)]
-        )
+        out = torch.cat([net.from_front(front[i : i + 256]).cpu() for i in range(0, len(front), 256)])
     trained = replace(cand, checkpoint=key, kwargs=kwargs)
     record = {"warm_started": report.warm_started, "epochs": report.epochs, "held_out_r": report.val_r}
     return trained, backbone, sha, out.numpy().astype(np.float64), report.held_out, record
