@@ -101,6 +101,14 @@ class NightConfig(BaseModel):
             "None: timed per model, except in deterministic mode, which needs a fixed layout (NCHW)"
         ),
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32",
+        description=(
+            "arithmetic of the synthesis model calls on a GPU: bf16 autocast is about 1.25x faster "
+            "for ResNet-50 on an H200 and as strong at the default budget; images are always "
+            "scored and shipped from fp32, and a CPU always computes in fp32"
+        ),
+    )
     seed: int = Field(default=0, description="seed of every random choice the night makes")
     sites_per_shard: int = Field(default=4, ge=1, description="complete sites per synthesis job")
     ceiling_threshold: float = Field(

@@ -25,6 +25,7 @@ from server.recordings.tables import RecordingSession
         ({"repeats": 0}, "repeats"),
         ({"directions": ["sideways"]}, "directions"),
         ({"epsilons": []}, "epsilons"),
+        ({"precision": "fp16"}, "precision"),
         (
             {
                 "candidates": [
@@ -123,3 +124,21 @@ def test_every_night_parameter_is_in_the_docs() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "night-parameters.md").read_text()
     listed = set(re.findall(r"^\| `(\w+)` \|", doc, flags=re.M))
     assert listed == set(NightParams.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "expected"),
+    [("fp32", "cuda", None), ("bf16", "cuda", "bfloat16"), ("bf16", "cpu", None)],
+)
+def test_bf16_precision_reaches_the_engine_only_on_a_gpu(
+    precision: str, device: str, expected: str | None
+) -> None:
+    """The night's ``precision`` becomes the engine's autocast on a GPU; a CPU always runs fp32."""
+    import torch
+
+    from itloop.night_params import NightConfig
+    from worker.stages.synth import _synthesis_config
+
+    cfg = _synthesis_config(NightConfig(precision=precision), torch.device(device))
+    assert cfg.autocast_dtype == (getattr(torch, expected) if expected else None)
+    assert cfg.restarts == NightConfig().restarts

@@ -62,9 +62,13 @@ def _shard_spec(ctx: JobContext, cfg: NightConfig, day: int) -> Any:
     )
 
 
-def _synthesis_config(cfg: NightConfig) -> Any:
+def _synthesis_config(cfg: NightConfig, device: Any) -> Any:
+    """The engine's settings for this night on ``device`` (bf16 only where it pays: a GPU)."""
+    import torch
+
     from models.synthesis import SynthesisConfig
 
+    bf16 = cfg.precision == "bf16" and torch.device(device).type == "cuda"
     return SynthesisConfig(
         restarts=cfg.restarts,
         budget=cfg.budget,
@@ -72,6 +76,7 @@ def _synthesis_config(cfg: NightConfig) -> Any:
         deterministic=cfg.deterministic,
         channels_last=cfg.channels_last,
         keep_float=False,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
     )
 
 
@@ -104,7 +109,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
             [im.category for im in pool],
             sites,
             _shard_spec(ctx, cfg, day),
-            _synthesis_config(cfg),
+            _synthesis_config(cfg, ctx.device()),
             device=ctx.device(),
             response_range=None if low is None or high is None else (low, high),
             provenance={"source": "search" if search else "surrogate"},
