@@ -100,9 +100,18 @@ def many_images(n: int, size: int, device: torch.device) -> Tensor:
     bilinear upsampling keep the benchmark's set-up to seconds (their content is as varied, only
     smoother, which changes no timing).
     """
-    small = images(n, max(size // 4, 8), device)
+    return upsampled(images(n, max(size // 4, 8), device), size)
+
+
+def upsampled(small: Tensor, size: int) -> Tensor:
+    """``small`` images (B, 3, h, w) in [0, 1], bilinearly upsampled to ``size`` x ``size``."""
     up = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
     return up.clamp_(0.0, 1.0)
+
+
+def paired_cases(n_cases: int, n_images: int, eps: float) -> list[Case]:
+    """Sites 0 and 1 in turn, up and down in pairs, over the images: the timing and strength cases."""
+    return [Case(k % 2, (k // 2) % n_images, eps, 1 if k % 4 < 2 else -1) for k in range(n_cases)]
 
 
 def _achieved(res: Any) -> Tensor:
@@ -132,7 +141,7 @@ def throughput(
 
     dev, eps = x.device, 3.0
     n_img = x.shape[0]
-    cases = [Case(k % 2, (k // 2) % n_img, eps, 1 if k % 4 < 2 else -1) for k in range(n_cases)]
+    cases = paired_cases(n_cases, n_img, eps)
     xs = x[torch.tensor([c.image for c in cases], device=dev)]
     site = torch.tensor([c.site for c in cases], device=dev)
     d = torch.tensor([float(c.direction) for c in cases], device=dev)
@@ -180,8 +189,7 @@ def throughput(
 
 def strength(model: nn.Module, x: Tensor, n_cases: int, budget: int, rows: int) -> dict[str, Any]:
     """bf16 against fp32 at equal budget: mean achieved change (fp32-scored), and images/s."""
-    n_img = x.shape[0]
-    cases = [Case(k % 2, (k // 2) % n_img, 3.0, 1 if k % 4 < 2 else -1) for k in range(n_cases)]
+    cases = paired_cases(n_cases, x.shape[0], 3.0)
     out: dict[str, Any] = {"cases": n_cases, "budget": budget, "eps": 3.0}
     for label, bf16 in (("fp32", False), ("bf16", True)):
         cfg = _cfg(budget, bf16, rows)
@@ -210,15 +218,15 @@ def night(
     ]
     cfg = _cfg(budget, bf16, rows)  # restarts 100, budget 100 x 20: the night's defaults
     wall, res = _timed(lambda: synthesize_curve(model, x, cases, cfg), x.device)
-    grids = n_sites * n_images * 2
+    grids, evals = n_sites * n_images * 2, int(res.n_grad_evals.sum())
     paper_grids = PAPER_SITES * PAPER_IMAGES * 2
     return {
         "grids": grids,
         "cases": len(cases),
         "budget_per_grid_first_eps": cfg.total_budget(),
-        "grad_evals": int(res.n_grad_evals.sum()),
+        "grad_evals": evals,
         "wall_s": wall,
-        "grad_steps_per_s": int(res.n_grad_evals.sum()) / wall,
+        "grad_steps_per_s": evals / wall,
         "paper_grids": paper_grids,
         "paper_synthesis_min": wall * paper_grids / grids / 60.0,
     }
@@ -256,10 +264,10 @@ def refit(model: SiteEncoder, n_images: int, size: int, n_sites: int) -> dict[st
 def training(n_images: int, size: int, n_sites: int, device: torch.device) -> dict[str, Any]:
     """The data-driven surrogate at paper scale: front end and core training on ``device``."""
     from models.simulator import make_brain
-    from models.trainable import train_core
+    from models.trainable import front_maps, train_core
 
     small = images(n_images, max(size // 4, 8), device)
-    x = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear").clamp_(0.0, 1.0)
+    x = upsampled(small, size)
     # The population sees the quarter-size image (a v1 brain at 224 holds every subunit's
     # full-image filter: gigabytes for 200 sites); the surrogate trains on the 224x224 one.
     brain = make_brain("v1", n_sites=n_sites, image_size=small.shape[-1], seed=0).as_torch_module().to(device)
@@ -267,14 +275,10 @@ def training(n_images: int, size: int, n_sites: int, device: torch.device) -> di
         y = torch.cat([brain(small[i : i + 128]).float().cpu() for i in range(0, n_images, 128)]).numpy()
     y = y + np.random.default_rng(0).normal(scale=0.2 * y.std(0), size=y.shape)  # recording noise
     backbone = build_backbone("vone_trained", n_sites=n_sites, image_size=size).to(device)
-    net = backbone.net
-
-    def front_maps() -> Tensor:
-        with torch.no_grad():
-            return torch.cat([net.front(backbone.normalize(x[i : i + 64])) for i in range(0, n_images, 64)])
-
-    t_front, front = _timed(front_maps, device)
-    t_train, report = _timed(lambda: train_core(net, front, y, np.arange(n_images), seed=0), device)
+    t_front, front = _timed(
+        lambda: front_maps(backbone.net, backbone.normalize, x, device), device
+    )  # as the night does
+    t_train, report = _timed(lambda: train_core(backbone.net, front, y, np.arange(n_images), seed=0), device)
     return {
         "images": n_images,
         "image_size": size,

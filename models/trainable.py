@@ -17,6 +17,7 @@ per night at demo scale on two CPU cores.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ from torch import nn
 
 from models.vone import VOneFrontEnd
 
-__all__ = ["TrainReport", "TrainedVOne", "train_core", "trained_vone"]
+__all__ = ["TrainReport", "TrainedVOne", "front_maps", "train_core", "trained_vone"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,23 @@ def trained_vone(n_sites: int = 1, image_size: int = 64, channels: int = 32, see
                 p.zero_()
         net.feature_weight.copy_(torch.randn(net.feature_weight.shape, generator=gen) * 0.1)
     return net
+
+
+def front_maps(
+    net: TrainedVOne,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    device: torch.device | str,
+    batch: int = 64,
+) -> torch.Tensor:
+    """The fixed front end's maps of images ``x`` (B, 3, H, W) in [0, 1], computed on ``device``.
+
+    ``normalize`` is the backbone wrapper's input normalisation. The maps stay on ``device``:
+    :func:`train_core` trains where they lie, so computing them on the GPU puts the training
+    there too.
+    """
+    with torch.no_grad():
+        return torch.cat([net.front(normalize(x[i : i + batch].to(device))) for i in range(0, len(x), batch)])
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -158,15 +159,16 @@ class _Outputs:
         val = objective.value(out, case_rows)
         # Each case's winning row, found on the device and fetched once for all cases (a fetch
         # per case waits for the accelerator each time: hundreds of stalls per shard on a GPU).
-        starts = [sum(groups[:k]) for k in range(len(groups))]
+        # ``argmax`` takes the first maximum: the lowest restart wins a tie.
+        starts = accumulate(groups[:-1], initial=0)
         win = torch.stack([s + torch.argmax(val[s : s + n]) for s, n in zip(starts, groups, strict=True)])
-        cases = torch.tensor([it.case for it in items], dtype=torch.long)  # first maximum: lowest restart
+        cases = torch.tensor([it.case for it in items], dtype=torch.long)
         self.adv_q[cases] = q[win].cpu()
         if self.adv_f is not None:
             self.adv_f[cases] = x_best[win].float().cpu()
         self.delta[cases] = d[win].cpu().to(self.delta.dtype)
         self.out_adv[cases] = out[win].cpu().to(self.out_adv.dtype)
-        self.win[cases] = torch.cat([it.restart for it in items])[win.to(items[0].restart.device)].cpu()
+        self.win[cases] = torch.cat([it.restart for it in items])[win].cpu()
         self.done += len(items)
 
 

@@ -99,6 +99,7 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
         day = recordings.get_by_pk(session=session, session_pk=ctx.params["session_pk"]).day
         mv_id = modeling.get(session=session, version=version).id
     encoder, art = load_encoder(ctx, version)
+    device = ctx.device()
     search = (art.training.get("candidate") or {}).get("fit") == "pairs"
     low, high = art.metrics.get("response_low"), art.metrics.get("response_high")
     try:
@@ -109,8 +110,8 @@ def synthesize_shard(ctx: JobContext) -> dict[str, Any]:
             [im.category for im in pool],
             sites,
             _shard_spec(ctx, cfg, day),
-            _synthesis_config(cfg, ctx.device()),
-            device=ctx.device(),
+            _synthesis_config(cfg, device),
+            device=device,
             response_range=None if low is None or high is None else (low, high),
             provenance={"source": "search" if search else "surrogate"},
             progress=lambda f: ctx.progress(0.8 * f, "synthesis"),

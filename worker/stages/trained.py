@@ -36,7 +36,7 @@ def train_candidate(ctx: JobContext, cand: Any, data: Any, images: list[Any]) ->
     import torch
 
     from models.backbones import build_backbone
-    from models.trainable import TrainedVOne, train_core
+    from models.trainable import TrainedVOne, front_maps, train_core
 
     device = ctx.device()
     x = pixels(ctx.store, images)
@@ -46,10 +46,9 @@ def train_candidate(ctx: JobContext, cand: Any, data: Any, images: list[Any]) ->
     net = backbone.net  # moved with the backbone: .to() and .cpu() act in place on modules
     if not isinstance(net, TrainedVOne):
         raise TypeError(f"candidate {cand.name!r}: backbone {cand.backbone!r} has no trainable core")
-    with torch.no_grad():
-        front = torch.cat(
-            [net.front(backbone.normalize(x[i : i + 64].to(device))) for i in range(0, len(x), 64)]
-        )  # kept on the device: the core trains where the maps are (the GPU when present)
+    front = front_maps(
+        net, backbone.normalize, x, device
+    )  # on the device: the core trains where the maps are
     init = previous_weights(ctx, cand.name)
     report = train_core(net, front, data.mean, families(images), init_state=init, seed=0)
     backbone = backbone.to(device).eval()
