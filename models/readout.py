@@ -66,7 +66,8 @@ class MultiRidgeCV:
         cross-validation from running sufficient statistics (:mod:`models.readout_stats`), so
         :meth:`update` folds in a new day's images at the cost of those images alone.
     device : str or torch.device or None, default None
-        Where the linear algebra runs (float64 torch). ``None`` means CPU.
+        Where the linear algebra runs (float64 torch). ``None`` means CPU. With ``cv="gcv"`` an
+        accelerator solves by eigendecomposition there, the CPU by tridiagonal reduction.
 
     Attributes
     ----------
@@ -214,7 +215,8 @@ class MultiRidgeCV:
         """Add new images (a new day) and refit: the same model as :meth:`fit` on all images so far.
 
         Only with ``cv="gcv"``: the cost is the new images' share of the statistics plus one
-        ``p x p`` eigendecomposition, independent of how many images came before.  ``revised``
+        reduction of the ``p x p`` Gram matrix (:func:`models.readout_stats.fit_from_stats`),
+        independent of how many images came before.  ``revised``
         ``(X_r, Y_old, Y_new)`` first changes the responses of images already counted (their
         mean moved because they were shown again); ``X`` may then have no rows. For a readout
         fitted with ``select``, ``select`` and ``revised_select`` say which of the new and the
@@ -250,13 +252,14 @@ class MultiRidgeCV:
         fit_intercept: bool = True,
         standardize: bool = True,
         select_stats: RidgeStats | None = None,
+        device: str | torch.device | None = None,
     ) -> MultiRidgeCV:
         """A GCV readout holding ``stats`` (e.g. kept from an earlier night), not yet refitted.
 
         ``select_stats``: those of the images the penalty is chosen on (see :meth:`fit`'s
         ``select``). Call :meth:`update` with the new images to fit it.
         """
-        r = cls(alphas, fit_intercept=fit_intercept, standardize=standardize, cv="gcv")
+        r = cls(alphas, fit_intercept=fit_intercept, standardize=standardize, cv="gcv", device=device)
         r.stats_ = stats
         r.select_stats_ = select_stats
         return r
@@ -269,6 +272,7 @@ class MultiRidgeCV:
             fit_intercept=self.fit_intercept,
             standardize=self.standardize,
             choose_on=chooser if chooser is not None and chooser.n >= 3 else None,
+            device=self.device,
         )
         self.coef_, self.intercept_ = fit.coef, fit.intercept
         self.alpha_ = alphas[fit.alpha_idx]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from models.readout import MultiRidgeCV
 from models.readout_stats import RidgeStats
@@ -120,3 +121,23 @@ def test_tridiagonal_and_eigendecomposition_routes_give_the_same_fit():
     Xw = rng.normal(size=(20, 40))
     fit = fit_from_stats(RidgeStats.from_data(Xw, Y[:20]), np.array([0.0, 1.0, 10.0]))
     assert np.all(np.isfinite(fit.coef)) and np.all(np.isfinite(fit.cv_scores[1:]))
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_an_update_solved_on_the_nights_device_equals_the_cpu_fit_from_scratch(device):
+    """A GPU night solves the GCV readout by eigendecomposition on its GPU, a CPU night by
+    tridiagonal reduction; an update on either gives the CPU's fit from scratch (same penalties,
+    predictions within 1e-6), and the statistics it keeps stay CPU arrays (they are stored)."""
+    rng = np.random.default_rng(5)
+    W, b = rng.normal(size=(30, 12)), rng.normal(size=12) * 3
+    days = [_day(rng, n, W, b, shift=0.2 * d) for d, n in enumerate((70, 30, 20))]
+    inc = MultiRidgeCV(ALPHAS, cv="gcv", device=device).fit(*days[0])
+    for X, Y in days[1:]:
+        inc.update(X, Y)
+    Xa, Ya = np.vstack([d[0] for d in days]), np.vstack([d[1] for d in days])
+    full = MultiRidgeCV(ALPHAS, cv="gcv").fit(Xa, Ya)
+    np.testing.assert_array_equal(inc.alpha_, full.alpha_)
+    assert len(set(full.alpha_)) > 1
+    pf, pi = full.predict(Xa), inc.predict(Xa)
+    assert np.max(np.abs(pi - pf)) <= 1e-6 * np.max(np.abs(pf - pf.mean(0)))
+    assert isinstance(inc.stats_.xx, np.ndarray) and isinstance(inc.coef_, np.ndarray)

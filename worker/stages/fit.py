@@ -213,6 +213,7 @@ def _fit_readout(
             cf.X,
             data.mean,
             one_per_group(night_data.families(images)),
+            ctx.device(),
         )
 
 

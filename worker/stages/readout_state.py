@@ -145,20 +145,22 @@ def fit_readout(
     X: np.ndarray,
     Y: np.ndarray,
     select: np.ndarray,
+    device: str | None = None,
 ) -> ReadoutFit:
     """The candidate's GCV readout on all images, its penalties chosen on ``select`` (one image
     per family, :func:`models.readout.one_per_group`): updated from an earlier night's
     statistics when they are still valid (see the module docstring), else fitted in full; its
-    statistics are stored for ``version`` either way."""
+    statistics are stored for ``version`` either way. ``device``: where the solve runs (the
+    night's GPU when it has one; the statistics stay on the CPU)."""
     identity = _identity(spec, checkpoint_sha, site_ids, window_ms)
     select = np.asarray(select, dtype=bool)
     fit = None
     if len(set(shas)) == len(shas):
         found = _base(session, store, spec["name"], identity, set(shas))
         if found is not None:
-            fit = _continue(store, found, shas, X, Y, select)
+            fit = _continue(store, found, shas, X, Y, select, device)
     if fit is None:
-        fit = ReadoutFit(MultiRidgeCV(cv="gcv").fit(X, Y, select=select), "full")
+        fit = ReadoutFit(MultiRidgeCV(cv="gcv", device=device).fit(X, Y, select=select), "full")
     try:
         save_state(store, version, fit.readout, identity, shas, X, Y, select)
         prune_states(session, store, spec["name"])
@@ -196,6 +198,7 @@ def _continue(
     X: np.ndarray,
     Y: np.ndarray,
     select: np.ndarray,
+    device: str | None,
 ) -> ReadoutFit | None:
     base, meta = found
     row = {h: i for i, h in enumerate(shas)}
@@ -218,7 +221,7 @@ def _continue(
         return None  # no sums (or other ones) for the images the penalty is chosen on: refit in full
     changed = np.flatnonzero(np.any(y_old != Y[old], axis=1))
     new = np.setdiff1d(np.arange(len(shas)), old)
-    readout = MultiRidgeCV.from_stats(stats, select_stats=select_stats)
+    readout = MultiRidgeCV.from_stats(stats, select_stats=select_stats, device=device)
     revised = (X[old[changed]], y_old[changed], Y[old[changed]]) if changed.size else None
     readout.update(X[new], Y[new], revised=revised, select=select[new], revised_select=select[old[changed]])
     log.info(
