@@ -19,10 +19,13 @@ cut short still leaves what it measured:
     achieved change ``direction * (f_adv - f_clean)``, both scored in fp32 on the shipped 8-bit
     images. bf16 is acceptable only where the ratio is >= 0.99.
 ``night``
-    A slice of the paper-scale night's synthesis, exactly as a night shard calls it
+    One whole shard of the paper-scale night's synthesis, exactly as a night shard calls it
     (``synthesize_curve`` over the epsilon grid 1, 2, 4, 8 with the night's defaults: 100
-    restarts, 2,000 evaluations per grid's first epsilon), timed and scaled to 200 sites x 21
-    clean images x 2 directions; plus the refit's share at paper scale (ResNet-50 features of
+    restarts, 2,000 evaluations per grid's first epsilon; the night's default shard of 4 sites
+    x 21 clean images x 2 directions), timed and scaled to the paper's 200 sites (50 such
+    shards, one after another on one GPU). A shard's size matters: the engine keeps its
+    batch full only with enough grids in flight (a case averages 2.9 rows over its life at
+    this budget); plus the refit's share at paper scale (ResNet-50 features of
     5,000 images on the GPU; the ridge readout for 200 sites: exact leave-one-out on the CPU,
     and the night's GCV readout fitted and updated with a day's 500 images on the CPU and on
     the GPU). The sum is a projection from measured parts, not a night run end to end.
@@ -58,6 +61,7 @@ log = logging.getLogger("bench_gpu")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_SITES, PAPER_IMAGES, PAPER_EPS, PAPER_TRAIN_IMAGES = 200, 21, (1.0, 2.0, 4.0, 8.0), 5000
+NIGHT_SHARD_SITES = 4  # the night parameter sites_per_shard's default
 GOAL_NIGHT_MIN = 30.0
 GOAL_TRAIN_MIN = 10.0
 GOAL_BF16_STRENGTH = 0.99
@@ -209,7 +213,7 @@ def strength(model: nn.Module, x: Tensor, n_cases: int, budget: int, rows: int) 
 def night(
     model: nn.Module, x: Tensor, n_sites: int, n_images: int, rows: int, bf16: bool, budget: int | None
 ) -> dict[str, Any]:
-    """One slice of the paper night's synthesis (every epsilon of each grid), scaled to the paper."""
+    """One shard of the paper night's synthesis (every epsilon of each grid), scaled to the paper."""
     cases = [
         Case(s, i, eps, d)
         for s in range(n_sites)
@@ -370,8 +374,9 @@ def run(quick: bool = False, cpu_smoke: bool = False, only: set[str] | None = No
     section("strength_budget200", lambda: strength(model, x, 32 if cuda else 2, 200 if cuda else 10, rows))
     section("strength_budget2000", lambda: strength(model, x, 8 if cuda else 2, 2000 if cuda else 20, rows))
     nb = None if cuda else 8
-    section("night_fp32", lambda: night(model, x, 2 if small else 4, 2, rows, False, nb))
-    section("night_bf16", lambda: night(model, x, 2 if small else 4, 2, rows, True, nb))
+    shard_sites, shard_images = (2, 2) if small else (NIGHT_SHARD_SITES, PAPER_IMAGES)
+    section("night_fp32", lambda: night(model, x, shard_sites, shard_images, rows, False, nb))
+    section("night_bf16", lambda: night(model, x, shard_sites, shard_images, rows, True, nb))
     section(
         "refit",
         lambda: refit(
