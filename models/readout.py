@@ -66,8 +66,9 @@ class MultiRidgeCV:
         cross-validation from running sufficient statistics (:mod:`models.readout_stats`), so
         :meth:`update` folds in a new day's images at the cost of those images alone.
     device : str or torch.device or None, default None
-        Where the linear algebra runs (float64 torch). ``None`` means CPU. With ``cv="gcv"`` an
-        accelerator solves by eigendecomposition there, the CPU by tridiagonal reduction.
+        Where the linear algebra runs (float64 torch). ``None`` means CPU. With ``cv="gcv"`` a
+        CUDA GPU solves by eigendecomposition there; the CPU (and any other device) by tridiagonal
+        reduction.
 
     Attributes
     ----------

@@ -201,10 +201,11 @@ def fit_from_stats(
     the images are exchangeable: a twin left out is predicted from its near-identical parent
     whatever the penalty, so twins in the criterion push it toward too little shrinkage.
 
-    With ``device`` an accelerator (a GPU night's), the solve is the eigendecomposition route on
-    it, in float64: LAPACK's tridiagonal reduction is memory-bound and has no GPU counterpart
-    here, while a GPU's ``eigh`` of the 2,048 x 2,048 Gram matrix takes a fraction of the CPU's
-    reduction. The sums stay on the CPU (they are what is stored); only the solve moves.
+    With ``device`` a CUDA GPU (a GPU night's), the solve is the eigendecomposition route on
+    it, in float64 (other devices solve on the CPU): LAPACK's tridiagonal reduction is
+    memory-bound and has no GPU counterpart here, while a GPU's ``eigh`` of the 2,048 x 2,048
+    Gram matrix takes a fraction of the CPU's reduction. The sums stay on the CPU (they are what
+    is stored); only the solve moves.
     """
     n = stats.n
     if n < 3:
@@ -229,7 +230,9 @@ def fit_from_stats(
     def scaled_gram() -> np.ndarray:  # one per route tried: the tridiagonal route overwrites its own
         return gram / np.outer(x_scale, x_scale)
 
+    # CUDA only: the solve is float64, which Apple's MPS lacks; any other device solves on the CPU.
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = dev if dev.type == "cuda" else torch.device("cpu")
     on_cpu = dev.type == "cpu"
     solved = (
         _gcv_tridiagonal(scaled_gram(), xy_s, yy, n, a, extra_df, fixed) if on_cpu and np.all(a > 0) else None
