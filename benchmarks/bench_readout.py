@@ -66,7 +66,8 @@ def _incremental(X: np.ndarray, Y: np.ndarray, n_new: int, repeats: int) -> dict
     """A day's update (``cv="gcv"``): fold the last ``n_new`` images into a fit of the others.
 
     Compared with the fit from scratch on all images (same alphas, predictions within 1e-6
-    relative). Goal: the update <= 0.3 s for 500 new images at 5,000 x 2,048 x 200.
+    relative). Goal: the update <= 0.3 s for 500 new images at 5,000 x 2,048 x 200. Also timed
+    as the night calls it, the penalty chosen on a subset (``update_as_the_night_s``).
     """
     import copy
 
@@ -74,6 +75,14 @@ def _incremental(X: np.ndarray, Y: np.ndarray, n_new: int, repeats: int) -> dict
     t_upd, c_upd, inc = _best_time(lambda: copy.deepcopy(base).update(X[-n_new:], Y[-n_new:]), repeats)
     t_full, _, full = _best_time(lambda: MultiRidgeCV(ALPHAS, cv="gcv").fit(X, Y), repeats)
     pf, pi = full.predict(X), inc.predict(X)
+    # As the night calls it: the penalty chosen on one image per family (here every third image,
+    # as a clean image and its two twins), so an update reduces two Gram matrices, not one.
+    sel = np.arange(len(X)) % 3 == 0
+    base_sel = MultiRidgeCV(ALPHAS, cv="gcv").fit(X[:-n_new], Y[:-n_new], select=sel[:-n_new])
+    t_night, _, inc_sel = _best_time(
+        lambda: copy.deepcopy(base_sel).update(X[-n_new:], Y[-n_new:], select=sel[-n_new:]), repeats
+    )
+    full_sel = MultiRidgeCV(ALPHAS, cv="gcv").fit(X, Y, select=sel)
     return {
         "new_images": n_new,
         "update_s": t_upd,
@@ -81,6 +90,8 @@ def _incremental(X: np.ndarray, Y: np.ndarray, n_new: int, repeats: int) -> dict
         "gcv_fit_from_scratch_s": t_full,
         "same_alpha_as_from_scratch": bool(np.array_equal(inc.alpha_, full.alpha_)),
         "max_rel_prediction_diff": float(np.max(np.abs(pi - pf)) / np.max(np.abs(pf - pf.mean(0)))),
+        "update_as_the_night_s": t_night,
+        "update_as_the_night_same_alphas": bool(np.array_equal(inc_sel.alpha_, full_sel.alpha_)),
     }
 
 
@@ -152,6 +163,7 @@ def _print(r: dict) -> None:
             f"{inc['update_s']:.3f}",
             "<= 0.3 s" if not r["quick"] else "-",
         ),
+        ("  as the night calls it (s)", f"{inc['update_as_the_night_s']:.3f}", "-"),
         ("  GCV fit from scratch (s)", f"{inc['gcv_fit_from_scratch_s']:.3f}", "-"),
         ("  same alphas as from scratch", str(inc["same_alpha_as_from_scratch"]), "True"),
         ("  max rel. prediction diff", f"{inc['max_rel_prediction_diff']:.2e}", "<= 1e-6"),
