@@ -207,15 +207,41 @@ def fit_from_stats(
     Gram matrix takes a fraction of the CPU's reduction. The sums stay on the CPU (they are what
     is stored); only the solve moves.
     """
+    a = np.asarray(alphas, dtype=np.float64).ravel()
+    # CUDA only: the solve is float64, which Apple's MPS lacks; any other device solves on the CPU.
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = dev if dev.type == "cuda" else torch.device("cpu")
+    fixed = chosen_scores = None
+    if choose_on is not None:  # only the subset's penalties and scores: no coefficients there
+        chosen_scores, fixed, *_ = _solve(choose_on, a, fit_intercept, standardize, dev, None, coef=False)
+    gcv, best, coef_std, x_mean, x_scale, y_mean = _solve(stats, a, fit_intercept, standardize, dev, fixed)
+    assert coef_std is not None
+    coef = coef_std / x_scale[:, None]
+    return StatsFit(
+        coef=coef,
+        intercept=y_mean - x_mean @ coef,
+        alpha_idx=best,
+        cv_scores=gcv if chosen_scores is None else chosen_scores,
+        x_mean=x_mean,
+        x_scale=x_scale,
+        y_mean=y_mean,
+    )
+
+
+def _solve(
+    stats: RidgeStats,
+    a: np.ndarray,
+    fit_intercept: bool,
+    standardize: bool,
+    dev: torch.device,
+    fixed: np.ndarray | None,
+    coef: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    """GCV scores, penalty index per site and standardised coefficients (None unless ``coef``),
+    with the centring and scale they are in; see :func:`fit_from_stats`."""
     n = stats.n
     if n < 3:
         raise ValueError("need at least 3 images to fit and cross-validate a readout")
-    fixed = None
-    if choose_on is not None:
-        chosen = fit_from_stats(
-            choose_on, alphas, fit_intercept=fit_intercept, standardize=standardize, device=device
-        )
-        fixed, chosen_scores = chosen.alpha_idx, chosen.cv_scores
     gram, xy, yy, x_mean, y_mean = _centred(stats, fit_intercept)
     p = gram.shape[0]
     if standardize:
@@ -224,34 +250,16 @@ def fit_from_stats(
     else:
         x_scale = np.ones(p)
     xy_s = xy / x_scale[:, None]
-    a = np.asarray(alphas, dtype=np.float64).ravel()
     extra_df = 1.0 if fit_intercept else 0.0
 
     def scaled_gram() -> np.ndarray:  # one per route tried: the tridiagonal route overwrites its own
         return gram / np.outer(x_scale, x_scale)
 
-    # CUDA only: the solve is float64, which Apple's MPS lacks; any other device solves on the CPU.
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    dev = dev if dev.type == "cuda" else torch.device("cpu")
-    on_cpu = dev.type == "cpu"
-    solved = (
-        _gcv_tridiagonal(scaled_gram(), xy_s, yy, n, a, extra_df, fixed) if on_cpu and np.all(a > 0) else None
-    )
+    tridiagonal = dev.type == "cpu" and bool(np.all(a > 0))
+    solved = _gcv_tridiagonal(scaled_gram(), xy_s, yy, n, a, extra_df, fixed, coef) if tridiagonal else None
     if solved is None:
-        solved = _gcv_eigh(scaled_gram(), xy_s, yy, n, a, extra_df, fixed, dev)
-    gcv, best, coef_std = solved
-    if fixed is not None:
-        gcv = chosen_scores
-    coef = coef_std / x_scale[:, None]
-    return StatsFit(
-        coef=coef,
-        intercept=y_mean - x_mean @ coef,
-        alpha_idx=best,
-        cv_scores=gcv,
-        x_mean=x_mean,
-        x_scale=x_scale,
-        y_mean=y_mean,
-    )
+        solved = _gcv_eigh(scaled_gram(), xy_s, yy, n, a, extra_df, fixed, dev, coef)
+    return (*solved, x_mean, x_scale, y_mean)
 
 
 def _gcv(rss: np.ndarray, df: np.ndarray, n: int) -> np.ndarray:
@@ -270,10 +278,13 @@ def _gcv_tridiagonal(
     alphas: np.ndarray,
     extra_df: float,
     fixed: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    coef: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """GCV scores, best penalty index and coefficients by tridiagonal reduction; None if ``T + a I``
     is not positive definite at some penalty (rounding left the Gram matrix indefinite). With
-    ``fixed`` (a penalty index per site), the coefficients are those at ``fixed`` instead.
+    ``fixed`` (a penalty index per site), the coefficients are those at ``fixed`` instead, and
+    only those penalties are solved (the other scores are NaN: the caller has the subset's).
+    Without ``coef`` no coefficient is formed (a penalty choice only: one ``ormqr`` less).
 
     ``gs`` (C-ordered, upper triangle valid) is overwritten: it is the caller's scratch copy.
     """
@@ -302,6 +313,9 @@ def _gcv_tridiagonal(
     gcv = np.empty((alphas.size, m))
     best, best_z = np.zeros(m, dtype=np.int64), np.zeros((p, m))
     for k, a in enumerate(alphas):
+        if fixed is not None and not np.any(fixed == k):
+            gcv[k] = np.nan
+            continue
         *_, z, info = lapack.dptsv(diag + a, off, c)
         if info != 0:
             return None
@@ -312,8 +326,10 @@ def _gcv_tridiagonal(
             better = fixed == k
         else:
             better = np.ones(m, dtype=bool) if k == 0 else gcv[k] < gcv[best, np.arange(m)]
-        best[better], best_z[:, better] = k, z[:, better]
-    return gcv, best, apply_q(best_z, transpose=False)
+        best[better] = k
+        if coef:
+            best_z[:, better] = z[:, better]
+    return gcv, best, apply_q(best_z, transpose=False) if coef else None
 
 
 def _gcv_eigh(
@@ -325,7 +341,8 @@ def _gcv_eigh(
     extra_df: float,
     fixed: np.ndarray | None = None,
     device: torch.device | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    coef: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The same as :func:`_gcv_tridiagonal` from a full eigendecomposition ``G = V diag(s2) V^T``:
     with ``P = V^T X^T y`` each eigen-direction shrinks by ``w = s2 / (s2 + a)``, so
     ``RSS = y^T y - sum (2 w - w^2) P^2 / s2`` and ``df = sum w``. Works for a penalty of 0.
@@ -341,5 +358,7 @@ def _gcv_eigh(
     rss = torch.from_numpy(yy).to(dev)[None, :] - (2 * W - W.square()) @ z2  # (A, m)
     gcv = _gcv(rss.cpu().numpy(), W.sum(dim=1).cpu().numpy() + extra_df, n)
     best = np.argmin(gcv, axis=0) if fixed is None else np.asarray(fixed, dtype=np.int64)
+    if not coef:
+        return gcv, best, None
     coef_std = V @ (P / (s2[:, None] + a[torch.from_numpy(best).to(dev)][None, :]))
     return gcv, best, coef_std.cpu().numpy()
