@@ -25,7 +25,8 @@ cut short still leaves what it measured:
     x 21 clean images x 2 directions), timed and scaled to the paper's 200 sites (50 such
     shards, one after another on one GPU). A shard's size matters: the engine keeps its
     batch full only with enough grids in flight (a case averages 2.9 rows over its life at
-    this budget); plus the refit's share at paper scale (ResNet-50 features of
+    this budget; on an H200 a 16-grid slice ran at 2,086 evaluations/s, a whole shard at 2,439);
+    plus the refit's share at paper scale (ResNet-50 features of
     5,000 images on the GPU; the ridge readout for 200 sites: exact leave-one-out on the CPU,
     and the night's GCV readout fitted and updated with a day's 500 images on the CPU and on
     the GPU). The sum is a projection from measured parts, not a night run end to end.
