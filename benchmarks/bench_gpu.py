@@ -35,8 +35,9 @@ cut short still leaves what it measured:
     200 sites (responses of the simulator's ``v1`` population to the same images at 56x56, so
     the early stop sees real tuning), front end and core training on the device.
 
-Run: ``python -m benchmarks.bench_gpu [--quick] [--cpu-smoke]`` (or ``python -m
-benchmarks.run_all --only gpu``).
+Run: ``python -m benchmarks.bench_gpu [--quick] [--cpu-smoke] [--only SECTION ...]`` (or
+``python -m benchmarks.run_all --only gpu``). All sections together take about 10 minutes on an H200
+(the two night shards about 6 of them); ``--only`` splits it across short GPU loans.
 """
 
 from __future__ import annotations
