@@ -208,9 +208,10 @@ def fit_from_stats(
     is stored); only the solve moves.
     """
     a = np.asarray(alphas, dtype=np.float64).ravel()
-    # CUDA only: the solve is float64, which Apple's MPS lacks; any other device solves on the CPU.
+    # CUDA only: the solve is float64, which Apple's MPS lacks; any other device solves on the CPU,
+    # as does a CUDA device this process cannot see (a readout carried to a CPU-only machine).
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    dev = dev if dev.type == "cuda" else torch.device("cpu")
+    dev = dev if dev.type == "cuda" and torch.cuda.is_available() else torch.device("cpu")
     fixed = chosen_scores = None
     if choose_on is not None:  # only the subset's penalties and scores: no coefficients there
         chosen_scores, fixed, *_ = _solve(choose_on, a, fit_intercept, standardize, dev, None, coef=False)
