@@ -63,7 +63,6 @@ log = logging.getLogger("bench_gpu")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_SITES, PAPER_IMAGES, PAPER_EPS, PAPER_TRAIN_IMAGES = 200, 21, (1.0, 2.0, 4.0, 8.0), 5000
-NIGHT_SHARD_SITES = 4  # the night parameter sites_per_shard's default
 GOAL_NIGHT_MIN = 30.0
 GOAL_TRAIN_MIN = 10.0
 GOAL_BF16_STRENGTH = 0.99
@@ -276,7 +275,8 @@ def refit(model: SiteEncoder, n_images: int, size: int, n_sites: int, n_new: int
     }
     scratch = MultiRidgeCV(cv="gcv").fit(X, y)
     base = MultiRidgeCV(cv="gcv").fit(X[:-n_new], y[:-n_new])
-    spread = float(np.max(np.abs(scratch.predict(X) - scratch.predict(X).mean(0))))
+    pf = scratch.predict(X)
+    spread = float(np.max(np.abs(pf - pf.mean(0))))
     for label, where in (("cpu", None), ("device", str(dev))):
 
         def fit_all(where: str | None = where) -> MultiRidgeCV:
@@ -291,9 +291,7 @@ def refit(model: SiteEncoder, n_images: int, size: int, n_sites: int, n_new: int
             times.append(t)
         out[f"gcv_update_{label}_s"] = min(times)
         out[f"gcv_update_{label}_same_alphas"] = bool(np.array_equal(upd.alpha_, scratch.alpha_))
-        out[f"gcv_update_{label}_max_rel_diff"] = float(
-            np.max(np.abs(upd.predict(X) - scratch.predict(X))) / spread
-        )
+        out[f"gcv_update_{label}_max_rel_diff"] = float(np.max(np.abs(upd.predict(X) - pf)) / spread)
     out["distinct_alphas"] = int(len(set(scratch.alpha_)))
     return out
 
@@ -376,7 +374,10 @@ def run(quick: bool = False, cpu_smoke: bool = False, only: set[str] | None = No
     section("strength_budget200", lambda: strength(model, x, 32 if cuda else 2, 200 if cuda else 10, rows))
     section("strength_budget2000", lambda: strength(model, x, 8 if cuda else 2, 2000 if cuda else 20, rows))
     nb = None if cuda else 8
-    shard_sites, shard_images = (2, 2) if small else (NIGHT_SHARD_SITES, PAPER_IMAGES)
+    from itloop.night_params import NightConfig
+
+    night_shard = NightConfig.model_fields["sites_per_shard"].default  # the night's default shard
+    shard_sites, shard_images = (2, 2) if small else (night_shard, PAPER_IMAGES)
     section("night_fp32", lambda: night(model, x, shard_sites, shard_images, rows, False, nb))
     section("night_bf16", lambda: night(model, x, shard_sites, shard_images, rows, True, nb))
     section(
